@@ -1,0 +1,90 @@
+"""Preallocated inference state for one sequence batch: the only memory a forward writes.
+
+Full-attention layers keep keys/values in buffers sized to `max_len` and written by position, so
+rolling back after a rejected draft is just not advancing the position (gpt-fast's trick). Gated
+DeltaNet layers keep a conv window and a float32 recurrent state that cannot be rolled back by
+position; a multi-token forward can therefore also record the state after each of its tokens in
+`max_steps` slots, and `restore_step` continues from any of them without replaying anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from daemon.config import TextConfig
+
+
+@dataclass
+class AttentionCache:
+    keys: torch.Tensor  # [B, kv_heads, max_len, head_dim]
+    values: torch.Tensor
+
+    @classmethod
+    def allocate(cls, batch, kv_heads, max_len, head_dim, device, dtype) -> AttentionCache:
+        shape = (batch, kv_heads, max_len, head_dim)
+        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+    @property
+    def max_len(self) -> int:
+        return self.keys.shape[2]
+
+    def write(self, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store keys/values [B, T, kv_heads, head_dim] at absolute positions [T]."""
+        self.keys.index_copy_(2, positions, keys.transpose(1, 2).to(self.keys.dtype))
+        self.values.index_copy_(2, positions, values.transpose(1, 2).to(self.values.dtype))
+
+    def window(self, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.keys[:, :, :kv_len], self.values[:, :, :kv_len]
+
+
+@dataclass
+class DeltaNetCache:
+    conv: torch.Tensor  # [B, conv_dim, kernel - 1]: the last inputs of the causal conv
+    state: torch.Tensor  # [B, v_heads, k_dim, v_dim], float32
+    conv_steps: torch.Tensor  # [max_steps, *conv.shape]: conv window after each token of a step
+    state_steps: torch.Tensor  # [max_steps, *state.shape]
+
+    @property
+    def max_steps(self) -> int:
+        return self.state_steps.shape[0]
+
+    def restore_step(self, step: int) -> None:
+        """Continue from the state recorded after token `step` of the last multi-token forward."""
+        self.conv.copy_(self.conv_steps[step])
+        self.state.copy_(self.state_steps[step])
+
+
+class ModelCache:
+    """Per-layer caches of the trunk, in layer order."""
+
+    def __init__(self, config: TextConfig, max_len: int, *, batch: int = 1, max_steps: int = 0,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.max_len = max_len
+        self.layers: list[AttentionCache | DeltaNetCache] = []
+        conv_dim = 2 * config.linear_num_key_heads * config.linear_key_head_dim + (
+            config.linear_num_value_heads * config.linear_value_head_dim
+        )
+        conv_shape = (batch, conv_dim, config.linear_conv_kernel_dim - 1)
+        state_shape = (batch, config.linear_num_value_heads, config.linear_key_head_dim,
+                       config.linear_value_head_dim)
+        for layer_type in config.layer_types:
+            if layer_type == "full_attention":
+                self.layers.append(AttentionCache.allocate(
+                    batch, config.num_key_value_heads, max_len, config.head_dim, device, dtype))
+            else:
+                self.layers.append(DeltaNetCache(
+                    conv=torch.zeros(conv_shape, device=device, dtype=dtype),
+                    state=torch.zeros(state_shape, device=device, dtype=torch.float32),
+                    conv_steps=torch.zeros((max_steps, *conv_shape), device=device, dtype=dtype),
+                    state_steps=torch.zeros((max_steps, *state_shape), device=device, dtype=torch.float32),
+                ))
+
+    def restore_step(self, step: int) -> None:
+        for layer in self.layers:
+            if isinstance(layer, DeltaNetCache):
+                layer.restore_step(step)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layer in self.layers for t in vars(layer).values())

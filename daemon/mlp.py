@@ -1,0 +1,74 @@
+"""Feed-forward blocks: the dense SwiGLU MLP and the sparse MoE with a gated shared expert.
+
+Routed experts are stored fused, as the hub ships them: gate_up_proj [E, 2I, H] (gate half first)
+and down_proj [E, H, I]. For the few tokens of a decode or verify step the chosen experts' weights
+are gathered and applied in one batched matmul (no per-expert Python loop, fixed shapes); long
+prefills loop over the experts that were hit instead, to avoid copying weights per token.
+"""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from daemon.config import TextConfig
+
+# Gather expert weights per (token, choice) up to this many pairs; beyond it loop over experts.
+GATHER_MAX_PAIRS = 64
+
+
+class DenseMLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class RoutedExperts(nn.Module):
+    def __init__(self, num_experts: int, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate, hidden))
+        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden, intermediate))
+
+    def forward(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """x [N, H]; experts, weights [N, top_k] -> weighted sum of the chosen experts [N, H]."""
+        if experts.numel() <= GATHER_MAX_PAIRS:
+            gate, up = (self.gate_up_proj[experts] @ x[:, None, :, None]).squeeze(-1).chunk(2, dim=-1)
+            out = (self.down_proj[experts] @ (F.silu(gate) * up)[..., None]).squeeze(-1)
+            return (out * weights[..., None]).sum(dim=1)
+        result = torch.zeros_like(x)
+        for expert in experts.unique().tolist():
+            token, choice = torch.where(experts == expert)
+            gate, up = F.linear(x[token], self.gate_up_proj[expert]).chunk(2, dim=-1)
+            out = F.linear(F.silu(gate) * up, self.down_proj[expert]) * weights[token, choice, None]
+            result.index_add_(0, token, out)
+        return result
+
+
+class SparseMoE(nn.Module):
+    def __init__(self, config: TextConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        hidden = config.hidden_size
+        self.gate = nn.Linear(hidden, config.num_experts, bias=False)
+        self.experts = RoutedExperts(config.num_experts, hidden, config.moe_intermediate_size)
+        self.shared_expert = DenseMLP(hidden, config.shared_expert_intermediate_size)
+        self.shared_expert_gate = nn.Linear(hidden, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        probs = F.softmax(self.gate(flat), dim=-1, dtype=torch.float32)
+        weights, experts = probs.topk(self.top_k, dim=-1)
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+        routed = self.experts(flat, experts, weights)
+        shared = torch.sigmoid(self.shared_expert_gate(flat)) * self.shared_expert(flat)
+        return (routed + shared).view_as(x)
+
+
+def feed_forward(config: TextConfig) -> nn.Module:
+    if config.is_moe:
+        return SparseMoE(config)
+    return DenseMLP(config.hidden_size, config.intermediate_size)

@@ -1,0 +1,121 @@
+"""The Qwen3.5/3.6 text model we run: trunk, lm_head and (when the checkpoint has one) the MTP head.
+
+One forward takes any number of new tokens at consecutive positions — a prefill, a 1-token decode,
+a (k+1)-token verify — writes them into a preallocated `ModelCache`, and returns logits plus the
+final post-norm hidden states the MTP head drafts from. Module and parameter names mirror the
+checkpoint's tensor names, so loading is a rename of prefixes, nothing more. The model knows nothing
+about tokenization, sampling or speculative decoding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from daemon.attention import GatedAttention
+from daemon.cache import AttentionCache, ModelCache
+from daemon.config import TextConfig
+from daemon.deltanet import GatedDeltaNet
+from daemon.mlp import feed_forward
+from daemon.norms import RMSNorm
+from daemon.rope import inverse_frequencies
+from daemon.step_context import StepContext
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: TextConfig, layer_type: str):
+        super().__init__()
+        self.is_attention = layer_type == "full_attention"
+        if self.is_attention:
+            self.self_attn = GatedAttention(config)
+        else:
+            self.linear_attn = GatedDeltaNet(config)
+        self.mlp = feed_forward(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, cache, ctx: StepContext) -> torch.Tensor:
+        mixer = self.self_attn if self.is_attention else self.linear_attn
+        x = x + mixer(self.input_layernorm(x), cache, ctx)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class MTPHead(nn.Module):
+    """Multi-token prediction: from hidden h_i and token t_{i+1}, predict token t_{i+2}.
+
+    x = fc([pre_fc_norm_embedding(embed(t_{i+1})) | pre_fc_norm_hidden(h_i)]), one full-attention
+    decoder layer at position i with its own KV cache, then `norm`. Embedding and lm_head are the
+    trunk's. The output (after `norm`) is also the hidden for the next chained draft.
+    """
+
+    def __init__(self, config: TextConfig):
+        super().__init__()
+        hidden = config.hidden_size
+        self.fc = nn.Linear(2 * hidden, hidden, bias=False)
+        self.pre_fc_norm_embedding = RMSNorm(hidden, config.rms_norm_eps)
+        self.pre_fc_norm_hidden = RMSNorm(hidden, config.rms_norm_eps)
+        self.layers = nn.ModuleList([DecoderLayer(config, "full_attention")])
+        self.norm = RMSNorm(hidden, config.rms_norm_eps)
+
+    def forward(self, embeds: torch.Tensor, hidden: torch.Tensor, cache: AttentionCache,
+                ctx: StepContext) -> torch.Tensor:
+        x = self.fc(torch.cat((self.pre_fc_norm_embedding(embeds), self.pre_fc_norm_hidden(hidden)), dim=-1))
+        return self.norm(self.layers[0](x, cache, ctx))
+
+
+class QwenModel(nn.Module):
+    def __init__(self, config: TextConfig, with_mtp: bool):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, t) for t in config.layer_types)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.mtp = MTPHead(config) if with_mtp else None
+        # A plain attribute, not a buffer: it must stay float32 when the weights are cast.
+        self.inv_freq = inverse_frequencies(config.rotary_dim, config.rope_theta)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def new_cache(self, max_len: int, *, batch: int = 1, max_steps: int = 0) -> ModelCache:
+        return ModelCache(self.config, max_len, batch=batch, max_steps=max_steps, device=self.device,
+                          dtype=self.dtype)
+
+    def new_mtp_cache(self, max_len: int, *, batch: int = 1) -> AttentionCache:
+        c = self.config
+        return AttentionCache.allocate(batch, c.num_key_value_heads, max_len, c.head_dim, self.device, self.dtype)
+
+    def _context(self, length: int, start, kv_len: int | None, keep_steps: bool) -> StepContext:
+        """`start` is an int, or a 0-dim device tensor (then `kv_len` must be given) for captured steps."""
+        positions = torch.arange(length, device=self.device) + start
+        return StepContext.build(positions, kv_len or start + length, self.inv_freq, self.dtype, keep_steps)
+
+    def forward(self, input_ids: torch.Tensor, cache: ModelCache, start, *, kv_len: int | None = None,
+                keep_steps: bool = False, last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run new tokens [B, T] at positions start..start+T-1.
+
+        Returns (logits, hidden): logits [B, T or 1, V] (only the last position when `last_only`),
+        hidden [B, T, H] after the final norm. With `keep_steps`, each DeltaNet layer also records its
+        state after every new token (see `ModelCache.restore_step`).
+        """
+        ctx = self._context(input_ids.shape[1], start, kv_len, keep_steps)
+        x = self.embed_tokens(input_ids)
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            x = layer(x, layer_cache, ctx)
+        hidden = self.norm(x)
+        return self.lm_head(hidden[:, -1:] if last_only else hidden), hidden
+
+    def mtp_forward(self, next_ids: torch.Tensor, hidden: torch.Tensor, cache: AttentionCache, start, *,
+                    kv_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """MTP head over pairs (hidden[:, j] at position start+j, next_ids[:, j]) -> (logits, MTP hidden)."""
+        if self.mtp is None:
+            raise RuntimeError("this checkpoint has no MTP head (no mtp.* tensors)")
+        ctx = self._context(next_ids.shape[1], start, kv_len, False)
+        out = self.mtp(self.embed_tokens(next_ids), hidden, cache, ctx)
+        return self.lm_head(out), out
