@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny hub-layout checkpoints built once per session, and an isolated MTPCHAT_HOME.
+
+Parity numbers (max abs logit differences) are collected with `report_parity` and printed in the
+terminal summary, so every CI log shows how close our forward is to transformers.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from daemon.tiny_checkpoint import build_all
+
+_PARITY: list[tuple[str, float]] = []
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """name -> checkpoint directory for every variant in daemon.tiny_checkpoint.VARIANTS."""
+    return build_all(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTPCHAT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def report_parity():
+    def report(label: str, diff: float) -> None:
+        _PARITY.append((label, diff))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _PARITY:
+        terminalreporter.section("logit parity vs transformers (max abs diff)")
+        for label, diff in _PARITY:
+            terminalreporter.write_line(f"{label:<60} {diff:.2e}")
