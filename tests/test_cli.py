@@ -1,0 +1,79 @@
+"""The command line as a user runs it: real processes, the embedded default checkpoint, JSON out."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from daemon.generate import generate_greedy
+from daemon.loader import load_model
+from tests.helpers import chat_prompt
+
+
+def _run(*args, home):
+    env = dict(os.environ, MTPCHAT_HOME=str(home))
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_ask_json_is_the_engines_greedy_reply(tiny, tmp_path):
+    ckpt = tiny["qwen3.6-moe-tiny"]
+    done = _run("mtpchat.cli", "ask", "Hello there", "--model", str(ckpt), "--max-tokens", "12", "--json",
+                home=tmp_path)
+    assert done.returncode == 0, done.stderr
+    reply = json.loads(done.stdout)
+    model = load_model(ckpt, device="cpu")
+    stop = set(model.config.eos_token_ids)
+    expected = list(generate_greedy(model, chat_prompt(ckpt, "Hello there"), 12, stop))
+    stopped = expected[-1] in stop
+    assert reply["token_ids"] == expected[:-1] if stopped else expected
+    assert reply["finish_reason"] == ("stop" if stopped else "length")
+    assert reply["prompt_tokens"] == len(chat_prompt(ckpt, "Hello there"))
+    assert reply["decode_tokens_per_s"] > 0 and reply["text"]
+
+
+def test_ask_streams_text_with_the_embedded_default(tmp_path):
+    done = _run("mtpchat.cli", "ask", "Tell me about the sea", "--max-tokens", "8", home=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+    assert (tmp_path / "cache" / "checkpoints" / "qwen3.6-dense-tiny" / "config.json").exists()
+
+
+def test_ask_with_a_missing_checkpoint_fails_clearly(tmp_path):
+    done = _run("mtpchat.cli", "ask", "hi", "--model", str(tmp_path / "nope"), home=tmp_path)
+    assert done.returncode == 1
+    assert "checkpoint" in done.stderr and "not found" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_mtpchatd_inspect_reports_the_checkpoint(tiny, tmp_path):
+    done = _run("daemon", "inspect", str(tiny["qwen3.5-moe-tiny"]), "--device", "cpu", home=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["model_type"] == "qwen3_5_moe_text" and report["mtp_head"] is True
+    assert report["layers"] == 8 and report["full_attention_layers"] == 2 and report["dtype"] == "float32"
+
+
+def test_client_side_imports_without_torch():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import mtpchat, mtpchat.cli, mtpchat.paths\n"
+            "assert 'daemon.model' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+@torch.inference_mode()
+def test_generation_stops_at_stop_tokens_and_max_tokens(tiny):
+    model = load_model(tiny["qwen3.6-dense-tiny"], device="cpu")
+    prompt = chat_prompt(tiny["qwen3.6-dense-tiny"], "Count to ten")
+    free = list(generate_greedy(model, prompt, 20))
+    assert len(free) == 20
+    stopped = list(generate_greedy(model, prompt, 20, stop_ids={free[5]}))
+    assert stopped == free[:free.index(free[5]) + 1]
+    assert list(generate_greedy(model, prompt, 0)) == []
+    with pytest.raises(ValueError, match="prompt is empty"):
+        list(generate_greedy(model, [], 5))
+    with pytest.raises(ValueError, match="context is 4096"):
+        list(generate_greedy(model, [1] * 4096, 5))
