@@ -17,11 +17,11 @@ def _inspect(args: argparse.Namespace) -> int:
     import torch
 
     from daemon.checkpoint import CheckpointError
-    from daemon.loader import load_model
+    from daemon.loader import DTYPES, load_model
 
     started = time.perf_counter()
     try:
-        model = load_model(args.checkpoint, device=args.device)
+        model = load_model(args.checkpoint, device=args.device, dtype=DTYPES.get(args.dtype))
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"mtpchatd: {exc}", file=sys.stderr)
         return 1
@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     inspect = commands.add_parser("inspect", help="load a checkpoint and report what the engine runs")
     inspect.add_argument("checkpoint", help="checkpoint directory or Hugging Face repo id (offline cache)")
     inspect.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if present)")
+    inspect.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                         help="weight dtype (default: bfloat16 on CUDA, float32 on CPU)")
     inspect.set_defaults(run=_inspect)
     args = parser.parse_args(argv)
     return args.run(args)

@@ -85,6 +85,3 @@ class ModelCache:
         for layer in self.layers:
             if isinstance(layer, DeltaNetCache):
                 layer.restore_step(step)
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for layer in self.layers for t in vars(layer).values())

@@ -8,6 +8,7 @@ so tensors we do not need (the vision tower) are never read. Errors name the ten
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -20,12 +21,19 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be found or read; the message says what to do."""
 
 
+REPO_ID = re.compile(r"[A-Za-z0-9_][\w.-]*/[A-Za-z0-9_][\w.-]*")
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    return REPO_ID.fullmatch(name) is not None
+
+
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
     name = str(name_or_path)
-    if name.count("/") == 1 and not path.exists():
+    if _looks_like_repo_id(name) and not path.exists():
         from huggingface_hub import constants, snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 

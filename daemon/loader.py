@@ -22,6 +22,9 @@ from daemon.rope import inverse_frequencies
 TRUNK_PREFIXES = ("model.language_model.", "model.")
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 

@@ -29,39 +29,40 @@ def _timed(fn, device):
 
 
 @torch.inference_mode()
-def bench_ours(model, prompt: torch.Tensor, steps: int) -> dict:
-    def prefill():
-        cache = model.new_cache(prompt.shape[1] + steps + 1)
-        logits, _ = model(prompt, cache, 0, last_only=True)
-        return cache, logits
-
-    def decode(cache, logits):
-        position = prompt.shape[1]
+def measure(prefill, step, prompt_tokens: int, steps: int, device: torch.device) -> dict:
+    """prefill() -> state, step(state) -> state; timed after one untimed warm-up pass of both."""
+    def decode(state):
         for _ in range(steps):
-            logits, _ = model(logits[:, -1:].argmax(-1), cache, position)
-            position += 1
+            state = step(state)
 
-    decode(*prefill())  # warm-up
-    (cache, logits), prefill_s = _timed(prefill, model.device)
-    _, decode_s = _timed(lambda: decode(cache, logits), model.device)
-    return {"prefill_tok_s": prompt.shape[1] / prefill_s, "decode_tok_s": steps / decode_s}
+    decode(prefill())
+    state, prefill_s = _timed(prefill, device)
+    _, decode_s = _timed(lambda: decode(state), device)
+    return {"prefill_tok_s": prompt_tokens / prefill_s, "decode_tok_s": steps / decode_s}
 
 
-@torch.inference_mode()
+def bench_ours(model, prompt: torch.Tensor, steps: int) -> dict:
+    def prefill():  # state: (cache, logits, next position)
+        cache = model.new_cache(prompt.shape[1] + steps + 1)
+        return cache, model(prompt, cache, 0, last_only=True)[0], prompt.shape[1]
+
+    def step(state):
+        cache, logits, position = state
+        return cache, model(logits[:, -1:].argmax(-1), cache, position)[0], position + 1
+
+    return measure(prefill, step, prompt.shape[1], steps, model.device)
+
+
 def bench_transformers(model, prompt: torch.Tensor, steps: int) -> dict:
-    def prefill():
+    def prefill():  # state: (cache, logits)
         out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
         return out.cache, out.logits
 
-    def decode(cache, logits):
-        for _ in range(steps):
-            out = model(input_ids=logits[:, -1:].argmax(-1), cache=cache, use_cache=True)
-            cache, logits = out.cache, out.logits
+    def step(state):
+        out = model(input_ids=state[1][:, -1:].argmax(-1), cache=state[0], use_cache=True)
+        return out.cache, out.logits
 
-    decode(*prefill())
-    (cache, logits), prefill_s = _timed(prefill, prompt.device)
-    _, decode_s = _timed(lambda: decode(cache, logits), prompt.device)
-    return {"prefill_tok_s": prompt.shape[1] / prefill_s, "decode_tok_s": steps / decode_s}
+    return measure(prefill, step, prompt.shape[1], steps, prompt.device)
 
 
 def main() -> None:
@@ -69,13 +70,14 @@ def main() -> None:
 
     from daemon.checkpoint import resolve_checkpoint
     from daemon.default_model import default_checkpoint
-    from daemon.loader import default_device, default_dtype, load_model
+    from daemon.loader import DTYPES, default_device, default_dtype, load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="checkpoint directory or repo id (default: the tiny demo checkpoint)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     if args.threads:
@@ -83,7 +85,7 @@ def main() -> None:
 
     directory = resolve_checkpoint(args.model) if args.model else default_checkpoint()
     device = torch.device(args.device) if args.device else default_device()
-    dtype = default_dtype(device)
+    dtype = DTYPES[args.dtype] if args.dtype else default_dtype(device)
     ours = load_model(directory, device=device, dtype=dtype)
     reference = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device).eval()
     prompt = torch.randint(0, ours.config.vocab_size, (1, args.prompt_tokens),

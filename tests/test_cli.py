@@ -54,6 +54,9 @@ def test_mtpchatd_inspect_reports_the_checkpoint(tiny, tmp_path):
     report = json.loads(done.stdout)
     assert report["model_type"] == "qwen3_5_moe_text" and report["mtp_head"] is True
     assert report["layers"] == 8 and report["full_attention_layers"] == 2 and report["dtype"] == "float32"
+    done = _run("daemon", "inspect", str(tiny["qwen3.5-moe-tiny"]), "--device", "cpu", "--dtype", "bfloat16",
+                home=tmp_path)
+    assert json.loads(done.stdout)["dtype"] == "bfloat16"
 
 
 def test_client_side_imports_without_torch():

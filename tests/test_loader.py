@@ -111,8 +111,9 @@ def test_missing_shard_file_is_named(tiny, tmp_path):
 
 
 def test_missing_checkpoint_and_unknown_repo_id_say_what_was_looked_for(tmp_path, monkeypatch):
-    with pytest.raises(CheckpointError, match="not found: expected a directory"):
-        resolve_checkpoint(tmp_path / "nowhere")
+    for missing in (tmp_path / "nowhere", "./nowhere", "../a/b"):
+        with pytest.raises(CheckpointError, match="not found: expected a directory"):
+            resolve_checkpoint(missing)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     import huggingface_hub.constants as constants
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
