@@ -1,37 +1,72 @@
-"""Plain (non-speculative) greedy decoding: the baseline every faster path must reproduce exactly.
+"""Generation as a stream of token ids: plain (k = 0) or MTP-speculative, with exact stop handling.
 
-A generator in the manner of nanochat's `Engine.generate`: it yields token ids as they are decided,
-so streaming falls out naturally; the caller stops consuming whenever it likes.
+A generator in the manner of nanochat's `Engine.generate`: tokens are yielded as soon as a step
+accepts them, one at a time, so a stop token or the token limit inside an accepted draft run ends the
+stream exactly there (stop strings are the caller's, who sees every token). `stats` is filled live.
 """
 
 from __future__ import annotations
 
+import resource
+import sys
+import time
 from collections.abc import Iterable, Iterator
 
 import torch
 
+from daemon.decode_stats import DecodeStats
 from daemon.model import QwenModel
+from daemon.sampling import SamplingParams
+from daemon.speculative import SpeculativeDecoder
 
 
-@torch.inference_mode()
-def generate_greedy(model: QwenModel, prompt_ids: list[int], max_new_tokens: int,
-                    stop_ids: Iterable[int] = ()) -> Iterator[int]:
-    """Yield up to `max_new_tokens` argmax tokens; a stop token is yielded, then generation ends."""
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # process high-water mark
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def generate(model: QwenModel, prompt_ids: list[int], max_new_tokens: int, stop_ids: Iterable[int] = (), *,
+             draft_k: int = 0, sampling: SamplingParams = SamplingParams(), stats: DecodeStats | None = None,
+             drafter=None) -> Iterator[int]:
+    """Yield up to `max_new_tokens` tokens; a stop token is yielded, then generation ends."""
     if not prompt_ids:
         raise ValueError("the prompt is empty")
     limit = model.config.max_position_embeddings
     if len(prompt_ids) >= limit:
         raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the model's context is {limit}")
-    max_new_tokens = min(max_new_tokens, limit - len(prompt_ids))
+    stats = stats if stats is not None else DecodeStats()
+    stats.draft_k, stats.prompt_tokens = draft_k, len(prompt_ids)
+    if max_new_tokens <= 0:
+        stats.finish_reason = "length"
+        return
     stop = set(stop_ids)
-    cache = model.new_cache(len(prompt_ids) + max_new_tokens)
-    ids = torch.tensor([prompt_ids], device=model.device)
-    logits, _ = model(ids, cache, 0, last_only=True)
-    position = len(prompt_ids)
-    for produced in range(1, max_new_tokens + 1):
-        token = int(logits[0, -1].argmax())
-        yield token
-        if token in stop or produced == max_new_tokens:
-            return
-        logits, _ = model(torch.tensor([[token]], device=model.device), cache, position)
-        position += 1
+    capacity = min(len(prompt_ids) + max_new_tokens + draft_k, limit)
+    if model.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(model.device)
+    started = time.perf_counter()
+    decoder = SpeculativeDecoder(model, prompt_ids, capacity, draft_k=draft_k, sampling=sampling, drafter=drafter)
+    tokens = [decoder.prefill()]
+    stats.time_to_first_token_s = stats.prefill_s = time.perf_counter() - started
+    decode_started = time.perf_counter()
+    try:
+        while True:
+            for token in tokens:
+                stats.generated_tokens += 1
+                stats.decode_s = time.perf_counter() - decode_started
+                yield token
+                if token in stop:
+                    stats.finish_reason = "stop"
+                    return
+                if stats.generated_tokens == max_new_tokens:
+                    stats.finish_reason = "length"
+                    return
+            if decoder.room() <= 0:
+                stats.finish_reason = "context"
+                return
+            tokens, drafted = decoder.step(max_new_tokens - stats.generated_tokens)
+            if drafted:
+                stats.record_verification(drafted, len(tokens) - 1)
+    finally:
+        stats.peak_memory_bytes = _peak_memory(model.device)

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from daemon.generate import generate_greedy
+from daemon.generate import generate
 from daemon.loader import load_model
 from tests.helpers import chat_prompt
 
@@ -20,18 +20,20 @@ def _run(*args, home):
 
 def test_ask_json_is_the_engines_greedy_reply(tiny, tmp_path):
     ckpt = tiny["qwen3.6-moe-tiny"]
-    done = _run("mtpchat.cli", "ask", "Hello there", "--model", str(ckpt), "--max-tokens", "12", "--json",
-                home=tmp_path)
-    assert done.returncode == 0, done.stderr
-    reply = json.loads(done.stdout)
     model = load_model(ckpt, device="cpu")
     stop = set(model.config.eos_token_ids)
-    expected = list(generate_greedy(model, chat_prompt(ckpt, "Hello there"), 12, stop))
+    expected = list(generate(model, chat_prompt(ckpt, "Hello there"), 12, stop))
     stopped = expected[-1] in stop
-    assert reply["token_ids"] == expected[:-1] if stopped else expected
-    assert reply["finish_reason"] == ("stop" if stopped else "length")
-    assert reply["prompt_tokens"] == len(chat_prompt(ckpt, "Hello there"))
-    assert reply["decode_tokens_per_s"] > 0 and reply["text"]
+    for flags in (["--no-mtp"], ["--draft", "3"]):
+        done = _run("mtpchat.cli", "ask", "Hello there", "--model", str(ckpt), "--max-tokens", "12", "--json",
+                    *flags, home=tmp_path)
+        assert done.returncode == 0, done.stderr
+        reply = json.loads(done.stdout)
+        assert reply["token_ids"] == (expected[:-1] if stopped else expected)
+        assert reply["finish_reason"] == ("stop" if stopped else "length")
+        assert reply["stats"]["prompt_tokens"] == len(chat_prompt(ckpt, "Hello there"))
+        assert reply["stats"]["draft_k"] == (0 if flags == ["--no-mtp"] else 3)
+        assert reply["text"]
 
 
 def test_ask_streams_text_with_the_embedded_default(tmp_path):
@@ -71,12 +73,12 @@ def test_client_side_imports_without_torch():
 def test_generation_stops_at_stop_tokens_and_max_tokens(tiny):
     model = load_model(tiny["qwen3.6-dense-tiny"], device="cpu")
     prompt = chat_prompt(tiny["qwen3.6-dense-tiny"], "Count to ten")
-    free = list(generate_greedy(model, prompt, 20))
+    free = list(generate(model, prompt, 20))
     assert len(free) == 20
-    stopped = list(generate_greedy(model, prompt, 20, stop_ids={free[5]}))
+    stopped = list(generate(model, prompt, 20, stop_ids={free[5]}))
     assert stopped == free[:free.index(free[5]) + 1]
-    assert list(generate_greedy(model, prompt, 0)) == []
+    assert list(generate(model, prompt, 0)) == []
     with pytest.raises(ValueError, match="prompt is empty"):
-        list(generate_greedy(model, [], 5))
+        list(generate(model, [], 5))
     with pytest.raises(ValueError, match="context is 4096"):
-        list(generate_greedy(model, [1] * 4096, 5))
+        list(generate(model, [1] * 4096, 5))

@@ -8,7 +8,7 @@ greedy generation token-identical to transformers' `generate`.
 import pytest
 import torch
 
-from daemon.generate import generate_greedy
+from daemon.generate import generate
 from daemon.loader import load_model
 from tests.helpers import TOLERANCE, chat_prompt, random_ids, reference_model
 
@@ -60,6 +60,6 @@ def test_greedy_generation_matches_transformers_generate(tiny, name):
         prompt = chat_prompt(tiny[name], text)
         expected = ref.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False,
                                 eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
-        got = list(generate_greedy(ours, prompt, 40))
+        got = list(generate(ours, prompt, 40))
         assert got == expected, f"{name} diverged on {text!r}"
         assert len(got) == 40

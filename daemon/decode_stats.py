@@ -1,0 +1,57 @@
+"""What a generation measured, named as vLLM names its speculative-decoding metrics.
+
+drafts = verification steps that carried drafts; acceptance rate = accepted / drafted tokens; mean
+acceptance length = 1 + accepted / drafts (tokens emitted per verification); accepted_per_position[j]
+counts drafts whose (j+1)-th token was accepted, so it never increases with j.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DecodeStats:
+    draft_k: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    drafts: int = 0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    accepted_per_position: list[int] = field(default_factory=list)
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    time_to_first_token_s: float = 0.0
+    peak_memory_bytes: int = 0
+    finish_reason: str = ""
+
+    def record_verification(self, drafted: int, accepted: int) -> None:
+        if len(self.accepted_per_position) < drafted:
+            self.accepted_per_position.extend([0] * (drafted - len(self.accepted_per_position)))
+        self.drafts += 1
+        self.drafted_tokens += drafted
+        self.accepted_tokens += accepted
+        for position in range(accepted):
+            self.accepted_per_position[position] += 1
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+
+    @property
+    def mean_acceptance_length(self) -> float:
+        return 1 + self.accepted_tokens / self.drafts if self.drafts else 0.0
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        """Tokens after the first (which prefill produces) per second of decoding."""
+        return (self.generated_tokens - 1) / self.decode_s if self.decode_s and self.generated_tokens > 1 else 0.0
+
+    def as_dict(self) -> dict:
+        derived = {name: getattr(self, name) for name in
+                   ("acceptance_rate", "mean_acceptance_length", "prefill_tok_s", "decode_tok_s")}
+        return {**vars(self), "accepted_per_position": list(self.accepted_per_position), **derived}

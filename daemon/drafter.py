@@ -1,0 +1,57 @@
+"""Drafting with the checkpoint's own MTP head.
+
+The MTP layer's KV cache must hold, at every position i, the pair (trunk hidden h_i, token t_{i+1}).
+After prefill and after every verification the decoder hands the drafter the pairs it has not seen
+yet (`extend`); the next `propose` runs them through the MTP layer in one pass — which also yields
+the first draft — then chains: the MTP output (after its norm) is the next hidden and the drafted
+token the next input. Chained drafts write provisional KV entries past the accepted position; the
+next `extend` overwrites them with the true pairs, so the cache always matches what was accepted.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from daemon.model import QwenModel
+from daemon.sampling import SamplingParams, sample, target_probs
+
+
+class MTPDrafter:
+    def __init__(self, model: QwenModel, max_len: int):
+        self.model = model
+        self.cache = model.new_mtp_cache(max_len)
+        self._pending: tuple[torch.Tensor, torch.Tensor, int] | None = None
+
+    def extend(self, hidden: torch.Tensor, next_tokens: torch.Tensor, start: int) -> None:
+        """Queue pairs (hidden [1, m, H] at positions start.., next_tokens [1, m]) after any queued ones."""
+        if self._pending is not None:
+            queued_hidden, queued_tokens, queued_start = self._pending
+            assert queued_start + queued_tokens.shape[1] == start, "MTP pairs must be contiguous"
+            hidden = torch.cat((queued_hidden, hidden), dim=1)
+            next_tokens = torch.cat((queued_tokens, next_tokens), dim=1)
+            start = queued_start
+        self._pending = (hidden, next_tokens, start)
+
+    def _choose(self, logits: torch.Tensor, params: SamplingParams, generator):
+        if params.greedy:
+            return logits.argmax(-1), None
+        probs = target_probs(logits, params)
+        return sample(probs, generator), probs
+
+    @torch.inference_mode()
+    def propose(self, k: int, params: SamplingParams, generator: torch.Generator | None):
+        """k draft tokens [k], and the distributions [k, V] they were sampled from (None if greedy)."""
+        hidden, tokens, start = self._pending
+        self._pending = None
+        logits, out = self.model.mtp_forward(tokens, hidden, self.cache, start)
+        position = start + tokens.shape[1]
+        drafts, probs = [], []
+        for _ in range(k):
+            token, dist = self._choose(logits[0, -1:], params, generator)
+            drafts.append(token)
+            probs.append(dist)
+            if len(drafts) == k:
+                break
+            logits, out = self.model.mtp_forward(token[None], out[:, -1:], self.cache, position)
+            position += 1
+        return torch.cat(drafts), None if params.greedy else torch.cat(probs)

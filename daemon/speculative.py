@@ -1,0 +1,91 @@
+"""One sequence's decoding state and its step: plain (k = 0) or MTP-speculative (k ≥ 1).
+
+A speculative step drafts k tokens with the MTP head, verifies [last token, drafts] in ONE trunk
+forward of k+1 tokens that records the DeltaNet state after each of them, accepts the longest prefix
+the target agrees with, and emits the accepted drafts plus one token from the target (the correction
+or the bonus). Rollback: attention caches just do not advance past the accepted position; DeltaNet
+state and conv window are restored from the verify pass's per-token slot — no replay, no host copy.
+Plain decoding is the same object with k = 0, so comparisons between the two are fair.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from daemon.drafter import MTPDrafter
+from daemon.model import QwenModel
+from daemon.sampling import SamplingParams, sample, target_probs, verify_drafts
+
+
+class SpeculativeDecoder:
+    """Holds the caches; `length` tokens are in the trunk cache, `token` is emitted but not yet in it."""
+
+    def __init__(self, model: QwenModel, prompt_ids: list[int], capacity: int, *, draft_k: int = 0,
+                 sampling: SamplingParams = SamplingParams(), drafter: MTPDrafter | None = None):
+        if draft_k and model.mtp is None and drafter is None:
+            raise ValueError("this checkpoint has no MTP head: use plain decoding (draft k = 0)")
+        if not 0 <= draft_k <= 4:
+            raise ValueError(f"draft k must be 0..4, got {draft_k}")
+        self.model, self.prompt_ids, self.capacity = model, prompt_ids, capacity
+        self.draft_k, self.sampling = draft_k, sampling
+        self.cache = model.new_cache(capacity, max_steps=draft_k + 1 if draft_k else 0)
+        self.drafter = (drafter or MTPDrafter(model, capacity)) if draft_k else None
+        self.generator = None
+        if sampling.seed is not None:
+            self.generator = torch.Generator(model.device).manual_seed(sampling.seed)
+        self.length = 0
+        self.token = -1
+
+    def _choose(self, logits: torch.Tensor) -> int:
+        if self.sampling.greedy:
+            return int(logits.argmax())
+        return int(sample(target_probs(logits[None], self.sampling), self.generator))
+
+    @torch.inference_mode()
+    def prefill(self) -> int:
+        """Run the prompt; return the first generated token."""
+        ids = torch.tensor([self.prompt_ids], device=self.model.device)
+        logits, hidden = self.model(ids, self.cache, 0, last_only=True)
+        self.length = len(self.prompt_ids)
+        self.token = self._choose(logits[0, -1])
+        if self.drafter:
+            next_tokens = torch.tensor([self.prompt_ids[1:] + [self.token]], device=self.model.device)
+            self.drafter.extend(hidden, next_tokens, 0)
+        return self.token
+
+    def room(self) -> int:
+        """How many more tokens the cache can take."""
+        return self.capacity - self.length
+
+    @torch.inference_mode()
+    def step(self, max_tokens: int) -> tuple[list[int], int]:
+        """Emit 1..min(k+1, max_tokens) tokens; also return how many drafts were verified (all but the
+        last emitted token were accepted drafts)."""
+        k = min(self.draft_k, self.room() - 1, max_tokens - 1)
+        if k <= 0:
+            logits, hidden = self.model(torch.tensor([[self.token]], device=self.model.device), self.cache,
+                                        self.length)
+            self.token = self._choose(logits[0, -1])
+            if self.drafter:  # keep the MTP cache complete for a later speculative step
+                self.drafter.extend(hidden, torch.tensor([[self.token]], device=self.model.device), self.length)
+            self.length += 1
+            return [self.token], 0
+        drafts, draft_probs = self.drafter.propose(k, self.sampling, self.generator)
+        verify_ids = torch.cat((torch.tensor([self.token], device=drafts.device), drafts))[None]
+        logits, hidden = self.model(verify_ids, self.cache, self.length, keep_steps=True)
+        if self.sampling.greedy:
+            target = logits[0].argmax(-1)
+            agree = (drafts == target[:k]).to(torch.int64).cumprod(0)
+            accepted = int(agree.sum())
+            following = int(target[accepted])
+        else:
+            accepted, following = verify_drafts(drafts, draft_probs, target_probs(logits[0], self.sampling),
+                                                self.generator)
+        if accepted < k:
+            self.cache.restore_step(accepted)
+        emitted = drafts[:accepted].tolist() + [following]
+        next_tokens = torch.tensor([emitted], device=drafts.device)
+        self.drafter.extend(hidden[:, :accepted + 1], next_tokens, self.length)
+        self.length += accepted + 1
+        self.token = following
+        return emitted, k

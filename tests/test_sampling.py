@@ -1,0 +1,159 @@
+"""daemon.sampling: the target distribution q and lossless speculative verification.
+
+Proven here, on synthetic distributions over a vocabulary of 6 tokens:
+- verify_drafts is lossless: the first emitted token is distributed as q[0] (k=1 and k=3, sampled or
+  greedy drafts); for k=3 the second emitted token is distributed as q[1]; the total-variation
+  distance to q shrinks with more trials, while deliberately wrong samplers (always accepting the
+  draft; resampling from q instead of norm(max(0, q - p))) land far from q;
+- with p == q every draft is accepted and the bonus token follows q[1];
+- against a greedy target exactly the leading drafts equal to the argmax are accepted, and the next
+  token is the argmax of the following row;
+- target_probs: temperature, top-k, top-p (hand-computed example), normalisation, greedy one-hot;
+- seeded generators reproduce draws exactly; SamplingParams rejects invalid settings.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from daemon.sampling import SamplingParams, sample, target_probs, verify_drafts
+
+V = 6
+Q0 = torch.tensor([0.40, 0.30, 0.10, 0.10, 0.05, 0.05])
+P0 = torch.tensor([0.05, 0.05, 0.10, 0.10, 0.30, 0.40])  # far from Q0: TV(P0, Q0) = 0.6
+
+
+def tv(tokens: torch.Tensor, probs: torch.Tensor) -> float:
+    emp = torch.bincount(tokens, minlength=V).double() / tokens.numel()
+    return 0.5 * float((emp - probs.double()).abs().sum())
+
+
+def run(target, draft_probs, drafts, seed=0):
+    """verify_drafts per trial (drafts [N, k]); returns accepted counts [N] and emitted tokens [N, k+1]."""
+    g = torch.Generator().manual_seed(seed)
+    acc, emitted = [], []
+    for d in drafts:
+        a, tok = verify_drafts(d, draft_probs, target, g)
+        acc.append(a), emitted.append(d.tolist()[:a] + [tok] + [-1] * (d.numel() - a))
+    return torch.tensor(acc), torch.tensor(emitted)
+
+
+def draw(probs: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    return torch.multinomial(probs, n, replacement=True, generator=torch.Generator().manual_seed(seed)).T
+
+
+def test_lossless_single_draft_and_wrong_samplers_are_caught():
+    n = 12_000
+    target = torch.stack([Q0, Q0.flip(0)])
+    drafts = draw(P0[None], n, seed=1)
+    acc, emitted = run(target, P0[None], drafts)
+    first = emitted[:, 0]
+    assert tv(first, Q0) < 0.02
+    assert tv(first, Q0) < tv(first[:750], Q0)  # converges as trials grow
+    assert abs(acc.double().mean() - torch.minimum(P0, Q0).sum()) < 0.02  # acceptance rate = sum min(p, q)
+    # wrong sampler 1: always accept the draft
+    assert tv(drafts[:, 0], Q0) > 0.5
+    # wrong sampler 2: same accept test, but resample from q (not max(0, q - p)) on rejection
+    g = torch.Generator().manual_seed(2)
+    d = drafts[:, 0]
+    accept = torch.rand(n, generator=g) * P0[d] < Q0[d]
+    wrong = torch.where(accept, d, draw(Q0[None], n, seed=3)[:, 0])
+    assert tv(wrong, Q0) > 0.1  # analytically 0.18
+
+
+def test_lossless_three_drafts_first_and_second_token():
+    n = 8_000
+    gen = torch.Generator().manual_seed(4)
+    target = torch.cat([Q0[None], torch.softmax(torch.randn(3, V, generator=gen) * 1.5, -1)])
+    draft_probs = torch.cat([P0[None], torch.softmax(torch.randn(2, V, generator=gen) * 1.5, -1)])
+    drafts = draw(draft_probs, n, seed=5)
+    acc, emitted = run(target, draft_probs, drafts, seed=6)
+    assert set(acc.tolist()) == {0, 1, 2, 3}
+    assert tv(emitted[:, 0], Q0) < 0.02
+    # the second emitted token exists when at least one draft was accepted; it must follow q[1]
+    assert tv(emitted[acc >= 1, 1], target[1]) < 0.03
+    assert tv(drafts[:, 0], Q0) > 0.5
+
+
+def test_draft_equal_to_target_always_accepted_and_bonus_follows_next_row():
+    n = 6_000
+    q1 = torch.tensor([0.05, 0.15, 0.2, 0.25, 0.3, 0.05])
+    target = torch.stack([Q0, q1])
+    acc, emitted = run(target, Q0[None], draw(Q0[None], n, seed=7), seed=8)
+    assert bool((acc == 1).all())
+    assert tv(emitted[:, 0], Q0) < 0.025
+    assert tv(emitted[:, 1], q1) < 0.025
+
+
+def test_greedy_draft_against_sampled_target_is_lossless():
+    n = 10_000
+    target = torch.stack([Q0, Q0.flip(0)])
+    drafts = torch.full((n, 1), 1)  # point-mass draft on token 1 (q = 0.3)
+    acc, emitted = run(target, None, drafts, seed=9)
+    assert tv(emitted[:, 0], Q0) < 0.02
+    assert abs(acc.double().mean() - Q0[1]) < 0.02
+    assert bool((emitted[acc == 0, 0] != 1).all())  # a rejected token is never re-emitted
+
+
+@pytest.mark.parametrize("sampled_draft", [False, True])
+def test_greedy_target_accepts_exactly_the_argmax_prefix(sampled_draft):
+    gen = torch.Generator().manual_seed(10)
+    logits = torch.randn(4, V, generator=gen)
+    target = target_probs(logits, SamplingParams(temperature=0.0))
+    best = logits.argmax(-1)
+    draft_probs = torch.softmax(torch.randn(3, V, generator=gen), -1) if sampled_draft else None
+    for m in range(4):
+        drafts = best[:3].clone()
+        if m < 3:
+            drafts[m] = (best[m] + 1) % V
+        for seed in range(5):
+            got = verify_drafts(drafts, draft_probs, target, torch.Generator().manual_seed(seed))
+            assert got == (m, int(best[m]))
+
+
+def test_target_probs_temperature_topk_topp_greedy():
+    logits = torch.randn(64, V, generator=torch.Generator().manual_seed(11)) * 2
+    probs = target_probs(logits, SamplingParams(temperature=0.7))
+    assert torch.allclose(probs, torch.softmax(logits / 0.7, -1), atol=1e-6)
+    top3 = target_probs(logits, SamplingParams(temperature=1.0, top_k=3))
+    assert bool(((top3 > 0).sum(-1) == 3).all())
+    kept = logits.topk(3, -1).indices
+    assert torch.allclose(top3.gather(-1, kept), torch.softmax(logits.gather(-1, kept), -1), atol=1e-6)
+    both = target_probs(logits, SamplingParams(temperature=1.3, top_k=4, top_p=0.6))
+    for p in (probs, top3, both):
+        assert torch.allclose(p.sum(-1), torch.ones(64), atol=1e-5)
+    assert bool(((both > 0).sum(-1) <= 4).all())
+    base = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    expect = {0.7: [0.625, 0.375, 0, 0], 0.4: [1, 0, 0, 0], 0.81: [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0],
+              1.0: [0.5, 0.3, 0.15, 0.05]}
+    for top_p, want in expect.items():
+        got = target_probs(base, SamplingParams(temperature=1.0, top_p=top_p))
+        assert torch.allclose(got, torch.tensor([want], dtype=torch.float32), atol=1e-6), top_p
+    tie = target_probs(torch.zeros(1, 4), SamplingParams(temperature=1.0, top_p=0.5))  # exact 0.25 steps
+    assert sorted(tie[0].tolist()) == [0, 0, 0.5, 0.5]  # 2 tokens already reach 0.5: no third one
+    greedy = target_probs(logits.bfloat16(), SamplingParams(temperature=0.0, top_k=2, top_p=0.5))
+    assert greedy.dtype == torch.float32
+    assert torch.equal(greedy, torch.nn.functional.one_hot(logits.bfloat16().float().argmax(-1), V).float())
+
+
+def test_seeded_generators_reproduce_and_different_seeds_differ():
+    probs = torch.softmax(torch.randn(200, V, generator=torch.Generator().manual_seed(12)), -1)
+    target = torch.stack([Q0, Q0.flip(0)])
+    drafts = draw(P0[None], 200, seed=13)
+
+    def draws(seed):
+        g = torch.Generator().manual_seed(seed)
+        return sample(probs, g).tolist(), [verify_drafts(d, P0[None], target, g) for d in drafts]
+
+    assert draws(1) == draws(1)
+    a, b = draws(1), draws(2)
+    assert a[0] != b[0] and a[1] != b[1]
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=-0.1), dict(top_k=-1), dict(top_p=0.0),
+                                    dict(top_p=-0.5), dict(top_p=1.01)])
+def test_sampling_params_rejects_invalid(kwargs):
+    with pytest.raises(ValueError):
+        SamplingParams(**kwargs)
+    SamplingParams(temperature=0.5, top_k=5, top_p=1.0)  # valid values pass
