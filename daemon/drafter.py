@@ -32,7 +32,8 @@ class MTPDrafter:
             start = queued_start
         self._pending = (hidden, next_tokens, start)
 
-    def _choose(self, logits: torch.Tensor, params: SamplingParams, generator):
+    def choose(self, logits: torch.Tensor, params: SamplingParams, generator, slot: int):
+        """Draft token for draft slot `slot` from MTP logits [1, V], and its distribution (None if greedy)."""
         if params.greedy:
             return logits.argmax(-1), None
         probs = target_probs(logits, params)
@@ -46,12 +47,11 @@ class MTPDrafter:
         logits, out = self.model.mtp_forward(tokens, hidden, self.cache, start)
         position = start + tokens.shape[1]
         drafts, probs = [], []
-        for _ in range(k):
-            token, dist = self._choose(logits[0, -1:], params, generator)
+        for slot in range(k):
+            if slot:  # chain: the last draft is the input, the MTP output the hidden
+                logits, out = self.model.mtp_forward(drafts[-1][None], out[:, -1:], self.cache, position)
+                position += 1
+            token, dist = self.choose(logits[0, -1:], params, generator, slot)
             drafts.append(token)
             probs.append(dist)
-            if len(drafts) == k:
-                break
-            logits, out = self.model.mtp_forward(token[None], out[:, -1:], self.cache, position)
-            position += 1
         return torch.cat(drafts), None if params.greedy else torch.cat(probs)

@@ -42,11 +42,13 @@ def generate(model: QwenModel, prompt_ids: list[int], max_new_tokens: int, stop_
         stats.finish_reason = "length"
         return
     stop = set(stop_ids)
-    capacity = min(len(prompt_ids) + max_new_tokens + draft_k, limit)
+    budget = min(max_new_tokens, limit - len(prompt_ids))  # prompt + reply never exceed the context
+    at_budget = "length" if budget == max_new_tokens else "context"
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.device)
     started = time.perf_counter()
-    decoder = SpeculativeDecoder(model, prompt_ids, capacity, draft_k=draft_k, sampling=sampling, drafter=drafter)
+    decoder = SpeculativeDecoder(model, prompt_ids, len(prompt_ids) + budget, draft_k=draft_k, sampling=sampling,
+                                 drafter=drafter)
     tokens = [decoder.prefill()]
     stats.time_to_first_token_s = stats.prefill_s = time.perf_counter() - started
     decode_started = time.perf_counter()
@@ -59,13 +61,10 @@ def generate(model: QwenModel, prompt_ids: list[int], max_new_tokens: int, stop_
                 if token in stop:
                     stats.finish_reason = "stop"
                     return
-                if stats.generated_tokens == max_new_tokens:
-                    stats.finish_reason = "length"
+                if stats.generated_tokens == budget:
+                    stats.finish_reason = at_budget
                     return
-            if decoder.room() <= 0:
-                stats.finish_reason = "context"
-                return
-            tokens, drafted = decoder.step(max_new_tokens - stats.generated_tokens)
+            tokens, drafted = decoder.step(budget - stats.generated_tokens)
             if drafted:
                 stats.record_verification(drafted, len(tokens) - 1)
     finally:

@@ -18,7 +18,9 @@ from daemon.sampling import SamplingParams, sample, target_probs, verify_drafts
 
 
 class SpeculativeDecoder:
-    """Holds the caches; `length` tokens are in the trunk cache, `token` is emitted but not yet in it."""
+    """Holds the caches; `length` tokens are in the trunk cache, `token` is emitted but not yet in it.
+
+    `capacity` bounds the positions a step may write (prompt + the tokens still to be emitted)."""
 
     def __init__(self, model: QwenModel, prompt_ids: list[int], capacity: int, *, draft_k: int = 0,
                  sampling: SamplingParams = SamplingParams(), drafter: MTPDrafter | None = None):
@@ -53,15 +55,11 @@ class SpeculativeDecoder:
             self.drafter.extend(hidden, next_tokens, 0)
         return self.token
 
-    def room(self) -> int:
-        """How many more tokens the cache can take."""
-        return self.capacity - self.length
-
     @torch.inference_mode()
     def step(self, max_tokens: int) -> tuple[list[int], int]:
         """Emit 1..min(k+1, max_tokens) tokens; also return how many drafts were verified (all but the
         last emitted token were accepted drafts)."""
-        k = min(self.draft_k, self.room() - 1, max_tokens - 1)
+        k = min(self.draft_k, max_tokens - 1, self.capacity - self.length - 1)
         if k <= 0:
             logits, hidden = self.model(torch.tensor([[self.token]], device=self.model.device), self.cache,
                                         self.length)

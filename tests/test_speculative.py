@@ -1,0 +1,172 @@
+"""MTP speculative decoding is lossless: token-identical to plain decoding and to transformers, for
+every draft length, every accept pattern and every stop condition — and the rollback is exact."""
+
+import pytest
+import torch
+
+from daemon.decode_stats import DecodeStats
+from daemon.drafter import MTPDrafter
+from daemon.generate import generate
+from daemon.loader import load_model
+from daemon.speculative import SpeculativeDecoder
+from tests.helpers import TOLERANCE, chat_prompt, random_ids, reference_model
+
+MODELS = ["qwen3.6-dense-tiny", "qwen3.6-moe-tiny"]
+
+
+class ScriptedDrafter(MTPDrafter):
+    """The real MTP drafter (its cache, chaining and positions all run), but each step's drafts are
+    the known plain continuation made wrong at a scripted slot, so a step accepts exactly that many."""
+
+    def __init__(self, model, max_len, truth: list[int], accept_plan: list[int]):
+        super().__init__(model, max_len)
+        self.truth, self.plan = truth, list(accept_plan)
+        self.first_logits = []
+        self._accept = 0
+        self._next_index = 0  # token index the next slot-0 draft predicts
+
+    def extend(self, hidden, next_tokens, start):
+        super().extend(hidden, next_tokens, start)
+        self._next_index = start + next_tokens.shape[1] + 1
+
+    def propose(self, k, params, generator):
+        self._accept = self.plan.pop(0)
+        return super().propose(k, params, generator)
+
+    def choose(self, logits, params, generator, slot):
+        if slot == 0:
+            self.first_logits.append(logits[0].clone())
+        token = self.truth[self._next_index + slot]
+        if slot == self._accept:
+            token = (token + 1) % logits.shape[-1]
+        return torch.tensor([token]), None
+
+
+@pytest.fixture(scope="module")
+def models(tiny):
+    return {name: load_model(tiny[name], device="cpu") for name in MODELS}
+
+
+def _prompts(tiny, name):
+    return [chat_prompt(tiny[name], "Hello! Who are you?"),
+            chat_prompt(tiny[name], "Explain speculative decoding in one paragraph.", enable_thinking=False),
+            random_ids(150, seed=21)[0].tolist()]  # crosses several DeltaNet chunks in prefill
+
+
+@pytest.mark.parametrize("name", MODELS)
+@torch.inference_mode()
+def test_mtp_output_equals_plain_and_transformers_for_every_k(tiny, models, name):
+    model, ref = models[name], reference_model(tiny[name])
+    for prompt in _prompts(tiny, name):
+        plain = list(generate(model, prompt, 24))
+        expected = ref.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False, eos_token_id=None,
+                                pad_token_id=0)[0, len(prompt):].tolist()
+        assert plain == expected
+        for k in range(1, 5):
+            stats = DecodeStats()
+            assert list(generate(model, prompt, 24, draft_k=k, stats=stats)) == plain, f"k={k}"
+            assert stats.drafts > 0 and stats.generated_tokens == 24
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+@torch.inference_mode()
+def test_every_accept_pattern_emits_the_plain_tokens_and_rolls_back_exactly(models, k):
+    model = models["qwen3.6-dense-tiny"]
+    prompt = random_ids(40, seed=22)[0].tolist()
+    truth = prompt + list(generate(model, prompt, 40))
+    plan = list(range(k + 1)) + list(range(k, -1, -1))
+    drafter = ScriptedDrafter(model, 128, truth, plan)
+    decoder = SpeculativeDecoder(model, prompt, 128, draft_k=k, drafter=drafter)
+    emitted = [decoder.prefill()]
+    for accepted in list(plan):
+        tokens, drafted = decoder.step(max_tokens=100)
+        assert drafted == k and len(tokens) == accepted + 1
+        emitted += tokens
+        assert emitted == truth[len(prompt):len(prompt) + len(emitted)]
+        assert decoder.length == len(prompt) + len(emitted) - 1
+
+    # the trunk continues exactly as a fresh plain run (prefill, then one token at a time)
+    sequence = prompt + emitted
+    fresh = model.new_cache(len(sequence) + 1)
+    _, prompt_hidden = model(torch.tensor([prompt]), fresh, 0)
+    steps = [model(torch.tensor([[t]]), fresh, len(prompt) + i) for i, t in enumerate(emitted)]
+    fresh_logits = steps[-1][0]
+    fresh_hidden = torch.cat([prompt_hidden] + [hidden for _, hidden in steps], dim=1)
+    next_logits, _ = model(torch.tensor([[decoder.token]]), decoder.cache, decoder.length)
+    torch.testing.assert_close(next_logits[0, -1], fresh_logits[0, -1], rtol=0, atol=TOLERANCE)
+
+    # and the MTP layer's cache holds exactly the accepted history: its next draft logits equal a
+    # fresh MTP pass over all (trunk hidden h_i, token t_{i+1}) pairs
+    drafter.plan.append(0)
+    drafter.propose(1, decoder.sampling, None)
+    pairs = (torch.tensor([sequence[1:]]), fresh_hidden[:, :-1])
+    fresh_mtp, _ = model.mtp_forward(*pairs, model.new_mtp_cache(len(sequence)), 0)
+    torch.testing.assert_close(drafter.first_logits[-1], fresh_mtp[0, -1], rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@torch.inference_mode()
+def test_stops_inside_a_draft_run_are_exact(models, name):
+    model = models[name]
+    prompt = random_ids(30, seed=23)[0].tolist()
+    plain = list(generate(model, prompt, 30))
+    truth = prompt + plain
+    for k in range(1, 5):
+        for limit in range(1, 9):  # the token limit falls at every slot of the first runs
+            drafter = ScriptedDrafter(model, 128, truth, [k] * 30)
+            assert list(generate(model, prompt, limit, draft_k=k, drafter=drafter)) == plain[:limit]
+        for index in (3, 6, 10):  # a stop token accepted in the middle of a fully accepted run
+            stop = plain[index]
+            first = plain.index(stop)
+            drafter = ScriptedDrafter(model, 128, truth, [k] * 30)
+            stats = DecodeStats()
+            got = list(generate(model, prompt, 30, {stop}, draft_k=k, drafter=drafter, stats=stats))
+            assert got == plain[:first + 1] and stats.finish_reason == "stop"
+
+
+@torch.inference_mode()
+def test_context_limit_ends_generation_exactly(tiny):
+    model = load_model(tiny["qwen3.6-dense-tiny"], device="cpu")
+    limit = model.config.max_position_embeddings
+    prompt = random_ids(limit - 5, seed=24)[0].tolist()
+    stats = DecodeStats()
+    plain = list(generate(model, prompt, 50, stats=stats))
+    assert len(plain) == 5 and stats.finish_reason == "context"  # prompt + reply == context
+    stats = DecodeStats()
+    assert list(generate(model, prompt, 50, draft_k=3, stats=stats)) == plain
+    assert stats.finish_reason == "context"
+
+
+@torch.inference_mode()
+def test_stats_are_consistent(models):
+    model = models["qwen3.6-moe-tiny"]
+    prompt = random_ids(20, seed=25)[0].tolist()
+    truth = prompt + list(generate(model, prompt, 60))
+    plan = [3, 0, 1, 3, 2, 2, 0, 3] * 4
+    stats = DecodeStats()
+    drafter = ScriptedDrafter(model, 128, truth, plan)
+    tokens = list(generate(model, prompt, 40, draft_k=3, drafter=drafter, stats=stats))
+    assert len(tokens) == stats.generated_tokens == 40
+    # every emitted token is the prefill token, an accepted draft, or one per verification
+    assert stats.generated_tokens == 1 + stats.drafts + stats.accepted_tokens
+    per_position = stats.accepted_per_position
+    assert per_position == sorted(per_position, reverse=True) and sum(per_position) == stats.accepted_tokens
+    assert stats.acceptance_rate == stats.accepted_tokens / stats.drafted_tokens
+    assert stats.mean_acceptance_length == 1 + stats.accepted_tokens / stats.drafts
+    assert stats.prefill_tok_s > 0 and stats.decode_tok_s > 0 and stats.peak_memory_bytes > 0
+
+
+@torch.inference_mode()
+def test_seeded_sampling_is_reproducible_and_k_must_be_valid(models):
+    from daemon.sampling import SamplingParams
+
+    model = models["qwen3.6-dense-tiny"]
+    prompt = random_ids(10, seed=26)[0].tolist()
+    params = SamplingParams(temperature=0.8, top_p=0.9, top_k=50, seed=7)
+    for k in (0, 2):
+        first = list(generate(model, prompt, 30, draft_k=k, sampling=params))
+        assert first == list(generate(model, prompt, 30, draft_k=k, sampling=params))
+    other = SamplingParams(temperature=0.8, top_p=0.9, top_k=50, seed=8)
+    assert list(generate(model, prompt, 30, sampling=other)) != list(generate(model, prompt, 30, sampling=params))
+    with pytest.raises(ValueError, match="draft k must be 0..4"):
+        list(generate(model, prompt, 5, draft_k=5))
