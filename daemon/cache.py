@@ -16,6 +16,10 @@ import torch
 from daemon.config import TextConfig
 
 
+def _nbytes(cache) -> int:
+    return sum(t.numel() * t.element_size() for t in vars(cache).values())
+
+
 @dataclass
 class AttentionCache:
     keys: torch.Tensor  # [B, kv_heads, max_len, head_dim]
@@ -38,6 +42,9 @@ class AttentionCache:
     def window(self, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.keys[:, :, :kv_len], self.values[:, :, :kv_len]
 
+    def nbytes(self) -> int:
+        return _nbytes(self)
+
 
 @dataclass
 class DeltaNetCache:
@@ -54,6 +61,9 @@ class DeltaNetCache:
         """Continue from the state recorded after token `step` of the last multi-token forward."""
         self.conv.copy_(self.conv_steps[step])
         self.state.copy_(self.state_steps[step])
+
+    def nbytes(self) -> int:
+        return _nbytes(self)
 
 
 class ModelCache:
@@ -80,6 +90,9 @@ class ModelCache:
                     conv_steps=torch.zeros((max_steps, *conv_shape), device=device, dtype=dtype),
                     state_steps=torch.zeros((max_steps, *state_shape), device=device, dtype=torch.float32),
                 ))
+
+    def nbytes(self) -> int:
+        return sum(layer.nbytes() for layer in self.layers)
 
     def restore_step(self, step: int) -> None:
         for layer in self.layers:

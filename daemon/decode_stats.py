@@ -22,7 +22,8 @@ class DecodeStats:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     time_to_first_token_s: float = 0.0
-    peak_memory_bytes: int = 0
+    peak_memory_bytes: int = 0  # CUDA: peak allocated during the run; CPU: the process's peak RSS
+    state_bytes: int = 0  # caches this generation allocated (MTP adds its KV cache and DeltaNet step slots)
     finish_reason: str = ""
 
     def record_verification(self, drafted: int, accepted: int) -> None:

@@ -49,6 +49,7 @@ def generate(model: QwenModel, prompt_ids: list[int], max_new_tokens: int, stop_
     started = time.perf_counter()
     decoder = SpeculativeDecoder(model, prompt_ids, len(prompt_ids) + budget, draft_k=draft_k, sampling=sampling,
                                  drafter=drafter)
+    stats.state_bytes = decoder.state_bytes()
     tokens = [decoder.prefill()]
     stats.time_to_first_token_s = stats.prefill_s = time.perf_counter() - started
     decode_started = time.perf_counter()

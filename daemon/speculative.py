@@ -38,6 +38,10 @@ class SpeculativeDecoder:
         self.length = 0
         self.token = -1
 
+    def state_bytes(self) -> int:
+        """Memory of the decoding state: trunk caches (+ DeltaNet step slots) and the MTP layer's cache."""
+        return self.cache.nbytes() + (self.drafter.cache.nbytes() if self.drafter else 0)
+
     def _choose(self, logits: torch.Tensor) -> int:
         if self.sampling.greedy:
             return int(logits.argmax())

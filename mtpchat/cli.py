@@ -46,6 +46,50 @@ def _ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    from daemon import bench
+    from daemon.default_model import default_checkpoint
+    from daemon.loader import DTYPES, default_device, default_dtype
+    from daemon.reply import load_chat_model
+    from daemon.shapes import random_model, shape_config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device) if args.device else default_device()
+    ks = [int(k) for k in args.draft.split(",")]
+    report = {"device": str(device), "cpu": platform.processor() or platform.machine(),
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "max_tokens": args.max_tokens,
+              "draft_k": ks}
+    if args.shape:
+        # random weights at a real shape; bf16 by default, where a (k+1)-token verify reads weights once
+        dtype = DTYPES[args.dtype or "bfloat16"]
+        config = shape_config(args.shape, args.layers, args.vocab)
+        model = random_model(config, device, dtype)
+        prompt = torch.randint(0, config.vocab_size, (args.prompt_tokens,),
+                               generator=torch.Generator().manual_seed(0)).tolist()
+        rates = [float(r) for r in (args.oracle or "0.6,0.7,0.8,0.9").split(",")]
+        report.update(model=args.shape, layers=config.num_hidden_layers, vocab=config.vocab_size)
+        report["step_cost"] = bench.step_costs(model, ks)
+        report["oracle"] = bench.bench_oracle(model, prompt, args.max_tokens, ks, rates)
+    else:
+        model, tokenizer = load_chat_model(args.model or default_checkpoint(), device=str(device))
+        if args.dtype:
+            model = model.to(DTYPES[args.dtype])
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                 tokenize=True, enable_thinking=False, return_dict=False)
+                   for p in bench.BENCH_PROMPTS[:args.prompts]]
+        report.update(model=str(args.model or default_checkpoint()))
+        report["checkpoint"] = bench.bench_checkpoint(model, prompts, args.max_tokens, ks)
+        report["step_cost"] = bench.step_costs(model, ks)
+    report["dtype"] = str(model.dtype).removeprefix("torch.")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtpchat", description="Chat with MTP-decoded Qwen models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +110,21 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if present)")
     ask.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     ask.set_defaults(run=_ask)
+    bench = commands.add_parser("bench", help="plain vs MTP decoding side by side, JSON out")
+    bench.add_argument("--model", help="checkpoint directory or repo id (default: the tiny demo)")
+    bench.add_argument("--shape", choices=["qwen3.6-27b", "qwen3.6-35b-a3b"],
+                       help="random weights at this real shape, with an oracle drafter, instead of a checkpoint")
+    bench.add_argument("--layers", type=int, help="with --shape: fewer layers (a multiple of 4)")
+    bench.add_argument("--vocab", type=int, help="with --shape: a smaller vocabulary")
+    bench.add_argument("--oracle", help="with --shape: per-token draft accuracies (default 0.6,0.7,0.8,0.9)")
+    bench.add_argument("--prompt-tokens", type=int, default=128, help="with --shape: prompt length")
+    bench.add_argument("--draft", default="1,2,3,4", help="draft lengths to measure, e.g. 1,2,3,4")
+    bench.add_argument("--prompts", type=int, default=4, help="how many built-in prompts (1..4)")
+    bench.add_argument("--max-tokens", type=int, default=64)
+    bench.add_argument("--device")
+    bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    bench.add_argument("--threads", type=int, help="torch CPU threads")
+    bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -5,41 +5,28 @@ import pytest
 import torch
 
 from daemon.decode_stats import DecodeStats
-from daemon.drafter import MTPDrafter
 from daemon.generate import generate
 from daemon.loader import load_model
+from daemon.oracle_drafter import OracleDrafter
 from daemon.speculative import SpeculativeDecoder
 from tests.helpers import TOLERANCE, chat_prompt, random_ids, reference_model
 
 MODELS = ["qwen3.6-dense-tiny", "qwen3.6-moe-tiny"]
 
 
-class ScriptedDrafter(MTPDrafter):
-    """The real MTP drafter (its cache, chaining and positions all run), but each step's drafts are
-    the known plain continuation made wrong at a scripted slot, so a step accepts exactly that many."""
+class ScriptedDrafter(OracleDrafter):
+    """Step i's drafts are the plain continuation, wrong from slot accept_plan[i] on: so that step
+    accepts exactly accept_plan[i] tokens. Records the MTP logits behind each first draft."""
 
     def __init__(self, model, max_len, truth: list[int], accept_plan: list[int]):
-        super().__init__(model, max_len)
-        self.truth, self.plan = truth, list(accept_plan)
+        self.plan = list(accept_plan)
+        super().__init__(model, max_len, truth, errs=lambda step, slot: slot == self.plan[step])
         self.first_logits = []
-        self._accept = 0
-        self._next_index = 0  # token index the next slot-0 draft predicts
-
-    def extend(self, hidden, next_tokens, start):
-        super().extend(hidden, next_tokens, start)
-        self._next_index = start + next_tokens.shape[1] + 1
-
-    def propose(self, k, params, generator):
-        self._accept = self.plan.pop(0)
-        return super().propose(k, params, generator)
 
     def choose(self, logits, params, generator, slot):
         if slot == 0:
             self.first_logits.append(logits[0].clone())
-        token = self.truth[self._next_index + slot]
-        if slot == self._accept:
-            token = (token + 1) % logits.shape[-1]
-        return torch.tensor([token]), None
+        return super().choose(logits, params, generator, slot)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +65,7 @@ def test_every_accept_pattern_emits_the_plain_tokens_and_rolls_back_exactly(mode
     drafter = ScriptedDrafter(model, 128, truth, plan)
     decoder = SpeculativeDecoder(model, prompt, 128, draft_k=k, drafter=drafter)
     emitted = [decoder.prefill()]
-    for accepted in list(plan):
+    for accepted in plan:
         tokens, drafted = decoder.step(max_tokens=100)
         assert drafted == k and len(tokens) == accepted + 1
         emitted += tokens

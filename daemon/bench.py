@@ -1,0 +1,139 @@
+"""`mtpchat bench`: plain vs MTP decoding measured side by side in one process, as JSON.
+
+Three measurements, each a ratio taken within one run so machine noise cancels:
+- checkpoint: the same prompts decoded plain and with MTP at each k, alternating per prompt; tok/s,
+  speed-up, acceptance, per-position acceptance, prefill tok/s, TTFT, memory; MTP output is checked
+  identical to plain (greedy).
+- oracle: at a real model shape with random weights, an `OracleDrafter` (real MTP cost, known
+  answer) errs at a set per-token rate, giving the speed-up the engine delivers at that acceptance.
+- step cost: a (k+1)-token verify forward and a 1-token MTP draft step relative to a 1-token decode.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+
+import torch
+
+from daemon.decode_stats import DecodeStats
+from daemon.generate import generate
+from daemon.model import QwenModel
+from daemon.oracle_drafter import OracleDrafter
+from daemon.sampling import SamplingParams
+
+BENCH_PROMPTS = [
+    "Explain how a hash map works, with a short Python example.",
+    "Write a haiku about a GPU cooling fan, then explain its imagery.",
+    "List five practical tips for writing clear commit messages.",
+    "What is speculative decoding and why does it keep the output unchanged?",
+]
+
+
+def _run(model, prompt, max_tokens, k, sampling, drafter=None) -> tuple[list[int], DecodeStats]:
+    stats = DecodeStats()
+    tokens = list(generate(model, prompt, max_tokens, draft_k=k, sampling=sampling, stats=stats, drafter=drafter))
+    return tokens, stats
+
+
+def summarize(runs: list[DecodeStats]) -> dict:
+    decoded = sum(max(s.generated_tokens - 1, 0) for s in runs)
+    drafts = sum(s.drafts for s in runs)
+    drafted = sum(s.drafted_tokens for s in runs)
+    accepted = sum(s.accepted_tokens for s in runs)
+    width = max((len(s.accepted_per_position) for s in runs), default=0)
+    per_position = [sum(s.accepted_per_position[j] for s in runs if j < len(s.accepted_per_position))
+                    for j in range(width)]
+    return {
+        "decode_tok_s": decoded / sum(s.decode_s for s in runs),
+        "prefill_tok_s": sum(s.prompt_tokens for s in runs) / sum(s.prefill_s for s in runs),
+        "time_to_first_token_s": statistics.mean(s.time_to_first_token_s for s in runs),
+        "drafts": drafts,
+        "drafted_tokens": drafted,
+        "accepted_tokens": accepted,
+        "acceptance_rate": accepted / drafted if drafted else 0.0,
+        "mean_acceptance_length": 1 + accepted / drafts if drafts else 0.0,
+        "acceptance_per_position": [n / drafts for n in per_position] if drafts else [],
+        "peak_memory_bytes": max(s.peak_memory_bytes for s in runs),
+        "state_bytes": max(s.state_bytes for s in runs),
+    }
+
+
+def _with_ratios(plain: dict, by_k: dict[int, dict]) -> dict:
+    for summary in by_k.values():
+        summary["speedup"] = summary["decode_tok_s"] / plain["decode_tok_s"]
+        summary["extra_state_bytes"] = summary["state_bytes"] - plain["state_bytes"]
+    return {"plain": plain, "mtp": {str(k): v for k, v in by_k.items()}}
+
+
+def bench_checkpoint(model: QwenModel, prompts: list[list[int]], max_tokens: int, ks: list[int],
+                     sampling: SamplingParams = SamplingParams()) -> dict:
+    _run(model, prompts[0], 4, max(ks), sampling)  # warm-up
+    runs: dict[int, list[DecodeStats]] = {k: [] for k in [0, *ks]}
+    identical = True
+    for prompt in prompts:  # alternate plain and every k on each prompt
+        plain_tokens, stats = _run(model, prompt, max_tokens, 0, sampling)
+        runs[0].append(stats)
+        for k in ks:
+            tokens, stats = _run(model, prompt, max_tokens, k, sampling)
+            runs[k].append(stats)
+            identical &= tokens == plain_tokens
+    result = _with_ratios(summarize(runs[0]), {k: summarize(runs[k]) for k in ks})
+    if sampling.greedy:
+        result["mtp_identical_to_plain"] = identical
+    return result
+
+
+def bench_oracle(model: QwenModel, prompt: list[int], max_tokens: int, ks: list[int], rates: list[float],
+                 seed: int = 0) -> dict:
+    greedy = SamplingParams()
+    _run(model, prompt, 4, max(ks), greedy)  # warm-up
+    plain_tokens, _ = _run(model, prompt, max_tokens, 0, greedy)
+    truth = prompt + plain_tokens
+    capacity = len(truth) + max(ks) + 1
+    results = {}
+    for rate in rates:
+        rng = random.Random(seed)
+        plain_runs, by_k = [], {}
+        for k in ks:
+            plain_runs.append(_run(model, prompt, max_tokens, 0, greedy)[1])
+            drafter = OracleDrafter(model, capacity, truth, errs=lambda step, slot: rng.random() >= rate)
+            by_k[k] = summarize([_run(model, prompt, max_tokens, k, greedy, drafter)[1]])
+        results[f"{rate:.2f}"] = _with_ratios(summarize(plain_runs), by_k)
+    return results
+
+
+def _median_seconds(fn, device: torch.device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])
+
+
+@torch.inference_mode()
+def step_costs(model: QwenModel, ks: list[int], context: int = 256, repeats: int = 5) -> dict:
+    """Seconds of a 1-token decode step, and the cost of a (k+1)-token verify and of one MTP draft
+    step relative to it, at `context` tokens of history."""
+    device = model.device
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (1, context + max(ks) + 1), generator=torch.Generator().manual_seed(0)).to(device)
+    cache = model.new_cache(ids.shape[1], max_steps=max(ks) + 1)
+    _, hidden = model(ids[:, :context], cache, 0, last_only=True)
+    one = _median_seconds(lambda: model(ids[:, context:context + 1], cache, context), device, repeats)
+    mtp_cache = model.new_mtp_cache(ids.shape[1])
+    draft = _median_seconds(lambda: model.mtp_forward(ids[:, :1], hidden[:, -1:], mtp_cache, context), device,
+                            repeats)
+    verify = {
+        str(k): _median_seconds(lambda: model(ids[:, context:context + k + 1], cache, context, keep_steps=True),
+                                device, repeats) / one
+        for k in ks
+    }
+    return {"context": context, "decode_step_s": one, "draft_step_vs_decode": draft / one,
+            "verify_vs_decode": verify}
