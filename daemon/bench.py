@@ -37,14 +37,17 @@ def _run(model, prompt, max_tokens, k, sampling, drafter=None) -> tuple[list[int
     return tokens, stats
 
 
+def _column_sums(rows: list[list[int]]) -> list[int]:
+    return [sum(row[j] for row in rows if j < len(row)) for j in range(max(map(len, rows), default=0))]
+
+
 def summarize(runs: list[DecodeStats]) -> dict:
     decoded = sum(max(s.generated_tokens - 1, 0) for s in runs)
     drafts = sum(s.drafts for s in runs)
     drafted = sum(s.drafted_tokens for s in runs)
     accepted = sum(s.accepted_tokens for s in runs)
-    width = max((len(s.accepted_per_position) for s in runs), default=0)
-    per_position = [sum(s.accepted_per_position[j] for s in runs if j < len(s.accepted_per_position))
-                    for j in range(width)]
+    combined = DecodeStats(accepted_per_position=_column_sums([s.accepted_per_position for s in runs]),
+                           drafted_per_position=_column_sums([s.drafted_per_position for s in runs]))
     return {
         "decode_tok_s": decoded / sum(s.decode_s for s in runs),
         "prefill_tok_s": sum(s.prompt_tokens for s in runs) / sum(s.prefill_s for s in runs),
@@ -54,7 +57,7 @@ def summarize(runs: list[DecodeStats]) -> dict:
         "accepted_tokens": accepted,
         "acceptance_rate": accepted / drafted if drafted else 0.0,
         "mean_acceptance_length": 1 + accepted / drafts if drafts else 0.0,
-        "acceptance_per_position": [n / drafts for n in per_position] if drafts else [],
+        "acceptance_per_position": combined.acceptance_per_position,
         "peak_memory_bytes": max(s.peak_memory_bytes for s in runs),
         "state_bytes": max(s.state_bytes for s in runs),
     }

@@ -2,7 +2,8 @@
 
 drafts = verification steps that carried drafts; acceptance rate = accepted / drafted tokens; mean
 acceptance length = 1 + accepted / drafts (tokens emitted per verification); accepted_per_position[j]
-counts drafts whose (j+1)-th token was accepted, so it never increases with j.
+counts drafts whose (j+1)-th token was accepted, so it never increases with j; drafted_per_position[j]
+counts drafts that had a (j+1)-th token (fewer near the token limit).
 """
 
 from __future__ import annotations
@@ -26,14 +27,22 @@ class DecodeStats:
     state_bytes: int = 0  # caches this generation allocated (MTP adds its KV cache and DeltaNet step slots)
     finish_reason: str = ""
 
+    drafted_per_position: list[int] = field(default_factory=list)
+
     def record_verification(self, drafted: int, accepted: int) -> None:
-        if len(self.accepted_per_position) < drafted:
-            self.accepted_per_position.extend([0] * (drafted - len(self.accepted_per_position)))
+        for counts in (self.drafted_per_position, self.accepted_per_position):
+            counts.extend([0] * (drafted - len(counts)))
         self.drafts += 1
         self.drafted_tokens += drafted
         self.accepted_tokens += accepted
-        for position in range(accepted):
-            self.accepted_per_position[position] += 1
+        for position in range(drafted):
+            self.drafted_per_position[position] += 1
+            self.accepted_per_position[position] += position < accepted
+
+    @property
+    def acceptance_per_position(self) -> list[float]:
+        """Of the drafts that reached position j, the share whose token j was accepted."""
+        return [a / d for a, d in zip(self.accepted_per_position, self.drafted_per_position)]
 
     @property
     def acceptance_rate(self) -> float:
@@ -53,6 +62,7 @@ class DecodeStats:
         return (self.generated_tokens - 1) / self.decode_s if self.decode_s and self.generated_tokens > 1 else 0.0
 
     def as_dict(self) -> dict:
-        derived = {name: getattr(self, name) for name in
-                   ("acceptance_rate", "mean_acceptance_length", "prefill_tok_s", "decode_tok_s")}
-        return {**vars(self), "accepted_per_position": list(self.accepted_per_position), **derived}
+        derived = {name: getattr(self, name) for name in ("acceptance_rate", "mean_acceptance_length",
+                                                          "acceptance_per_position", "prefill_tok_s", "decode_tok_s")}
+        return {**vars(self), "accepted_per_position": list(self.accepted_per_position),
+                "drafted_per_position": list(self.drafted_per_position), **derived}

@@ -1,0 +1,67 @@
+"""`mtpchat bench` measures what it claims: oracle acceptance follows the set accuracy, summaries are
+consistent with the runs, and MTP output is checked against plain output."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from daemon.bench import bench_checkpoint, bench_oracle, step_costs
+from daemon.config import TextConfig
+from daemon.loader import load_model
+from daemon.shapes import random_model, shape_config
+from tests.helpers import random_ids
+
+
+def test_oracle_acceptance_follows_the_set_accuracy(tiny):
+    model = load_model(tiny["qwen3.6-dense-tiny"], device="cpu")
+    prompt = random_ids(16, seed=31)[0].tolist()
+    result = bench_oracle(model, prompt, 24, ks=[2, 3], rates=[0.0, 1.0])
+    for k in ("2", "3"):
+        perfect = result["1.00"]["mtp"][k]
+        assert perfect["acceptance_rate"] == 1.0 and perfect["acceptance_per_position"] == [1.0] * int(k)
+        # every step accepts all its drafts; only the last may draft fewer (the token limit)
+        assert int(k) < perfect["mean_acceptance_length"] <= int(k) + 1
+        useless = result["0.00"]["mtp"][k]
+        assert useless["acceptance_rate"] == 0.0 and useless["mean_acceptance_length"] == 1.0
+        assert useless["speedup"] > 0 and useless["extra_state_bytes"] > 0
+
+
+def test_checkpoint_bench_checks_identity_and_reports_every_k(tiny):
+    model = load_model(tiny["qwen3.6-moe-tiny"], device="cpu")
+    prompts = [random_ids(10, seed=s)[0].tolist() for s in (32, 33)]
+    result = bench_checkpoint(model, prompts, 12, ks=[1, 3])
+    assert result["mtp_identical_to_plain"] is True
+    assert set(result["mtp"]) == {"1", "3"}
+    for summary in result["mtp"].values():
+        assert summary["drafts"] > 0
+        assert len(summary["acceptance_per_position"]) <= 3
+        assert summary["decode_tok_s"] > 0 and summary["prefill_tok_s"] > 0
+
+
+def test_real_shapes_scale_down_keeping_the_layer_pattern():
+    config = shape_config("qwen3.6-35b-a3b", layers=8, vocab=512)
+    assert config.num_experts == 256 and config.hidden_size == 2048 and config.vocab_size == 512
+    assert config.layer_types == (("linear_attention",) * 3 + ("full_attention",)) * 2
+    assert shape_config("qwen3.6-27b").num_hidden_layers == 64
+
+
+def test_random_model_and_step_costs(tiny):
+    config = TextConfig.from_checkpoint(tiny["qwen3.6-moe-tiny"])
+    model = random_model(config, "cpu", torch.float32)
+    assert model.mtp is not None
+    costs = step_costs(model, ks=[1, 2], context=16, repeats=1)
+    assert costs["decode_step_s"] > 0 and set(costs["verify_vs_decode"]) == {"1", "2"}
+    assert costs["draft_step_vs_decode"] > 0
+
+
+def test_bench_command_prints_json(tiny, tmp_path):
+    env = dict(os.environ, MTPCHAT_HOME=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "mtpchat.cli", "bench", "--model", str(tiny["qwen3.6-dense-tiny"]),
+                           "--draft", "2", "--prompts", "1", "--max-tokens", "8"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["checkpoint"]["mtp"]["2"]["speedup"] > 0 and report["dtype"] == "float32"
