@@ -31,10 +31,25 @@ BENCH_PROMPTS = [
 ]
 
 
+AUTO = "auto"  # adaptive draft length, up to the largest k measured
+
+
 def _run(model, prompt, max_tokens, k, sampling, drafter=None) -> tuple[list[int], DecodeStats]:
+    """k: a draft length, 0 for plain, or (AUTO, k_max)."""
+    adaptive = isinstance(k, tuple)
+    draft_k = k[1] if adaptive else k
     stats = DecodeStats()
-    tokens = list(generate(model, prompt, max_tokens, draft_k=k, sampling=sampling, stats=stats, drafter=drafter))
+    tokens = list(generate(model, prompt, max_tokens, draft_k=draft_k, adaptive=adaptive, sampling=sampling,
+                           stats=stats, drafter=drafter))
     return tokens, stats
+
+
+def _variants(ks: list[int]) -> list:
+    return [*ks, (AUTO, max(ks))]
+
+
+def _key(variant) -> str:
+    return AUTO if isinstance(variant, tuple) else str(variant)
 
 
 def _column_sums(rows: list[list[int]]) -> list[int]:
@@ -63,26 +78,27 @@ def summarize(runs: list[DecodeStats]) -> dict:
     }
 
 
-def _with_ratios(plain: dict, by_k: dict[int, dict]) -> dict:
-    for summary in by_k.values():
+def _with_ratios(plain: dict, by_variant: dict) -> dict:
+    for summary in by_variant.values():
         summary["speedup"] = summary["decode_tok_s"] / plain["decode_tok_s"]
         summary["extra_state_bytes"] = summary["state_bytes"] - plain["state_bytes"]
-    return {"plain": plain, "mtp": {str(k): v for k, v in by_k.items()}}
+    return {"plain": plain, "mtp": {_key(v): summary for v, summary in by_variant.items()}}
 
 
 def bench_checkpoint(model: QwenModel, prompts: list[list[int]], max_tokens: int, ks: list[int],
                      sampling: SamplingParams = SamplingParams()) -> dict:
     _run(model, prompts[0], 4, max(ks), sampling)  # warm-up
-    runs: dict[int, list[DecodeStats]] = {k: [] for k in [0, *ks]}
+    variants = _variants(ks)
+    runs: dict = {v: [] for v in [0, *variants]}
     identical = True
-    for prompt in prompts:  # alternate plain and every k on each prompt
+    for prompt in prompts:  # alternate plain and every variant on each prompt
         plain_tokens, stats = _run(model, prompt, max_tokens, 0, sampling)
         runs[0].append(stats)
-        for k in ks:
-            tokens, stats = _run(model, prompt, max_tokens, k, sampling)
-            runs[k].append(stats)
+        for variant in variants:
+            tokens, stats = _run(model, prompt, max_tokens, variant, sampling)
+            runs[variant].append(stats)
             identical &= tokens == plain_tokens
-    result = _with_ratios(summarize(runs[0]), {k: summarize(runs[k]) for k in ks})
+    result = _with_ratios(summarize(runs[0]), {v: summarize(runs[v]) for v in variants})
     if sampling.greedy:
         result["mtp_identical_to_plain"] = identical
     return result
@@ -98,12 +114,12 @@ def bench_oracle(model: QwenModel, prompt: list[int], max_tokens: int, ks: list[
     results = {}
     for rate in rates:
         rng = random.Random(seed)
-        plain_runs, by_k = [], {}
-        for k in ks:
+        plain_runs, by_variant = [], {}
+        for variant in _variants(ks):
             plain_runs.append(_run(model, prompt, max_tokens, 0, greedy)[1])
             drafter = OracleDrafter(model, capacity, truth, errs=lambda step, slot: rng.random() >= rate)
-            by_k[k] = summarize([_run(model, prompt, max_tokens, k, greedy, drafter)[1]])
-        results[f"{rate:.2f}"] = _with_ratios(summarize(plain_runs), by_k)
+            by_variant[variant] = summarize([_run(model, prompt, max_tokens, variant, greedy, drafter)[1]])
+        results[f"{rate:.2f}"] = _with_ratios(summarize(plain_runs), by_variant)
     return results
 
 

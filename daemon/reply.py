@@ -41,8 +41,9 @@ def load_chat_model(checkpoint: str | Path, device: str | None = None):
 
 
 def stream_reply(model: QwenModel, tokenizer, messages: list[dict], *, max_tokens: int = 256,
-                 enable_thinking: bool = True, draft_k: int = 0, sampling: SamplingParams = SamplingParams(),
-                 stop: tuple[str, ...] = (), result: ReplyResult | None = None) -> Iterator[str]:
+                 enable_thinking: bool = True, draft_k: int = 0, adaptive: bool = False,
+                 sampling: SamplingParams = SamplingParams(), stop: tuple[str, ...] = (),
+                 result: ReplyResult | None = None) -> Iterator[str]:
     """Yield text deltas of the reply; fill `result` (text, ids, finish reason, stats) as it goes."""
     result = result if result is not None else ReplyResult()
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
@@ -50,7 +51,8 @@ def stream_reply(model: QwenModel, tokenizer, messages: list[dict], *, max_token
     stop_ids = set(model.config.eos_token_ids) | {tokenizer.eos_token_id}
     hold = max((len(s) for s in stop), default=1) - 1
     streamed = ""
-    tokens = generate(model, prompt, max_tokens, stop_ids, draft_k=draft_k, sampling=sampling, stats=result.stats)
+    tokens = generate(model, prompt, max_tokens, stop_ids, draft_k=draft_k, adaptive=adaptive, sampling=sampling,
+                      stats=result.stats)
     for token in tokens:
         if token in stop_ids:
             break

@@ -10,8 +10,11 @@ Plain decoding is the same object with k = 0, so comparisons between the two are
 
 from __future__ import annotations
 
+import time
+
 import torch
 
+from daemon.draft_policy import AdaptiveDraft, FixedDraft
 from daemon.drafter import MTPDrafter
 from daemon.model import QwenModel
 from daemon.sampling import SamplingParams, sample, target_probs, verify_drafts
@@ -23,13 +26,16 @@ class SpeculativeDecoder:
     `capacity` bounds the positions a step may write (prompt + the tokens still to be emitted)."""
 
     def __init__(self, model: QwenModel, prompt_ids: list[int], capacity: int, *, draft_k: int = 0,
-                 sampling: SamplingParams = SamplingParams(), drafter: MTPDrafter | None = None):
+                 adaptive: bool = False, sampling: SamplingParams = SamplingParams(),
+                 drafter: MTPDrafter | None = None):
+        """draft_k: drafts per step (0 = plain); with `adaptive`, the most a step may draft."""
         if draft_k and model.mtp is None and drafter is None:
             raise ValueError("this checkpoint has no MTP head: use plain decoding (draft k = 0)")
         if not 0 <= draft_k <= 4:
             raise ValueError(f"draft k must be 0..4, got {draft_k}")
         self.model, self.prompt_ids, self.capacity = model, prompt_ids, capacity
-        self.draft_k, self.sampling = draft_k, sampling
+        self.sampling = sampling
+        self.policy = AdaptiveDraft(draft_k) if adaptive and draft_k else FixedDraft(draft_k)
         self.cache = model.new_cache(capacity, max_steps=draft_k + 1 if draft_k else 0)
         self.drafter = (drafter or MTPDrafter(model, capacity)) if draft_k else None
         self.generator = None
@@ -63,7 +69,8 @@ class SpeculativeDecoder:
     def step(self, max_tokens: int) -> tuple[list[int], int]:
         """Emit 1..min(k+1, max_tokens) tokens; also return how many drafts were verified (all but the
         last emitted token were accepted drafts)."""
-        k = min(self.draft_k, max_tokens - 1, self.capacity - self.length - 1)
+        started = time.perf_counter()
+        k = min(self.policy.choose(), max_tokens - 1, self.capacity - self.length - 1)
         if k <= 0:
             logits, hidden = self.model(torch.tensor([[self.token]], device=self.model.device), self.cache,
                                         self.length)
@@ -83,6 +90,7 @@ class SpeculativeDecoder:
         else:
             accepted, following = verify_drafts(drafts, draft_probs, target_probs(logits[0], self.sampling),
                                                 self.generator)
+        self.policy.update(k, accepted, time.perf_counter() - started)  # `accepted` synced the device
         if accepted < k:
             self.cache.restore_step(accepted)
         emitted = drafts[:accepted].tolist() + [following]

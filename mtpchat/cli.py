@@ -26,13 +26,15 @@ def _ask(args: argparse.Namespace) -> int:
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"mtpchat: {exc}", file=sys.stderr)
         return 1
-    draft_k = 0 if args.no_mtp or model.mtp is None else args.draft
+    adaptive = args.draft == "auto"
+    draft_k = 0 if args.no_mtp or model.mtp is None else 4 if adaptive else int(args.draft)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}
     ]
     result = ReplyResult()
     deltas = stream_reply(model, tokenizer, messages, max_tokens=args.max_tokens, enable_thinking=not args.no_think,
-                          draft_k=draft_k, sampling=sampling, stop=tuple(args.stop), result=result)
+                          draft_k=draft_k, adaptive=adaptive, sampling=sampling, stop=tuple(args.stop),
+                          result=result)
     try:
         for delta in deltas:
             if not args.json:
@@ -99,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--system", help="system prompt")
     ask.add_argument("--max-tokens", type=int, default=128)
     ask.add_argument("--no-mtp", action="store_true", help="plain decoding (the same engine with k = 0)")
-    ask.add_argument("--draft", type=int, default=DEFAULT_DRAFT_K, choices=range(1, 5), metavar="K",
-                     help=f"MTP draft tokens per step, 1..4 (default {DEFAULT_DRAFT_K})")
+    ask.add_argument("--draft", default=str(DEFAULT_DRAFT_K), choices=["1", "2", "3", "4", "auto"], metavar="K",
+                     help=f"MTP draft tokens per step, 1..4, or auto: adaptive up to 4 (default {DEFAULT_DRAFT_K})")
     ask.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
     ask.add_argument("--top-p", type=float, default=1.0)
     ask.add_argument("--top-k", type=int, default=0, help="0 (default) keeps every token")

@@ -24,7 +24,7 @@ def test_ask_json_is_the_engines_greedy_reply(tiny, tmp_path):
     stop = set(model.config.eos_token_ids)
     expected = list(generate(model, chat_prompt(ckpt, "Hello there"), 12, stop))
     stopped = expected[-1] in stop
-    for flags in (["--no-mtp"], ["--draft", "3"]):
+    for flags in (["--no-mtp"], ["--draft", "3"], ["--draft", "auto"]):
         done = _run("mtpchat.cli", "ask", "Hello there", "--model", str(ckpt), "--max-tokens", "12", "--json",
                     *flags, home=tmp_path)
         assert done.returncode == 0, done.stderr
@@ -32,7 +32,7 @@ def test_ask_json_is_the_engines_greedy_reply(tiny, tmp_path):
         assert reply["token_ids"] == (expected[:-1] if stopped else expected)
         assert reply["finish_reason"] == ("stop" if stopped else "length")
         assert reply["stats"]["prompt_tokens"] == len(chat_prompt(ckpt, "Hello there"))
-        assert reply["stats"]["draft_k"] == (0 if flags == ["--no-mtp"] else 3)
+        assert reply["stats"]["draft_k"] == {"--no-mtp": 0, "3": 3, "auto": 4}[flags[-1]]
         assert reply["text"]
 
 

@@ -53,6 +53,9 @@ def test_mtp_output_equals_plain_and_transformers_for_every_k(tiny, models, name
             stats = DecodeStats()
             assert list(generate(model, prompt, 24, draft_k=k, stats=stats)) == plain, f"k={k}"
             assert stats.drafts > 0 and stats.generated_tokens == 24
+        stats = DecodeStats()
+        assert list(generate(model, prompt, 24, draft_k=4, adaptive=True, stats=stats)) == plain
+        assert len(set(stats.drafted_per_position)) > 1, "the adaptive policy varied k"
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])

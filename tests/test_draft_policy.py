@@ -1,0 +1,45 @@
+"""The adaptive draft length goes where the expected tokens per second are highest."""
+
+import random
+
+from daemon.draft_policy import AdaptiveDraft, FixedDraft
+
+
+def _drive(policy: AdaptiveDraft, acceptance: float, seconds, steps: int = 200) -> list[int]:
+    """Steps whose drafts are each accepted with probability `acceptance` until the first rejection."""
+    rng = random.Random(0)
+    chosen = []
+    for _ in range(steps):
+        k = policy.choose()
+        chosen.append(k)
+        accepted = 0
+        while accepted < k and rng.random() < acceptance:
+            accepted += 1
+        policy.update(k, accepted, seconds(k))
+    return chosen
+
+
+def test_expected_tokens_follow_the_acceptance_estimates():
+    policy = AdaptiveDraft(3, prior=0.5)
+    assert policy.expected_tokens(0) == 1
+    assert abs(policy.expected_tokens(3) - (1 + 0.5 + 0.25 + 0.125)) < 1e-9
+    policy.update(3, 3, 1.0)
+    assert policy.expected_tokens(3) > 1.875
+
+
+def test_high_acceptance_and_cheap_drafts_choose_long_drafts():
+    chosen = _drive(AdaptiveDraft(4), acceptance=0.95, seconds=lambda k: 1 + 0.05 * k)
+    assert max(set(chosen[-50:]), key=chosen[-50:].count) == 4
+
+
+def test_rejections_and_expensive_drafts_choose_short_drafts():
+    chosen = _drive(AdaptiveDraft(4), acceptance=0.2, seconds=lambda k: 1 + 0.3 * k)
+    late = chosen[-64:]
+    assert max(set(late), key=late.count) == 1
+    assert late.count(4) <= len(late) // 16 + 1  # only the periodic exploration
+
+
+def test_fixed_policy_always_drafts_k():
+    policy = FixedDraft(3)
+    policy.update(3, 0, 1.0)
+    assert policy.choose() == 3

@@ -1,0 +1,42 @@
+"""Replies as text: stop strings end the reply exactly and never leak into the stream, with or
+without MTP; streamed deltas always add up to the stored text."""
+
+import pytest
+from transformers import AutoTokenizer
+
+from daemon.loader import load_model
+from daemon.reply import ReplyResult, stream_reply
+
+MESSAGES = [{"role": "user", "content": "Tell me a long story about the sea."}]
+
+
+@pytest.fixture(scope="module")
+def chat(tiny):
+    path = tiny["qwen3.6-dense-tiny"]
+    return load_model(path, device="cpu"), AutoTokenizer.from_pretrained(path)
+
+
+def _reply(chat, **kwargs) -> tuple[str, ReplyResult]:
+    result = ReplyResult()
+    streamed = "".join(stream_reply(*chat, MESSAGES, max_tokens=48, result=result, **kwargs))
+    return streamed, result
+
+
+@pytest.mark.parametrize("draft_k", [0, 3])
+def test_stop_string_ends_the_reply_exactly(chat, draft_k):
+    full, result = _reply(chat, draft_k=draft_k)
+    assert full == result.text and result.finish_reason == "length"
+    clean = [i for i in range(8, len(full) - 8) if "\ufffd" not in full[:i + 6]]
+    assert clean, "the tiny model's reply has a clean stretch of text"
+    stop = full[clean[0]:clean[0] + 5]
+    streamed, stopped = _reply(chat, draft_k=draft_k, stop=(stop, "never appears"))
+    assert stopped.text == full[:full.find(stop)]
+    assert streamed == stopped.text and stop not in streamed
+    assert stopped.finish_reason == "stop"
+
+
+def test_mtp_reply_equals_plain_reply(chat):
+    plain, _ = _reply(chat)
+    for k in (1, 2, 4):
+        assert _reply(chat, draft_k=k)[0] == plain
+    assert _reply(chat, draft_k=4, adaptive=True)[0] == plain
