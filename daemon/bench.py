@@ -34,13 +34,13 @@ BENCH_PROMPTS = [
 AUTO = "auto"  # adaptive draft length, up to the largest k measured
 
 
-def _run(model, prompt, max_tokens, k, sampling, drafter=None) -> tuple[list[int], DecodeStats]:
+def _run(model, prompt, max_tokens, k, sampling, drafter=None, draft_vocab=None) -> tuple[list[int], DecodeStats]:
     """k: a draft length, 0 for plain, or (AUTO, k_max)."""
     adaptive = isinstance(k, tuple)
     draft_k = k[1] if adaptive else k
     stats = DecodeStats()
-    tokens = list(generate(model, prompt, max_tokens, draft_k=draft_k, adaptive=adaptive, sampling=sampling,
-                           stats=stats, drafter=drafter))
+    tokens = list(generate(model, prompt, max_tokens, draft_k=draft_k, adaptive=adaptive, draft_vocab=draft_vocab,
+                           sampling=sampling, stats=stats, drafter=drafter))
     return tokens, stats
 
 
@@ -86,7 +86,7 @@ def _with_ratios(plain: dict, by_variant: dict) -> dict:
 
 
 def bench_checkpoint(model: QwenModel, prompts: list[list[int]], max_tokens: int, ks: list[int],
-                     sampling: SamplingParams = SamplingParams()) -> dict:
+                     sampling: SamplingParams = SamplingParams(), draft_vocab: int | None = None) -> dict:
     _run(model, prompts[0], 4, max(ks), sampling)  # warm-up
     variants = _variants(ks)
     runs: dict = {v: [] for v in [0, *variants]}
@@ -95,7 +95,7 @@ def bench_checkpoint(model: QwenModel, prompts: list[list[int]], max_tokens: int
         plain_tokens, stats = _run(model, prompt, max_tokens, 0, sampling)
         runs[0].append(stats)
         for variant in variants:
-            tokens, stats = _run(model, prompt, max_tokens, variant, sampling)
+            tokens, stats = _run(model, prompt, max_tokens, variant, sampling, draft_vocab=draft_vocab)
             runs[variant].append(stats)
             identical &= tokens == plain_tokens
     result = _with_ratios(summarize(runs[0]), {v: summarize(runs[v]) for v in variants})
@@ -105,7 +105,9 @@ def bench_checkpoint(model: QwenModel, prompts: list[list[int]], max_tokens: int
 
 
 def bench_oracle(model: QwenModel, prompt: list[int], max_tokens: int, ks: list[int], rates: list[float],
-                 seed: int = 0) -> dict:
+                 seed: int = 0, draft_vocab: int | None = None) -> dict:
+    """Speed-ups at set per-token draft accuracies. With `draft_vocab` the MTP lm_head costs what the
+    reduced vocabulary costs, but the oracle's accuracy stays as set: the pure cost side."""
     greedy = SamplingParams()
     _run(model, prompt, 4, max(ks), greedy)  # warm-up
     plain_tokens, _ = _run(model, prompt, max_tokens, 0, greedy)
@@ -117,7 +119,8 @@ def bench_oracle(model: QwenModel, prompt: list[int], max_tokens: int, ks: list[
         plain_runs, by_variant = [], {}
         for variant in _variants(ks):
             plain_runs.append(_run(model, prompt, max_tokens, 0, greedy)[1])
-            drafter = OracleDrafter(model, capacity, truth, errs=lambda step, slot: rng.random() >= rate)
+            drafter = OracleDrafter(model, capacity, truth, errs=lambda step, slot: rng.random() >= rate,
+                                    vocab=draft_vocab)
             by_variant[variant] = summarize([_run(model, prompt, max_tokens, variant, greedy, drafter)[1]])
         results[f"{rate:.2f}"] = _with_ratios(summarize(plain_runs), by_variant)
     return results
@@ -137,9 +140,10 @@ def _median_seconds(fn, device: torch.device, repeats: int) -> float:
 
 
 @torch.inference_mode()
-def step_costs(model: QwenModel, ks: list[int], context: int = 256, repeats: int = 5) -> dict:
+def step_costs(model: QwenModel, ks: list[int], context: int = 256, repeats: int = 5,
+               draft_vocab: int | None = None) -> dict:
     """Seconds of a 1-token decode step, and the cost of a (k+1)-token verify and of one MTP draft
-    step relative to it, at `context` tokens of history."""
+    step (full vocabulary, and `draft_vocab` if given) relative to it, at `context` tokens of history."""
     device = model.device
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (1, context + max(ks) + 1), generator=torch.Generator().manual_seed(0)).to(device)
@@ -147,12 +151,17 @@ def step_costs(model: QwenModel, ks: list[int], context: int = 256, repeats: int
     _, hidden = model(ids[:, :context], cache, 0, last_only=True)
     one = _median_seconds(lambda: model(ids[:, context:context + 1], cache, context), device, repeats)
     mtp_cache = model.new_mtp_cache(ids.shape[1])
-    draft = _median_seconds(lambda: model.mtp_forward(ids[:, :1], hidden[:, -1:], mtp_cache, context), device,
-                            repeats)
+    def draft_cost(vocab):
+        return _median_seconds(lambda: model.mtp_forward(ids[:, :1], hidden[:, -1:], mtp_cache, context, vocab=vocab),
+                               device, repeats) / one
+
     verify = {
         str(k): _median_seconds(lambda: model(ids[:, context:context + k + 1], cache, context, keep_steps=True),
                                 device, repeats) / one
         for k in ks
     }
-    return {"context": context, "decode_step_s": one, "draft_step_vs_decode": draft / one,
-            "verify_vs_decode": verify}
+    costs = {"context": context, "decode_step_s": one, "draft_step_vs_decode": draft_cost(None),
+             "verify_vs_decode": verify}
+    if draft_vocab:
+        costs["draft_step_vs_decode_reduced_vocab"] = draft_cost(draft_vocab)
+    return costs

@@ -11,14 +11,17 @@ next `extend` overwrites them with the true pairs, so the cache always matches w
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 
 from daemon.model import QwenModel
 from daemon.sampling import SamplingParams, sample, target_probs
 
 
 class MTPDrafter:
-    def __init__(self, model: QwenModel, max_len: int):
-        self.model = model
+    def __init__(self, model: QwenModel, max_len: int, vocab: int | None = None):
+        """vocab: draft only among token ids [0, vocab) — BPE ids are roughly in frequency order — which
+        makes the MTP lm_head proportionally cheaper; verification still uses the full vocabulary."""
+        self.model, self.vocab = model, vocab
         self.cache = model.new_mtp_cache(max_len)
         self._pending: tuple[torch.Tensor, torch.Tensor, int] | None = None
 
@@ -37,19 +40,21 @@ class MTPDrafter:
         if params.greedy:
             return logits.argmax(-1), None
         probs = target_probs(logits, params)
-        return sample(probs, generator), probs
+        token = sample(probs, generator)
+        return token, F.pad(probs, (0, self.model.config.vocab_size - probs.shape[-1]))  # p = 0 outside
 
     @torch.inference_mode()
     def propose(self, k: int, params: SamplingParams, generator: torch.Generator | None):
         """k draft tokens [k], and the distributions [k, V] they were sampled from (None if greedy)."""
         hidden, tokens, start = self._pending
         self._pending = None
-        logits, out = self.model.mtp_forward(tokens, hidden, self.cache, start)
+        logits, out = self.model.mtp_forward(tokens, hidden, self.cache, start, vocab=self.vocab)
         position = start + tokens.shape[1]
         drafts, probs = [], []
         for slot in range(k):
             if slot:  # chain: the last draft is the input, the MTP output the hidden
-                logits, out = self.model.mtp_forward(drafts[-1][None], out[:, -1:], self.cache, position)
+                logits, out = self.model.mtp_forward(drafts[-1][None], out[:, -1:], self.cache, position,
+                                                     vocab=self.vocab)
                 position += 1
             token, dist = self.choose(logits[0, -1:], params, generator, slot)
             drafts.append(token)

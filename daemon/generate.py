@@ -28,12 +28,13 @@ def _peak_memory(device: torch.device) -> int:
 
 
 def generate(model: QwenModel, prompt_ids: list[int], max_new_tokens: int, stop_ids: Iterable[int] = (), *,
-             draft_k: int = 0, adaptive: bool = False, sampling: SamplingParams = SamplingParams(),
-             stats: DecodeStats | None = None, drafter=None) -> Iterator[int]:
+             draft_k: int = 0, adaptive: bool = False, draft_vocab: int | None = None,
+             sampling: SamplingParams = SamplingParams(), stats: DecodeStats | None = None,
+             drafter=None) -> Iterator[int]:
     """Yield up to `max_new_tokens` tokens; a stop token is yielded, then generation ends.
 
     draft_k = 0 decodes plainly; 1..4 drafts that many tokens per step with the MTP head, or at most
-    that many with `adaptive` (see daemon.draft_policy)."""
+    that many with `adaptive` (see daemon.draft_policy); `draft_vocab` limits drafts to the first ids."""
     if not prompt_ids:
         raise ValueError("the prompt is empty")
     limit = model.config.max_position_embeddings
@@ -51,7 +52,7 @@ def generate(model: QwenModel, prompt_ids: list[int], max_new_tokens: int, stop_
         torch.cuda.reset_peak_memory_stats(model.device)
     started = time.perf_counter()
     decoder = SpeculativeDecoder(model, prompt_ids, len(prompt_ids) + budget, draft_k=draft_k, adaptive=adaptive,
-                                 sampling=sampling, drafter=drafter)
+                                 draft_vocab=draft_vocab, sampling=sampling, drafter=drafter)
     stats.state_bytes = decoder.state_bytes()
     tokens = [decoder.prefill()]
     stats.time_to_first_token_s = stats.prefill_s = time.perf_counter() - started

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from daemon.attention import GatedAttention
 from daemon.cache import AttentionCache, ModelCache
@@ -112,10 +113,12 @@ class QwenModel(nn.Module):
         return self.lm_head(hidden[:, -1:] if last_only else hidden), hidden
 
     def mtp_forward(self, next_ids: torch.Tensor, hidden: torch.Tensor, cache: AttentionCache, start, *,
-                    kv_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """MTP head over pairs (hidden[:, j] at position start+j, next_ids[:, j]) -> (logits, MTP hidden)."""
+                    kv_len: int | None = None, vocab: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """MTP head over pairs (hidden[:, j] at position start+j, next_ids[:, j]) -> (logits, MTP hidden).
+
+        With `vocab`, logits cover token ids [0, vocab) only: a reduced draft vocabulary."""
         if self.mtp is None:
             raise RuntimeError("this checkpoint has no MTP head (no mtp.* tensors)")
         ctx = self._context(next_ids.shape[1], start, kv_len, False)
         out = self.mtp(self.embed_tokens(next_ids), hidden, cache, ctx)
-        return self.lm_head(out), out
+        return F.linear(out, self.lm_head.weight[:vocab]), out

@@ -16,9 +16,10 @@ from daemon.drafter import MTPDrafter
 
 
 class OracleDrafter(MTPDrafter):
-    def __init__(self, model, max_len: int, truth: list[int], errs: Callable[[int, int], bool]):
+    def __init__(self, model, max_len: int, truth: list[int], errs: Callable[[int, int], bool],
+                 vocab: int | None = None):
         """truth: prompt + plain continuation; errs(step, slot): draft `slot` of step `step` is wrong."""
-        super().__init__(model, max_len)
+        super().__init__(model, max_len, vocab)
         self.truth, self.errs = truth, errs
         self.steps = 0
         self._next_index = 0  # index in truth of the token the next slot-0 draft predicts

@@ -26,8 +26,8 @@ class SpeculativeDecoder:
     `capacity` bounds the positions a step may write (prompt + the tokens still to be emitted)."""
 
     def __init__(self, model: QwenModel, prompt_ids: list[int], capacity: int, *, draft_k: int = 0,
-                 adaptive: bool = False, sampling: SamplingParams = SamplingParams(),
-                 drafter: MTPDrafter | None = None):
+                 adaptive: bool = False, draft_vocab: int | None = None,
+                 sampling: SamplingParams = SamplingParams(), drafter: MTPDrafter | None = None):
         """draft_k: drafts per step (0 = plain); with `adaptive`, the most a step may draft."""
         if draft_k and model.mtp is None and drafter is None:
             raise ValueError("this checkpoint has no MTP head: use plain decoding (draft k = 0)")
@@ -37,7 +37,7 @@ class SpeculativeDecoder:
         self.sampling = sampling
         self.policy = AdaptiveDraft(draft_k) if adaptive and draft_k else FixedDraft(draft_k)
         self.cache = model.new_cache(capacity, max_steps=draft_k + 1 if draft_k else 0)
-        self.drafter = (drafter or MTPDrafter(model, capacity)) if draft_k else None
+        self.drafter = (drafter or MTPDrafter(model, capacity, draft_vocab)) if draft_k else None
         self.generator = None
         if sampling.seed is not None:
             self.generator = torch.Generator(model.device).manual_seed(sampling.seed)

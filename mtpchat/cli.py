@@ -65,7 +65,7 @@ def _bench(args: argparse.Namespace) -> int:
     ks = [int(k) for k in args.draft.split(",")]
     report = {"device": str(device), "cpu": platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(), "torch": torch.__version__, "max_tokens": args.max_tokens,
-              "draft_k": ks}
+              "draft_k": ks, "draft_vocab": args.draft_vocab}
     if args.shape:
         # random weights at a real shape; bf16 by default, where a (k+1)-token verify reads weights once
         dtype = DTYPES[args.dtype or "bfloat16"]
@@ -75,8 +75,8 @@ def _bench(args: argparse.Namespace) -> int:
                                generator=torch.Generator().manual_seed(0)).tolist()
         rates = [float(r) for r in (args.oracle or "0.6,0.7,0.8,0.9").split(",")]
         report.update(model=args.shape, layers=config.num_hidden_layers, vocab=config.vocab_size)
-        report["step_cost"] = bench.step_costs(model, ks)
-        report["oracle"] = bench.bench_oracle(model, prompt, args.max_tokens, ks, rates)
+        report["step_cost"] = bench.step_costs(model, ks, draft_vocab=args.draft_vocab)
+        report["oracle"] = bench.bench_oracle(model, prompt, args.max_tokens, ks, rates, draft_vocab=args.draft_vocab)
     else:
         model, tokenizer = load_chat_model(args.model or default_checkpoint(), device=str(device))
         if args.dtype:
@@ -85,8 +85,9 @@ def _bench(args: argparse.Namespace) -> int:
                                                  tokenize=True, enable_thinking=False, return_dict=False)
                    for p in bench.BENCH_PROMPTS[:args.prompts]]
         report.update(model=str(args.model or default_checkpoint()))
-        report["checkpoint"] = bench.bench_checkpoint(model, prompts, args.max_tokens, ks)
-        report["step_cost"] = bench.step_costs(model, ks)
+        report["checkpoint"] = bench.bench_checkpoint(model, prompts, args.max_tokens, ks,
+                                                      draft_vocab=args.draft_vocab)
+        report["step_cost"] = bench.step_costs(model, ks, draft_vocab=args.draft_vocab)
     report["dtype"] = str(model.dtype).removeprefix("torch.")
     print(json.dumps(report, indent=2))
     return 0
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--oracle", help="with --shape: per-token draft accuracies (default 0.6,0.7,0.8,0.9)")
     bench.add_argument("--prompt-tokens", type=int, default=128, help="with --shape: prompt length")
     bench.add_argument("--draft", default="1,2,3,4", help="draft lengths to measure, e.g. 1,2,3,4")
+    bench.add_argument("--draft-vocab", type=int, help="draft among the first N token ids only")
     bench.add_argument("--prompts", type=int, default=4, help="how many built-in prompts (1..4)")
     bench.add_argument("--max-tokens", type=int, default=64)
     bench.add_argument("--device")

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from daemon.decode_stats import DecodeStats
+from daemon.drafter import MTPDrafter
 from daemon.generate import generate
 from daemon.loader import load_model
 from daemon.oracle_drafter import OracleDrafter
@@ -56,6 +57,22 @@ def test_mtp_output_equals_plain_and_transformers_for_every_k(tiny, models, name
         stats = DecodeStats()
         assert list(generate(model, prompt, 24, draft_k=4, adaptive=True, stats=stats)) == plain
         assert len(set(stats.drafted_per_position)) > 1, "the adaptive policy varied k"
+        assert list(generate(model, prompt, 24, draft_k=2, draft_vocab=256)) == plain
+
+
+@torch.inference_mode()
+def test_reduced_draft_vocabulary_drafts_only_the_first_ids(models):
+    from daemon.sampling import SamplingParams
+
+    model = models["qwen3.6-moe-tiny"]
+    for params in (SamplingParams(), SamplingParams(temperature=1.0, seed=3)):
+        drafter = MTPDrafter(model, 64, vocab=100)
+        _, hidden = model(torch.tensor([list(range(300, 320))]), model.new_cache(64), 0)
+        drafter.extend(hidden, torch.tensor([list(range(301, 321))]), 0)
+        drafts, probs = drafter.propose(4, params, torch.Generator().manual_seed(0))
+        assert (drafts < 100).all()
+        if probs is not None:
+            assert probs.shape == (4, model.config.vocab_size) and probs[:, 100:].sum() == 0
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
