@@ -104,23 +104,34 @@ def bench_checkpoint(model: QwenModel, prompts: list[list[int]], max_tokens: int
     return result
 
 
+def _verifier_truth(model: QwenModel, prompt: list[int], max_tokens: int, k: int, draft_vocab) -> list[int]:
+    """prompt + the continuation a k-draft verify pass produces. With every draft wrong each token comes
+    from a (k+1)-token forward, so it is what the verifier will pick again when the oracle drafts it;
+    a plain 1-token decode can differ at bf16 near-ties (random weights have many)."""
+    placeholder = prompt + [0] * (max_tokens + k + 1)
+    wrong = OracleDrafter(model, len(placeholder), placeholder, errs=lambda step, slot: True, vocab=draft_vocab)
+    return prompt + _run(model, prompt, max_tokens, k, SamplingParams(), wrong)[0]
+
+
 def bench_oracle(model: QwenModel, prompt: list[int], max_tokens: int, ks: list[int], rates: list[float],
                  seed: int = 0, draft_vocab: int | None = None) -> dict:
-    """Speed-ups at set per-token draft accuracies. With `draft_vocab` the MTP lm_head costs what the
-    reduced vocabulary costs, but the oracle's accuracy stays as set: the pure cost side."""
+    """Speed-ups at set per-token draft accuracies (measured acceptance reported beside them). With
+    `draft_vocab` the MTP lm_head costs what the reduced vocabulary costs while the oracle's accuracy
+    stays as set: the pure cost side."""
     greedy = SamplingParams()
     _run(model, prompt, 4, max(ks), greedy)  # warm-up
-    plain_tokens, _ = _run(model, prompt, max_tokens, 0, greedy)
-    truth = prompt + plain_tokens
-    capacity = len(truth) + max(ks) + 1
+    variants = _variants(ks)
+    truths = {v: _verifier_truth(model, prompt, max_tokens, v[1] if isinstance(v, tuple) else v, draft_vocab)
+              for v in variants}
     results = {}
     for rate in rates:
         rng = random.Random(seed)
         plain_runs, by_variant = [], {}
-        for variant in _variants(ks):
+        for variant in variants:
             plain_runs.append(_run(model, prompt, max_tokens, 0, greedy)[1])
-            drafter = OracleDrafter(model, capacity, truth, errs=lambda step, slot: rng.random() >= rate,
-                                    vocab=draft_vocab)
+            truth = truths[variant]
+            drafter = OracleDrafter(model, len(truth) + max(ks) + 1, truth,
+                                    errs=lambda step, slot: rng.random() >= rate, vocab=draft_vocab)
             by_variant[variant] = summarize([_run(model, prompt, max_tokens, variant, greedy, drafter)[1]])
         results[f"{rate:.2f}"] = _with_ratios(summarize(plain_runs), by_variant)
     return results

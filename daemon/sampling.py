@@ -59,6 +59,13 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def verify_greedy(drafts: torch.Tensor, logits: torch.Tensor) -> tuple[int, int]:
+    """Greedy target: accept drafts [k] while they equal the argmax of logits [k+1, V]."""
+    target = logits.argmax(-1)
+    accepted = int((drafts == target[:-1]).to(torch.int64).cumprod(0).sum())
+    return accepted, int(target[accepted])
+
+
 def verify_drafts(drafts: torch.Tensor, draft_probs: torch.Tensor | None, target: torch.Tensor,
                   generator: torch.Generator | None) -> tuple[int, int]:
     """Accept a prefix of drafts [k] against target distributions [k+1, V].

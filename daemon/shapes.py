@@ -44,11 +44,7 @@ def shape_config(name: str, layers: int | None = None, vocab: int | None = None)
 
 @torch.no_grad()
 def random_model(config: TextConfig, device: torch.device | str, dtype: torch.dtype, seed: int = 0) -> QwenModel:
-    """Random weights at the given shape (std 0.02 matrices, zero-centred norms at identity).
-
-    lm_head is drawn much larger so next-token logits are peaked: with std-0.02 weights they are
-    near-uniform and bf16 rounding differences between a 1-token and a (k+1)-token forward flip the
-    argmax, so an oracle's known continuation would not be what the verifier picks."""
+    """Random weights at the given shape (std 0.02 matrices, zero-centred norms at identity)."""
     device = torch.device(device)
     generator = torch.Generator(device).manual_seed(seed)
     with torch.device("meta"):
@@ -62,6 +58,6 @@ def random_model(config: TextConfig, device: torch.device | str, dtype: torch.dt
         elif "norm" in name:
             param.zero_()
         else:
-            param.normal_(0.0, 1.0 if name == "lm_head.weight" else 0.02, generator=generator)
+            param.normal_(0.0, 0.02, generator=generator)
     model.inv_freq = inverse_frequencies(config.rotary_dim, config.rope_theta, device=device)
     return model.eval().requires_grad_(False)

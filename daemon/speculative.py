@@ -17,7 +17,7 @@ import torch
 from daemon.draft_policy import AdaptiveDraft, FixedDraft
 from daemon.drafter import MTPDrafter
 from daemon.model import QwenModel
-from daemon.sampling import SamplingParams, sample, target_probs, verify_drafts
+from daemon.sampling import SamplingParams, sample, target_probs, verify_drafts, verify_greedy
 
 
 class SpeculativeDecoder:
@@ -83,10 +83,7 @@ class SpeculativeDecoder:
         verify_ids = torch.cat((torch.tensor([self.token], device=drafts.device), drafts))[None]
         logits, hidden = self.model(verify_ids, self.cache, self.length, keep_steps=True)
         if self.sampling.greedy:
-            target = logits[0].argmax(-1)
-            agree = (drafts == target[:k]).to(torch.int64).cumprod(0)
-            accepted = int(agree.sum())
-            following = int(target[accepted])
+            accepted, following = verify_greedy(drafts, logits[0])
         else:
             accepted, following = verify_drafts(drafts, draft_probs, target_probs(logits[0], self.sampling),
                                                 self.generator)
