@@ -30,11 +30,13 @@ def _peak_memory(device: torch.device) -> int:
 def generate(model: QwenModel, prompt_ids: list[int], max_new_tokens: int, stop_ids: Iterable[int] = (), *,
              draft_k: int = 0, adaptive: bool = False, draft_vocab: int | None = None,
              sampling: SamplingParams = SamplingParams(), stats: DecodeStats | None = None,
-             drafter=None) -> Iterator[int]:
+             drafter=None, provenance: list[bool] | None = None) -> Iterator[int]:
     """Yield up to `max_new_tokens` tokens; a stop token is yielded, then generation ends.
 
     draft_k = 0 decodes plainly; 1..4 drafts that many tokens per step with the MTP head, or at most
-    that many with `adaptive` (see daemon.draft_policy); `draft_vocab` limits drafts to the first ids."""
+    that many with `adaptive` (see daemon.draft_policy); `draft_vocab` limits drafts to the first ids.
+    `provenance`, if given, gets one flag per yielded token, just before it is yielded: True for a
+    drafted token the verifier accepted, False for a token the verifier produced itself."""
     if not prompt_ids:
         raise ValueError("the prompt is empty")
     limit = model.config.max_position_embeddings
@@ -54,12 +56,14 @@ def generate(model: QwenModel, prompt_ids: list[int], max_new_tokens: int, stop_
     decoder = SpeculativeDecoder(model, prompt_ids, len(prompt_ids) + budget, draft_k=draft_k, adaptive=adaptive,
                                  draft_vocab=draft_vocab, sampling=sampling, drafter=drafter)
     stats.state_bytes = decoder.state_bytes()
-    tokens = [decoder.prefill()]
+    tokens, drafted = [decoder.prefill()], 0
     stats.time_to_first_token_s = stats.prefill_s = time.perf_counter() - started
     decode_started = time.perf_counter()
     try:
         while True:
-            for token in tokens:
+            for index, token in enumerate(tokens):
+                if provenance is not None:
+                    provenance.append(index < len(tokens) - 1)  # all but a step's last token were drafts
                 stats.generated_tokens += 1
                 stats.decode_s = time.perf_counter() - decode_started
                 yield token

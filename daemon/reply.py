@@ -1,9 +1,9 @@
-"""One chat reply, in process: chat template -> our engine -> text deltas and stats.
+"""One chat reply: chat template -> our engine -> text pieces, token provenance and stats.
 
-This is what `mtpchat ask` runs until the daemon serves it over ZeroMQ; the daemon will reuse it.
-Text is streamed by decoding the whole reply so far and emitting only the new suffix, holding back
-an incomplete UTF-8 sequence and any tail that could still become a stop string, so multi-byte
-characters never arrive split and a stop string never leaks out.
+`ReplyStream` is what the daemon steps through, token by token, for each request (and what
+`stream_reply` iterates in process). Text is produced by decoding the whole reply so far and handing
+out only the new suffix, holding back an incomplete UTF-8 sequence and any tail that could still
+become a stop string, so multi-byte characters never arrive split and a stop string never leaks out.
 """
 
 from __future__ import annotations
@@ -30,47 +30,93 @@ class ReplyResult:
                 "stats": self.stats.as_dict()}
 
 
-def load_chat_model(checkpoint: str | Path, device: str | None = None):
+@dataclass(frozen=True)
+class Piece:
+    """One generated token (None: only text released at the end), whether it was an accepted draft,
+    and the text it released."""
+    token: int | None
+    drafted: bool
+    text: str
+
+
+def load_chat_model(checkpoint: str | Path, device: str | None = None, dtype=None):
     from transformers import AutoTokenizer
 
     from daemon.checkpoint import resolve_checkpoint
     from daemon.loader import load_model
 
     directory = resolve_checkpoint(checkpoint)
-    return load_model(directory, device=device), AutoTokenizer.from_pretrained(directory)
+    return load_model(directory, device=device, dtype=dtype), AutoTokenizer.from_pretrained(directory)
+
+
+def render_prompt(tokenizer, messages: list[dict], enable_thinking: bool = True) -> list[int]:
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                         enable_thinking=enable_thinking, return_dict=False)
+
+
+class ReplyStream:
+    """Iterate to get `Piece`s; `result` holds text, ids, finish reason and live stats; `close` cancels."""
+
+    def __init__(self, model: QwenModel, tokenizer, prompt: list[int], *, max_tokens: int = 256,
+                 draft_k: int = 0, adaptive: bool = False, sampling: SamplingParams = SamplingParams(),
+                 stop: tuple[str, ...] = (), result: ReplyResult | None = None):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.stop_ids = set(model.config.eos_token_ids) | {tokenizer.eos_token_id}
+        self.result = result if result is not None else ReplyResult()
+        self._provenance: list[bool] = []
+        self._tokens = generate(model, prompt, max_tokens, self.stop_ids, draft_k=draft_k, adaptive=adaptive,
+                                sampling=sampling, stats=self.result.stats, provenance=self._provenance)
+        self._hold = max((len(s) for s in stop), default=1) - 1
+        self._released = ""  # text handed out so far
+
+    def __iter__(self) -> Iterator[Piece]:
+        return self
+
+    def _release(self, text: str) -> str:
+        new, self._released = text[len(self._released):], text
+        return new
+
+    def __next__(self) -> Piece:
+        if self.result.finish_reason:
+            raise StopIteration
+        result = self.result
+        token = next(self._tokens, None)
+        if token is None or token in self.stop_ids:
+            result.finish_reason = result.stats.finish_reason
+            result.text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+            tail = self._release(result.text)
+            if not tail:
+                raise StopIteration
+            return Piece(None, False, tail)
+        result.token_ids.append(token)
+        drafted = self._provenance[-1]
+        text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+        hits = [i for i in (text.find(s, max(0, len(self._released) - self._hold)) for s in self.stop) if i >= 0]
+        if hits:
+            self._tokens.close()
+            result.text, result.finish_reason = text[:min(hits)], "stop"
+            return Piece(token, drafted, self._release(result.text))
+        released = ""
+        if not text.endswith("\ufffd"):
+            result.text = text
+            if len(text) - self._hold > len(self._released):
+                released = self._release(text[:len(text) - self._hold])
+        return Piece(token, drafted, released)
+
+    def close(self) -> None:
+        """Stop generating (the caller cancelled); the result keeps what was produced."""
+        self._tokens.close()
+        if not self.result.finish_reason:
+            self.result.finish_reason = "cancelled"
 
 
 def stream_reply(model: QwenModel, tokenizer, messages: list[dict], *, max_tokens: int = 256,
                  enable_thinking: bool = True, draft_k: int = 0, adaptive: bool = False,
                  sampling: SamplingParams = SamplingParams(), stop: tuple[str, ...] = (),
                  result: ReplyResult | None = None) -> Iterator[str]:
-    """Yield text deltas of the reply; fill `result` (text, ids, finish reason, stats) as it goes."""
-    result = result if result is not None else ReplyResult()
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                           enable_thinking=enable_thinking, return_dict=False)
-    stop_ids = set(model.config.eos_token_ids) | {tokenizer.eos_token_id}
-    hold = max((len(s) for s in stop), default=1) - 1
-    streamed = ""
-    tokens = generate(model, prompt, max_tokens, stop_ids, draft_k=draft_k, adaptive=adaptive, sampling=sampling,
-                      stats=result.stats)
-    for token in tokens:
-        if token in stop_ids:
-            break
-        result.token_ids.append(token)
-        text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
-        hits = [i for i in (text.find(s, max(0, len(streamed) - hold)) for s in stop) if i >= 0]
-        if hits:
-            result.text, result.finish_reason = text[:min(hits)], "stop"
-            tokens.close()
-            break
-        if not text.endswith("\ufffd"):
-            result.text = text
-            safe = len(text) - hold
-            if safe > len(streamed):
-                yield text[len(streamed):safe]
-                streamed = text[:safe]
-    if not result.finish_reason:
-        result.finish_reason = result.stats.finish_reason
-        result.text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
-    if len(result.text) > len(streamed):
-        yield result.text[len(streamed):]
+    """Yield text deltas of the reply; `result` (if given) ends up holding the final result."""
+    stream = ReplyStream(model, tokenizer, render_prompt(tokenizer, messages, enable_thinking), max_tokens=max_tokens,
+                         draft_k=draft_k, adaptive=adaptive, sampling=sampling, stop=stop, result=result)
+    for piece in stream:
+        if piece.text:
+            yield piece.text

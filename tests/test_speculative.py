@@ -150,10 +150,14 @@ def test_stats_are_consistent(models):
     prompt = random_ids(20, seed=25)[0].tolist()
     truth = prompt + list(generate(model, prompt, 60))
     plan = [3, 0, 1, 3, 2, 2, 0, 3] * 4
-    stats = DecodeStats()
+    stats, provenance = DecodeStats(), []
     drafter = ScriptedDrafter(model, 128, truth, plan)
-    tokens = list(generate(model, prompt, 40, draft_k=3, drafter=drafter, stats=stats))
-    assert len(tokens) == stats.generated_tokens == 40
+    tokens = list(generate(model, prompt, 40, draft_k=3, drafter=drafter, stats=stats, provenance=provenance))
+    assert len(tokens) == stats.generated_tokens == len(provenance) == 40
+    assert sum(provenance) == stats.accepted_tokens
+    # the scripted plan, read back from the flags: each verifier token closes a step's run of drafts
+    runs = "".join("d" if p else "v" for p in provenance).split("v")[1:-1]
+    assert [len(r) for r in runs] == plan[:len(runs)]
     # every emitted token is the prefill token, an accepted draft, or one per verification
     assert stats.generated_tokens == 1 + stats.drafts + stats.accepted_tokens
     per_position = stats.accepted_per_position
