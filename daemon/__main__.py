@@ -1,8 +1,10 @@
 """`mtpchatd`: the inference daemon's command line.
 
-Serving over ZeroMQ arrives with the daemon itself; until then `mtpchatd inspect` loads a checkpoint
-with our loader and reports what the engine would run, which is how a user checks that a downloaded
-Qwen3.5/3.6 checkpoint is usable.
+`mtpchatd` (or `mtpchatd serve`) runs the daemon in the foreground: it takes the pid lock in the
+runtime dir (a second daemon is refused), replaces a stale socket left by a dead one, loads the
+configured models in the background and serves until SIGTERM/SIGINT, then cancels streams, frees
+memory and removes its socket. `mtpchatd inspect CHECKPOINT` loads a checkpoint and reports what the
+engine would run — how a user checks that a downloaded Qwen3.5/3.6 checkpoint is usable.
 """
 
 from __future__ import annotations
@@ -43,9 +45,76 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import fcntl
+    import ipaddress
+    import os
+    import signal
+    from urllib.parse import urlsplit
+
+    from daemon.registry import ModelRegistry
+    from daemon.server import DaemonServer
+    from mtpchat.config import load_config
+    from mtpchat.paths import default_endpoint, pid_file
+
+    endpoint = args.listen or default_endpoint()
+    if endpoint.startswith("tcp://"):
+        host = urlsplit(endpoint).hostname or ""
+        if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+            print(f"mtpchatd: refusing to listen on {endpoint}: a non-loopback address needs ZeroMQ CURVE keys, "
+                  "which this version does not support yet; use tcp://127.0.0.1:PORT with an ssh tunnel",
+                  file=sys.stderr)
+            return 2
+    lock = open(pid_file(), "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        print(f"mtpchatd: another daemon is running (pid {lock.read().strip() or '?'}, lock {pid_file()})",
+              file=sys.stderr)
+        return 1
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    socket_path = endpoint.removeprefix("ipc://") if endpoint.startswith("ipc://") else None
+    if socket_path and os.path.exists(socket_path):
+        os.unlink(socket_path)  # we hold the lock, so whoever made it is dead
+    try:
+        config = load_config()
+    except ValueError as exc:
+        print(f"mtpchatd: {exc}", file=sys.stderr)
+        return 1
+    registry = ModelRegistry(config)
+    for name, settings in config.models.items():
+        if settings.load_at_start:
+            registry.load(name)
+    server = DaemonServer(endpoint, registry)
+    if socket_path:
+        os.chmod(socket_path, 0o600)
+
+    def stop(signum, frame):
+        server.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"mtpchatd {os.getpid()} listening on {endpoint}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        if socket_path and os.path.exists(socket_path):
+            os.unlink(socket_path)
+        pid_file().unlink(missing_ok=True)
+        print("mtpchatd stopped", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtpchatd", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve", help="run the daemon in the foreground (the default)")
+    serve.add_argument("--listen", help="endpoint, e.g. tcp://127.0.0.1:5555 (default: ipc socket in the runtime dir)")
+    serve.set_defaults(run=_serve)
     inspect = commands.add_parser("inspect", help="load a checkpoint and report what the engine runs")
     inspect.add_argument("checkpoint", help="checkpoint directory or Hugging Face repo id (offline cache)")
     inspect.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if present)")
@@ -53,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                          help="weight dtype (default: bfloat16 on CUDA, float32 on CPU)")
     inspect.set_defaults(run=_inspect)
     args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["serve", *(argv if argv is not None else sys.argv[1:])])
     return args.run(args)
 
 

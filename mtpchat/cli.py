@@ -1,50 +1,133 @@
 """`mtpchat` command line.
 
-`mtpchat ask PROMPT` streams one reply to stdout. Until the daemon exists it runs the engine in this
-process (importing the `daemon` package only then, so the rest of the client stays torch-free); with
-no `--model` it uses the embedded tiny default checkpoint, which needs no GPU and no download.
+`mtpchat ask PROMPT` streams one reply through the daemon (starting it in the background when none
+answers); `mtpchat daemon start|stop|status`, `mtpchat models [list|load|unload]` manage it;
+`mtpchat bench` measures plain vs MTP decoding in this process. Only `bench` imports torch (the
+`daemon` package), and only when it runs, so the client side stays torch-free.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import time
 
-DEFAULT_DRAFT_K = 2
+from mtpchat.client import DaemonClient, DaemonUnavailable, daemon_answers, start_daemon
+from mtpchat.paths import daemon_log, pid_file
+
+
+def _progress(text: str) -> None:
+    print(text, end="", file=sys.stderr, flush=True)
+
+
+def _ensure_daemon(args) -> None:
+    start_daemon(args.endpoint, progress=_progress if sys.stderr.isatty() else lambda text: None)
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from daemon.checkpoint import CheckpointError
-    from daemon.default_model import default_checkpoint
-    from daemon.reply import ReplyResult, load_chat_model, stream_reply
-    from daemon.sampling import SamplingParams
-
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    fields = {"model": args.model, "messages": [{"role": "user", "content": prompt}], "system": args.system,
+              "max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
+              "top_k": args.top_k, "seed": args.seed, "thinking": not args.no_think, "stop": args.stop}
+    if args.no_mtp:
+        fields["draft"] = 0
+    elif args.draft is not None:
+        fields["draft"] = args.draft if args.draft == "auto" else int(args.draft)
     try:
-        model, tokenizer = load_chat_model(args.model or default_checkpoint(), device=args.device)
-        sampling = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        _ensure_daemon(args)
+        with DaemonClient(args.endpoint) as client:
+            final = None
+            for message in client.generate(**fields):
+                if message["type"] == "chunk" and not args.json:
+                    print(message["text"], end="", flush=True)
+                elif message["type"] in ("done", "error", "cancelled"):
+                    final = message
+    except DaemonUnavailable as exc:
         print(f"mtpchat: {exc}", file=sys.stderr)
         return 1
-    adaptive = args.draft == "auto"
-    draft_k = 0 if args.no_mtp or model.mtp is None else 4 if adaptive else int(args.draft)
-    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-        {"role": "user", "content": args.prompt}
-    ]
-    result = ReplyResult()
-    deltas = stream_reply(model, tokenizer, messages, max_tokens=args.max_tokens, enable_thinking=not args.no_think,
-                          draft_k=draft_k, adaptive=adaptive, sampling=sampling, stop=tuple(args.stop),
-                          result=result)
-    try:
-        for delta in deltas:
-            if not args.json:
-                print(delta, end="", flush=True)
     except KeyboardInterrupt:
-        result.finish_reason = "cancelled"
+        print("\n[cancelled]", file=sys.stderr)
+        return 130
+    if final["type"] == "error":
+        print(f"mtpchat: {final['message']} ({final['code']})", file=sys.stderr)
+        return 1
     if args.json:
-        print(json.dumps(result.as_dict()))
+        keys = ("text", "token_ids", "finish_reason", "stats")
+        print(json.dumps({key: final.get(key) for key in keys}))
     else:
         print()
+    return 0
+
+
+def _daemon(args: argparse.Namespace) -> int:
+    if args.action == "start":
+        try:
+            _ensure_daemon(args)
+        except DaemonUnavailable as exc:
+            print(f"mtpchat: {exc}", file=sys.stderr)
+            return 1
+        return _daemon_status(args) if args.json else 0
+    if args.action == "stop":
+        return _daemon_stop()
+    return _daemon_status(args)
+
+
+def _daemon_status(args: argparse.Namespace) -> int:
+    if not daemon_answers(args.endpoint):
+        print(json.dumps({"running": False}) if args.json else "mtpchatd is not running")
+        return 3
+    with DaemonClient(args.endpoint) as client:
+        status = client.request("status")
+    status.pop("v", None), status.pop("id", None), status.pop("type", None)
+    if args.json:
+        print(json.dumps({"running": True, **status}))
+        return 0
+    print(f"mtpchatd {status['version']} pid {status['pid']} up {status['uptime_s']:.0f} s on {status['endpoint']}")
+    for model in status["models"]:
+        extra = f" — {model['error']}" if model["error"] else ""
+        print(f"  {'*' if model['default'] else ' '} {model['name']:<16} {model['state']:<9} {model['path']}{extra}")
+    print(f"  active streams: {status['active_streams']}")
+    return 0
+
+
+def _daemon_stop(timeout_s: float = 30.0) -> int:
+    try:
+        pid = int(pid_file().read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        print("mtpchatd is not running")
+        return 0
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return 0
+        time.sleep(0.05)
+    print(f"mtpchat: mtpchatd (pid {pid}) did not stop within {timeout_s:g} s; see {daemon_log()}", file=sys.stderr)
+    return 1
+
+
+def _models(args: argparse.Namespace) -> int:
+    try:
+        _ensure_daemon(args)
+        with DaemonClient(args.endpoint) as client:
+            if args.action == "list":
+                answer = client.request("models")
+            else:
+                answer = client.request(args.action, model=args.name)
+    except DaemonUnavailable as exc:
+        print(f"mtpchat: {exc}", file=sys.stderr)
+        return 1
+    if answer["type"] == "error":
+        print(f"mtpchat: {answer['message']}", file=sys.stderr)
+        return 1
+    if args.action == "list":
+        for model in answer["models"]:
+            print(f"{'*' if model['default'] else ' '} {model['name']:<16} {model['state']:<9} {model['path']}")
     return 0
 
 
@@ -96,23 +179,32 @@ def _bench(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtpchat", description="Chat with MTP-decoded Qwen models.")
     commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--endpoint", help="daemon endpoint (default: the ipc socket in the runtime dir)")
     ask = commands.add_parser("ask", help="stream one reply to stdout")
-    ask.add_argument("prompt")
-    ask.add_argument("--model", help="checkpoint directory or Hugging Face repo id (default: tiny demo)")
+    ask.add_argument("prompt", help="the prompt, or - to read it from stdin")
+    ask.add_argument("--model", help="configured model name, checkpoint directory or Hugging Face repo id "
+                                     "(default: the configured default)")
     ask.add_argument("--system", help="system prompt")
     ask.add_argument("--max-tokens", type=int, default=128)
     ask.add_argument("--no-mtp", action="store_true", help="plain decoding (the same engine with k = 0)")
-    ask.add_argument("--draft", default=str(DEFAULT_DRAFT_K), choices=["1", "2", "3", "4", "auto"], metavar="K",
-                     help=f"MTP draft tokens per step, 1..4, or auto: adaptive up to 4 (default {DEFAULT_DRAFT_K})")
+    ask.add_argument("--draft", choices=["1", "2", "3", "4", "auto"], metavar="K",
+                     help="MTP draft tokens per step, 1..4, or auto (adaptive); default: the model's setting")
     ask.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
     ask.add_argument("--top-p", type=float, default=1.0)
     ask.add_argument("--top-k", type=int, default=0, help="0 (default) keeps every token")
     ask.add_argument("--seed", type=int, help="makes sampled replies reproducible")
     ask.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     ask.add_argument("--no-think", action="store_true", help="ask the model to skip its thinking block")
-    ask.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if present)")
     ask.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     ask.set_defaults(run=_ask)
+    daemon = commands.add_parser("daemon", help="start, stop or inspect mtpchatd")
+    daemon.add_argument("action", choices=["start", "stop", "status"])
+    daemon.add_argument("--json", action="store_true")
+    daemon.set_defaults(run=_daemon)
+    models = commands.add_parser("models", help="list, load or unload models in the daemon")
+    models.add_argument("action", nargs="?", default="list", choices=["list", "load", "unload"])
+    models.add_argument("name", nargs="?")
+    models.set_defaults(run=_models)
     bench = commands.add_parser("bench", help="plain vs MTP decoding side by side, JSON out")
     bench.add_argument("--model", help="checkpoint directory or repo id (default: the tiny demo)")
     bench.add_argument("--shape", choices=["qwen3.6-27b", "qwen3.6-35b-a3b"],

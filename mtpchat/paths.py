@@ -1,4 +1,5 @@
-"""Where mtpchat keeps things, in one place (platformdirs), overridable for tests via MTPCHAT_HOME."""
+"""Where mtpchat keeps things, in one place (platformdirs), all under MTPCHAT_HOME when it is set
+(tests and several side-by-side installs use that)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,27 @@ def config_dir() -> Path:
 
 def data_dir() -> Path:
     return _root("data")
+
+
+def log_dir() -> Path:
+    return _root("log")
+
+
+def runtime_dir() -> Path:
+    """Socket and pid file; created private (0700) on first use."""
+    path = _root("runtime")
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
+
+
+def default_endpoint() -> str:
+    return f"ipc://{runtime_dir() / 'mtpchatd.sock'}"
+
+
+def pid_file() -> Path:
+    return runtime_dir() / "mtpchatd.pid"
+
+
+def daemon_log() -> Path:
+    return log_dir() / "mtpchatd.log"

@@ -13,20 +13,29 @@ from daemon.loader import load_model
 from tests.helpers import chat_prompt
 
 
-def _run(*args, home):
+def _run(*args, home, stdin=None):
     env = dict(os.environ, MTPCHAT_HOME=str(home))
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env, timeout=120,
+                          input=stdin)
 
 
-def test_ask_json_is_the_engines_greedy_reply(tiny, tmp_path):
+@pytest.fixture
+def home(tmp_path):
+    """A home whose daemon (started by the commands under test) is stopped afterwards."""
+    yield tmp_path
+    stopped = _run("mtpchat.cli", "daemon", "stop", home=tmp_path)
+    assert stopped.returncode == 0, stopped.stderr
+
+
+def test_ask_json_is_the_engines_greedy_reply(tiny, home):
     ckpt = tiny["qwen3.6-moe-tiny"]
     model = load_model(ckpt, device="cpu")
     stop = set(model.config.eos_token_ids)
     expected = list(generate(model, chat_prompt(ckpt, "Hello there"), 12, stop))
     stopped = expected[-1] in stop
     for flags in (["--no-mtp"], ["--draft", "3"], ["--draft", "auto"]):
-        done = _run("mtpchat.cli", "ask", "Hello there", "--model", str(ckpt), "--max-tokens", "12", "--json",
-                    *flags, home=tmp_path)
+        done = _run("mtpchat.cli", "ask", "-", "--model", str(ckpt), "--max-tokens", "12", "--json",
+                    *flags, home=home, stdin="Hello there")
         assert done.returncode == 0, done.stderr
         reply = json.loads(done.stdout)
         assert reply["token_ids"] == (expected[:-1] if stopped else expected)
@@ -36,18 +45,34 @@ def test_ask_json_is_the_engines_greedy_reply(tiny, tmp_path):
         assert reply["text"]
 
 
-def test_ask_streams_text_with_the_embedded_default(tmp_path):
-    done = _run("mtpchat.cli", "ask", "Tell me about the sea", "--max-tokens", "8", home=tmp_path)
+def test_ask_streams_text_with_the_embedded_default(home):
+    done = _run("mtpchat.cli", "ask", "Tell me about the sea", "--max-tokens", "8", home=home)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
-    assert (tmp_path / "cache" / "checkpoints" / "qwen3.6-dense-tiny" / "config.json").exists()
+    assert (home / "cache" / "checkpoints" / "qwen3.6-dense-tiny" / "config.json").exists()
+    status = json.loads(_run("mtpchat.cli", "daemon", "status", "--json", home=home).stdout)
+    assert status["running"] and status["models"][0]["name"] == "demo"
+    assert status["models"][0]["state"] == "resident" and status["active_streams"] == 0
+    listed = _run("mtpchat.cli", "models", home=home).stdout
+    assert "demo" in listed and "resident" in listed
+    assert _run("mtpchat.cli", "models", "unload", "demo", home=home).returncode == 0
+    assert "unloaded" in _run("mtpchat.cli", "models", "list", home=home).stdout
 
 
-def test_ask_with_a_missing_checkpoint_fails_clearly(tmp_path):
-    done = _run("mtpchat.cli", "ask", "hi", "--model", str(tmp_path / "nope"), home=tmp_path)
+def test_ask_with_a_missing_checkpoint_fails_clearly(home):
+    done = _run("mtpchat.cli", "ask", "hi", "--model", str(home / "nope"), home=home)
     assert done.returncode == 1
     assert "checkpoint" in done.stderr and "not found" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_daemon_start_status_stop(home):
+    assert _run("mtpchat.cli", "daemon", "status", home=home).returncode == 3
+    assert _run("mtpchat.cli", "daemon", "start", home=home).returncode == 0
+    status = _run("mtpchat.cli", "daemon", "status", home=home)
+    assert status.returncode == 0 and "demo" in status.stdout
+    assert _run("mtpchat.cli", "daemon", "stop", home=home).returncode == 0
+    assert _run("mtpchat.cli", "daemon", "status", home=home).returncode == 3
 
 
 def test_mtpchatd_inspect_reports_the_checkpoint(tiny, tmp_path):
@@ -63,7 +88,7 @@ def test_mtpchatd_inspect_reports_the_checkpoint(tiny, tmp_path):
 
 def test_client_side_imports_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import mtpchat, mtpchat.cli, mtpchat.paths\n"
+            "import mtpchat, mtpchat.cli, mtpchat.paths, mtpchat.client, mtpchat.protocol, mtpchat.config\n"
             "assert 'daemon.model' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

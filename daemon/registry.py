@@ -1,0 +1,101 @@
+"""The daemon's models: configured, loading, resident or failed — several resident at once.
+
+Loading runs in a background thread so the daemon keeps answering (status shows the state); a
+generate request for a model that is not resident yet waits for it (and starts its load if needed),
+and gets an error if the load fails. Unloading drops every reference and returns device memory.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from mtpchat.config import DEMO_PATH, Config, ModelSettings
+
+
+@dataclass
+class ModelEntry:
+    settings: ModelSettings
+    state: str = "unloaded"  # unloaded | loading | resident | failed
+    error: str = ""
+    model: object = None
+    tokenizer: object = None
+    load_seconds: float = 0.0
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    def describe(self) -> dict:
+        s = self.settings
+        info = {"name": s.name, "path": s.path, "state": self.state, "error": self.error, "draft": s.draft,
+                "dtype": s.dtype, "device": s.device, "load_seconds": round(self.load_seconds, 3)}
+        if self.model is not None:
+            info.update(device=str(self.model.device), dtype=str(self.model.dtype).removeprefix("torch."),
+                        mtp_head=self.model.mtp is not None)
+        return info
+
+
+class ModelRegistry:
+    def __init__(self, config: Config):
+        self.default = config.default
+        self.entries = {name: ModelEntry(settings) for name, settings in config.models.items()}
+        self._lock = threading.Lock()
+        # one load at a time: building on the meta device is a process-wide torch mode
+        self._loading = threading.Lock()
+
+    def entry(self, name: str | None) -> ModelEntry | None:
+        """A configured model by name; a checkpoint directory or hub repo id (anything with a '/') is
+        added on first use under its own name, so `ask --model PATH` works without configuration."""
+        name = name or self.default
+        if name not in self.entries and "/" in name:
+            self.entries[name] = ModelEntry(ModelSettings(name, name, load_at_start=False))
+        return self.entries.get(name)
+
+    def load(self, name: str) -> ModelEntry:
+        """Start loading in the background (no-op when resident or already loading)."""
+        entry = self.entries[name]
+        with self._lock:
+            if entry.state in ("loading", "resident"):
+                return entry
+            entry.state, entry.error = "loading", ""
+            entry._thread = threading.Thread(target=self._load, args=(entry,), name=f"load-{name}", daemon=True)
+            entry._thread.start()
+        return entry
+
+    def _load(self, entry: ModelEntry) -> None:
+        from daemon.loader import DTYPES
+        from daemon.reply import load_chat_model
+
+        started = time.perf_counter()
+        settings = entry.settings
+        try:
+            with self._loading:  # also serialises transformers' lazy imports, which are not thread-safe
+                path = settings.path
+                if path == DEMO_PATH:
+                    from daemon.default_model import default_checkpoint
+
+                    path = default_checkpoint()
+                model, tokenizer = load_chat_model(path, device=settings.device,
+                                                   dtype=DTYPES[settings.dtype] if settings.dtype else None)
+        except Exception as exc:  # any failure is reported to clients; the daemon keeps serving
+            entry.state, entry.error = "failed", f"{type(exc).__name__}: {exc}"
+            return
+        entry.model, entry.tokenizer = model, tokenizer
+        entry.load_seconds = time.perf_counter() - started
+        entry.state = "resident"
+
+    def unload(self, name: str) -> ModelEntry:
+        entry = self.entries[name]
+        if entry._thread is not None:
+            entry._thread.join()
+        entry.model = entry.tokenizer = None
+        entry.state, entry.error = "unloaded", ""
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return entry
+
+    def describe(self) -> list[dict]:
+        return [entry.describe() | {"default": name == self.default} for name, entry in self.entries.items()]

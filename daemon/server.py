@@ -1,0 +1,242 @@
+"""`mtpchatd`'s serving loop: one ZeroMQ ROUTER socket, resident models, interleaved streams.
+
+Scheduling: one loop on one thread. Each turn it drains every waiting frame (so requests, cancels
+and status are answered between decode steps), then advances every active generation by one token,
+round robin — several clients stream at once, each at a fair share, and a cancel takes effect
+before the next step. Tokens are batched into a chunk per stream at most every FLUSH_S seconds.
+A client that vanished or stops reading (its queue is full) has its generation cancelled: sends use
+ROUTER_MANDATORY and never block. Bad frames get an error reply and never reach the engine.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from daemon.registry import ModelEntry, ModelRegistry
+from daemon.reply import ReplyStream, render_prompt
+from daemon.sampling import SamplingParams
+from mtpchat import __version__
+from mtpchat.protocol import MAX_FRAME_BYTES, VERSION, ProtocolError, error_reply, pack, parse_request, reply, unpack
+
+FLUSH_S = 0.03
+IDLE_POLL_MS = 200
+SEND_HWM = 10_000
+
+
+@dataclass
+class Generation:
+    identity: bytes
+    request: dict
+    entry: ModelEntry
+    stream: ReplyStream | None = None
+    text: list[str] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    drafted: list[bool] = field(default_factory=list)
+    flushed_at: float = 0.0
+
+
+class DaemonServer:
+    def __init__(self, endpoint: str, registry: ModelRegistry):
+        self.endpoint, self.registry = endpoint, registry
+        self.started = time.time()
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 1024)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(endpoint)
+        self.generations: dict[tuple[bytes, str], Generation] = {}
+        self.stopping = False
+
+    # --- sending -------------------------------------------------------------------------------
+    def _send(self, identity: bytes, message: dict) -> bool:
+        """False when the client is gone or not reading; the caller drops its generation."""
+        try:
+            frame = pack(message)
+        except ProtocolError:  # a very long reply's final text: the chunks already carried it
+            frame = pack({**message, "text": "", "token_ids": [], "truncated": True})
+        try:
+            self.socket.send_multipart([identity, frame], flags=zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:
+            return False
+
+    # --- requests ------------------------------------------------------------------------------
+    def _receive(self) -> None:
+        while self.socket.poll(0):
+            frames = self.socket.recv_multipart()
+            identity, payload = frames[0], frames[1:]
+            try:
+                if len(payload) != 1:
+                    raise ProtocolError("malformed_frame", f"expected 1 frame per message, got {len(payload)}")
+                message = unpack(payload[0])
+                request = parse_request(message)
+                if request["op"] == "generate" and "draft" not in message:
+                    request["draft"] = None  # the model's configured draft length applies
+                self._handle(identity, request)
+            except ProtocolError as exc:
+                self._send(identity, error_reply(exc.request_id, exc.code, exc.message))
+
+    def _handle(self, identity: bytes, request: dict) -> None:
+        rid, op = request["id"], request["op"]
+        if op == "hello":
+            self._send(identity, reply(rid, "hello", server_version=__version__, protocol=VERSION, pid=os.getpid()))
+        elif op == "status":
+            self._send(identity, reply(rid, "status", **self.status()))
+        elif op == "models":
+            self._send(identity, reply(rid, "models", models=self.registry.describe()))
+        elif op in ("load", "unload"):
+            if request["model"] not in self.registry.entries:
+                raise ProtocolError("unknown_model", self._unknown_model(request["model"]))
+            if op == "load":
+                self.registry.load(request["model"])
+            else:
+                self._cancel_model(request["model"])
+                self.registry.unload(request["model"])
+            self._send(identity, reply(rid, "ok", model=request["model"]))
+        elif op == "cancel":
+            generation = self.generations.pop((identity, request["target"]), None)
+            if generation is not None:
+                self._finish_cancelled(generation)
+            self._send(identity, reply(rid, "ok", cancelled=generation is not None))
+        elif op == "generate":
+            self._start_generation(identity, request)
+
+    def _unknown_model(self, name: str) -> str:
+        return f"unknown model {name!r}; configured: {', '.join(sorted(self.registry.entries))}"
+
+    def _start_generation(self, identity: bytes, request: dict) -> None:
+        entry = self.registry.entry(request["model"])
+        if entry is None:
+            raise ProtocolError("unknown_model", self._unknown_model(request["model"]))
+        if (identity, request["id"]) in self.generations:
+            raise ProtocolError("invalid_request", f"id: request {request['id']!r} is already streaming")
+        if entry.state in ("unloaded", "failed"):
+            self.registry.load(entry.settings.name)  # a request for a model loads it; it waits meanwhile
+        self.generations[(identity, request["id"])] = Generation(identity, request, entry)
+
+    # --- generations ---------------------------------------------------------------------------
+    def _open_stream(self, generation: Generation) -> None:
+        request, entry = generation.request, generation.entry
+        messages = list(request["messages"])
+        if request["system"]:
+            messages.insert(0, {"role": "system", "content": request["system"]})
+        prompt = render_prompt(entry.tokenizer, messages, request["thinking"])
+        context = entry.model.config.max_position_embeddings
+        if len(prompt) >= context:
+            raise ProtocolError("prompt_too_long", f"the prompt has {len(prompt)} tokens; {entry.settings.name} "
+                                                   f"takes at most {context - 1}")
+        draft = entry.settings.draft if request["draft"] is None else request["draft"]
+        adaptive = draft == "auto"
+        draft_k = (4 if adaptive else draft) if entry.model.mtp is not None else 0
+        sampling = SamplingParams(request["temperature"], request["top_k"], request["top_p"], request["seed"])
+        generation.stream = ReplyStream(entry.model, entry.tokenizer, prompt, max_tokens=request["max_tokens"],
+                                        draft_k=draft_k, adaptive=adaptive, sampling=sampling,
+                                        stop=tuple(request["stop"]))
+
+    def _advance(self, key, generation: Generation) -> None:
+        """One token for this generation; flush its chunk when due; end it when done."""
+        entry = generation.entry
+        if generation.stream is None:
+            if entry.state == "failed":
+                self._end(key, error_reply(generation.request["id"], "model_not_ready",
+                                           f"model {entry.settings.name!r} failed to load: {entry.error}"))
+                return
+            if entry.state != "resident":
+                return  # still loading: wait
+            try:
+                self._open_stream(generation)
+            except ProtocolError as exc:
+                self._end(key, error_reply(generation.request["id"], exc.code, exc.message))
+                return
+        piece = next(generation.stream, None)
+        if piece is not None:
+            generation.text.append(piece.text)
+            if piece.token is not None:
+                generation.tokens.append(piece.token)
+                generation.drafted.append(piece.drafted)
+        now = time.perf_counter()
+        if piece is None or now - generation.flushed_at >= FLUSH_S:
+            if not self._flush(generation):
+                self._drop(key)
+                return
+            generation.flushed_at = now
+        if piece is None:
+            result = generation.stream.result
+            self._end(key, reply(generation.request["id"], "done", finish_reason=result.finish_reason,
+                                 text=result.text, token_ids=result.token_ids, stats=result.stats.as_dict()))
+
+    def _flush(self, generation: Generation) -> bool:
+        if not generation.tokens and not any(generation.text):
+            return True
+        chunk = reply(generation.request["id"], "chunk", text="".join(generation.text), tokens=generation.tokens,
+                      drafted=generation.drafted, stats=_running_stats(generation.stream))
+        generation.text, generation.tokens, generation.drafted = [], [], []
+        return self._send(generation.identity, chunk)
+
+    def _end(self, key, message: dict) -> None:
+        generation = self.generations.pop(key, None)
+        if generation is not None:
+            self._send(generation.identity, message)
+
+    def _drop(self, key) -> None:
+        """The client is gone or not reading: stop its generation without a word."""
+        generation = self.generations.pop(key, None)
+        if generation is not None and generation.stream is not None:
+            generation.stream.close()
+
+    def _finish_cancelled(self, generation: Generation) -> None:
+        if generation.stream is not None:
+            self._flush(generation)
+            generation.stream.close()
+        text = generation.stream.result.text if generation.stream is not None else ""
+        self._send(generation.identity, reply(generation.request["id"], "cancelled", text=text))
+
+    def _cancel_model(self, name: str) -> None:
+        for key, generation in list(self.generations.items()):
+            if generation.entry.settings.name == name:
+                del self.generations[key]
+                self._send(generation.identity, error_reply(generation.request["id"], "model_not_ready",
+                                                            f"model {name!r} was unloaded"))
+                if generation.stream is not None:
+                    generation.stream.close()
+
+    # --- loop ----------------------------------------------------------------------------------
+    def status(self) -> dict:
+        import torch
+
+        devices = [{"name": "cpu"}]
+        for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+            free, total = torch.cuda.mem_get_info(i)
+            devices.append({"name": f"cuda:{i}", "memory_free": free, "memory_total": total,
+                            "memory_used": total - free})
+        return {"version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
+                "endpoint": self.endpoint, "models": self.registry.describe(), "devices": devices,
+                "active_streams": len(self.generations)}
+
+    def serve_forever(self) -> None:
+        try:
+            while not self.stopping:
+                runnable = any(g.entry.state in ("resident", "failed") for g in self.generations.values())
+                if self.socket.poll(0 if runnable else IDLE_POLL_MS):
+                    self._receive()
+                for key, generation in list(self.generations.items()):
+                    if key in self.generations:
+                        self._advance(key, generation)
+        finally:
+            for key in list(self.generations):
+                self._end(key, error_reply(key[1], "shutdown", "the daemon is shutting down"))
+            self.socket.close(linger=100)
+            self.context.term()
+
+
+def _running_stats(stream: ReplyStream) -> dict:
+    stats = stream.result.stats
+    return {"generated_tokens": stats.generated_tokens, "decode_tok_s": stats.decode_tok_s,
+            "acceptance_rate": stats.acceptance_rate, "mean_acceptance_length": stats.mean_acceptance_length,
+            "acceptance_per_position": stats.acceptance_per_position, "draft_k": stats.draft_k}

@@ -1,0 +1,268 @@
+"""The wire protocol between mtpchat clients and the mtpchatd daemon, in one module.
+
+Both sides import this module, so framing, versioning and request validation cannot drift apart:
+the client packs requests with it, the daemon unpacks and validates them with it, and the daemon's
+replies are built with it. Everything that crosses the socket is decoded here first, so a malformed
+frame becomes a ProtocolError (answered with an error reply), never a crash. The specification a
+third party can implement a client from is docs/protocol.md; keep the two in step.
+
+Stdlib and msgpack only: the client side must run on a laptop without torch or the daemon's deps.
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+VERSION = 1
+MAX_FRAME_BYTES = 1 << 20  # larger frames are refused
+MAX_NESTING = 16  # deeper maps/arrays are refused (a request needs 3 levels, a reply 4)
+OPS = ("hello", "status", "models", "load", "unload", "generate", "cancel")
+TERMINAL = ("done", "error", "cancelled")  # reply types that end a request
+
+_ROLES = ("system", "user", "assistant")
+_MAX_ID_CHARS = 64
+_MAX_MODEL_CHARS = 512
+_MAX_MESSAGES = 1000
+_MAX_TOKENS = 1_000_000
+_MAX_TEMPERATURE = 100
+_MAX_DRAFT = 4
+_MAX_STOPS = 16
+_MAX_STOP_CHARS = 256
+
+
+class ProtocolError(Exception):
+    """A frame or request that breaks the protocol; `code` and `message` go into the error reply.
+
+    `request_id` is the offending request's id when it could be read (None otherwise), so the
+    daemon can address the error reply to the request the client is waiting on.
+    """
+
+    def __init__(self, code: str, message: str, request_id: str | None = None):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+def pack(message: dict) -> bytes:
+    """Encode one message as a frame, adding the protocol version unless the message has one."""
+    frame = msgpack.packb({"v": VERSION, **message}, use_bin_type=True)
+    if len(frame) > MAX_FRAME_BYTES:
+        raise ProtocolError("frame_too_large", f"frame is {len(frame)} bytes, limit {MAX_FRAME_BYTES}")
+    return frame
+
+
+def unpack(frame: bytes) -> dict:
+    """Decode one frame into a message map of this protocol version, or raise ProtocolError."""
+    if len(frame) > MAX_FRAME_BYTES:
+        raise ProtocolError("frame_too_large", f"frame is {len(frame)} bytes, limit {MAX_FRAME_BYTES}")
+    try:
+        message = msgpack.unpackb(
+            frame,
+            raw=False,
+            strict_map_key=True,
+            # nothing can be longer than the frame holding it: refuse headers claiming more
+            # before anything is allocated
+            max_str_len=len(frame),
+            max_bin_len=len(frame),
+            max_array_len=len(frame),
+            max_map_len=len(frame) // 2,
+            max_ext_len=0,  # no ext types, timestamps included
+        )
+    except ValueError as exc:  # every msgpack decoding failure is a ValueError subclass
+        raise ProtocolError("malformed_frame", f"not a msgpack value: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("malformed_frame", "frame must be a msgpack map")
+    if _nesting_exceeds(message, MAX_NESTING):
+        raise ProtocolError("malformed_frame", f"nested deeper than {MAX_NESTING} levels")
+    version = message.get("v")
+    if not _is_int(version):
+        raise ProtocolError("malformed_frame", "v: must be an integer protocol version")
+    if version != VERSION:
+        raise ProtocolError(
+            "unsupported_version",
+            f"protocol version {version} is not supported, this side speaks {VERSION}",
+            _readable_id(message),
+        )
+    return message
+
+
+def parse_request(message: dict) -> dict:
+    """Validate a client request; return a new dict of id, op and that op's fields, defaults filled.
+
+    Unknown fields are ignored. Raises ProtocolError("invalid_request", "<field>: <problem>") or
+    ProtocolError("unknown_op", ...), carrying the request id once it has been read.
+    """
+    request_id = _id("id", message.get("id"))
+    try:
+        op = message.get("op")
+        if not isinstance(op, str):
+            raise _invalid("op", "must be a string")
+        if op not in OPS:
+            raise ProtocolError("unknown_op", f"op: must be one of {', '.join(OPS)}")
+        return {"id": request_id, "op": op, **_OP_FIELDS[op](message)}
+    except ProtocolError as exc:
+        exc.request_id = request_id
+        raise
+
+
+def reply(request_id: str, type: str, **fields) -> dict:
+    """A reply message for `request_id`; pass it to pack()."""
+    return {"v": VERSION, "id": request_id, "type": type, **fields}
+
+
+def error_reply(request_id: str | None, code: str, message: str) -> dict:
+    """An "error" reply; request_id is None when the frame could not be parsed."""
+    return reply(request_id, "error", code=code, message=message)
+
+
+# ---------------------------------------------------------------- per-op fields
+
+
+def _no_fields(message: dict) -> dict:
+    return {}
+
+
+def _hello_fields(message: dict) -> dict:
+    client = message.get("client", "")
+    if not isinstance(client, str):
+        raise _invalid("client", "must be a string")
+    return {"client": client}
+
+
+def _model_fields(message: dict) -> dict:
+    return {"model": _model_name(message.get("model"))}
+
+
+def _cancel_fields(message: dict) -> dict:
+    return {"target": _id("target", message.get("target"))}
+
+
+def _generate_fields(message: dict) -> dict:
+    get = message.get
+    model = get("model")
+    system = get("system")
+    if system is not None and not isinstance(system, str):
+        raise _invalid("system", "must be a string or null")
+    temperature = _number("temperature", get("temperature", 0.0))
+    if not 0 <= temperature <= _MAX_TEMPERATURE:
+        raise _invalid("temperature", f"must be between 0 and {_MAX_TEMPERATURE}")
+    top_p = _number("top_p", get("top_p", 1.0))
+    if not 0 < top_p <= 1:
+        raise _invalid("top_p", "must be greater than 0 and at most 1")
+    seed = get("seed")
+    if seed is not None and not _is_int(seed):
+        raise _invalid("seed", "must be an integer or null")
+    draft = get("draft", "auto")
+    if draft != "auto" and not (_is_int(draft) and 0 <= draft <= _MAX_DRAFT):
+        raise _invalid("draft", f'must be an integer from 0 to {_MAX_DRAFT} or "auto"')
+    thinking = get("thinking", True)
+    if not isinstance(thinking, bool):
+        raise _invalid("thinking", "must be a boolean")
+    return {
+        "model": None if model is None else _model_name(model),
+        "messages": _messages(get("messages")),
+        "system": system,
+        "max_tokens": _int_in("max_tokens", get("max_tokens", 512), 1, _MAX_TOKENS),
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": _int_in("top_k", get("top_k", 0), 0),
+        "seed": seed,
+        "draft": draft,
+        "thinking": thinking,
+        "stop": _stops(get("stop", [])),
+    }
+
+
+_OP_FIELDS = {
+    "hello": _hello_fields,
+    "status": _no_fields,
+    "models": _no_fields,
+    "load": _model_fields,
+    "unload": _model_fields,
+    "generate": _generate_fields,
+    "cancel": _cancel_fields,
+}
+
+
+# ---------------------------------------------------------------- field checks
+
+
+def _invalid(field: str, problem: str) -> ProtocolError:
+    return ProtocolError("invalid_request", f"{field}: {problem}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _text(field: str, value, max_chars: int) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= max_chars:
+        raise _invalid(field, f"must be a string of 1 to {max_chars} characters")
+    return value
+
+
+def _id(field: str, value) -> str:
+    return _text(field, value, _MAX_ID_CHARS)
+
+
+def _model_name(value) -> str:
+    return _text("model", value, _MAX_MODEL_CHARS)
+
+
+def _int_in(field: str, value, low: int, high: int | None = None) -> int:
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise _invalid(field, f"must be an integer {bounds}")
+    return value
+
+
+def _number(field: str, value) -> float:
+    if not (_is_int(value) or isinstance(value, float)):
+        raise _invalid(field, "must be a number")
+    return float(value)
+
+
+def _messages(value) -> list[dict]:
+    if not isinstance(value, list) or not 1 <= len(value) <= _MAX_MESSAGES:
+        raise _invalid("messages", f"must be a list of 1 to {_MAX_MESSAGES} messages")
+    normalised = []
+    for index, item in enumerate(value):
+        field = f"messages[{index}]"
+        if not isinstance(item, dict):
+            raise _invalid(field, "must be a map")
+        role, content = item.get("role"), item.get("content")
+        if not isinstance(role, str) or role not in _ROLES:
+            raise _invalid(f"{field}.role", f"must be one of {', '.join(_ROLES)}")
+        if not isinstance(content, str):
+            raise _invalid(f"{field}.content", "must be a string")
+        normalised.append({"role": role, "content": content})
+    return normalised
+
+
+def _stops(value) -> list[str]:
+    if not isinstance(value, list) or len(value) > _MAX_STOPS:
+        raise _invalid("stop", f"must be a list of at most {_MAX_STOPS} strings")
+    return [_text(f"stop[{index}]", item, _MAX_STOP_CHARS) for index, item in enumerate(value)]
+
+
+# ---------------------------------------------------------------- frame checks
+
+
+def _readable_id(message: dict) -> str | None:
+    request_id = message.get("id")
+    if isinstance(request_id, str) and 1 <= len(request_id) <= _MAX_ID_CHARS:
+        return request_id
+    return None
+
+
+def _nesting_exceeds(value, limit: int) -> bool:
+    """Whether maps/arrays nest deeper than `limit` levels (iterative: safe on any input)."""
+    pending = [(value, 1)]
+    while pending:
+        container, depth = pending.pop()
+        if depth > limit:
+            return True
+        children = container.values() if isinstance(container, dict) else container
+        pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
