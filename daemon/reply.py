@@ -1,9 +1,9 @@
 """One chat reply: chat template -> our engine -> text pieces, token provenance and stats.
 
-`ReplyStream` is what the daemon steps through, token by token, for each request (and what
-`stream_reply` iterates in process). Text is produced by decoding the whole reply so far and handing
-out only the new suffix, holding back an incomplete UTF-8 sequence and any tail that could still
-become a stop string, so multi-byte characters never arrive split and a stop string never leaks out.
+`ReplyStream` is what the daemon steps through, token by token, for each request. Text is produced
+by decoding the whole reply so far and handing out only the new suffix, holding back an incomplete
+UTF-8 sequence and any tail that could still become a stop string, so multi-byte characters never
+arrive split and a stop string never leaks out.
 """
 
 from __future__ import annotations
@@ -108,15 +108,3 @@ class ReplyStream:
         self._tokens.close()
         if not self.result.finish_reason:
             self.result.finish_reason = "cancelled"
-
-
-def stream_reply(model: QwenModel, tokenizer, messages: list[dict], *, max_tokens: int = 256,
-                 enable_thinking: bool = True, draft_k: int = 0, adaptive: bool = False,
-                 sampling: SamplingParams = SamplingParams(), stop: tuple[str, ...] = (),
-                 result: ReplyResult | None = None) -> Iterator[str]:
-    """Yield text deltas of the reply; `result` (if given) ends up holding the final result."""
-    stream = ReplyStream(model, tokenizer, render_prompt(tokenizer, messages, enable_thinking), max_tokens=max_tokens,
-                         draft_k=draft_k, adaptive=adaptive, sampling=sampling, stop=stop, result=result)
-    for piece in stream:
-        if piece.text:
-            yield piece.text

@@ -5,7 +5,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from daemon.loader import load_model
-from daemon.reply import ReplyResult, stream_reply
+from daemon.reply import ReplyResult, ReplyStream, render_prompt
 
 MESSAGES = [{"role": "user", "content": "Tell me a long story about the sea."}]
 
@@ -17,9 +17,10 @@ def chat(tiny):
 
 
 def _reply(chat, **kwargs) -> tuple[str, ReplyResult]:
-    result = ReplyResult()
-    streamed = "".join(stream_reply(*chat, MESSAGES, max_tokens=48, result=result, **kwargs))
-    return streamed, result
+    model, tokenizer = chat
+    stream = ReplyStream(model, tokenizer, render_prompt(tokenizer, MESSAGES), max_tokens=48, **kwargs)
+    streamed = "".join(piece.text for piece in stream)
+    return streamed, stream.result
 
 
 @pytest.mark.parametrize("draft_k", [0, 3])
