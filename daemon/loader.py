@@ -10,6 +10,7 @@ experts are read fused (`experts.gate_up_proj`, the hub layout) or per expert
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -60,7 +61,8 @@ def _read_experts(files: CheckpointFiles, name: str, shape: torch.Size) -> torch
 
 
 def load_model(checkpoint: str | Path, *, device: torch.device | str | None = None,
-               dtype: torch.dtype | None = None) -> QwenModel:
+               dtype: torch.dtype | None = None, progress: Callable[[float], None] | None = None) -> QwenModel:
+    """progress, if given, is called with the fraction of parameters loaded so far (0..1)."""
     directory = resolve_checkpoint(checkpoint)
     config = TextConfig.from_checkpoint(directory)
     files = CheckpointFiles(directory)
@@ -72,8 +74,13 @@ def load_model(checkpoint: str | Path, *, device: torch.device | str | None = No
     with torch.device("meta"):
         model = QwenModel(config, with_mtp="mtp.fc.weight" in files).to(dtype)
     model.to_empty(device=device)
+    total = sum(p.numel() for p in model.parameters())
+    done = 0
     with torch.no_grad():
         for name, param in model.named_parameters():
+            done += param.numel()
+            if progress is not None:
+                progress(done / total)
             if tie and name == "lm_head.weight":
                 continue
             stored = name if name.startswith(("mtp.", "lm_head.")) else prefix + name

@@ -22,6 +22,7 @@ class ModelEntry:
     settings: ModelSettings
     state: str = "unloaded"  # unloaded | loading | resident | failed
     error: str = ""
+    progress: float = 0.0  # fraction of the weights loaded
     model: object = None
     tokenizer: object = None
     load_seconds: float = 0.0
@@ -29,7 +30,8 @@ class ModelEntry:
 
     def describe(self) -> dict:
         s = self.settings
-        info = {"name": s.name, "path": s.path, "state": self.state, "error": self.error, "draft": s.draft,
+        info = {"name": s.name, "path": s.path, "state": self.state, "progress": round(self.progress, 3),
+                "error": self.error, "draft": s.draft,
                 "dtype": s.dtype, "device": s.device, "load_seconds": round(self.load_seconds, 3)}
         if self.model is not None:
             info.update(device=str(self.model.device), dtype=str(self.model.dtype).removeprefix("torch."),
@@ -59,7 +61,7 @@ class ModelRegistry:
         with self._lock:
             if entry.state in ("loading", "resident"):
                 return entry
-            entry.state, entry.error = "loading", ""
+            entry.state, entry.error, entry.progress = "loading", "", 0.0
             entry._thread = threading.Thread(target=self._load, args=(entry,), name=f"load-{name}", daemon=True)
             entry._thread.start()
         return entry
@@ -78,7 +80,8 @@ class ModelRegistry:
 
                     path = default_checkpoint()
                 model, tokenizer = load_chat_model(path, device=settings.device,
-                                                   dtype=DTYPES[settings.dtype] if settings.dtype else None)
+                                                   dtype=DTYPES[settings.dtype] if settings.dtype else None,
+                                                   progress=lambda fraction: setattr(entry, "progress", fraction))
         except Exception as exc:  # any failure is reported to clients; the daemon keeps serving
             entry.state, entry.error = "failed", f"{type(exc).__name__}: {exc}"
             return
@@ -91,7 +94,7 @@ class ModelRegistry:
         if entry._thread is not None:
             entry._thread.join()
         entry.model = entry.tokenizer = None
-        entry.state, entry.error = "unloaded", ""
+        entry.state, entry.error, entry.progress = "unloaded", "", 0.0
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -39,14 +39,15 @@ class Piece:
     text: str
 
 
-def load_chat_model(checkpoint: str | Path, device: str | None = None, dtype=None):
+def load_chat_model(checkpoint: str | Path, device: str | None = None, dtype=None, progress=None):
     from transformers import AutoTokenizer
 
     from daemon.checkpoint import resolve_checkpoint
     from daemon.loader import load_model
 
     directory = resolve_checkpoint(checkpoint)
-    return load_model(directory, device=device, dtype=dtype), AutoTokenizer.from_pretrained(directory)
+    model = load_model(directory, device=device, dtype=dtype, progress=progress)
+    return model, AutoTokenizer.from_pretrained(directory)
 
 
 def render_prompt(tokenizer, messages: list[dict], enable_thinking: bool = True) -> list[int]:

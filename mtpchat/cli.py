@@ -87,8 +87,7 @@ def _daemon_status(args: argparse.Namespace) -> int:
         return 0
     print(f"mtpchatd {status['version']} pid {status['pid']} up {status['uptime_s']:.0f} s on {status['endpoint']}")
     for model in status["models"]:
-        extra = f" — {model['error']}" if model["error"] else ""
-        print(f"  {'*' if model['default'] else ' '} {model['name']:<16} {model['state']:<9} {model['path']}{extra}")
+        print(f"  {_model_line(model)}")
     print(f"  active streams: {status['active_streams']}")
     return 0
 
@@ -127,8 +126,14 @@ def _models(args: argparse.Namespace) -> int:
         return 1
     if args.action == "list":
         for model in answer["models"]:
-            print(f"{'*' if model['default'] else ' '} {model['name']:<16} {model['state']:<9} {model['path']}")
+            print(_model_line(model))
     return 0
+
+
+def _model_line(model: dict) -> str:
+    state = f"loading {model['progress']:.0%}" if model["state"] == "loading" else model["state"]
+    extra = f" — {model['error']}" if model["error"] else ""
+    return f"{'*' if model['default'] else ' '} {model['name']:<16} {state:<12} {model['path']}{extra}"
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -156,3 +156,9 @@ def test_config_errors_are_clear(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "qwen3_5"}')
     with pytest.raises(ValueError, match="lacks the field 'num_hidden_layers'"):
         TextConfig.from_checkpoint(tmp_path)
+
+
+def test_load_progress_rises_to_one(tiny):
+    seen = []
+    load_model(tiny["qwen3.6-moe-tiny"], device="cpu", progress=seen.append)
+    assert len(seen) > 10 and seen == sorted(seen) and seen[-1] == 1.0 and seen[0] > 0
