@@ -176,3 +176,28 @@ def step_costs(model: QwenModel, ks: list[int], context: int = 256, repeats: int
     if draft_vocab:
         costs["draft_step_vs_decode_reduced_vocab"] = draft_cost(draft_vocab)
     return costs
+
+
+def bench_daemon_overhead(model: QwenModel, tokenizer, client, model_name: str, max_tokens: int, draft: int,
+                          repeats: int = 5) -> dict:
+    """Decode tok/s of the same greedy request in process and through a running daemon, alternating;
+    timed from the first token (chunk) to the last, so prefill and connection setup are excluded."""
+    from daemon.reply import ReplyStream, render_prompt
+
+    messages = [{"role": "user", "content": BENCH_PROMPTS[0]}]
+    list(client.generate(model=model_name, messages=messages, max_tokens=4, draft=draft))  # waits until resident
+    in_process, through_daemon = [], []
+    for _ in range(repeats):
+        stream = ReplyStream(model, tokenizer, render_prompt(tokenizer, messages), max_tokens=max_tokens,
+                             draft_k=draft)
+        first = next(stream)
+        started = time.perf_counter()
+        count = sum(1 for piece in stream if piece.token is not None) + (first.token is not None)
+        in_process.append((count - 1) / (time.perf_counter() - started))
+        replies = client.generate(model=model_name, messages=messages, max_tokens=max_tokens, draft=draft)
+        next(replies)
+        started = time.perf_counter()
+        done = [r for r in replies][-1]
+        through_daemon.append((len(done["token_ids"]) - 1) / (time.perf_counter() - started))
+    in_tok_s, daemon_tok_s = statistics.median(in_process), statistics.median(through_daemon)
+    return {"in_process_tok_s": in_tok_s, "daemon_tok_s": daemon_tok_s, "daemon_vs_in_process": daemon_tok_s / in_tok_s}

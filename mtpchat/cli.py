@@ -176,6 +176,13 @@ def _bench(args: argparse.Namespace) -> int:
         report["checkpoint"] = bench.bench_checkpoint(model, prompts, args.max_tokens, ks,
                                                       draft_vocab=args.draft_vocab)
         report["step_cost"] = bench.step_costs(model, ks, draft_vocab=args.draft_vocab)
+        if args.daemon:
+            name = str(args.model) if args.model else None
+            _ensure_daemon(args)
+            with DaemonClient(args.endpoint) as client:
+                model_name = name or client.request("models")["models"][0]["name"]
+                report["daemon_overhead"] = bench.bench_daemon_overhead(model, tokenizer, client, model_name,
+                                                                        args.max_tokens, max(ks))
     report["dtype"] = str(model.dtype).removeprefix("torch.")
     print(json.dumps(report, indent=2))
     return 0
@@ -225,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device")
     bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     bench.add_argument("--threads", type=int, help="torch CPU threads")
+    bench.add_argument("--daemon", action="store_true",
+                       help="also compare the same request through the daemon (starting it if needed)")
     bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     return args.run(args)

@@ -250,3 +250,16 @@ def test_non_loopback_tcp_is_refused(home):
     process = _start(home, "--listen", "tcp://0.0.0.0:5599")
     assert process.wait(timeout=30) == 2
     assert "CURVE" in process.stdout.read()
+
+
+def test_daemon_overhead_bench_runs_the_same_request_both_ways(daemon, tiny):
+    from transformers import AutoTokenizer
+
+    from daemon.bench import bench_daemon_overhead
+
+    path = tiny["qwen3.6-dense-tiny"]
+    with DaemonClient() as client:
+        result = bench_daemon_overhead(load_model(path, device="cpu"), AutoTokenizer.from_pretrained(path), client,
+                                       "dense", max_tokens=24, draft=2, repeats=1)
+    assert result["in_process_tok_s"] > 0 and result["daemon_tok_s"] > 0
+    assert result["daemon_vs_in_process"] == result["daemon_tok_s"] / result["in_process_tok_s"]
