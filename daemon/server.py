@@ -92,7 +92,7 @@ class DaemonServer:
             self._send(identity, reply(rid, "models", models=self.registry.describe()))
         elif op in ("load", "unload"):
             if request["model"] not in self.registry.entries:
-                raise ProtocolError("unknown_model", self._unknown_model(request["model"]))
+                raise ProtocolError("unknown_model", self._unknown_model(request["model"]), rid)
             if op == "load":
                 self.registry.load(request["model"])
             else:
@@ -113,9 +113,9 @@ class DaemonServer:
     def _start_generation(self, identity: bytes, request: dict) -> None:
         entry = self.registry.entry(request["model"])
         if entry is None:
-            raise ProtocolError("unknown_model", self._unknown_model(request["model"]))
+            raise ProtocolError("unknown_model", self._unknown_model(request["model"]), request["id"])
         if (identity, request["id"]) in self.generations:
-            raise ProtocolError("invalid_request", f"id: request {request['id']!r} is already streaming")
+            raise ProtocolError("invalid_request", f"id: request {request['id']!r} is already streaming", request["id"])
         if entry.state in ("unloaded", "failed"):
             self.registry.load(entry.settings.name)  # a request for a model loads it; it waits meanwhile
         self.generations[(identity, request["id"])] = Generation(identity, request, entry)

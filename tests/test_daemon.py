@@ -168,6 +168,8 @@ def test_bad_requests_get_precise_errors(daemon):
     with DaemonClient() as client:
         unknown = _collect(client, model="nope")[-1]
         assert unknown["type"] == "error" and unknown["code"] == "unknown_model" and "dense" in unknown["message"]
+        assert unknown["id"] is not None
+        assert client.request("load", model="nope")["code"] == "unknown_model"
         bad = client.request("generate", messages=MESSAGES, temperature=-1)
         assert bad["code"] == "invalid_request" and "temperature" in bad["message"]
         long = _collect(client, model="dense", messages=[{"role": "user", "content": "word " * 5000}])[-1]
