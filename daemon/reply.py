@@ -69,9 +69,24 @@ class ReplyStream:
                                 sampling=sampling, stats=self.result.stats, provenance=self._provenance)
         self._hold = max((len(s) for s in stop), default=1) - 1
         self._released = ""  # text handed out so far
+        self._settled_text, self._settled_tokens = "", 0  # text of a token prefix that ends on a full character
 
     def __iter__(self) -> Iterator[Piece]:
         return self
+
+    def _decoded(self) -> str:
+        """The reply so far, decoding only the tokens after the settled prefix (plus one token of context,
+        for tokenizers that render a token differently at the start): decoding the whole reply on
+        every token would make long replies quadratic. Ends with U+FFFD while a character is incomplete."""
+        ids = self.result.token_ids
+        start = max(self._settled_tokens - 1, 0)
+        context = self.tokenizer.decode(ids[start:self._settled_tokens], skip_special_tokens=True)
+        new = self.tokenizer.decode(ids[start:], skip_special_tokens=True)[len(context):]
+        if new.endswith("\ufffd"):
+            return self._settled_text + new
+        self._settled_text += new
+        self._settled_tokens = len(ids)
+        return self._settled_text
 
     def _release(self, text: str) -> str:
         new, self._released = text[len(self._released):], text
@@ -91,7 +106,7 @@ class ReplyStream:
             return Piece(None, False, tail)
         result.token_ids.append(token)
         drafted = self._provenance[-1]
-        text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+        text = self._decoded()
         hits = [i for i in (text.find(s, max(0, len(self._released) - self._hold)) for s in self.stop) if i >= 0]
         if hits:
             self._tokens.close()

@@ -41,3 +41,18 @@ def test_mtp_reply_equals_plain_reply(chat):
     for k in (1, 2, 4):
         assert _reply(chat, draft_k=k)[0] == plain
     assert _reply(chat, draft_k=4, adaptive=True)[0] == plain
+
+
+def test_incremental_text_equals_a_full_decode_at_every_token(chat):
+    """Including multi-byte characters split across byte-level tokens."""
+    model, tokenizer = chat
+    text = "naïve café — 你好, 世界! ünïcödé ✓ " * 3
+    ids = tokenizer.encode(text)
+    stream = ReplyStream(model, tokenizer, [1, 2, 3], max_tokens=1)
+    for n in range(1, len(ids) + 1):
+        stream.result.token_ids = ids[:n]
+        full = tokenizer.decode(ids[:n], skip_special_tokens=True)
+        decoded = stream._decoded()
+        if not full.endswith("\ufffd"):
+            assert decoded == full, n
+    assert stream._decoded() == text
