@@ -14,6 +14,8 @@ import json
 import sys
 import time
 
+from mtpchat.config import DTYPE_NAMES
+
 
 def _inspect(args: argparse.Namespace) -> int:
     import torch
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     inspect = commands.add_parser("inspect", help="load a checkpoint and report what the engine runs")
     inspect.add_argument("checkpoint", help="checkpoint directory or Hugging Face repo id (offline cache)")
     inspect.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if present)")
-    inspect.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+    inspect.add_argument("--dtype", choices=DTYPE_NAMES,
                          help="weight dtype (default: bfloat16 on CUDA, float32 on CPU)")
     inspect.set_defaults(run=_inspect)
     args = parser.parse_args(argv)

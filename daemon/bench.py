@@ -137,17 +137,21 @@ def bench_oracle(model: QwenModel, prompt: list[int], max_tokens: int, ks: list[
     return results
 
 
+def timed(fn, device: torch.device):
+    """(fn(), seconds it took), with the device synchronised on both sides."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - started
+
+
 def _median_seconds(fn, device: torch.device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[1:])
+    """Median over `repeats` runs after one untimed warm-up run."""
+    fn()
+    return statistics.median(timed(fn, device)[1] for _ in range(repeats))
 
 
 @torch.inference_mode()

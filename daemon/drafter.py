@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from daemon.model import QwenModel
-from daemon.sampling import SamplingParams, sample, target_probs
+from daemon.sampling import SamplingParams, choose
 
 
 class MTPDrafter:
@@ -37,10 +37,9 @@ class MTPDrafter:
 
     def choose(self, logits: torch.Tensor, params: SamplingParams, generator, slot: int):
         """Draft token for draft slot `slot` from MTP logits [1, V], and its distribution (None if greedy)."""
-        if params.greedy:
-            return logits.argmax(-1), None
-        probs = target_probs(logits, params)
-        token = sample(probs, generator)
+        token, probs = choose(logits, params, generator)
+        if probs is None:
+            return token, None
         return token, F.pad(probs, (0, self.model.config.vocab_size - probs.shape[-1]))  # p = 0 outside
 
     @torch.inference_mode()

@@ -19,11 +19,12 @@ from daemon.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoi
 from daemon.config import TextConfig
 from daemon.model import QwenModel
 from daemon.rope import inverse_frequencies
+from mtpchat.config import DTYPE_NAMES
 
 TRUNK_PREFIXES = ("model.language_model.", "model.")
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

@@ -59,6 +59,15 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None):
+    """Tokens [N] from logits [N, V]: the argmax when greedy, else a draw from q. Also returns q
+    [N, V] (None when greedy), which a drafted token's verification needs."""
+    if params.greedy:
+        return logits.argmax(-1), None
+    probs = target_probs(logits, params)
+    return sample(probs, generator), probs
+
+
 def verify_greedy(drafts: torch.Tensor, logits: torch.Tensor) -> tuple[int, int]:
     """Greedy target: accept drafts [k] while they equal the argmax of logits [k+1, V]."""
     target = logits.argmax(-1)

@@ -17,7 +17,7 @@ import torch
 from daemon.draft_policy import AdaptiveDraft, FixedDraft
 from daemon.drafter import MTPDrafter
 from daemon.model import QwenModel
-from daemon.sampling import SamplingParams, sample, target_probs, verify_drafts, verify_greedy
+from daemon.sampling import SamplingParams, choose, target_probs, verify_drafts, verify_greedy
 
 
 class SpeculativeDecoder:
@@ -49,9 +49,7 @@ class SpeculativeDecoder:
         return self.cache.nbytes() + (self.drafter.cache.nbytes() if self.drafter else 0)
 
     def _choose(self, logits: torch.Tensor) -> int:
-        if self.sampling.greedy:
-            return int(logits.argmax())
-        return int(sample(target_probs(logits[None], self.sampling), self.generator))
+        return int(choose(logits[None], self.sampling, self.generator)[0])
 
     @torch.inference_mode()
     def prefill(self) -> int:

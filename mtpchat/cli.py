@@ -16,6 +16,7 @@ import sys
 import time
 
 from mtpchat.client import DaemonClient, DaemonUnavailable, daemon_answers, start_daemon
+from mtpchat.config import DTYPE_NAMES
 from mtpchat.paths import daemon_log, pid_file
 
 
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--prompts", type=int, default=4, help="how many built-in prompts (1..4)")
     bench.add_argument("--max-tokens", type=int, default=64)
     bench.add_argument("--device")
-    bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    bench.add_argument("--dtype", choices=DTYPE_NAMES)
     bench.add_argument("--threads", type=int, help="torch CPU threads")
     bench.add_argument("--daemon", action="store_true",
                        help="also compare the same request through the daemon (starting it if needed)")

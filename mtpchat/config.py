@@ -25,7 +25,7 @@ from mtpchat.paths import config_dir
 DEMO = "demo"
 DEMO_PATH = "builtin:tiny"  # resolved by the daemon to the tiny checkpoint it builds in the cache
 DRAFT_CHOICES = (0, 1, 2, 3, 4, "auto")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,8 @@ class ModelSettings:
     def __post_init__(self) -> None:
         if self.draft not in DRAFT_CHOICES:
             raise ValueError(f"model {self.name!r}: draft must be one of {DRAFT_CHOICES}, got {self.draft!r}")
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise ValueError(f"model {self.name!r}: dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.dtype is not None and self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"model {self.name!r}: dtype must be one of {DTYPE_NAMES}, got {self.dtype!r}")
 
 
 @dataclass(frozen=True)

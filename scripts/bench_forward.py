@@ -10,22 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device):
-    _sync(device)
-    started = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return out, time.perf_counter() - started
+from daemon.bench import timed
 
 
 @torch.inference_mode()
@@ -36,8 +24,8 @@ def measure(prefill, step, prompt_tokens: int, steps: int, device: torch.device)
             state = step(state)
 
     decode(prefill())
-    state, prefill_s = _timed(prefill, device)
-    _, decode_s = _timed(lambda: decode(state), device)
+    state, prefill_s = timed(prefill, device)
+    _, decode_s = timed(lambda: decode(state), device)
     return {"prefill_tok_s": prompt_tokens / prefill_s, "decode_tok_s": steps / decode_s}
 
 
@@ -71,13 +59,14 @@ def main() -> None:
     from daemon.checkpoint import resolve_checkpoint
     from daemon.default_model import default_checkpoint
     from daemon.loader import DTYPES, default_device, default_dtype, load_model
+    from mtpchat.config import DTYPE_NAMES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="checkpoint directory or repo id (default: the tiny demo checkpoint)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--decode-tokens", type=int, default=64)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     if args.threads:
