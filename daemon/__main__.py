@@ -57,14 +57,16 @@ def _serve(args: argparse.Namespace) -> int:
     from daemon.registry import ModelRegistry
     from daemon.server import DaemonServer
     from mtpchat.config import load_config
+    from mtpchat.curve import has_server_keys
     from mtpchat.paths import default_endpoint, pid_file
 
     endpoint = args.listen or default_endpoint()
-    if endpoint.startswith("tcp://"):
+    curve = endpoint.startswith("tcp://") and has_server_keys()
+    if endpoint.startswith("tcp://") and not curve:
         host = urlsplit(endpoint).hostname or ""
         if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
-            print(f"mtpchatd: refusing to listen on {endpoint}: a non-loopback address needs ZeroMQ CURVE keys, "
-                  "which this version does not support yet; use tcp://127.0.0.1:PORT with an ssh tunnel",
+            print(f"mtpchatd: refusing to listen on {endpoint}: a non-loopback address needs ZeroMQ CURVE keys; "
+                  "run `mtpchatd keys` (see mtpchat/curve.py), or use tcp://127.0.0.1:PORT with an ssh tunnel",
                   file=sys.stderr)
             return 2
     lock = open(pid_file(), "a+")
@@ -91,7 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
     for name, settings in config.models.items():
         if settings.load_at_start:
             registry.load(name)
-    server = DaemonServer(endpoint, registry)
+    server = DaemonServer(endpoint, registry, curve=curve)
     if socket_path:
         os.chmod(socket_path, 0o600)
 
@@ -100,7 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"mtpchatd {os.getpid()} listening on {endpoint}", flush=True)
+    print(f"mtpchatd {os.getpid()} listening on {endpoint}{' (CURVE)' if curve else ''}", flush=True)
     try:
         server.serve_forever()
     finally:
@@ -108,6 +110,17 @@ def _serve(args: argparse.Namespace) -> int:
             os.unlink(socket_path)
         pid_file().unlink(missing_ok=True)
         print("mtpchatd stopped", flush=True)
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from mtpchat.curve import authorized_dir, create_keys
+
+    keys = create_keys()
+    print(f"server public key: {keys['server']}\nclient public key: {keys['client']}\n"
+          f"authorized client keys: {authorized_dir()}\n"
+          "To let another machine in: put its client.key in the authorized directory here, and this "
+          "server.key in its curve directory; then listen on tcp://0.0.0.0:PORT.")
     return 0
 
 
@@ -123,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("--dtype", choices=DTYPE_NAMES,
                          help="weight dtype (default: bfloat16 on CUDA, float32 on CPU)")
     inspect.set_defaults(run=_inspect)
+    keys = commands.add_parser("keys", help="create ZeroMQ CURVE keys for listening beyond loopback")
+    keys.set_defaults(run=_keys)
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["serve", *(argv if argv is not None else sys.argv[1:])])

@@ -67,11 +67,13 @@ class DeltaNetCache:
 
 
 class ModelCache:
-    """Per-layer caches of the trunk, in layer order."""
+    """Per-layer caches of the trunk, in layer order, each on its layer's device (`device` may be one
+    device for all, or a list with one per layer)."""
 
     def __init__(self, config: TextConfig, max_len: int, *, batch: int = 1, max_steps: int = 0,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+                 device: torch.device | str | list = "cpu", dtype: torch.dtype = torch.float32):
         self.max_len = max_len
+        devices = device if isinstance(device, list) else [device] * len(config.layer_types)
         self.layers: list[AttentionCache | DeltaNetCache] = []
         conv_dim = 2 * config.linear_num_key_heads * config.linear_key_head_dim + (
             config.linear_num_value_heads * config.linear_value_head_dim
@@ -79,7 +81,7 @@ class ModelCache:
         conv_shape = (batch, conv_dim, config.linear_conv_kernel_dim - 1)
         state_shape = (batch, config.linear_num_value_heads, config.linear_key_head_dim,
                        config.linear_value_head_dim)
-        for layer_type in config.layer_types:
+        for layer_type, device in zip(config.layer_types, devices, strict=True):
             if layer_type == "full_attention":
                 self.layers.append(AttentionCache.allocate(
                     batch, config.num_key_value_heads, max_len, config.head_dim, device, dtype))

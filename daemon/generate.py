@@ -30,18 +30,19 @@ def _peak_memory(device: torch.device) -> int:
 def generate(model: QwenModel, prompt_ids: list[int], max_new_tokens: int, stop_ids: Iterable[int] = (), *,
              draft_k: int = 0, adaptive: bool = False, draft_vocab: int | None = None,
              sampling: SamplingParams = SamplingParams(), stats: DecodeStats | None = None,
-             drafter=None, provenance: list[bool] | None = None) -> Iterator[int]:
+             drafter=None, provenance: list[bool] | None = None, context: int | None = None) -> Iterator[int]:
     """Yield up to `max_new_tokens` tokens; a stop token is yielded, then generation ends.
 
     draft_k = 0 decodes plainly; 1..4 drafts that many tokens per step with the MTP head, or at most
     that many with `adaptive` (see daemon.draft_policy); `draft_vocab` limits drafts to the first ids.
     `provenance`, if given, gets one flag per yielded token, just before it is yielded: True for a
-    drafted token the verifier accepted, False for a token the verifier produced itself."""
+    drafted token the verifier accepted, False for a token the verifier produced itself. `context`
+    caps prompt + reply below the model's own limit."""
     if not prompt_ids:
         raise ValueError("the prompt is empty")
-    limit = model.config.max_position_embeddings
+    limit = min(context or model.config.max_position_embeddings, model.config.max_position_embeddings)
     if len(prompt_ids) >= limit:
-        raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the model's context is {limit}")
+        raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the context is {limit}")
     stats = stats if stats is not None else DecodeStats()
     stats.draft_k, stats.prompt_tokens = draft_k, len(prompt_ids)
     if max_new_tokens <= 0:

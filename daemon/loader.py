@@ -18,7 +18,8 @@ import torch
 from daemon.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
 from daemon.config import TextConfig
 from daemon.model import QwenModel
-from daemon.rope import inverse_frequencies
+from daemon.devices import model_footprint
+from daemon.placement import Footprint, Placement
 from mtpchat.config import DTYPE_NAMES
 
 TRUNK_PREFIXES = ("model.language_model.", "model.")
@@ -62,19 +63,24 @@ def _read_experts(files: CheckpointFiles, name: str, shape: torch.Size) -> torch
 
 
 def load_model(checkpoint: str | Path, *, device: torch.device | str | None = None,
-               dtype: torch.dtype | None = None, progress: Callable[[float], None] | None = None) -> QwenModel:
-    """progress, if given, is called with the fraction of parameters loaded so far (0..1)."""
+               dtype: torch.dtype | None = None, placement: Placement | None = None,
+               progress: Callable[[float], None] | None = None) -> QwenModel:
+    """Onto one `device`, or split as `placement` says. progress, if given, is called with the
+    fraction of parameters loaded so far (0..1)."""
     directory = resolve_checkpoint(checkpoint)
     config = TextConfig.from_checkpoint(directory)
     files = CheckpointFiles(directory)
-    device = torch.device(device) if device is not None else default_device()
+    device = torch.device(placement.embed_device if placement else device or default_device())
     dtype = dtype or default_dtype(device)
     prefix = _trunk_prefix(files)
     tie = config.tie_word_embeddings and "lm_head.weight" not in files
 
     with torch.device("meta"):
         model = QwenModel(config, with_mtp="mtp.fc.weight" in files).to(dtype)
-    model.to_empty(device=device)
+    if placement is None:
+        model.to_empty(device=device)
+    else:
+        model.place(placement.embed_device, placement.layer_devices, placement.head_device, allocate=True)
     total = sum(p.numel() for p in model.parameters())
     done = 0
     with torch.no_grad():
@@ -90,7 +96,17 @@ def load_model(checkpoint: str | Path, *, device: torch.device | str | None = No
             else:
                 tensor = files.read(stored, tuple(param.shape))
             param.copy_(tensor)
-    if tie:
-        model.lm_head.weight = model.embed_tokens.weight
-    model.inv_freq = inverse_frequencies(config.rotary_dim, config.rope_theta, device=device)
+    if tie:  # shared when on one device; a split model keeps a copy beside its head
+        embed = model.embed_tokens.weight
+        model.lm_head.weight = embed if embed.device == model.lm_head.weight.device else torch.nn.Parameter(
+            embed.to(model.lm_head.weight.device), requires_grad=False)
     return model.eval().requires_grad_(False)
+
+
+def checkpoint_footprint(checkpoint: str | Path, dtype: torch.dtype, context: int) -> tuple[Footprint, int]:
+    """What the checkpoint needs at `dtype` with one stream of up to `context` tokens (capped at the
+    model's own limit), and that limit."""
+    directory = resolve_checkpoint(checkpoint)
+    config = TextConfig.from_checkpoint(directory)
+    context = min(context, config.max_position_embeddings)
+    return model_footprint(config, dtype, "mtp.fc.weight" in CheckpointFiles(directory), context), context

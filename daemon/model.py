@@ -73,29 +73,61 @@ class QwenModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.mtp = MTPHead(config) if with_mtp else None
-        # A plain attribute, not a buffer: it must stay float32 when the weights are cast.
-        self.inv_freq = inverse_frequencies(config.rotary_dim, config.rope_theta)
+        # Plain attributes, not buffers: rotary frequencies must stay float32 when the weights are cast.
+        self.inv_freq = inverse_frequencies(config.rotary_dim, config.rope_theta, device="cpu")  # even on meta
+        self._inv_freq_on: dict[torch.device, torch.Tensor] = {}
+        self.segments: list[tuple[torch.device, range]] = []  # set by `place`; empty = all on `device`
 
     @property
     def device(self) -> torch.device:
         return self.embed_tokens.weight.device
 
     @property
+    def output_device(self) -> torch.device:
+        """Where logits, the final hidden states and the MTP head live (the last device of a split)."""
+        return self.lm_head.weight.device
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.embed_tokens.weight.dtype
 
+    def place(self, embed_device, layer_devices, head_device, *, allocate: bool = False) -> None:
+        """Put the embedding, each layer and the head (norm, lm_head, MTP) on their devices; with
+        `allocate`, give a meta-device model uninitialised storage there instead of moving it."""
+        def put(module: nn.Module, device) -> None:
+            module.to_empty(device=device) if allocate else module.to(device)
+
+        put(self.embed_tokens, embed_device)
+        for layer, device in zip(self.layers, layer_devices, strict=True):
+            put(layer, device)
+        for module in (self.norm, self.lm_head, self.mtp):
+            if module is not None:
+                put(module, head_device)
+        devices = [torch.device(d) for d in layer_devices]
+        starts = [i for i in range(len(devices)) if i == 0 or devices[i] != devices[i - 1]]
+        self.segments = [(devices[a], range(a, b)) for a, b in zip(starts, [*starts[1:], len(devices)])]
+        self._inv_freq_on.clear()
+
+    def layer_devices(self) -> list[torch.device]:
+        return [device for device, layers in self.segments for _ in layers] or [self.device] * len(self.layers)
+
     def new_cache(self, max_len: int, *, batch: int = 1, max_steps: int = 0) -> ModelCache:
-        return ModelCache(self.config, max_len, batch=batch, max_steps=max_steps, device=self.device,
+        return ModelCache(self.config, max_len, batch=batch, max_steps=max_steps, device=self.layer_devices(),
                           dtype=self.dtype)
 
     def new_mtp_cache(self, max_len: int, *, batch: int = 1) -> AttentionCache:
         c = self.config
-        return AttentionCache.allocate(batch, c.num_key_value_heads, max_len, c.head_dim, self.device, self.dtype)
+        return AttentionCache.allocate(batch, c.num_key_value_heads, max_len, c.head_dim, self.output_device,
+                                       self.dtype)
 
-    def _context(self, length: int, start, kv_len: int | None, keep_steps: bool) -> StepContext:
+    def _context(self, length: int, start, kv_len: int | None, keep_steps: bool, device: torch.device) -> StepContext:
         """`start` is an int, or a 0-dim device tensor (then `kv_len` must be given) for captured steps."""
-        positions = torch.arange(length, device=self.device) + start
-        return StepContext.build(positions, kv_len or start + length, self.inv_freq, self.dtype, keep_steps)
+        if device not in self._inv_freq_on:
+            self._inv_freq_on[device] = self.inv_freq.to(device)
+        offset = start.to(device) if isinstance(start, torch.Tensor) else start
+        positions = torch.arange(length, device=device) + offset
+        return StepContext.build(positions, kv_len or start + length, self._inv_freq_on[device], self.dtype,
+                                 keep_steps)
 
     def forward(self, input_ids: torch.Tensor, cache: ModelCache, start, *, kv_len: int | None = None,
                 keep_steps: bool = False, last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,11 +137,13 @@ class QwenModel(nn.Module):
         hidden [B, T, H] after the final norm. With `keep_steps`, each DeltaNet layer also records its
         state after every new token (see `ModelCache.restore_step`).
         """
-        ctx = self._context(input_ids.shape[1], start, kv_len, keep_steps)
-        x = self.embed_tokens(input_ids)
-        for layer, layer_cache in zip(self.layers, cache.layers):
-            x = layer(x, layer_cache, ctx)
-        hidden = self.norm(x)
+        x = self.embed_tokens(input_ids.to(self.device))
+        for device, indices in self.segments or [(self.device, range(len(self.layers)))]:
+            x = x.to(device)  # a split model hands activations from card to card here
+            ctx = self._context(input_ids.shape[1], start, kv_len, keep_steps, device)
+            for i in indices:
+                x = self.layers[i](x, cache.layers[i], ctx)
+        hidden = self.norm(x.to(self.output_device))
         return self.lm_head(hidden[:, -1:] if last_only else hidden), hidden
 
     def mtp_forward(self, next_ids: torch.Tensor, hidden: torch.Tensor, cache: AttentionCache, start, *,
@@ -119,6 +153,7 @@ class QwenModel(nn.Module):
         With `vocab`, logits cover token ids [0, vocab) only: a reduced draft vocabulary."""
         if self.mtp is None:
             raise RuntimeError("this checkpoint has no MTP head (no mtp.* tensors)")
-        ctx = self._context(next_ids.shape[1], start, kv_len, False)
-        out = self.mtp(self.embed_tokens(next_ids), hidden, cache, ctx)
+        ctx = self._context(next_ids.shape[1], start, kv_len, False, self.output_device)
+        embeds = self.embed_tokens(next_ids.to(self.device)).to(self.output_device)
+        out = self.mtp(embeds, hidden, cache, ctx)
         return F.linear(out, self.lm_head.weight[:vocab]), out

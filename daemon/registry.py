@@ -2,7 +2,9 @@
 
 Loading runs in a background thread so the daemon keeps answering (status shows the state); a
 generate request for a model that is not resident yet waits for it (and starts its load if needed),
-and gets an error if the load fails. Unloading drops every reference and returns device memory.
+and gets an error if the load fails. Each load first plans where the model goes (daemon/placement.py)
+from the memory the devices have left, so a model that cannot fit fails before reading a weight, with
+what is missing, and the others keep serving. Unloading drops every reference and returns the memory.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class ModelEntry:
     model: object = None
     tokenizer: object = None
     load_seconds: float = 0.0
+    placement: object = None  # daemon.placement.Placement, once planned
+    context: int = 0  # tokens per stream: the configured context, capped at the model's limit
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def describe(self) -> dict:
@@ -33,6 +37,8 @@ class ModelEntry:
         info = {"name": s.name, "path": s.path, "state": self.state, "progress": round(self.progress, 3),
                 "error": self.error, "draft": s.draft,
                 "dtype": s.dtype, "device": s.device, "load_seconds": round(self.load_seconds, 3)}
+        if self.placement is not None:
+            info.update(placement=self.placement.describe(), context=self.context)
         if self.model is not None:
             info.update(device=str(self.model.device), dtype=str(self.model.dtype).removeprefix("torch."),
                         mtp_head=self.model.mtp is not None)
@@ -42,6 +48,7 @@ class ModelEntry:
 class ModelRegistry:
     def __init__(self, config: Config):
         self.default = config.default
+        self.max_memory = config.max_memory
         self.entries = {name: ModelEntry(settings) for name, settings in config.models.items()}
         self._lock = threading.Lock()
         # one load at a time: building on the meta device is a process-wide torch mode
@@ -61,13 +68,33 @@ class ModelRegistry:
         with self._lock:
             if entry.state in ("loading", "resident"):
                 return entry
-            entry.state, entry.error, entry.progress = "loading", "", 0.0
+            entry.state, entry.error, entry.progress, entry.placement = "loading", "", 0.0, None
             entry._thread = threading.Thread(target=self._load, args=(entry,), name=f"load-{name}", daemon=True)
             entry._thread.start()
         return entry
 
+    def _in_use(self) -> dict[str, int]:
+        """Bytes the planned models hold per device (resident or being loaded)."""
+        used: dict[str, int] = {}
+        for entry in self.entries.values():
+            if entry.placement is not None and entry.state in ("loading", "resident"):
+                for device, nbytes in entry.placement.bytes_by_device.items():
+                    used[device] = used.get(device, 0) + nbytes
+        return used
+
+    def _plan(self, entry: ModelEntry, path: str):
+        from daemon.devices import device_budgets
+        from daemon.loader import DTYPES, checkpoint_footprint, default_dtype
+        from daemon.placement import plan_placement
+
+        settings = entry.settings
+        budgets = device_budgets(self.max_memory, self._in_use())
+        first = settings.devices[0] if settings.devices else ("cuda" if len(budgets) > 1 else "cpu")
+        dtype = DTYPES[settings.dtype] if settings.dtype else default_dtype(torch.device(first))
+        footprint, entry.context = checkpoint_footprint(path, dtype, settings.context)
+        return plan_placement(settings.name, footprint, budgets, settings.devices), dtype
+
     def _load(self, entry: ModelEntry) -> None:
-        from daemon.loader import DTYPES
         from daemon.reply import load_chat_model
 
         started = time.perf_counter()
@@ -79,8 +106,8 @@ class ModelRegistry:
                     from daemon.default_model import default_checkpoint
 
                     path = default_checkpoint()
-                model, tokenizer = load_chat_model(path, device=settings.device,
-                                                   dtype=DTYPES[settings.dtype] if settings.dtype else None,
+                entry.placement, dtype = self._plan(entry, path)
+                model, tokenizer = load_chat_model(path, dtype=dtype, placement=entry.placement,
                                                    progress=lambda fraction: setattr(entry, "progress", fraction))
         except Exception as exc:  # any failure is reported to clients; the daemon keeps serving
             entry.state, entry.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -93,7 +120,7 @@ class ModelRegistry:
         entry = self.entries[name]
         if entry._thread is not None:
             entry._thread.join()
-        entry.model = entry.tokenizer = None
+        entry.model = entry.tokenizer = entry.placement = None
         entry.state, entry.error, entry.progress = "unloaded", "", 0.0
         gc.collect()
         if torch.cuda.is_available():

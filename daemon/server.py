@@ -20,6 +20,7 @@ from daemon.registry import ModelEntry, ModelRegistry
 from daemon.reply import ReplyStream, render_prompt
 from daemon.sampling import SamplingParams
 from mtpchat import __version__
+from mtpchat.curve import secure_server
 from mtpchat.protocol import MAX_FRAME_BYTES, VERSION, ProtocolError, error_reply, pack, parse_request, reply, unpack
 
 FLUSH_S = 0.03
@@ -40,11 +41,13 @@ class Generation:
 
 
 class DaemonServer:
-    def __init__(self, endpoint: str, registry: ModelRegistry):
+    def __init__(self, endpoint: str, registry: ModelRegistry, curve: bool = False):
+        """With `curve`, only clients holding an authorized CURVE key get in (mtpchat/curve.py)."""
         self.endpoint, self.registry = endpoint, registry
         self.started = time.time()
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
+        self.authenticator = secure_server(self.context, self.socket) if curve else None
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 1024)
@@ -127,7 +130,7 @@ class DaemonServer:
         if request["system"]:
             messages.insert(0, {"role": "system", "content": request["system"]})
         prompt = render_prompt(entry.tokenizer, messages, request["thinking"])
-        context = entry.model.config.max_position_embeddings
+        context = entry.context
         if len(prompt) >= context:
             raise ProtocolError("prompt_too_long", f"the prompt has {len(prompt)} tokens; {entry.settings.name} "
                                                    f"takes at most {context - 1}")
@@ -137,7 +140,7 @@ class DaemonServer:
         sampling = SamplingParams(request["temperature"], request["top_k"], request["top_p"], request["seed"])
         generation.stream = ReplyStream(entry.model, entry.tokenizer, prompt, max_tokens=request["max_tokens"],
                                         draft_k=draft_k, adaptive=adaptive, sampling=sampling,
-                                        stop=tuple(request["stop"]))
+                                        stop=tuple(request["stop"]), context=context)
 
     def _advance(self, key, generation: Generation) -> None:
         """One token for this generation; flush its chunk when due; end it when done."""
@@ -208,15 +211,12 @@ class DaemonServer:
 
     # --- loop ----------------------------------------------------------------------------------
     def status(self) -> dict:
-        import torch
+        from daemon.devices import describe_devices
 
-        devices = [{"name": "cpu"}]
-        for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
-            free, total = torch.cuda.mem_get_info(i)
-            devices.append({"name": f"cuda:{i}", "memory_free": free, "memory_total": total,
-                            "memory_used": total - free})
+        devices = describe_devices()
         return {"version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
-                "endpoint": self.endpoint, "models": self.registry.describe(), "devices": devices,
+                "endpoint": self.endpoint, "curve": self.authenticator is not None,
+                "models": self.registry.describe(), "devices": devices,
                 "active_streams": len(self.generations)}
 
     def serve_forever(self) -> None:
@@ -232,6 +232,8 @@ class DaemonServer:
             for key in list(self.generations):
                 self._end(key, error_reply(key[1], "shutdown", "the daemon is shutting down"))
             self.socket.close(linger=100)
+            if self.authenticator is not None:
+                self.authenticator.stop()
             self.context.term()
 
 

@@ -40,7 +40,7 @@ class SpeculativeDecoder:
         self.drafter = (drafter or MTPDrafter(model, capacity, draft_vocab)) if draft_k else None
         self.generator = None
         if sampling.seed is not None:
-            self.generator = torch.Generator(model.device).manual_seed(sampling.seed)
+            self.generator = torch.Generator(model.output_device).manual_seed(sampling.seed)
         self.length = 0
         self.token = -1
 

@@ -89,6 +89,11 @@ def _daemon_status(args: argparse.Namespace) -> int:
     print(f"mtpchatd {status['version']} pid {status['pid']} up {status['uptime_s']:.0f} s on {status['endpoint']}")
     for model in status["models"]:
         print(f"  {_model_line(model)}")
+        for part in model.get("placement", []):
+            print(f"      {_placement_line(part)}")
+    for device in status["devices"]:
+        print(f"  {device['name']:<8} {_gib(device['memory_used'])} used, {_gib(device['memory_free'])} free "
+              f"of {_gib(device['memory_total'])}")
     print(f"  active streams: {status['active_streams']}")
     return 0
 
@@ -129,6 +134,17 @@ def _models(args: argparse.Namespace) -> int:
         for model in answer["models"]:
             print(_model_line(model))
     return 0
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB"
+
+
+def _placement_line(part: dict) -> str:
+    """One device of a model's placement, e.g. "cuda:1  layers 32-63 + head  25.3 GiB"."""
+    held = [f"layers {part['layers'][0]}-{part['layers'][1]}"] if part["layers"] else []
+    held += [name for name in ("embedding", "head") if part[name]]
+    return f"{part['device']:<8} {' + '.join(held):<32} {_gib(part['bytes'])}"
 
 
 def _model_line(model: dict) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 
 import zmq
 
+from mtpchat.curve import secure_client
 from mtpchat.paths import daemon_log, default_endpoint
 from mtpchat.protocol import TERMINAL, pack, unpack
 
@@ -31,6 +32,8 @@ class DaemonClient:
         self.context = zmq.Context.instance()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if self.endpoint.startswith("tcp://"):
+            secure_client(self.socket)
         self.socket.connect(self.endpoint)
         self._ids = (f"{os.getpid()}-{n}" for n in itertools.count(1))
 

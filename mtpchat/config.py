@@ -10,13 +10,19 @@ fresh machine. Pointing mtpchat at real models is a few lines, e.g.
     [models.moe]
     path = "Qwen/Qwen3.6-35B-A3B"
     dtype = "bfloat16"
-    device = "cuda:1"
+    device = "cuda:1"                  # or ["cuda:0", "cuda:1"] to split its layers; default: planned
+    context = 65536                    # tokens per stream the plan reserves cache for (default 32768)
+    [devices."cuda:0"]
+    max_memory = "60GiB"               # the most mtpchat may take on that device (default: 90% of free)
 
-Every model in the file loads at daemon start unless it says `load_at_start = false`.
+Every model in the file loads at daemon start unless it says `load_at_start = false`. Without a
+`device`, the daemon plans placement when it loads a model (see daemon/placement.py): a GPU of its
+own when one has room, else its layers split across GPUs, else the CPU when there is no GPU.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 
@@ -26,6 +32,19 @@ DEMO = "demo"
 DEMO_PATH = "builtin:tiny"  # resolved by the daemon to the tiny checkpoint it builds in the cache
 DRAFT_CHOICES = (0, 1, 2, 3, 4, "auto")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+DEFAULT_CONTEXT = 32768
+UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+         "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from 123, "512MiB", "1.5 GB", "20GiB"."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value) if isinstance(value, str) else None
+    if match is None or match[2].lower() not in UNITS:
+        raise ValueError(f"{value!r} is not a size; write e.g. 20GiB, 512MiB or a number of bytes")
+    return int(float(match[1]) * UNITS[match[2].lower()])
 
 
 @dataclass(frozen=True)
@@ -34,10 +53,24 @@ class ModelSettings:
     path: str
     dtype: str | None = None
     draft: int | str = 2
-    device: str | None = None
+    device: str | tuple[str, ...] | None = None
     load_at_start: bool = True
+    context: int = DEFAULT_CONTEXT
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """The devices the user asked for (split across, in order when several); () = planned."""
+        if self.device is None:
+            return ()
+        return (self.device,) if isinstance(self.device, str) else tuple(self.device)
 
     def __post_init__(self) -> None:
+        if isinstance(self.device, list):
+            object.__setattr__(self, "device", tuple(self.device))
+        if self.device is not None and not (isinstance(self.device, str) or all(isinstance(d, str) for d in self.device)):
+            raise ValueError(f"model {self.name!r}: device must be a name like \"cuda:0\" or a list of names")
+        if not isinstance(self.context, int) or self.context < 2:
+            raise ValueError(f"model {self.name!r}: context must be a number of tokens, got {self.context!r}")
         if self.draft not in DRAFT_CHOICES:
             raise ValueError(f"model {self.name!r}: draft must be one of {DRAFT_CHOICES}, got {self.draft!r}")
         if self.dtype is not None and self.dtype not in DTYPE_NAMES:
@@ -48,6 +81,7 @@ class ModelSettings:
 class Config:
     models: dict[str, ModelSettings] = field(default_factory=lambda: {DEMO: ModelSettings(DEMO, DEMO_PATH)})
     default: str = DEMO
+    max_memory: dict[str, int] = field(default_factory=dict)  # per device name, bytes
 
     def __post_init__(self) -> None:
         if self.default not in self.models:
@@ -61,8 +95,10 @@ def load_config() -> Config:
     try:
         raw = tomllib.loads(path.read_text())
         models = {name: ModelSettings(name, **fields) for name, fields in raw.get("models", {}).items()}
+        max_memory = {device: parse_size(fields["max_memory"])
+                      for device, fields in raw.get("devices", {}).items() if "max_memory" in fields}
         if not models:
-            return Config()
-        return Config(models, raw.get("default", next(iter(models))))
-    except (tomllib.TOMLDecodeError, TypeError, ValueError) as exc:
+            return Config(max_memory=max_memory)
+        return Config(models, raw.get("default", next(iter(models))), max_memory)
+    except (tomllib.TOMLDecodeError, TypeError, ValueError, KeyError) as exc:
         raise ValueError(f"{path}: {exc}") from None

@@ -248,10 +248,42 @@ def test_restart_stale_socket_second_daemon_and_permissions(home, daemon):
     assert not (runtime / "mtpchatd.sock").exists()
 
 
-def test_non_loopback_tcp_is_refused(home):
-    process = _start(home, "--listen", "tcp://0.0.0.0:5599")
-    assert process.wait(timeout=30) == 2
-    assert "CURVE" in process.stdout.read()
+def test_non_loopback_tcp_needs_curve_keys_and_admits_only_authorized_clients(home, tmp_path, monkeypatch):
+    import shutil
+    import socket
+
+    from mtpchat.client import DaemonUnavailable
+    from mtpchat.curve import create_keys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    refused = _start(home, "--listen", f"tcp://0.0.0.0:{port}")
+    assert refused.wait(timeout=30) == 2 and "mtpchatd keys" in refused.stdout.read()
+
+    keys = subprocess.run([sys.executable, "-m", "daemon", "keys"], env=dict(os.environ, MTPCHAT_HOME=str(home)),
+                          capture_output=True, text=True, check=True)
+    assert "server public key" in keys.stdout
+    secret = home / "config" / "curve" / "server.key_secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    process = _start(home, "--listen", f"tcp://0.0.0.0:{port}")
+    endpoint = f"tcp://127.0.0.1:{port}"
+    try:
+        with DaemonClient(endpoint, timeout_s=30) as client:  # this machine's client key is authorized
+            assert client.request("status")["curve"] is True
+            _wait_resident(client, ["dense"])
+            assert _collect(client, max_tokens=4)[-1]["type"] == "done"
+        stranger = tmp_path / "stranger"
+        monkeypatch.setenv("MTPCHAT_HOME", str(stranger))
+        create_keys()  # its own client key, which the daemon has never seen
+        shutil.copyfile(home / "config" / "curve" / "server.key", stranger / "config" / "curve" / "server.key")
+        with DaemonClient(endpoint, timeout_s=2) as client, pytest.raises(DaemonUnavailable):
+            client.request("hello")
+        monkeypatch.setenv("MTPCHAT_HOME", str(tmp_path / "no-keys"))
+        with DaemonClient(endpoint, timeout_s=2) as client, pytest.raises(DaemonUnavailable):
+            client.request("hello")  # plain text to a CURVE server: never answered
+    finally:
+        assert _stop(process) == 0
 
 
 def test_daemon_overhead_bench_runs_the_same_request_both_ways(daemon, tiny):
@@ -265,3 +297,31 @@ def test_daemon_overhead_bench_runs_the_same_request_both_ways(daemon, tiny):
                                        "dense", max_tokens=24, draft=2, repeats=1)
     assert result["in_process_tok_s"] > 0 and result["daemon_tok_s"] > 0
     assert result["daemon_vs_in_process"] == result["daemon_tok_s"] / result["in_process_tok_s"]
+
+
+def test_placement_is_planned_shown_and_a_model_that_cannot_fit_fails_alone(home, tiny):
+    """`max_memory` on the CPU leaves room for the dense model only: the MoE fails before reading a
+    weight, saying how much is missing, while the dense model keeps serving."""
+    from daemon.loader import checkpoint_footprint
+
+    dense = checkpoint_footprint(tiny["qwen3.6-dense-tiny"], torch.float32, 32768)[0].total
+    moe = checkpoint_footprint(tiny["qwen3.6-moe-tiny"], torch.float32, 32768)[0].total
+    (home / "config" / "config.toml").write_text(
+        f'default = "dense"\n[models.dense]\npath = "{tiny["qwen3.6-dense-tiny"]}"\n'
+        f'[models.moe]\npath = "{tiny["qwen3.6-moe-tiny"]}"\nload_at_start = false\n'
+        f'[devices.cpu]\nmax_memory = {dense + moe // 2}\n')
+    process = _start(home)
+    try:
+        with DaemonClient(timeout_s=30) as client:
+            _wait_resident(client, ["dense"])
+            failed = _collect(client, model="moe", max_tokens=4)[-1]
+            assert failed["type"] == "error" and failed["code"] == "model_not_ready"
+            assert f"needs {moe / 2**30:.2f} GiB" in failed["message"] and "missing" in failed["message"]
+            models = {m["name"]: m for m in client.request("status")["models"]}
+            assert models["moe"]["state"] == "failed" and "missing" in models["moe"]["error"]
+            [row] = models["dense"]["placement"]
+            assert row["device"] == "cpu" and row["bytes"] == dense and row["embedding"] and row["head"]
+            assert models["dense"]["context"] == 4096  # the configured 32768, capped at the model's limit
+            assert _collect(client, model="dense", max_tokens=4)[-1]["type"] == "done"
+    finally:
+        assert _stop(process) == 0

@@ -1,0 +1,67 @@
+"""The inputs of a placement plan, measured: what each device may still take, what a model needs.
+
+Budgets come from the devices present (a GPU's free memory less headroom for activations, the host's
+available memory for the CPU), capped by the user's `max_memory` per device, which counts what this
+daemon's resident models already hold there. A model's footprint is computed on the meta device from
+its config: exact weight bytes per part plus the cache of one stream at the model's context length.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from daemon.cache import ModelCache
+from daemon.config import TextConfig
+from daemon.model import QwenModel
+from daemon.placement import GPU_HEADROOM, DeviceBudget, Footprint
+
+MAX_DRAFT_SLOTS = 5  # DeltaNet step slots of a (k+1)-token verify at the largest draft k (4)
+
+
+def _host_memory() -> tuple[int, int]:
+    """(available, total) bytes of host memory."""
+    fields = {}
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            name, value = line.split(":", 1)
+            fields[name] = int(value.split()[0]) * 1024
+    return fields["MemAvailable"], fields["MemTotal"]
+
+
+def describe_devices() -> list[dict]:
+    """For status: every device with its memory in use, free and total (bytes)."""
+    free, total = _host_memory()
+    rows = [{"name": "cpu", "memory_free": free, "memory_total": total, "memory_used": total - free}]
+    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        free, total = torch.cuda.mem_get_info(index)
+        rows.append({"name": f"cuda:{index}", "memory_free": free, "memory_total": total,
+                     "memory_used": total - free})
+    return rows
+
+
+def device_budgets(max_memory: dict[str, int], in_use: dict[str, int]) -> list[DeviceBudget]:
+    """Budgets for "cpu" and every visible GPU; `in_use`: bytes our resident models hold per device."""
+    probed = {row["name"]: row["memory_free"] if row["name"] == "cpu" else int(row["memory_free"] * GPU_HEADROOM)
+              for row in describe_devices()}
+    budgets = []
+    for name, free in probed.items():
+        if name in max_memory:
+            free = min(free, max_memory[name] - in_use.get(name, 0))
+        budgets.append(DeviceBudget(name, max(free, 0)))
+    return budgets
+
+
+def _bytes(*modules: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for module in modules for p in module.parameters())
+
+
+def model_footprint(config: TextConfig, dtype: torch.dtype, with_mtp: bool, context: int) -> Footprint:
+    """Weights per part in `dtype`, each layer with its cache for `context` tokens (one stream)."""
+    with torch.device("meta"):
+        model = QwenModel(config, with_mtp=with_mtp).to(dtype)
+        cache = ModelCache(config, context, max_steps=MAX_DRAFT_SLOTS, device="meta", dtype=dtype)
+    layers = tuple(_bytes(layer) + layer_cache.nbytes() for layer, layer_cache in zip(model.layers, cache.layers))
+    head = _bytes(model.norm, model.lm_head)
+    if with_mtp:
+        head += _bytes(model.mtp) + model.new_mtp_cache(context).nbytes()
+    return Footprint(_bytes(model.embed_tokens), layers, head)
