@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-GIB = 1024**3
+from mtpchat.config import format_size
+
 GPU_HEADROOM = 0.9  # share of a GPU's free memory a plan may use; the rest is left for activations
 
 
@@ -71,10 +72,6 @@ class Placement:
         return rows
 
 
-def gib(nbytes: float) -> str:
-    return f"{nbytes / GIB:.2f} GiB"
-
-
 def _fill(footprint: Footprint, budgets: list[DeviceBudget]) -> Placement | None:
     """Parts in order onto devices in order, each device filled before the next; None if they run out."""
     parts = [footprint.embed, *footprint.layers, footprint.head]
@@ -94,11 +91,11 @@ def _fill(footprint: Footprint, budgets: list[DeviceBudget]) -> Placement | None
 
 def _missing(model: str, footprint: Footprint, budgets: list[DeviceBudget]) -> PlacementError:
     free = sum(b.free for b in budgets)
-    where = ", ".join(f"{b.name} {gib(b.free)}" for b in budgets) or "no device"
+    where = ", ".join(f"{b.name} {format_size(b.free)}" for b in budgets) or "no device"
     missing = footprint.total - free
-    shortfall = f"{gib(missing)} missing" if missing > 0 else "not in whole layers per device"
+    shortfall = f"{format_size(missing)} missing" if missing > 0 else "not in whole layers per device"
     return PlacementError(
-        f"model {model!r} needs {gib(footprint.total)} but only {where} can be used: {shortfall} "
+        f"model {model!r} needs {format_size(footprint.total)} but only {where} can be used: {shortfall} "
         "(unload another model, choose a smaller dtype, lower `context`, or raise `max_memory`)")
 
 

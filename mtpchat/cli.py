@@ -16,7 +16,7 @@ import sys
 import time
 
 from mtpchat.client import DaemonClient, DaemonUnavailable, daemon_answers, start_daemon
-from mtpchat.config import DTYPE_NAMES
+from mtpchat.config import DTYPE_NAMES, format_size
 from mtpchat.paths import daemon_log, pid_file
 
 
@@ -92,8 +92,8 @@ def _daemon_status(args: argparse.Namespace) -> int:
         for part in model.get("placement", []):
             print(f"      {_placement_line(part)}")
     for device in status["devices"]:
-        print(f"  {device['name']:<8} {_gib(device['memory_used'])} used, {_gib(device['memory_free'])} free "
-              f"of {_gib(device['memory_total'])}")
+        used, free, total = (format_size(device[k]) for k in ("memory_used", "memory_free", "memory_total"))
+        print(f"  {device['name']:<8} {used} used, {free} free of {total}")
     print(f"  active streams: {status['active_streams']}")
     return 0
 
@@ -136,15 +136,11 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gib(nbytes: int) -> str:
-    return f"{nbytes / 2**30:.1f} GiB"
-
-
 def _placement_line(part: dict) -> str:
     """One device of a model's placement, e.g. "cuda:1  layers 32-63 + head  25.3 GiB"."""
     held = [f"layers {part['layers'][0]}-{part['layers'][1]}"] if part["layers"] else []
     held += [name for name in ("embedding", "head") if part[name]]
-    return f"{part['device']:<8} {' + '.join(held):<32} {_gib(part['bytes'])}"
+    return f"{part['device']:<8} {' + '.join(held):<32} {format_size(part['bytes'])}"
 
 
 def _model_line(model: dict) -> str:

@@ -37,6 +37,11 @@ UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
+def format_size(nbytes: float) -> str:
+    """"53.90 GiB", "12.50 MiB": the unit people read memory in."""
+    return f"{nbytes / 2**30:.2f} GiB" if abs(nbytes) >= 2**30 else f"{nbytes / 2**20:.2f} MiB"
+
+
 def parse_size(value: int | str) -> int:
     """Bytes from 123, "512MiB", "1.5 GB", "20GiB"."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:

@@ -303,6 +303,7 @@ def test_placement_is_planned_shown_and_a_model_that_cannot_fit_fails_alone(home
     """`max_memory` on the CPU leaves room for the dense model only: the MoE fails before reading a
     weight, saying how much is missing, while the dense model keeps serving."""
     from daemon.loader import checkpoint_footprint
+    from mtpchat.config import format_size
 
     dense = checkpoint_footprint(tiny["qwen3.6-dense-tiny"], torch.float32, 32768)[0].total
     moe = checkpoint_footprint(tiny["qwen3.6-moe-tiny"], torch.float32, 32768)[0].total
@@ -316,7 +317,7 @@ def test_placement_is_planned_shown_and_a_model_that_cannot_fit_fails_alone(home
             _wait_resident(client, ["dense"])
             failed = _collect(client, model="moe", max_tokens=4)[-1]
             assert failed["type"] == "error" and failed["code"] == "model_not_ready"
-            assert f"needs {moe / 2**30:.2f} GiB" in failed["message"] and "missing" in failed["message"]
+            assert f"needs {format_size(moe)}" in failed["message"] and "missing" in failed["message"]
             models = {m["name"]: m for m in client.request("status")["models"]}
             assert models["moe"]["state"] == "failed" and "missing" in models["moe"]["error"]
             [row] = models["dense"]["placement"]

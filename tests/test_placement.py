@@ -8,9 +8,10 @@ from daemon.config import TextConfig
 from daemon.devices import MAX_DRAFT_SLOTS, device_budgets
 from daemon.generate import generate
 from daemon.loader import checkpoint_footprint, load_model
-from daemon.placement import GIB, DeviceBudget, Footprint, PlacementError, plan_placement
+from daemon.placement import DeviceBudget, Footprint, PlacementError, plan_placement
 from tests.helpers import random_ids
 
+GIB = 2**30
 # a 27B-like model in bf16: 1.3 GiB embedding, 64 layers of 0.8 GiB, 1.4 GiB head -> 53.9 GiB
 BIG = Footprint(int(1.3 * GIB), (int(0.8 * GIB),) * 64, int(1.4 * GIB))
 SMALL = Footprint(GIB, (GIB // 4,) * 40, GIB)  # 12 GiB
