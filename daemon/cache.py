@@ -42,6 +42,15 @@ class AttentionCache:
     def window(self, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.keys[:, :, :kv_len], self.values[:, :, :kv_len]
 
+    def capture(self, length: int) -> tuple[torch.Tensor, ...]:
+        """A copy of positions [0, length), for `restore` into a cache of any capacity ≥ length."""
+        return self.keys[:, :, :length].clone(), self.values[:, :, :length].clone()
+
+    def restore(self, captured: tuple[torch.Tensor, ...]) -> None:
+        keys, values = captured
+        self.keys[:, :, :keys.shape[2]].copy_(keys)
+        self.values[:, :, :values.shape[2]].copy_(values)
+
     def nbytes(self) -> int:
         return _nbytes(self)
 
@@ -61,6 +70,15 @@ class DeltaNetCache:
         """Continue from the state recorded after token `step` of the last multi-token forward."""
         self.conv.copy_(self.conv_steps[step])
         self.state.copy_(self.state_steps[step])
+
+    def capture(self, length: int) -> tuple[torch.Tensor, ...]:
+        """A copy of the state after the last token in the cache (`length` is implied by it)."""
+        return self.conv.clone(), self.state.clone()
+
+    def restore(self, captured: tuple[torch.Tensor, ...]) -> None:
+        conv, state = captured
+        self.conv.copy_(conv)
+        self.state.copy_(state)
 
     def nbytes(self) -> int:
         return _nbytes(self)
@@ -95,6 +113,14 @@ class ModelCache:
 
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self.layers)
+
+    def capture(self, length: int) -> list[tuple[torch.Tensor, ...]]:
+        """Every layer's state for the first `length` positions (the cache must hold exactly those)."""
+        return [layer.capture(length) for layer in self.layers]
+
+    def restore(self, captured: list[tuple[torch.Tensor, ...]]) -> None:
+        for layer, state in zip(self.layers, captured, strict=True):
+            layer.restore(state)
 
     def restore_step(self, step: int) -> None:
         for layer in self.layers:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 class DecodeStats:
     draft_k: int = 0
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose state came from the conversation state cache
+    prefill_tokens: int = 0  # prompt tokens run through the model: prompt_tokens - cached_tokens
     generated_tokens: int = 0
     drafts: int = 0
     drafted_tokens: int = 0
@@ -54,7 +56,7 @@ class DecodeStats:
 
     @property
     def prefill_tok_s(self) -> float:
-        return self.prompt_tokens / self.prefill_s if self.prefill_s else 0.0
+        return self.prefill_tokens / self.prefill_s if self.prefill_s else 0.0
 
     @property
     def decode_tok_s(self) -> float:

@@ -8,6 +8,8 @@ its config: exact weight bytes per part plus the cache of one stream at the mode
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from daemon.cache import ModelCache
@@ -39,12 +41,15 @@ def describe_devices() -> list[dict]:
     return rows
 
 
-def device_budgets(max_memory: dict[str, int], in_use: dict[str, int]) -> list[DeviceBudget]:
-    """Budgets for "cpu" and every visible GPU; `in_use`: bytes our resident models hold per device."""
+def device_budgets(max_memory: dict[str, int], in_use: dict[str, int],
+                   reserved: Callable[[str], int] = lambda device: 0) -> list[DeviceBudget]:
+    """Budgets for "cpu" and every visible GPU; `in_use`: bytes our resident models hold per device;
+    `reserved`: what each device keeps back beyond that (the conversation state cache)."""
     probed = {row["name"]: row["memory_free"] if row["name"] == "cpu" else int(row["memory_free"] * GPU_HEADROOM)
               for row in describe_devices()}
     budgets = []
     for name, free in probed.items():
+        free -= reserved(name)
         if name in max_memory:
             free = min(free, max_memory[name] - in_use.get(name, 0))
         budgets.append(DeviceBudget(name, max(free, 0)))

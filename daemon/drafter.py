@@ -35,6 +35,20 @@ class MTPDrafter:
             start = queued_start
         self._pending = (hidden, next_tokens, start)
 
+    @torch.inference_mode()
+    def settle(self) -> None:
+        """Write every queued pair but the last into the MTP cache now: the cache then covers exactly
+        the pairs whose two halves lie in the trunk cache, and the last pair waits for `propose`."""
+        hidden, tokens, start = self._pending
+        if tokens.shape[1] > 1:
+            self.model.mtp_forward(tokens[:, :-1], hidden[:, :-1], self.cache, start, last_only=True)
+            self._pending = (hidden[:, -1:], tokens[:, -1:], start + tokens.shape[1] - 1)
+
+    @property
+    def last_hidden(self) -> torch.Tensor:
+        """The trunk hidden of the last queued pair: what a snapshot needs to resume drafting."""
+        return self._pending[0][:, -1:]
+
     def choose(self, logits: torch.Tensor, params: SamplingParams, generator, slot: int):
         """Draft token for draft slot `slot` from MTP logits [1, V], and its distribution (None if greedy)."""
         token, probs = choose(logits, params, generator)
@@ -47,7 +61,7 @@ class MTPDrafter:
         """k draft tokens [k], and the distributions [k, V] they were sampled from (None if greedy)."""
         hidden, tokens, start = self._pending
         self._pending = None
-        logits, out = self.model.mtp_forward(tokens, hidden, self.cache, start, vocab=self.vocab)
+        logits, out = self.model.mtp_forward(tokens, hidden, self.cache, start, vocab=self.vocab, last_only=True)
         position = start + tokens.shape[1]
         drafts, probs = [], []
         for slot in range(k):

@@ -18,6 +18,7 @@ from daemon.decode_stats import DecodeStats
 from daemon.model import QwenModel
 from daemon.sampling import SamplingParams
 from daemon.speculative import SpeculativeDecoder
+from daemon.state_cache import PromptReuse
 
 
 def _peak_memory(device: torch.device) -> int:
@@ -30,14 +31,17 @@ def _peak_memory(device: torch.device) -> int:
 def generate(model: QwenModel, prompt_ids: list[int], max_new_tokens: int, stop_ids: Iterable[int] = (), *,
              draft_k: int = 0, adaptive: bool = False, draft_vocab: int | None = None,
              sampling: SamplingParams = SamplingParams(), stats: DecodeStats | None = None,
-             drafter=None, provenance: list[bool] | None = None, context: int | None = None) -> Iterator[int]:
+             drafter=None, provenance: list[bool] | None = None, context: int | None = None,
+             reuse: PromptReuse | None = None) -> Iterator[int]:
     """Yield up to `max_new_tokens` tokens; a stop token is yielded, then generation ends.
 
     draft_k = 0 decodes plainly; 1..4 drafts that many tokens per step with the MTP head, or at most
     that many with `adaptive` (see daemon.draft_policy); `draft_vocab` limits drafts to the first ids.
     `provenance`, if given, gets one flag per yielded token, just before it is yielded: True for a
     drafted token the verifier accepted, False for a token the verifier produced itself. `context`
-    caps prompt + reply below the model's own limit."""
+    caps prompt + reply below the model's own limit. With `reuse`, the prompt resumes from the longest
+    cached snapshot that starts it, and snapshots are saved at the boundary and where the reply ends
+    (daemon/state_cache.py)."""
     if not prompt_ids:
         raise ValueError("the prompt is empty")
     limit = min(context or model.config.max_position_embeddings, model.config.max_position_embeddings)
@@ -57,9 +61,13 @@ def generate(model: QwenModel, prompt_ids: list[int], max_new_tokens: int, stop_
     decoder = SpeculativeDecoder(model, prompt_ids, len(prompt_ids) + budget, draft_k=draft_k, adaptive=adaptive,
                                  draft_vocab=draft_vocab, sampling=sampling, drafter=drafter)
     stats.state_bytes = decoder.state_bytes()
-    tokens, drafted = [decoder.prefill()], 0
+    resume = reuse.lookup(prompt_ids, with_mtp=decoder.drafter is not None) if reuse else None
+    stats.cached_tokens = len(resume.tokens) if resume else 0
+    stats.prefill_tokens = len(prompt_ids) - stats.cached_tokens
+    tokens = [decoder.prefill(resume, reuse.boundary if reuse else None, reuse.save if reuse else None)]
     stats.time_to_first_token_s = stats.prefill_s = time.perf_counter() - started
     decode_started = time.perf_counter()
+    consistent = True  # false while a step runs: a step that raised leaves no state worth keeping
     try:
         while True:
             for index, token in enumerate(tokens):
@@ -74,8 +82,12 @@ def generate(model: QwenModel, prompt_ids: list[int], max_new_tokens: int, stop_
                 if stats.generated_tokens == budget:
                     stats.finish_reason = at_budget
                     return
+            consistent = False
             tokens, drafted = decoder.step(budget - stats.generated_tokens)
+            consistent = True
             if drafted:
                 stats.record_verification(drafted, len(tokens) - 1)
     finally:
         stats.peak_memory_bytes = _peak_memory(model.device)
+        if reuse is not None and consistent:  # also when the consumer stopped early (a cancel)
+            reuse.save(decoder.snapshot())

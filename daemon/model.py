@@ -147,13 +147,15 @@ class QwenModel(nn.Module):
         return self.lm_head(hidden[:, -1:] if last_only else hidden), hidden
 
     def mtp_forward(self, next_ids: torch.Tensor, hidden: torch.Tensor, cache: AttentionCache, start, *,
-                    kv_len: int | None = None, vocab: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    kv_len: int | None = None, vocab: int | None = None,
+                    last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """MTP head over pairs (hidden[:, j] at position start+j, next_ids[:, j]) -> (logits, MTP hidden).
 
-        With `vocab`, logits cover token ids [0, vocab) only: a reduced draft vocabulary."""
+        With `vocab`, logits cover token ids [0, vocab) only: a reduced draft vocabulary; with
+        `last_only`, only the last pair's (a long prompt's pairs would need prompt × vocab floats)."""
         if self.mtp is None:
             raise RuntimeError("this checkpoint has no MTP head (no mtp.* tensors)")
         ctx = self._context(next_ids.shape[1], start, kv_len, False, self.output_device)
         embeds = self.embed_tokens(next_ids.to(self.device)).to(self.output_device)
         out = self.mtp(embeds, hidden, cache, ctx)
-        return F.linear(out, self.lm_head.weight[:vocab]), out
+        return F.linear(out[:, -1:] if last_only else out, self.lm_head.weight[:vocab]), out

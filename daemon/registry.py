@@ -47,8 +47,11 @@ class ModelEntry:
 
 class ModelRegistry:
     def __init__(self, config: Config):
+        from daemon.state_cache import StateCache
+
         self.default = config.default
         self.max_memory = config.max_memory
+        self.states = StateCache(config.state_cache, config.state_cache_by_device)
         self.entries = {name: ModelEntry(settings) for name, settings in config.models.items()}
         self._lock = threading.Lock()
         # one load at a time: building on the meta device is a process-wide torch mode
@@ -88,7 +91,7 @@ class ModelRegistry:
         from daemon.placement import plan_placement
 
         settings = entry.settings
-        budgets = device_budgets(self.max_memory, self._in_use())
+        budgets = device_budgets(self.max_memory, self._in_use(), self.states.budget)
         first = settings.devices[0] if settings.devices else ("cuda" if len(budgets) > 1 else "cpu")
         dtype = DTYPES[settings.dtype] if settings.dtype else default_dtype(torch.device(first))
         footprint, entry.context = checkpoint_footprint(path, dtype, settings.context)
@@ -121,6 +124,7 @@ class ModelRegistry:
         if entry._thread is not None:
             entry._thread.join()
         entry.model = entry.tokenizer = entry.placement = None
+        self.states.drop_model(name)
         entry.state, entry.error, entry.progress = "unloaded", "", 0.0
         gc.collect()
         if torch.cuda.is_available():

@@ -16,6 +16,7 @@ from daemon.decode_stats import DecodeStats
 from daemon.generate import generate
 from daemon.model import QwenModel
 from daemon.sampling import SamplingParams
+from daemon.state_cache import PromptReuse
 
 
 @dataclass
@@ -55,19 +56,28 @@ def render_prompt(tokenizer, messages: list[dict], enable_thinking: bool = True)
                                          enable_thinking=enable_thinking, return_dict=False)
 
 
+def turn_boundary(tokenizer, messages: list[dict], prompt: list[int]) -> int | None:
+    """Where the conversation before this turn's assistant header ends in `prompt`, if the template
+    renders it as a prefix: the point the next turn's prompt most likely shares (old assistant turns
+    may re-render differently, e.g. without their thinking)."""
+    history = tokenizer.apply_chat_template(messages, add_generation_prompt=False, tokenize=True, return_dict=False)
+    return len(history) if 0 < len(history) < len(prompt) and prompt[:len(history)] == history else None
+
+
 class ReplyStream:
     """Iterate to get `Piece`s; `result` holds text, ids, finish reason and live stats; `close` cancels."""
 
     def __init__(self, model: QwenModel, tokenizer, prompt: list[int], *, max_tokens: int = 256,
                  draft_k: int = 0, adaptive: bool = False, sampling: SamplingParams = SamplingParams(),
-                 stop: tuple[str, ...] = (), result: ReplyResult | None = None, context: int | None = None):
+                 stop: tuple[str, ...] = (), result: ReplyResult | None = None, context: int | None = None,
+                 reuse: PromptReuse | None = None):
         self.tokenizer, self.stop = tokenizer, stop
         self.stop_ids = set(model.config.eos_token_ids) | {tokenizer.eos_token_id}
         self.result = result if result is not None else ReplyResult()
         self._provenance: list[bool] = []
         self._tokens = generate(model, prompt, max_tokens, self.stop_ids, draft_k=draft_k, adaptive=adaptive,
                                 sampling=sampling, stats=self.result.stats, provenance=self._provenance,
-                                context=context)
+                                context=context, reuse=reuse)
         self._hold = max((len(s) for s in stop), default=1) - 1
         self._released = ""  # text handed out so far
         self._settled_text, self._settled_tokens = "", 0  # text of a token prefix that ends on a full character

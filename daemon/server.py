@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import zmq
 
 from daemon.registry import ModelEntry, ModelRegistry
-from daemon.reply import ReplyStream, render_prompt
+from daemon.reply import ReplyStream, render_prompt, turn_boundary
 from daemon.sampling import SamplingParams
+from daemon.state_cache import PromptReuse
 from mtpchat import __version__
 from mtpchat.curve import secure_server
 from mtpchat.protocol import MAX_FRAME_BYTES, VERSION, ProtocolError, error_reply, pack, parse_request, reply, unpack
@@ -138,9 +139,11 @@ class DaemonServer:
         adaptive = draft == "auto"
         draft_k = (4 if adaptive else draft) if entry.model.mtp is not None else 0
         sampling = SamplingParams(request["temperature"], request["top_k"], request["top_p"], request["seed"])
+        boundary = turn_boundary(entry.tokenizer, messages, prompt)
+        reuse = PromptReuse(self.registry.states, entry.settings.name, boundary)
         generation.stream = ReplyStream(entry.model, entry.tokenizer, prompt, max_tokens=request["max_tokens"],
                                         draft_k=draft_k, adaptive=adaptive, sampling=sampling,
-                                        stop=tuple(request["stop"]), context=context)
+                                        stop=tuple(request["stop"]), context=context, reuse=reuse)
 
     def _advance(self, key, generation: Generation) -> None:
         """One token for this generation; flush its chunk when due; end it when done."""
@@ -217,6 +220,7 @@ class DaemonServer:
         return {"version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
                 "endpoint": self.endpoint, "curve": self.authenticator is not None,
                 "models": self.registry.describe(), "devices": devices,
+                "state_cache": self.registry.states.describe(),
                 "active_streams": len(self.generations)}
 
     def serve_forever(self) -> None:
@@ -241,4 +245,6 @@ def _running_stats(stream: ReplyStream) -> dict:
     stats = stream.result.stats
     return {"generated_tokens": stats.generated_tokens, "decode_tok_s": stats.decode_tok_s,
             "acceptance_rate": stats.acceptance_rate, "mean_acceptance_length": stats.mean_acceptance_length,
-            "acceptance_per_position": stats.acceptance_per_position, "draft_k": stats.draft_k}
+            "acceptance_per_position": stats.acceptance_per_position, "draft_k": stats.draft_k,
+            "prompt_tokens": stats.prompt_tokens, "cached_tokens": stats.cached_tokens,
+            "time_to_first_token_s": stats.time_to_first_token_s}

@@ -11,6 +11,7 @@ Plain decoding is the same object with k = 0, so comparisons between the two are
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -18,6 +19,7 @@ from daemon.draft_policy import AdaptiveDraft, FixedDraft
 from daemon.drafter import MTPDrafter
 from daemon.model import QwenModel
 from daemon.sampling import SamplingParams, choose, target_probs, verify_drafts, verify_greedy
+from daemon.state_cache import Snapshot
 
 
 class SpeculativeDecoder:
@@ -41,6 +43,7 @@ class SpeculativeDecoder:
         self.generator = None
         if sampling.seed is not None:
             self.generator = torch.Generator(model.output_device).manual_seed(sampling.seed)
+        self.ids = list(prompt_ids)  # every token so far: the cache holds ids[:length], then `token`
         self.length = 0
         self.token = -1
 
@@ -52,16 +55,53 @@ class SpeculativeDecoder:
         return int(choose(logits[None], self.sampling, self.generator)[0])
 
     @torch.inference_mode()
-    def prefill(self) -> int:
-        """Run the prompt; return the first generated token."""
-        ids = torch.tensor([self.prompt_ids], device=self.model.device)
-        logits, hidden = self.model(ids, self.cache, 0, last_only=True)
-        self.length = len(self.prompt_ids)
-        self.token = self._choose(logits[0, -1])
-        if self.drafter:
-            next_tokens = torch.tensor([self.prompt_ids[1:] + [self.token]], device=self.model.device)
-            self.drafter.extend(hidden, next_tokens, 0)
+    def prefill(self, resume: Snapshot | None = None, boundary: int | None = None,
+                on_boundary: Callable[[Snapshot], object] | None = None) -> int:
+        """Run the prompt (from `resume` on, when given: a snapshot of a prefix of it); return the first
+        generated token. With `boundary`, the prompt runs in two parts and `on_boundary` gets a
+        snapshot of the state after the first `boundary` tokens."""
+        start = 0
+        if resume is not None:
+            start = self._restore(resume)
+        cuts = [cut for cut in (boundary,) if cut is not None and start < cut < len(self.prompt_ids)]
+        for cut in [*cuts, len(self.prompt_ids)]:
+            ids = torch.tensor([self.prompt_ids[start:cut]], device=self.model.device)
+            logits, hidden = self.model(ids, self.cache, start, last_only=True)
+            self.length = cut
+            if cut < len(self.prompt_ids):
+                if self.drafter:
+                    self.drafter.extend(hidden, self._tensor(self.prompt_ids[start + 1:cut + 1]), start)
+                if on_boundary is not None:
+                    on_boundary(self.snapshot())
+            else:
+                self.token = self._choose(logits[0, -1])
+                if self.drafter:
+                    self.drafter.extend(hidden, self._tensor(self.prompt_ids[start + 1:] + [self.token]), start)
+            start = cut
+        self.ids.append(self.token)
         return self.token
+
+    def _tensor(self, ids: list[int]) -> torch.Tensor:
+        return torch.tensor([ids], device=self.model.device)
+
+    def _restore(self, snapshot: Snapshot) -> int:
+        """Load a snapshot's state; the position prefill continues from."""
+        length = len(snapshot.tokens)
+        self.cache.restore(snapshot.trunk)
+        if self.drafter:
+            self.drafter.cache.restore(snapshot.mtp)
+            self.drafter.extend(snapshot.last_hidden, self._tensor([self.prompt_ids[length]]), length - 1)
+        return length
+
+    @torch.inference_mode()
+    def snapshot(self) -> Snapshot:
+        """The state for ids[:length]: what a later prompt starting with those tokens can resume from."""
+        mtp = last_hidden = None
+        if self.drafter:
+            self.drafter.settle()
+            mtp = self.drafter.cache.capture(self.length - 1)
+            last_hidden = self.drafter.last_hidden.clone()
+        return Snapshot(tuple(self.ids[:self.length]), self.cache.capture(self.length), mtp, last_hidden)
 
     @torch.inference_mode()
     def step(self, max_tokens: int) -> tuple[list[int], int]:
@@ -76,6 +116,7 @@ class SpeculativeDecoder:
             if self.drafter:  # keep the MTP cache complete for a later speculative step
                 self.drafter.extend(hidden, torch.tensor([[self.token]], device=self.model.device), self.length)
             self.length += 1
+            self.ids.append(self.token)
             return [self.token], 0
         drafts, draft_probs = self.drafter.propose(k, self.sampling, self.generator)
         verify_ids = torch.cat((torch.tensor([self.token], device=drafts.device), drafts))[None]
@@ -93,4 +134,5 @@ class SpeculativeDecoder:
         self.drafter.extend(hidden[:, :accepted + 1], next_tokens, self.length)
         self.length += accepted + 1
         self.token = following
+        self.ids.extend(emitted)
         return emitted, k

@@ -14,6 +14,9 @@ fresh machine. Pointing mtpchat at real models is a few lines, e.g.
     context = 65536                    # tokens per stream the plan reserves cache for (default 32768)
     [devices."cuda:0"]
     max_memory = "60GiB"               # the most mtpchat may take on that device (default: 90% of free)
+    state_cache = "8GiB"               # conversation states kept on that device (default: [state_cache])
+    [state_cache]
+    budget = "4GiB"                    # per device: saved turn states, so follow-ups prefill only new text
 
 Every model in the file loads at daemon start unless it says `load_at_start = false`. Without a
 `device`, the daemon plans placement when it loads a model (see daemon/placement.py): a GPU of its
@@ -33,6 +36,7 @@ DEMO_PATH = "builtin:tiny"  # resolved by the daemon to the tiny checkpoint it b
 DRAFT_CHOICES = (0, 1, 2, 3, 4, "auto")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 DEFAULT_CONTEXT = 32768
+DEFAULT_STATE_CACHE = 4 * 2**30
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -87,6 +91,8 @@ class Config:
     models: dict[str, ModelSettings] = field(default_factory=lambda: {DEMO: ModelSettings(DEMO, DEMO_PATH)})
     default: str = DEMO
     max_memory: dict[str, int] = field(default_factory=dict)  # per device name, bytes
+    state_cache: int = DEFAULT_STATE_CACHE  # bytes of conversation states per device
+    state_cache_by_device: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.default not in self.models:
@@ -100,10 +106,13 @@ def load_config() -> Config:
     try:
         raw = tomllib.loads(path.read_text())
         models = {name: ModelSettings(name, **fields) for name, fields in raw.get("models", {}).items()}
-        max_memory = {device: parse_size(fields["max_memory"])
-                      for device, fields in raw.get("devices", {}).items() if "max_memory" in fields}
+        devices = raw.get("devices", {})
+        memory = {"max_memory": {d: parse_size(f["max_memory"]) for d, f in devices.items() if "max_memory" in f},
+                  "state_cache": parse_size(raw.get("state_cache", {}).get("budget", DEFAULT_STATE_CACHE)),
+                  "state_cache_by_device": {d: parse_size(f["state_cache"]) for d, f in devices.items()
+                                            if "state_cache" in f}}
         if not models:
-            return Config(max_memory=max_memory)
-        return Config(models, raw.get("default", next(iter(models))), max_memory)
+            return Config(**memory)
+        return Config(models, raw.get("default", next(iter(models))), **memory)
     except (tomllib.TOMLDecodeError, TypeError, ValueError, KeyError) as exc:
         raise ValueError(f"{path}: {exc}") from None

@@ -326,3 +326,21 @@ def test_placement_is_planned_shown_and_a_model_that_cannot_fit_fails_alone(home
             assert _collect(client, model="dense", max_tokens=4)[-1]["type"] == "done"
     finally:
         assert _stop(process) == 0
+
+
+def test_a_follow_up_turn_prefills_only_its_new_tokens(daemon):
+    with DaemonClient() as client:
+        first = _collect(client, max_tokens=6, draft=2)[-1]
+        history = MESSAGES + [{"role": "assistant", "content": first["text"]},
+                              {"role": "user", "content": "And then?"}]
+        second = list(client.generate(messages=history, max_tokens=6, draft=2))[-1]
+        fresh = list(client.generate(messages=history, max_tokens=6, draft=2, model="moe"))[-1]
+        status = client.request("status")
+    assert first["stats"]["cached_tokens"] == 0 and fresh["stats"]["cached_tokens"] == 0  # other model
+    stats = second["stats"]
+    assert 0 < stats["cached_tokens"] < stats["prompt_tokens"]
+    assert stats["prefill_tokens"] == stats["prompt_tokens"] - stats["cached_tokens"]
+    cache = status["state_cache"]
+    assert cache["hits"] >= 1 and cache["states"] >= 3
+    [cpu] = [d for d in cache["devices"] if d["device"] == "cpu"]
+    assert 0 < cpu["used"] <= cpu["budget"] == 4 * 2**30
