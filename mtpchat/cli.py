@@ -186,6 +186,13 @@ def _bench(args: argparse.Namespace) -> int:
                                                  tokenize=True, enable_thinking=False, return_dict=False)
                    for p in bench.BENCH_PROMPTS[:args.prompts]]
         report.update(model=str(args.model or default_checkpoint()))
+        if args.conversation:
+            from daemon.bench_conversation import bench_conversation
+
+            turns = [int(t) for t in args.conversation.split(",")]
+            report["conversation"] = bench_conversation(model, tokenizer, turns, args.max_tokens, max(ks))
+            print(json.dumps(report, indent=2))
+            return 0
         report["checkpoint"] = bench.bench_checkpoint(model, prompts, args.max_tokens, ks,
                                                       draft_vocab=args.draft_vocab)
         report["step_cost"] = bench.step_costs(model, ks, draft_vocab=args.draft_vocab)
@@ -245,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device")
     bench.add_argument("--dtype", choices=DTYPE_NAMES)
     bench.add_argument("--threads", type=int, help="torch CPU threads")
+    bench.add_argument("--conversation", metavar="TURNS",
+                       help="instead: time to first token at these turns (e.g. 1,5,10,20) of a growing "
+                            "conversation, conversation state cache off vs on")
     bench.add_argument("--daemon", action="store_true",
                        help="also compare the same request through the daemon (starting it if needed)")
     bench.set_defaults(run=_bench)
