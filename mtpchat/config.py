@@ -76,7 +76,8 @@ class ModelSettings:
     def __post_init__(self) -> None:
         if isinstance(self.device, list):
             object.__setattr__(self, "device", tuple(self.device))
-        if self.device is not None and not (isinstance(self.device, str) or all(isinstance(d, str) for d in self.device)):
+        if not (self.device is None or isinstance(self.device, str)
+                or isinstance(self.device, tuple) and all(isinstance(d, str) for d in self.device)):
             raise ValueError(f"model {self.name!r}: device must be a name like \"cuda:0\" or a list of names")
         if not isinstance(self.context, int) or self.context < 2:
             raise ValueError(f"model {self.name!r}: context must be a number of tokens, got {self.context!r}")

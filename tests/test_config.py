@@ -1,0 +1,57 @@
+"""config.toml as users write it: models with placement and context, per-device memory limits and
+state cache budgets, and a clear error naming the file for every mistake."""
+
+import pytest
+
+from mtpchat.config import DEFAULT_STATE_CACHE, DEMO, format_size, load_config, parse_size
+from mtpchat.paths import config_dir
+
+
+def write(text: str) -> None:
+    config_dir().mkdir(parents=True, exist_ok=True)
+    (config_dir() / "config.toml").write_text(text)
+
+
+def test_no_file_means_the_demo_model_and_default_budgets():
+    config = load_config()
+    assert list(config.models) == [DEMO] and config.default == DEMO
+    assert config.max_memory == {} and config.state_cache == DEFAULT_STATE_CACHE
+
+
+def test_models_devices_and_state_cache_are_read():
+    write('default = "moe"\n'
+          '[models.dense]\npath = "Qwen/Qwen3.6-27B"\ndevice = ["cuda:0", "cuda:1"]\ncontext = 65536\n'
+          '[models.moe]\npath = "/ckpt/moe"\ndevice = "cuda:1"\ndraft = "auto"\nload_at_start = false\n'
+          '[devices."cuda:0"]\nmax_memory = "60GiB"\nstate_cache = "8GiB"\n'
+          '[devices.cpu]\nmax_memory = 1000000\n'
+          '[state_cache]\nbudget = "1.5 GB"\n')
+    config = load_config()
+    assert config.default == "moe"
+    assert config.models["dense"].devices == ("cuda:0", "cuda:1") and config.models["dense"].context == 65536
+    assert config.models["moe"].devices == ("cuda:1",) and not config.models["moe"].load_at_start
+    assert config.max_memory == {"cuda:0": 60 * 2**30, "cpu": 1_000_000}
+    assert config.state_cache == 1_500_000_000 and config.state_cache_by_device == {"cuda:0": 8 * 2**30}
+
+
+@pytest.mark.parametrize("text,message", [
+    ('[models.a]\npath = "x"\ndraft = 9\n', "draft must be one of"),
+    ('[models.a]\npath = "x"\ndevice = 3\n', "device must be a name"),
+    ('[models.a]\npath = "x"\ncontext = "long"\n', "context must be a number of tokens"),
+    ('[models.a]\npath = "x"\n[devices.cpu]\nmax_memory = "lots"\n', "'lots' is not a size"),
+    ('[models.a]\npath = "x"\nwhat = 1\n', "unexpected keyword argument 'what'"),
+    ('default = "b"\n[models.a]\npath = "x"\n', "default model 'b' is not among"),
+    ('[models.a\n', "config.toml"),
+])
+def test_mistakes_are_named_with_the_file(text, message):
+    write(text)
+    with pytest.raises(ValueError, match=message) as error:
+        load_config()
+    assert str(config_dir() / "config.toml") in str(error.value)
+
+
+def test_sizes_round_trip_in_the_units_people_use():
+    assert parse_size("20GiB") == 20 * 2**30 and parse_size("512 MiB") == 512 * 2**20 and parse_size(7) == 7
+    assert format_size(53.9 * 2**30) == "53.90 GiB" and format_size(12.5 * 2**20) == "12.50 MiB"
+    for bad in ("-1", "1 parsec", -5, True):
+        with pytest.raises(ValueError):
+            parse_size(bad)
