@@ -1,4 +1,4 @@
-"""The Qwen3.5/3.6 text model we run: trunk, lm_head and (when the checkpoint has one) the MTP head.
+"""The text model we run (Qwen3.5/3.6, and plain Llama / Qwen3 trunks): trunk, lm_head and (when the checkpoint has one) the MTP head.
 
 One forward takes any number of new tokens at consecutive positions — a prefill, a 1-token decode,
 a (k+1)-token verify — writes them into a preallocated `ModelCache`, and returns logits plus the
@@ -13,12 +13,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from daemon.attention import GatedAttention
+from daemon.attention import Attention
 from daemon.cache import AttentionCache, ModelCache
 from daemon.config import TextConfig
 from daemon.deltanet import GatedDeltaNet
 from daemon.mlp import feed_forward
-from daemon.norms import RMSNorm
+from daemon.norms import rms_norm
 from daemon.rope import inverse_frequencies
 from daemon.step_context import StepContext
 
@@ -28,12 +28,12 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.is_attention = layer_type == "full_attention"
         if self.is_attention:
-            self.self_attn = GatedAttention(config)
+            self.self_attn = Attention(config)
         else:
             self.linear_attn = GatedDeltaNet(config)
         self.mlp = feed_forward(config)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = rms_norm(config)
+        self.post_attention_layernorm = rms_norm(config)
 
     def forward(self, x: torch.Tensor, cache, ctx: StepContext) -> torch.Tensor:
         mixer = self.self_attn if self.is_attention else self.linear_attn
@@ -53,10 +53,10 @@ class MTPHead(nn.Module):
         super().__init__()
         hidden = config.hidden_size
         self.fc = nn.Linear(2 * hidden, hidden, bias=False)
-        self.pre_fc_norm_embedding = RMSNorm(hidden, config.rms_norm_eps)
-        self.pre_fc_norm_hidden = RMSNorm(hidden, config.rms_norm_eps)
+        self.pre_fc_norm_embedding = rms_norm(config)
+        self.pre_fc_norm_hidden = rms_norm(config)
         self.layers = nn.ModuleList([DecoderLayer(config, "full_attention")])
-        self.norm = RMSNorm(hidden, config.rms_norm_eps)
+        self.norm = rms_norm(config)
 
     def forward(self, embeds: torch.Tensor, hidden: torch.Tensor, cache: AttentionCache,
                 ctx: StepContext) -> torch.Tensor:
@@ -70,7 +70,7 @@ class QwenModel(nn.Module):
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, t) for t in config.layer_types)
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = rms_norm(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.mtp = MTPHead(config) if with_mtp else None
         # A plain attribute, not a buffer: it must stay float32 when the weights are cast.

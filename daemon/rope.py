@@ -1,8 +1,9 @@
 """Partial rotary position embedding.
 
-Qwen3.5/3.6 rotate only the first `rotary_dim` (64 of 256) dims of each head. The checkpoints declare
-M-RoPE, but for text all three position streams are equal and it reduces to this 1-D form. Angles are
-computed from a positions tensor on every call, so one captured step serves every position.
+Qwen3.5/3.6 rotate only the first `rotary_dim` (64 of 256) dims of each head (Llama and Qwen3: all of
+them). The Qwen3.5/3.6 checkpoints declare M-RoPE, but for text all three position streams are equal
+and it reduces to this 1-D form. Angles are computed from a positions tensor on every call, so one
+captured step serves every position.
 """
 
 import torch
