@@ -92,20 +92,23 @@ class QwenModel(nn.Module):
         c = self.config
         return AttentionCache.allocate(batch, c.num_key_value_heads, max_len, c.head_dim, self.device, self.dtype)
 
-    def _context(self, length: int, start, kv_len: int | None, keep_steps: bool) -> StepContext:
+    def _context(self, length: int, start, kv_len: int | None, keep_steps: bool,
+                 key_mask: torch.Tensor | None = None) -> StepContext:
         """`start` is an int, or a 0-dim device tensor (then `kv_len` must be given) for captured steps."""
         positions = torch.arange(length, device=self.device) + start
-        return StepContext.build(positions, kv_len or start + length, self.inv_freq, self.dtype, keep_steps)
+        return StepContext.build(positions, kv_len or start + length, self.inv_freq, self.dtype, keep_steps, key_mask)
 
     def forward(self, input_ids: torch.Tensor, cache: ModelCache, start, *, kv_len: int | None = None,
-                keep_steps: bool = False, last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                keep_steps: bool = False, last_only: bool = False,
+                key_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run new tokens [B, T] at positions start..start+T-1.
 
         Returns (logits, hidden): logits [B, T or 1, V] (only the last position when `last_only`),
         hidden [B, T, H] after the final norm. With `keep_steps`, each DeltaNet layer also records its
-        state after every new token (see `ModelCache.restore_step`).
+        state after every new token (see `ModelCache.restore_step`). `key_mask` [B, cache length] hides
+        cache slots per row (see `StepContext.build`): batched decoding of left-padded prompts.
         """
-        ctx = self._context(input_ids.shape[1], start, kv_len, keep_steps)
+        ctx = self._context(input_ids.shape[1], start, kv_len, keep_steps, key_mask)
         x = self.embed_tokens(input_ids)
         for layer, layer_cache in zip(self.layers, cache.layers):
             x = layer(x, layer_cache, ctx)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mtpchat.config import DEMO_PATH, Config, ModelSettings
+from mtpchat.config import BUILTIN, Config, ModelSettings
 
 
 @dataclass
@@ -75,10 +75,10 @@ class ModelRegistry:
         try:
             with self._loading:  # also serialises transformers' lazy imports, which are not thread-safe
                 path = settings.path
-                if path == DEMO_PATH:
-                    from daemon.default_model import default_checkpoint
+                if path.startswith(BUILTIN):
+                    from daemon.default_model import builtin_checkpoint
 
-                    path = default_checkpoint()
+                    path = builtin_checkpoint(path)
                 model, tokenizer = load_chat_model(path, device=settings.device,
                                                    dtype=DTYPES[settings.dtype] if settings.dtype else None,
                                                    progress=lambda fraction: setattr(entry, "progress", fraction))

