@@ -2,8 +2,8 @@
 
 The converted checkpoint must be the GGUF's model: our forward on it matches transformers' own GGUF
 loader (which dequantises independently) and transformers on the converted directory. Both sides hold
-the same float32 dequantised weights, so the bar is float32 rounding through 30 layers (1e-3 on logits
-of magnitude ~20). MTP decoding with the committed head is token-identical to plain decoding.
+the same float32 dequantised weights, so the bar is float32 rounding through 30 layers: 2e-4 on logits
+of magnitude ~20 (measured: 4e-5). MTP decoding with the committed head is token-identical to plain decoding.
 """
 
 import pytest
@@ -16,7 +16,7 @@ from daemon.gguf_convert import ConversionError, convert_gguf, unpermute_rows
 from daemon.loader import load_model
 from tests.helpers import chat_prompt
 
-GGUF_TOLERANCE = 1e-3
+GGUF_TOLERANCE = 2e-4
 
 
 def test_unpermute_rows_inverts_llama_cpp_order():

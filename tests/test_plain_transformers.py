@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from daemon.generate import generate
 from daemon.loader import load_model
 from daemon.tiny_text_checkpoint import VARIANTS
-from tests.helpers import TOLERANCE, chat_prompt, random_ids
+from tests.helpers import assert_chunked_parity, chat_prompt, random_ids
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
@@ -21,17 +21,8 @@ def test_logits_and_greedy_generation_match_transformers(tiny_text, name, report
     ours = load_model(tiny_text[name], device="cpu")
     ref = AutoModelForCausalLM.from_pretrained(tiny_text[name], dtype=torch.float32).eval()
     assert (ours.lm_head.weight is ours.embed_tokens.weight) == VARIANTS[name]["tie_word_embeddings"]
-    tokens = random_ids(60, seed=5)
-    cache, ref_cache, start = ours.new_cache(64), None, 0
-    for size in [40, 1, 1, 3, 5]:
-        chunk = tokens[:, start:start + size]
-        logits, _ = ours(chunk, cache, start)
-        out = ref(input_ids=chunk, past_key_values=ref_cache, use_cache=True)
-        ref_cache = out.past_key_values
-        diff = (logits - out.logits).abs().max().item()
-        report_parity(f"{name} tokens {start}..{start + size - 1}", diff)
-        assert diff <= TOLERANCE
-        start += size
+    assert_chunked_parity(ours, ref, random_ids(60, seed=5), [40, 1, 1, 3, 5], name, report_parity,
+                          cache_field="past_key_values")
     prompt = chat_prompt(tiny_text[name], "Write a Python function that adds two numbers.")
     expected = ref.generate(torch.tensor([prompt]), max_new_tokens=30, do_sample=False, eos_token_id=None,
                             pad_token_id=0)[0, len(prompt):].tolist()
