@@ -53,6 +53,7 @@ class TextConfig:
     mtp_num_hidden_layers: int = 0
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 262_144
+    llama3_rope: tuple[float, float, float, float] | None = None  # see daemon.rope.inverse_frequencies
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -110,8 +111,13 @@ class TextConfig:
         model_type = text.get("model_type") or raw.get("model_type", "")
         hybrid = model_type in HYBRID_MODEL_TYPES
         rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
-        if not hybrid and rope.get("rope_type", "default") != "default":
-            raise ValueError(f"rope_type {rope['rope_type']!r} is not supported; only unscaled RoPE is")
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if not hybrid and rope_type not in ("default", "llama3"):
+            raise ValueError(f"rope_type {rope_type!r} is not supported; only unscaled RoPE and Llama 3's are")
+        llama3_rope = None
+        if rope_type == "llama3":
+            llama3_rope = (float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"]),
+                           float(rope["original_max_position_embeddings"]))
         for bias in ("attention_bias", "mlp_bias"):
             if text.get(bias):
                 raise ValueError(f"{bias} = true is not supported")
@@ -148,6 +154,7 @@ class TextConfig:
             ),
             tie_word_embeddings=bool(text.get("tie_word_embeddings", raw.get("tie_word_embeddings", False))),
             eos_token_ids=eos_ids,
+            llama3_rope=llama3_rope,
             **optional,
         )
 

@@ -18,7 +18,7 @@ import torch
 from daemon.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
 from daemon.config import TextConfig
 from daemon.model import QwenModel
-from daemon.rope import inverse_frequencies
+from daemon.rope import model_inverse_frequencies
 from mtpchat.config import DTYPE_NAMES
 
 TRUNK_PREFIXES = ("model.language_model.", "model.")
@@ -92,5 +92,5 @@ def load_model(checkpoint: str | Path, *, device: torch.device | str | None = No
             param.copy_(tensor)
     if tie:
         model.lm_head.weight = model.embed_tokens.weight
-    model.inv_freq = inverse_frequencies(config.rotary_dim, config.rope_theta, device=device)
+    model.inv_freq = model_inverse_frequencies(config, device)
     return model.eval().requires_grad_(False)

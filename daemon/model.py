@@ -19,7 +19,7 @@ from daemon.config import TextConfig
 from daemon.deltanet import GatedDeltaNet
 from daemon.mlp import feed_forward
 from daemon.norms import rms_norm
-from daemon.rope import inverse_frequencies
+from daemon.rope import model_inverse_frequencies
 from daemon.step_context import StepContext
 
 
@@ -74,7 +74,7 @@ class QwenModel(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.mtp = MTPHead(config) if with_mtp else None
         # A plain attribute, not a buffer: it must stay float32 when the weights are cast.
-        self.inv_freq = inverse_frequencies(config.rotary_dim, config.rope_theta)
+        self.inv_freq = model_inverse_frequencies(config)
 
     @property
     def device(self) -> torch.device:

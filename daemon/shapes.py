@@ -11,7 +11,7 @@ import torch
 
 from daemon.config import TextConfig
 from daemon.model import QwenModel
-from daemon.rope import inverse_frequencies
+from daemon.rope import model_inverse_frequencies
 
 _COMMON = dict(
     vocab_size=248_320, head_dim=256, rope_theta=10_000_000.0, partial_rotary_factor=0.25,
@@ -59,5 +59,5 @@ def random_model(config: TextConfig, device: torch.device | str, dtype: torch.dt
             param.zero_()
         else:
             param.normal_(0.0, 0.02, generator=generator)
-    model.inv_freq = inverse_frequencies(config.rotary_dim, config.rope_theta, device=device)
+    model.inv_freq = model_inverse_frequencies(config, device)
     return model.eval().requires_grad_(False)

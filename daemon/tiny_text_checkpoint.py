@@ -3,7 +3,8 @@
 The engine's second family — every layer full attention, ungated, plain RMSNorm — needs tiny
 references the way the Qwen3.5/3.6 path has them: built offline in a second with transformers' own
 classes, a real tokenizer with a ChatML template, no MTP head (these trunks ship without one; the
-tests give them one with `train-head`). Llama ties its embeddings like SmolLM2; Qwen3 does not.
+tests give them one with `train-head`). Llama ties its embeddings like SmolLM2; Qwen3 does not; the
+Llama 3 variant has Llama 3.1+'s scaled RoPE.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidde
 VARIANTS = {
     "llama-tiny": dict(COMMON, model_type="llama", rope_theta=100_000.0, tie_word_embeddings=True),
     "qwen3-tiny": dict(COMMON, model_type="qwen3", rope_theta=1_000_000.0, tie_word_embeddings=False),
+    # Llama 3.1+'s scaled RoPE, with a short original context so every band (kept, interpolated, slowed) occurs
+    "llama3-tiny": dict(COMMON, model_type="llama", tie_word_embeddings=True, rope_parameters=dict(
+        rope_type="llama3", rope_theta=500_000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=64)),
 }
 NORM_STD = 0.2
 

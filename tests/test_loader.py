@@ -151,8 +151,8 @@ def test_config_errors_are_clear(tmp_path):
              "intermediate_size": 8}
     with pytest.raises(ValueError, match="unsupported model_type 'mistral'"):
         TextConfig.from_dict({"model_type": "mistral", **dense})
-    with pytest.raises(ValueError, match="rope_type 'llama3' is not supported"):
-        TextConfig.from_dict({"model_type": "llama", "rope_scaling": {"rope_type": "llama3"}, **dense})
+    with pytest.raises(ValueError, match="rope_type 'yarn' is not supported"):
+        TextConfig.from_dict({"model_type": "llama", "rope_scaling": {"rope_type": "yarn"}, **dense})
     with pytest.raises(ValueError, match="attention_bias = true is not supported"):
         TextConfig.from_dict({"model_type": "llama", "attention_bias": True, **dense})
     (tmp_path / "config.json").write_text("{not json")
