@@ -1,8 +1,9 @@
-"""Gated full attention of Qwen3.5/3.6 (every 4th trunk layer and the MTP layer).
+"""Full attention with RoPE over a position-indexed KV cache: Qwen3.5/3.6's gated kind and the plain kind.
 
-q_proj emits [query | gate] per head; q and k get a per-head zero-centred RMSNorm and partial RoPE;
-the attention output is scaled by sigmoid(gate) before o_proj. Keys/values go to the layer's
-position-indexed cache, and queries attend over the first `kv_len` cache slots under a causal mask.
+Qwen3.5/3.6 (every 4th trunk layer and the MTP layer): q_proj emits [query | gate] per head; q and k
+get a per-head zero-centred RMSNorm and partial RoPE; the output is scaled by sigmoid(gate) before
+o_proj. Llama: no gate, no q/k norm, RoPE over the whole head. Qwen3: Llama plus plain q/k norms.
+Keys/values go to the layer's cache, and queries attend over the first `kv_len` slots under a causal mask.
 """
 
 import torch
@@ -11,30 +12,38 @@ from torch.nn import functional as F
 
 from daemon.cache import AttentionCache
 from daemon.config import TextConfig
-from daemon.norms import RMSNorm
+from daemon.norms import rms_norm
 from daemon.rope import apply_rotary
 from daemon.step_context import StepContext
 
 
-class GatedAttention(nn.Module):
+class Attention(nn.Module):
     def __init__(self, config: TextConfig):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
+        self.gated = config.gated_attention
         hidden = config.hidden_size
-        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim * 2, bias=False)
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim * (2 if self.gated else 1), bias=False)
         self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
-        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        if config.qk_norm:
+            self.q_norm = rms_norm(config, self.head_dim)
+            self.k_norm = rms_norm(config, self.head_dim)
+        else:
+            self.q_norm = self.k_norm = None
 
     def forward(self, x: torch.Tensor, cache: AttentionCache, ctx: StepContext) -> torch.Tensor:
         batch, length, _ = x.shape
-        query, gate = self.q_proj(x).view(batch, length, self.num_heads, 2 * self.head_dim).chunk(2, dim=-1)
-        query = apply_rotary(self.q_norm(query), ctx.cos, ctx.sin)
-        key = self.k_norm(self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim))
+        query = self.q_proj(x).view(batch, length, self.num_heads, -1)
+        if self.gated:
+            query, gate = query.chunk(2, dim=-1)
+        key = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            query, key = self.q_norm(query), self.k_norm(key)
+        query = apply_rotary(query, ctx.cos, ctx.sin)
         key = apply_rotary(key, ctx.cos, ctx.sin)
         value = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim)
         cache.write(ctx.positions, key, value)
@@ -43,5 +52,7 @@ class GatedAttention(nn.Module):
             query.transpose(1, 2), keys.to(query.dtype), values.to(query.dtype),
             attn_mask=ctx.mask, enable_gqa=self.num_heads != self.num_kv_heads,
         )
-        out = out.transpose(1, 2).reshape(batch, length, -1) * torch.sigmoid(gate.reshape(batch, length, -1))
+        out = out.transpose(1, 2).reshape(batch, length, -1)
+        if self.gated:
+            out = out * torch.sigmoid(gate.reshape(batch, length, -1))
         return self.o_proj(out)

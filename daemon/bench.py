@@ -157,8 +157,9 @@ def _median_seconds(fn, device: torch.device, repeats: int) -> float:
 @torch.inference_mode()
 def step_costs(model: QwenModel, ks: list[int], context: int = 256, repeats: int = 5,
                draft_vocab: int | None = None) -> dict:
-    """Seconds of a 1-token decode step, and the cost of a (k+1)-token verify and of one MTP draft
-    step (full vocabulary, and `draft_vocab` if given) relative to it, at `context` tokens of history."""
+    """Seconds of a 1-token decode step, and the cost of the lm_head alone (one row), of a (k+1)-token
+    verify and of one MTP draft step (full vocabulary, and `draft_vocab` if given) relative to it, at
+    `context` tokens of history."""
     device = model.device
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (1, context + max(ks) + 1), generator=torch.Generator().manual_seed(0)).to(device)
@@ -175,8 +176,9 @@ def step_costs(model: QwenModel, ks: list[int], context: int = 256, repeats: int
                                 device, repeats) / one
         for k in ks
     }
-    costs = {"context": context, "decode_step_s": one, "draft_step_vs_decode": draft_cost(None),
-             "verify_vs_decode": verify}
+    lm_head = _median_seconds(lambda: model.lm_head(hidden[:, -1:]), device, repeats) / one
+    costs = {"context": context, "decode_step_s": one, "lm_head_vs_decode": lm_head,
+             "draft_step_vs_decode": draft_cost(None), "verify_vs_decode": verify}
     if draft_vocab:
         costs["draft_step_vs_decode_reduced_vocab"] = draft_cost(draft_vocab)
     return costs

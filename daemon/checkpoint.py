@@ -3,6 +3,8 @@
 A checkpoint is a local directory, or a Hugging Face repo id looked up offline in the local HF cache
 (these machines may have no network). Tensors are read one by name through safetensors' memory map,
 so tensors we do not need (the vision tower) are never read. Errors name the tensor and the file.
+An MTP head trained by `mtpchat train-head` for a checkpoint that shipped without one lies beside it
+as `mtp_head.safetensors`; its `mtp.*` tensors join the checkpoint's (and win over any it has).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 INDEX_FILE = "model.safetensors.index.json"
+HEAD_FILE = "mtp_head.safetensors"
 
 
 class CheckpointError(Exception):
@@ -63,11 +66,14 @@ class CheckpointFiles:
                 raise CheckpointError(f"{index} is malformed ({exc!r}); re-download the checkpoint") from None
             self.source = INDEX_FILE
         else:
-            files = sorted(directory.glob("*.safetensors"))
+            files = sorted(f for f in directory.glob("*.safetensors") if f.name != HEAD_FILE)
             if not files:
                 raise CheckpointError(f"{directory} has no *.safetensors files")
             self.weight_map = {name: f.name for f in files for name in self._open(f.name).keys()}
             self.source = ", ".join(f.name for f in files)
+        if (directory / HEAD_FILE).exists():
+            self.weight_map.update(dict.fromkeys(self._open(HEAD_FILE).keys(), HEAD_FILE))
+            self.source += f" and {HEAD_FILE}"
 
     def __contains__(self, name: str) -> bool:
         return name in self.weight_map

@@ -3,6 +3,11 @@
 Hub checkpoints of Qwen3.5/3.6 are vision-language models whose text fields live under
 `text_config`; bare text checkpoints put them at the top level. Both are read into one small,
 self-validating dataclass so the model code never looks at raw JSON.
+
+Plain transformer trunks (`llama`, `qwen3`) are the same model with three switches off: every layer
+is full attention, attention is ungated with RoPE over the whole head, and RMSNorm scales by a plain
+`w` rather than `1 + w`. Qwen3 keeps the per-head q/k norms. The switches are properties derived from
+the model type, so a config can never mix them inconsistently.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ SUPPORTED_MODEL_TYPES = {
     "qwen3_5_text": "dense",
     "qwen3_5_moe": "moe",
     "qwen3_5_moe_text": "moe",
+    "qwen3": "dense",
+    "llama": "dense",
 }
+HYBRID_MODEL_TYPES = {"qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,7 @@ class TextConfig:
     mtp_num_hidden_layers: int = 0
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 262_144
+    llama3_rope: tuple[float, float, float, float] | None = None  # see daemon.rope.inverse_frequencies
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -74,6 +83,24 @@ class TextConfig:
         return SUPPORTED_MODEL_TYPES[self.model_type] == "moe"
 
     @property
+    def is_hybrid(self) -> bool:
+        """Qwen3.5/3.6: DeltaNet layers, gated attention, zero-centred norms."""
+        return self.model_type in HYBRID_MODEL_TYPES
+
+    @property
+    def norm_offset(self) -> float:
+        """RMSNorm scales by `norm_offset + w`: 1 for zero-centred norms, 0 for plain ones."""
+        return 1.0 if self.is_hybrid else 0.0
+
+    @property
+    def gated_attention(self) -> bool:
+        return self.is_hybrid
+
+    @property
+    def qk_norm(self) -> bool:
+        return self.is_hybrid or self.model_type == "qwen3"
+
+    @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
 
@@ -82,9 +109,20 @@ class TextConfig:
         """Accept the top-level VLM config (fields under `text_config`) or a bare text config."""
         text = dict(raw.get("text_config") or raw)
         model_type = text.get("model_type") or raw.get("model_type", "")
+        hybrid = model_type in HYBRID_MODEL_TYPES
         rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if not hybrid and rope_type not in ("default", "llama3"):
+            raise ValueError(f"rope_type {rope_type!r} is not supported; only unscaled RoPE and Llama 3's are")
+        llama3_rope = None
+        if rope_type == "llama3":
+            llama3_rope = (float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"]),
+                           float(rope["original_max_position_embeddings"]))
+        for bias in ("attention_bias", "mlp_bias"):
+            if text.get(bias):
+                raise ValueError(f"{bias} = true is not supported")
         n_layers = text["num_hidden_layers"]
-        interval = text.get("full_attention_interval", 4)
+        interval = text.get("full_attention_interval", 4) if hybrid else 1
         layer_types = text.get("layer_types") or [
             "full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(n_layers)
         ]
@@ -110,12 +148,13 @@ class TextConfig:
             num_key_value_heads=text.get("num_key_value_heads", heads),
             head_dim=text.get("head_dim") or text["hidden_size"] // heads,
             layer_types=tuple(layer_types),
-            rope_theta=float(rope.get("rope_theta", text.get("rope_theta", 10_000_000.0))),
+            rope_theta=float(rope.get("rope_theta", text.get("rope_theta", 10_000_000.0 if hybrid else 10_000.0))),
             partial_rotary_factor=float(
-                rope.get("partial_rotary_factor", text.get("partial_rotary_factor", 0.25))
+                rope.get("partial_rotary_factor", text.get("partial_rotary_factor", 0.25 if hybrid else 1.0))
             ),
             tie_word_embeddings=bool(text.get("tie_word_embeddings", raw.get("tie_word_embeddings", False))),
             eos_token_ids=eos_ids,
+            llama3_rope=llama3_rope,
             **optional,
         )
 

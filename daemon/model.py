@@ -1,4 +1,4 @@
-"""The Qwen3.5/3.6 text model we run: trunk, lm_head and (when the checkpoint has one) the MTP head.
+"""The text model we run (Qwen3.5/3.6, and plain Llama / Qwen3 trunks): trunk, lm_head and (when the checkpoint has one) the MTP head.
 
 One forward takes any number of new tokens at consecutive positions — a prefill, a 1-token decode,
 a (k+1)-token verify — writes them into a preallocated `ModelCache`, and returns logits plus the
@@ -13,13 +13,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from daemon.attention import GatedAttention
+from daemon.attention import Attention
 from daemon.cache import AttentionCache, ModelCache
 from daemon.config import TextConfig
 from daemon.deltanet import GatedDeltaNet
 from daemon.mlp import feed_forward
-from daemon.norms import RMSNorm
-from daemon.rope import inverse_frequencies
+from daemon.norms import rms_norm
+from daemon.rope import model_inverse_frequencies
 from daemon.step_context import StepContext
 
 
@@ -28,12 +28,12 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.is_attention = layer_type == "full_attention"
         if self.is_attention:
-            self.self_attn = GatedAttention(config)
+            self.self_attn = Attention(config)
         else:
             self.linear_attn = GatedDeltaNet(config)
         self.mlp = feed_forward(config)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = rms_norm(config)
+        self.post_attention_layernorm = rms_norm(config)
 
     def forward(self, x: torch.Tensor, cache, ctx: StepContext) -> torch.Tensor:
         mixer = self.self_attn if self.is_attention else self.linear_attn
@@ -53,10 +53,10 @@ class MTPHead(nn.Module):
         super().__init__()
         hidden = config.hidden_size
         self.fc = nn.Linear(2 * hidden, hidden, bias=False)
-        self.pre_fc_norm_embedding = RMSNorm(hidden, config.rms_norm_eps)
-        self.pre_fc_norm_hidden = RMSNorm(hidden, config.rms_norm_eps)
+        self.pre_fc_norm_embedding = rms_norm(config)
+        self.pre_fc_norm_hidden = rms_norm(config)
         self.layers = nn.ModuleList([DecoderLayer(config, "full_attention")])
-        self.norm = RMSNorm(hidden, config.rms_norm_eps)
+        self.norm = rms_norm(config)
 
     def forward(self, embeds: torch.Tensor, hidden: torch.Tensor, cache: AttentionCache,
                 ctx: StepContext) -> torch.Tensor:
@@ -70,11 +70,11 @@ class QwenModel(nn.Module):
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, t) for t in config.layer_types)
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = rms_norm(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.mtp = MTPHead(config) if with_mtp else None
         # Plain attributes, not buffers: rotary frequencies must stay float32 when the weights are cast.
-        self.inv_freq = inverse_frequencies(config.rotary_dim, config.rope_theta, device="cpu")  # even on meta
+        self.inv_freq = model_inverse_frequencies(config, device="cpu")  # even on meta
         self._inv_freq_on: dict[torch.device, torch.Tensor] = {}
         self.segments: list[tuple[torch.device, range]] = []  # set by `place`; empty = all on `device`
 
@@ -120,27 +120,32 @@ class QwenModel(nn.Module):
         return AttentionCache.allocate(batch, c.num_key_value_heads, max_len, c.head_dim, self.output_device,
                                        self.dtype)
 
-    def _context(self, length: int, start, kv_len: int | None, keep_steps: bool, device: torch.device) -> StepContext:
+    def _context(self, length: int, start, kv_len: int | None, keep_steps: bool, device: torch.device,
+                 key_mask: torch.Tensor | None = None) -> StepContext:
         """`start` is an int, or a 0-dim device tensor (then `kv_len` must be given) for captured steps."""
         if device not in self._inv_freq_on:
             self._inv_freq_on[device] = self.inv_freq.to(device)
         offset = start.to(device) if isinstance(start, torch.Tensor) else start
         positions = torch.arange(length, device=device) + offset
+        if key_mask is not None:
+            key_mask = key_mask.to(device)
         return StepContext.build(positions, kv_len or start + length, self._inv_freq_on[device], self.dtype,
-                                 keep_steps)
+                                 keep_steps, key_mask)
 
     def forward(self, input_ids: torch.Tensor, cache: ModelCache, start, *, kv_len: int | None = None,
-                keep_steps: bool = False, last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                keep_steps: bool = False, last_only: bool = False,
+                key_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run new tokens [B, T] at positions start..start+T-1.
 
         Returns (logits, hidden): logits [B, T or 1, V] (only the last position when `last_only`),
         hidden [B, T, H] after the final norm. With `keep_steps`, each DeltaNet layer also records its
-        state after every new token (see `ModelCache.restore_step`).
+        state after every new token (see `ModelCache.restore_step`). `key_mask` [B, cache length] hides
+        cache slots per row (see `StepContext.build`): batched decoding of left-padded prompts.
         """
         x = self.embed_tokens(input_ids.to(self.device))
         for device, indices in self.segments or [(self.device, range(len(self.layers)))]:
             x = x.to(device)  # a split model hands activations from card to card here
-            ctx = self._context(input_ids.shape[1], start, kv_len, keep_steps, device)
+            ctx = self._context(input_ids.shape[1], start, kv_len, keep_steps, device, key_mask)
             for i in indices:
                 x = self.layers[i](x, cache.layers[i], ctx)
         hidden = self.norm(x.to(self.output_device))

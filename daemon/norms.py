@@ -1,8 +1,9 @@
-"""The two RMSNorms of Qwen3.5/3.6.
+"""The RMSNorms: zero-centred (Qwen3.5/3.6), plain (Llama, Qwen3) and gated (DeltaNet's output).
 
-Every norm in the trunk and the MTP head is zero-centred (`x̂ · (1 + w)`, so a fresh weight of zeros
-is the identity), except the gated norm at the output of Gated DeltaNet, which scales by a plain `w`
-and gates with `silu(z)`. Both normalise in float32 whatever the weight dtype.
+Every norm in a Qwen3.5/3.6 trunk and MTP head is zero-centred (`x̂ · (1 + w)`, so a fresh weight of
+zeros is the identity); Llama and Qwen3 scale by a plain `w`; the gated norm at the output of Gated
+DeltaNet scales by a plain `w` and gates with `silu(z)`. All normalise in float32 whatever the weight
+dtype.
 """
 
 import torch
@@ -16,15 +17,20 @@ def _rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
-    """Zero-centred RMSNorm: the weight is an offset from 1."""
+    """Scales by `offset + w`: offset 1 is the zero-centred norm (weight an offset from 1), 0 the plain one."""
 
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, offset: float = 1.0):
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.zeros(dim))
+        self.eps, self.offset = eps, offset
+        self.weight = nn.Parameter(torch.full((dim,), 1.0 - offset))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (_rms_normalize(x, self.eps) * (1.0 + self.weight.float())).type_as(x)
+        return (_rms_normalize(x, self.eps) * (self.offset + self.weight.float())).type_as(x)
+
+
+def rms_norm(config, dim: int | None = None) -> RMSNorm:
+    """The model's kind of RMSNorm (see `TextConfig.norm_offset`), over `dim` (default: the hidden size)."""
+    return RMSNorm(dim or config.hidden_size, config.rms_norm_eps, config.norm_offset)
 
 
 class GatedRMSNorm(nn.Module):

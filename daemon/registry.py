@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mtpchat.config import DEMO_PATH, Config, ModelSettings
+from mtpchat.config import BUILTIN, Config, ModelSettings
 
 
 @dataclass
@@ -105,10 +105,10 @@ class ModelRegistry:
         try:
             with self._loading:  # also serialises transformers' lazy imports, which are not thread-safe
                 path = settings.path
-                if path == DEMO_PATH:
-                    from daemon.default_model import default_checkpoint
+                if path.startswith(BUILTIN):
+                    from daemon.default_model import builtin_checkpoint
 
-                    path = default_checkpoint()
+                    path = builtin_checkpoint(path)
                 entry.placement, dtype = self._plan(entry, path)
                 model, tokenizer = load_chat_model(path, dtype=dtype, placement=entry.placement,
                                                    progress=lambda fraction: setattr(entry, "progress", fraction))

@@ -1,16 +1,33 @@
 """Partial rotary position embedding.
 
-Qwen3.5/3.6 rotate only the first `rotary_dim` (64 of 256) dims of each head. The checkpoints declare
-M-RoPE, but for text all three position streams are equal and it reduces to this 1-D form. Angles are
-computed from a positions tensor on every call, so one captured step serves every position.
+Qwen3.5/3.6 rotate only the first `rotary_dim` (64 of 256) dims of each head (Llama and Qwen3: all of
+them). The Qwen3.5/3.6 checkpoints declare M-RoPE, but for text all three position streams are equal
+and it reduces to this 1-D form. Angles are computed from a positions tensor on every call, so one
+captured step serves every position.
 """
+
+import math
 
 import torch
 
 
-def inverse_frequencies(rotary_dim: int, theta: float, device: torch.device | None = None) -> torch.Tensor:
+def inverse_frequencies(rotary_dim: int, theta: float, device: torch.device | None = None,
+                        llama3: tuple[float, float, float, float] | None = None) -> torch.Tensor:
+    """llama3: (factor, low_freq_factor, high_freq_factor, original context) of Llama 3.1+'s scaled RoPE:
+    wavelengths longer than original/low are slowed by `factor`, shorter than original/high kept, and
+    those between interpolated."""
     exponents = torch.arange(0, rotary_dim, 2, dtype=torch.float32, device=device) / rotary_dim
-    return 1.0 / (theta**exponents)
+    inv_freq = 1.0 / (theta**exponents)
+    if llama3 is None:
+        return inv_freq
+    factor, low, high, original = llama3
+    wavelength = 2 * math.pi / inv_freq
+    smooth = ((original / wavelength - low) / (high - low)).clamp(0.0, 1.0)
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
+
+
+def model_inverse_frequencies(config, device: torch.device | None = None) -> torch.Tensor:
+    return inverse_frequencies(config.rotary_dim, config.rope_theta, device, config.llama3_rope)
 
 
 def rotary_tables(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype):

@@ -17,13 +17,17 @@ class StepContext:
     kv_len: int  # keys visible to attention: cache slots [0, kv_len)
     cos: torch.Tensor
     sin: torch.Tensor
-    mask: torch.Tensor  # [T, kv_len] bool, True where a query may attend
+    mask: torch.Tensor  # [T, kv_len] (or [B, 1, T, kv_len] with a key mask) bool, True where a query may attend
     keep_steps: bool  # record DeltaNet state after every new token
 
     @classmethod
     def build(cls, positions: torch.Tensor, kv_len: int, inv_freq: torch.Tensor, dtype: torch.dtype,
-              keep_steps: bool = False) -> "StepContext":
+              keep_steps: bool = False, key_mask: torch.Tensor | None = None) -> "StepContext":
+        """key_mask [B, >= kv_len] bool: False for cache slots no query of that row may see (left padding
+        of a batch of prompts); a query still sees its own slot, so a padding row never has zero keys."""
         cos, sin = rotary_tables(positions, inv_freq, dtype)
         slots = torch.arange(kv_len, device=positions.device)
         mask = slots[None, :] <= positions[:, None]
+        if key_mask is not None:
+            mask = mask & (key_mask[:, None, None, :kv_len] | (slots[None, :] == positions[:, None]))
         return cls(positions, kv_len, cos, sin, mask, keep_steps)

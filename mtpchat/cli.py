@@ -155,7 +155,7 @@ def _bench(args: argparse.Namespace) -> int:
     import torch
 
     from daemon import bench
-    from daemon.default_model import default_checkpoint
+    from daemon.demo_model import demo_checkpoint
     from daemon.loader import DTYPES, default_device, default_dtype
     from daemon.reply import load_chat_model
     from daemon.shapes import random_model, shape_config
@@ -179,13 +179,14 @@ def _bench(args: argparse.Namespace) -> int:
         report["step_cost"] = bench.step_costs(model, ks, draft_vocab=args.draft_vocab)
         report["oracle"] = bench.bench_oracle(model, prompt, args.max_tokens, ks, rates, draft_vocab=args.draft_vocab)
     else:
-        model, tokenizer = load_chat_model(args.model or default_checkpoint(), device=str(device))
+        checkpoint = args.model or demo_checkpoint(progress=_progress)
+        model, tokenizer = load_chat_model(checkpoint, device=str(device))
         if args.dtype:
             model = model.to(DTYPES[args.dtype])
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
                                                  tokenize=True, enable_thinking=False, return_dict=False)
                    for p in bench.BENCH_PROMPTS[:args.prompts]]
-        report.update(model=str(args.model or default_checkpoint()))
+        report.update(model=str(checkpoint))
         if args.conversation:
             from daemon.bench_conversation import bench_conversation
 
@@ -193,8 +194,10 @@ def _bench(args: argparse.Namespace) -> int:
             report["conversation"] = bench_conversation(model, tokenizer, turns, args.max_tokens, max(ks))
             print(json.dumps(report, indent=2))
             return 0
-        report["checkpoint"] = bench.bench_checkpoint(model, prompts, args.max_tokens, ks,
-                                                      draft_vocab=args.draft_vocab)
+        report["checkpoint"] = bench.bench_checkpoint(model, prompts, args.max_tokens, ks)
+        if args.draft_vocab:
+            report["checkpoint_draft_vocab"] = bench.bench_checkpoint(model, prompts, args.max_tokens, ks,
+                                                                      draft_vocab=args.draft_vocab)
         report["step_cost"] = bench.step_costs(model, ks, draft_vocab=args.draft_vocab)
         if args.daemon:
             name = str(args.model) if args.model else None
@@ -205,6 +208,35 @@ def _bench(args: argparse.Namespace) -> int:
                                                                         args.max_tokens, max(ks))
     report["dtype"] = str(model.dtype).removeprefix("torch.")
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def _train_head(args: argparse.Namespace) -> int:
+    import shlex
+
+    import torch
+
+    from daemon.checkpoint import resolve_checkpoint
+    from daemon.demo_model import DemoModelError, demo_checkpoint
+    from daemon.train_head import TrainSettings, progress_line, train_head, trunk_fingerprint
+    from mtpchat.paths import cache_dir
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        settings = TrainSettings(prompts=args.prompts, held_out=args.held_out, max_new_tokens=args.max_new_tokens,
+                                 generate_batch=args.generate_batch, steps=args.steps, batch=args.batch, lr=args.lr,
+                                 eval_every=args.eval_every, seed=args.seed)
+        checkpoint = resolve_checkpoint(args.model) if args.model else demo_checkpoint(progress=_progress)
+        work = args.work or cache_dir() / "train-head" / trunk_fingerprint(checkpoint)
+        command = shlex.join(["mtpchat", "train-head", *sys.argv[2:]]) if sys.argv[1:2] == ["train-head"] else ""
+        record = train_head(checkpoint, args.out or checkpoint, work, settings, show=progress_line, command=command)
+    except (DemoModelError, ValueError, OSError) as exc:
+        print(f"mtpchat: {exc}", file=sys.stderr)
+        return 1
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(json.dumps(record["history"][-1] | {"head": str(args.out or checkpoint)}))
     return 0
 
 
@@ -238,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     models.add_argument("name", nargs="?")
     models.set_defaults(run=_models)
     bench = commands.add_parser("bench", help="plain vs MTP decoding side by side, JSON out")
-    bench.add_argument("--model", help="checkpoint directory or repo id (default: the tiny demo)")
+    bench.add_argument("--model", help="checkpoint directory or repo id (default: the demo model)")
     bench.add_argument("--shape", choices=["qwen3.6-27b", "qwen3.6-35b-a3b"],
                        help="random weights at this real shape, with an oracle drafter, instead of a checkpoint")
     bench.add_argument("--layers", type=int, help="with --shape: fewer layers (a multiple of 4)")
@@ -246,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--oracle", help="with --shape: per-token draft accuracies (default 0.6,0.7,0.8,0.9)")
     bench.add_argument("--prompt-tokens", type=int, default=128, help="with --shape: prompt length")
     bench.add_argument("--draft", default="1,2,3,4", help="draft lengths to measure, e.g. 1,2,3,4")
-    bench.add_argument("--draft-vocab", type=int, help="draft among the first N token ids only")
+    bench.add_argument("--draft-vocab", type=int, help="draft among the first N token ids only (with a checkpoint: "
+                                                       "measured beside the full vocabulary)")
     bench.add_argument("--prompts", type=int, default=4, help="how many built-in prompts (1..4)")
     bench.add_argument("--max-tokens", type=int, default=64)
     bench.add_argument("--device")
@@ -258,6 +291,22 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--daemon", action="store_true",
                        help="also compare the same request through the daemon (starting it if needed)")
     bench.set_defaults(run=_bench)
+    train = commands.add_parser("train-head", help="train an MTP head for a checkpoint without one (self-distillation)")
+    train.add_argument("--model", help="checkpoint directory or repo id (default: the demo model)")
+    train.add_argument("--out", help="where mtp_head.safetensors goes (default: beside the checkpoint)")
+    train.add_argument("--work", help="work directory for replies, features and resumable state "
+                                      "(default: in the cache, per trunk)")
+    train.add_argument("--prompts", type=int, default=440, help="built-in prompts to use (at most 440)")
+    train.add_argument("--held-out", type=int, default=40, help="of those, kept for measuring acceptance")
+    train.add_argument("--max-new-tokens", type=int, default=160, help="length limit of the trunk's replies")
+    train.add_argument("--generate-batch", type=int, default=32, help="replies generated per batch")
+    train.add_argument("--steps", type=int, default=300)
+    train.add_argument("--batch", type=int, default=8, help="sequences per training step")
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--eval-every", type=int, default=50, help="steps between held-out measurements")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.set_defaults(run=_train_head)
     args = parser.parse_args(argv)
     return args.run(args)
 

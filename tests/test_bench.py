@@ -54,14 +54,15 @@ def test_random_model_and_step_costs(tiny):
     assert model.mtp is not None
     costs = step_costs(model, ks=[1, 2], context=16, repeats=1)
     assert costs["decode_step_s"] > 0 and set(costs["verify_vs_decode"]) == {"1", "2"}
-    assert costs["draft_step_vs_decode"] > 0
+    assert costs["draft_step_vs_decode"] > 0 and 0 < costs["lm_head_vs_decode"] < 1
 
 
 def test_bench_command_prints_json(tiny, tmp_path):
     env = dict(os.environ, MTPCHAT_HOME=str(tmp_path))
     done = subprocess.run([sys.executable, "-m", "mtpchat.cli", "bench", "--model", str(tiny["qwen3.6-dense-tiny"]),
-                           "--draft", "2", "--prompts", "1", "--max-tokens", "8"],
+                           "--draft", "2", "--prompts", "1", "--max-tokens", "8", "--draft-vocab", "512"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["checkpoint"]["mtp"]["2"]["speedup"] > 0 and report["dtype"] == "float32"
+    assert report["checkpoint_draft_vocab"]["mtp_identical_to_plain"] is True

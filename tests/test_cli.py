@@ -1,4 +1,4 @@
-"""The command line as a user runs it: real processes, the embedded default checkpoint, JSON out."""
+"""The command line as a user runs it: real processes, the default demo model, JSON out."""
 
 import json
 import os
@@ -20,8 +20,12 @@ def _run(*args, home, stdin=None):
 
 
 @pytest.fixture
-def home(tmp_path):
-    """A home whose daemon (started by the commands under test) is stopped afterwards."""
+def home(tmp_path, demo):
+    """A home whose daemon (started by the commands under test) is stopped afterwards. Its cache holds the
+    demo checkpoint converted once per session (linked), as a second start on one machine finds it."""
+    checkpoints = tmp_path / "cache" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / demo.name).symlink_to(demo)
     yield tmp_path
     stopped = _run("mtpchat.cli", "daemon", "stop", home=tmp_path)
     assert stopped.returncode == 0, stopped.stderr
@@ -45,18 +49,21 @@ def test_ask_json_is_the_engines_greedy_reply(tiny, home):
         assert reply["text"]
 
 
-def test_ask_streams_text_with_the_embedded_default(home):
-    done = _run("mtpchat.cli", "ask", "Tell me about the sea", "--max-tokens", "8", home=home)
+def test_ask_streams_text_with_the_default_demo_model(home):
+    done = _run("mtpchat.cli", "ask", "What is the capital of France?", "--max-tokens", "12", home=home)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip()
-    assert (home / "cache" / "checkpoints" / "qwen3.6-dense-tiny" / "config.json").exists()
+    assert "Paris" in done.stdout
+    done = _run("mtpchat.cli", "ask", "What is the capital of France?", "--max-tokens", "12", "--json", home=home)
+    stats = json.loads(done.stdout)["stats"]
+    assert stats["draft_k"] == 2 and stats["drafts"] > 0  # MTP-decoded, with the trained head
     status = json.loads(_run("mtpchat.cli", "daemon", "status", "--json", home=home).stdout)
     assert status["running"] and status["models"][0]["name"] == "demo"
     assert status["models"][0]["state"] == "resident" and status["active_streams"] == 0
     listed = _run("mtpchat.cli", "models", home=home).stdout
     assert "demo" in listed and "resident" in listed
     assert _run("mtpchat.cli", "models", "unload", "demo", home=home).returncode == 0
-    assert "unloaded" in _run("mtpchat.cli", "models", "list", home=home).stdout
+    demo_line = [line for line in _run("mtpchat.cli", "models", "list", home=home).stdout.splitlines() if "demo" in line]
+    assert "unloaded" in demo_line[0]
 
 
 def test_ask_with_a_missing_checkpoint_fails_clearly(home):

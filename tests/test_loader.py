@@ -147,9 +147,14 @@ def test_config_reads_vlm_and_bare_text_configs(tiny):
 
 
 def test_config_errors_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="unsupported model_type 'llama'"):
-        TextConfig.from_dict({"model_type": "llama", "vocab_size": 8, "hidden_size": 8, "num_hidden_layers": 1,
-                              "num_attention_heads": 1, "intermediate_size": 8})
+    dense = {"vocab_size": 8, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1,
+             "intermediate_size": 8}
+    with pytest.raises(ValueError, match="unsupported model_type 'mistral'"):
+        TextConfig.from_dict({"model_type": "mistral", **dense})
+    with pytest.raises(ValueError, match="rope_type 'yarn' is not supported"):
+        TextConfig.from_dict({"model_type": "llama", "rope_scaling": {"rope_type": "yarn"}, **dense})
+    with pytest.raises(ValueError, match="attention_bias = true is not supported"):
+        TextConfig.from_dict({"model_type": "llama", "attention_bias": True, **dense})
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json is not valid JSON"):
         TextConfig.from_checkpoint(tmp_path)

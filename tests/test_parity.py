@@ -10,7 +10,7 @@ import torch
 
 from daemon.generate import generate
 from daemon.loader import load_model
-from tests.helpers import TOLERANCE, chat_prompt, random_ids, reference_model
+from tests.helpers import assert_chunked_parity, chat_prompt, random_ids, reference_model
 
 MODELS = ["qwen3.6-dense-tiny", "qwen3.6-moe-tiny"]
 
@@ -19,23 +19,8 @@ MODELS = ["qwen3.6-dense-tiny", "qwen3.6-moe-tiny"]
 @torch.inference_mode()
 def test_logits_match_transformers_through_prefill_decode_and_chunks(tiny, name, report_parity):
     ours, ref = load_model(tiny[name], device="cpu"), reference_model(tiny[name])
-    tokens = random_ids(200, seed=3)
     # prefill 150 (3 chunks of the chunked rule), 4 single steps, then chunks of 3, 5 and 20 tokens
-    pieces = [150, 1, 1, 1, 1, 3, 5, 20, 1]
-    assert sum(pieces) <= tokens.shape[1]
-    cache = ours.new_cache(256)
-    ref_cache = None
-    start = 0
-    for size in pieces:
-        chunk = tokens[:, start:start + size]
-        logits, hidden = ours(chunk, cache, start)
-        out = ref(input_ids=chunk, cache=ref_cache, use_cache=True)
-        ref_cache = out.cache
-        diff = (logits - out.logits).abs().max().item()
-        report_parity(f"{name} tokens {start}..{start + size - 1}", diff)
-        assert diff <= TOLERANCE, f"{name}: {size} tokens at {start}: max abs diff {diff:.2e}"
-        assert hidden.shape == (1, size, ours.config.hidden_size)
-        start += size
+    assert_chunked_parity(ours, ref, random_ids(200, seed=3), [150, 1, 1, 1, 1, 3, 5, 20, 1], name, report_parity)
 
 
 @pytest.mark.parametrize("name", MODELS)

