@@ -95,6 +95,8 @@ def test_two_resident_models_answer_alternating_requests_exactly(daemon, tiny):
                 assert "".join(r["text"] for r in replies[:-1]) == done["text"]
                 flags = [f for r in replies[:-1] for f in r["drafted"]]
                 assert len(flags) == len(streamed) and sum(flags) == done["stats"]["accepted_tokens"]
+                pieces = [p for r in replies[:-1] for p in r["pieces"]]
+                assert len(pieces) == len(streamed) and done["text"].startswith("".join(pieces))
                 assert done["stats"]["draft_k"] == draft
 
 
