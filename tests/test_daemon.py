@@ -5,12 +5,9 @@ restarts, stale sockets, a second daemon, permissions, refused TCP, and a fuzz o
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import stat
-import subprocess
-import sys
 import time
 
 import msgpack
@@ -22,52 +19,28 @@ from daemon.generate import generate
 from daemon.loader import load_model
 from mtpchat.client import DaemonClient
 from mtpchat.protocol import pack, unpack
-from tests.helpers import chat_prompt
+from tests.helpers import chat_prompt, start_daemon_process, stop_process, wait_resident, write_tiny_config
 
 MESSAGES = [{"role": "user", "content": "Hello there"}]
-
-
-def _start(home, *args):
-    env = dict(os.environ, MTPCHAT_HOME=str(home))
-    return subprocess.Popen([sys.executable, "-m", "daemon", "serve", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def _wait_resident(client, names, timeout_s=60):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        states = {m["name"]: m["state"] for m in client.request("models")["models"]}
-        if all(states.get(n) == "resident" for n in names):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"models not resident: {states}")
-
-
-def _stop(process):
-    process.send_signal(signal.SIGTERM)
-    return process.wait(timeout=30)
 
 
 @pytest.fixture
 def home(tmp_path, tiny, monkeypatch):
     home = tmp_path / "h"
-    (home / "config").mkdir(parents=True)
-    (home / "config" / "config.toml").write_text(
-        f'default = "dense"\n[models.dense]\npath = "{tiny["qwen3.6-dense-tiny"]}"\n'
-        f'[models.moe]\npath = "{tiny["qwen3.6-moe-tiny"]}"\ndraft = "auto"\n')
+    write_tiny_config(home, tiny)
     monkeypatch.setenv("MTPCHAT_HOME", str(home))
     return home
 
 
 @pytest.fixture
 def daemon(home):
-    process = _start(home)
+    process = start_daemon_process(home)
     with DaemonClient(timeout_s=30) as client:
         client.request("hello")
-        _wait_resident(client, ["dense", "moe"])
+        wait_resident(client, ["dense", "moe"])
     yield process
     if process.poll() is None:
-        assert _stop(process) == 0
+        assert stop_process(process) == 0
 
 
 def _collect(client, **fields):
@@ -232,26 +205,26 @@ def test_restart_stale_socket_second_daemon_and_permissions(home, daemon):
     runtime = home / "runtime"
     assert stat.S_IMODE(runtime.stat().st_mode) == 0o700
     assert stat.S_IMODE((runtime / "mtpchatd.sock").stat().st_mode) == 0o600
-    second = _start(home)
+    second = start_daemon_process(home)
     assert second.wait(timeout=30) == 1 and "another daemon is running" in second.stdout.read()
     with DaemonClient(timeout_s=30) as client:
         assert client.request("hello")["pid"] == daemon.pid
         daemon.send_signal(signal.SIGKILL)  # dies without cleaning up: the socket file stays
         daemon.wait()
         assert (runtime / "mtpchatd.sock").exists()
-        replacement = _start(home)
+        replacement = start_daemon_process(home)
         try:
             # the same client reconnects by itself
             assert client.request("hello")["pid"] == replacement.pid
-            _wait_resident(client, ["dense"])
+            wait_resident(client, ["dense"])
             assert _collect(client, max_tokens=4)[-1]["type"] == "done"
         finally:
-            assert _stop(replacement) == 0
+            assert stop_process(replacement) == 0
     assert not (runtime / "mtpchatd.sock").exists()
 
 
 def test_non_loopback_tcp_is_refused(home):
-    process = _start(home, "--listen", "tcp://0.0.0.0:5599")
+    process = start_daemon_process(home, "--listen", "tcp://0.0.0.0:5599")
     assert process.wait(timeout=30) == 2
     assert "CURVE" in process.stdout.read()
 
