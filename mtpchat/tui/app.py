@@ -31,16 +31,17 @@ from mtpchat.tui.settings import DEFAULT_THEME, load_settings, load_themes, save
 from mtpchat.tui.sidebar import Sidebar
 from mtpchat.tui.stats_bar import StatsBar
 
-# (keys, action, description, binding id); the palette lists every action, keys or not
+# (keys, action, description, binding id); the palette lists every action, keys or not. Keys avoid
+# what the message box (TextArea) already uses: ctrl+a/e/k/u/w/x/c/v/z/y.
 ACTIONS = [
     ("escape", "cancel", "Stop the reply (keeps what arrived)", "cancel"),
     ("ctrl+n", "new_conversation", "New conversation", "new_conversation"),
     ("ctrl+o", "switch_model", "Switch model", "switch_model"),
     ("ctrl+r", "regenerate", "Regenerate the last reply", "regenerate"),
-    ("ctrl+e", "edit_message", "Edit a message and continue (in a copy)", "edit_message"),
+    ("ctrl+g", "edit_message", "Edit a message and continue (in a copy)", "edit_message"),
     ("ctrl+t", "toggle_token_view", "Token view: draft-accepted vs verifier tokens", "token_view"),
-    ("ctrl+y", "copy_message", "Copy the reply (OSC 52)", "copy_message"),
-    ("ctrl+k", "copy_code", "Copy the reply's last code block (OSC 52)", "copy_code"),
+    ("f4", "copy_message", "Copy the reply (OSC 52)", "copy_message"),
+    ("f5", "copy_code", "Copy the reply's last code block (OSC 52)", "copy_code"),
     ("ctrl+f", "search", "Search all messages", "search"),
     ("ctrl+b", "toggle_sidebar", "Show/hide the conversation list", "toggle_sidebar"),
     ("f2", "rename", "Rename the conversation", "rename"),
@@ -118,6 +119,8 @@ class MtpChatApp(ConversationActions, Replying, App):
 
     # --- daemon --------------------------------------------------------------------------------
     def on_daemon_state(self, event: DaemonState) -> None:
+        if not self.screen_stack:  # a report that arrived while the app shuts down
+            return
         self.connection = (event.state, event.detail)
         if event.status is not None:
             self.daemon_status = event.status
