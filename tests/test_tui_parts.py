@@ -40,7 +40,7 @@ def test_footer_and_bar_show_what_the_daemon_sent_and_new_keys_generically():
     assert acceptance_bars([1.0, 0.5, 0.0]) == "█▄ "
     bar = stats_text(stats, "dense", streaming=True).plain
     assert bar.startswith("● live dense k=3 │ 96 tok/s │ 214 tok │ accepted 82% │ len 2.46 │ per position █▄ ")
-    assert "cached prompt tokens 120" in bar and "time to first token s 0.0412" in bar
+    assert "cached prompt tokens 120" in bar and "time to first token 0.0412 s" in bar
 
 
 def test_feed_batches_chunks_and_keeps_per_token_provenance():

@@ -54,13 +54,15 @@ ACTIONS = [
     ("f9", "start_daemon", "Start mtpchatd", "start_daemon"),
     ("f1,question_mark", "help", "Help: keys and their binding ids", "help"),
 ]
-SHOWN_IN_FOOTER = {"cancel", "new_conversation", "switch_model", "token_view", "help"}
+FOOTER = {"cancel": "Stop", "new_conversation": "New", "switch_model": "Model", "token_view": "Tokens",
+          "stats_panel": "Stats", "help": "Help"}  # binding id -> short label in the footer
 
 
 class MtpChatApp(ConversationActions, Replying, App):
     CSS_PATH = "app.tcss"
     TITLE = "mtpchat"
-    BINDINGS = [Binding(keys, action, description, show=binding_id in SHOWN_IN_FOOTER, id=binding_id)
+    BINDINGS = [Binding(keys, action, FOOTER.get(binding_id, description), show=binding_id in FOOTER,
+                        id=binding_id, tooltip=description)
                 for keys, action, description, binding_id in ACTIONS if keys]
 
     def __init__(self, endpoint: str | None = None, autostart: bool = True, store: Store | None = None,

@@ -40,9 +40,19 @@ def footer_line(stats: dict) -> str:
 
 
 def _extra(stats: dict) -> list[str]:
-    return [f"{key.replace('_', ' ')} {value:.3g}" if isinstance(value, float) else f"{key.replace('_', ' ')} {value}"
-            for key, value in stats.items()
-            if key not in KNOWN and isinstance(value, (int, float)) and not isinstance(value, bool)]
+    """Numeric stats without a place of their own, named from their keys (`_tok_s` and `_s` read as units)."""
+    parts = []
+    for key, value in stats.items():
+        if key in KNOWN or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if key.endswith("_tok_s"):
+            parts.append(f"{key.removesuffix('_tok_s').replace('_', ' ')} {value:.0f} tok/s")
+        elif key.endswith("_s"):
+            parts.append(f"{key.removesuffix('_s').replace('_', ' ')} {value:.3g} s")
+        else:
+            parts.append(f"{key.replace('_', ' ')} {value:.3g}" if isinstance(value, float)
+                         else f"{key.replace('_', ' ')} {value}")
+    return parts
 
 
 def stats_text(stats: dict, model: str | None, streaming: bool) -> Text:
