@@ -59,7 +59,7 @@ FOOTER = {"cancel": "Stop", "new_conversation": "New", "switch_model": "Model", 
 
 
 class MtpChatApp(ConversationActions, Replying, App):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses elsewhere find it too
     TITLE = "mtpchat"
     BINDINGS = [Binding(keys, action, FOOTER.get(binding_id, description), show=binding_id in FOOTER,
                         id=binding_id, tooltip=description)

@@ -112,11 +112,15 @@ class MessageView(Vertical, can_focus=True):
         await self._render_text(full=False)
 
     async def finish(self, status: str, error: str, stats: dict | None, final_text: str | None) -> None:
-        if final_text is not None and final_text != self.text:
+        """The reply ended. Each append re-parsed the document from its last top-level block, so the
+        streamed render already equals a full one; a full render (slow for long replies: seconds for
+        20k characters on a busy CPU) is done only when the daemon's final text differs from the chunks."""
+        replaced = final_text is not None and final_text != self.text
+        if replaced:
             self.text = final_text
         self.status, self.error = status, error
         self.stats = stats or self.stats
-        await self._render_text(full=True)
+        await self._render_text(full=replaced)
         self._render_footer()
 
     def set_streaming_stats(self, stats: dict) -> None:

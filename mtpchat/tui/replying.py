@@ -96,11 +96,11 @@ class Replying:
         reply.saved_at = time.monotonic()
 
     async def _finish_reply(self, reply: ActiveReply, outcome) -> None:
-        self.reply = None
         reply.stats = outcome.stats or reply.stats
         await reply.view.finish(outcome.status, outcome.error, reply.stats, outcome.text)
         self.save_reply(reply, outcome.status, outcome.error)
         self.query_one(StatsBar).show(reply.stats, reply.model, streaming=False)
+        self.reply = None
         if outcome.status == "error":
             self.notify(outcome.error, title="Reply failed", severity="error")
         elif outcome.error and outcome.error != "cancelled":
