@@ -4,12 +4,14 @@ and key settings, a daemon killed mid-reply, restarted, and started by the app i
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import time
 
 import pytest
+from rich.console import Console
 
 from mtpchat.client import DaemonClient
 from mtpchat.paths import config_dir, data_dir, pid_file
@@ -17,7 +19,7 @@ from mtpchat.tui.app import MtpChatApp
 from mtpchat.tui.chat_view import ChatView
 from mtpchat.tui.model_switcher import ModelSwitcher
 from mtpchat.tui.prompt_input import PromptInput
-from mtpchat.tui.screens import HelpScreen, TextPrompt
+from mtpchat.tui.screens import HelpScreen, StatsScreen, TextPrompt
 from tests.helpers import start_daemon_process, stop_process, wait_resident, write_tiny_config
 
 SIZE = (110, 36)
@@ -35,6 +37,13 @@ def shared_daemon(tiny, tmp_path_factory):
         wait_resident(client, ["dense", "moe"])
     yield endpoint
     assert stop_process(process) == 0
+
+
+def screen_text(app) -> str:
+    """The screen as plain text, dialogs included."""
+    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), record=True)
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.export_text()
 
 
 async def wait_until(pilot, predicate, timeout_s: float = 60.0) -> None:
@@ -120,10 +129,19 @@ async def test_switch_model_is_saved_per_conversation_and_used(shared_daemon):
         await connected(pilot)
         await send(pilot, "Hi")
         await reply_done(pilot)
+        with DaemonClient(shared_daemon) as client:
+            assert client.request("unload", model="moe")["type"] == "ok"
+
+        def moe_state():
+            return next(m["state"] for m in app.daemon_status["models"] if m["name"] == "moe")
+
+        await wait_until(pilot, lambda: moe_state() == "unloaded")
         await pilot.press("ctrl+o")
         await wait_until(pilot, lambda: isinstance(app.screen, ModelSwitcher))
+        assert "unloaded" in screen_text(app)
         await pilot.press("down", "enter")
         await wait_until(pilot, lambda: app.store.conversation(app.conversation_id).model == "moe")
+        await wait_until(pilot, lambda: moe_state() == "resident")  # the switcher asked the daemon to load it
         await send(pilot, "And now?")
         await reply_done(pilot)
         reply = app.store.messages(app.conversation_id)[-1]
@@ -258,3 +276,20 @@ async def test_the_app_starts_the_daemon_when_none_answers(tiny, tmp_path, monke
         time.sleep(0.05)
     else:
         raise AssertionError("the daemon the app started did not stop")
+
+
+async def test_stats_panel_shows_the_daemons_models_devices_and_unknown_fields(shared_daemon):
+    app = MtpChatApp(shared_daemon, autostart=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await connected(pilot)
+        app.daemon_status = {**app.daemon_status, "cache_used_bytes": 12345}  # a field added by a newer daemon
+        await pilot.press("f3")
+        await wait_until(pilot, lambda: isinstance(app.screen, StatsScreen))
+        await pilot.pause(0.2)
+        shown = screen_text(app)
+        for expected in ("dense", "moe", "resident", "cpu", "cache used bytes", "12345", "0 replies"):
+            assert expected in shown, expected
+        await pilot.press("escape")
+        app.query_one(ChatView).focus()
+        await pilot.press("question_mark")
+        await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen))
