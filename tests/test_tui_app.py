@@ -70,6 +70,12 @@ async def reply_done(pilot) -> None:
     await pilot.pause()
 
 
+async def exchange(pilot, text: str) -> None:
+    """Send `text` and wait for the whole reply."""
+    await send(pilot, text)
+    await reply_done(pilot)
+
+
 def reference_reply(endpoint: str, text: str, max_tokens: int, model: str | None = None) -> str:
     with DaemonClient(endpoint) as client:
         done = list(client.generate(messages=[{"role": "user", "content": text}], max_tokens=max_tokens,
@@ -127,8 +133,7 @@ async def test_switch_model_is_saved_per_conversation_and_used(shared_daemon):
     app = MtpChatApp(shared_daemon, autostart=False, max_tokens=8)
     async with app.run_test(size=SIZE) as pilot:
         await connected(pilot)
-        await send(pilot, "Hi")
-        await reply_done(pilot)
+        await exchange(pilot, "Hi")
         with DaemonClient(shared_daemon) as client:
             assert client.request("unload", model="moe")["type"] == "ok"
 
@@ -142,8 +147,7 @@ async def test_switch_model_is_saved_per_conversation_and_used(shared_daemon):
         await pilot.press("down", "enter")
         await wait_until(pilot, lambda: app.store.conversation(app.conversation_id).model == "moe")
         await wait_until(pilot, lambda: moe_state() == "resident")  # the switcher asked the daemon to load it
-        await send(pilot, "And now?")
-        await reply_done(pilot)
+        await exchange(pilot, "And now?")
         reply = app.store.messages(app.conversation_id)[-1]
         assert reply.model == "moe" and reply.status == "complete"
         assert reply.stats["draft_k"] == 4  # moe is configured with draft = "auto" (k up to 4), dense with 2
@@ -156,12 +160,10 @@ async def test_search_opens_the_matching_conversation_and_exports_write_files(sh
     app = MtpChatApp(shared_daemon, autostart=False, max_tokens=6)
     async with app.run_test(size=SIZE) as pilot:
         await connected(pilot)
-        await send(pilot, "Tell me about walruses")
-        await reply_done(pilot)
+        await exchange(pilot, "Tell me about walruses")
         walruses = app.conversation_id
         await pilot.press("ctrl+n")
-        await send(pilot, "Something else entirely")
-        await reply_done(pilot)
+        await exchange(pilot, "Something else entirely")
         await pilot.press("ctrl+f")
         await pilot.press(*"walrus")
         await pilot.pause(0.2)
@@ -184,8 +186,7 @@ async def test_edit_forks_the_conversation_and_history_recalls_inputs(shared_dae
     app = MtpChatApp(shared_daemon, autostart=False, max_tokens=6)
     async with app.run_test(size=SIZE) as pilot:
         await connected(pilot)
-        await send(pilot, "first")
-        await reply_done(pilot)
+        await exchange(pilot, "first")
         original = app.conversation_id
         await pilot.press("ctrl+g")
         await wait_until(pilot, lambda: isinstance(app.screen, TextPrompt))
@@ -250,8 +251,7 @@ async def test_daemon_killed_mid_reply_keeps_the_partial_and_reconnects_after_re
         try:
             await connected(pilot)
             app.max_tokens = 6
-            await send(pilot, "Are you back?")
-            await reply_done(pilot)
+            await exchange(pilot, "Are you back?")
             assert app.store.messages(app.conversation_id)[-1].status == "complete"
         finally:
             assert stop_process(daemon) == 0

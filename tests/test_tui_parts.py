@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from mtpchat.paths import config_dir
+from mtpchat.tui import ssh_tunnel
 from mtpchat.tui.chat_view import code_blocks, split_thinking
 from mtpchat.tui.settings import load_settings, load_themes, save_theme
 from mtpchat.tui.ssh_tunnel import TunnelError, local_socket_for, open_tunnel, remote_socket, tunnel_command
@@ -153,3 +154,27 @@ def test_open_tunnel_says_what_failed(tmp_path, monkeypatch):
     _fake_ssh(tmp_path, monkeypatch, 'echo "ssh: connect to host gpu port 22: Connection refused" >&2; exit 255\n')
     with pytest.raises(TunnelError, match="(?s)Connection refused.*remote PATH"):
         open_tunnel("gpu", wait_s=5)
+
+
+def test_mtpchat_without_a_subcommand_runs_the_tui_and_ssh_closes_its_tunnel(tmp_path, monkeypatch):
+    from mtpchat import cli
+    from mtpchat.tui.app import MtpChatApp
+
+    runs = []
+    monkeypatch.setattr(MtpChatApp, "run", lambda app: runs.append((app.endpoint, app.autostart, app.connection_note,
+                                                                     app.max_tokens)))
+    assert cli.main([]) == 0
+    assert runs[-1] == (None, True, "", 2048)
+    _fake_ssh(tmp_path, monkeypatch, """case "$1" in
+  -N) for a in "$@"; do case "$a" in *.sock:*) touch "${a%%:*}";; esac; done; exec sleep 30;;
+  *) echo '{"endpoint": "ipc:///remote/mtpchatd.sock"}';;
+esac
+""")
+    tunnels = []
+    monkeypatch.setattr(ssh_tunnel, "open_tunnel", lambda *a: tunnels.append(open_tunnel(*a)) or tunnels[-1])
+    assert cli.main(["--ssh", "me@gpu", "--max-tokens", "64"]) == 0
+    assert runs[-1] == (f"ipc://{local_socket_for('me@gpu')}", False, "via ssh me@gpu", 64)
+    assert tunnels[0][1].wait(timeout=10) is not None  # the tunnel ends with the app
+    config_dir().mkdir(parents=True)
+    (config_dir() / "config.toml").write_text("theme = [")
+    assert cli.main([]) == 1  # a broken config.toml: a message, not a traceback

@@ -78,3 +78,15 @@ async def test_view_follows_the_stream_until_the_user_scrolls_up(tmp_path):
         assert chat.scroll_y == 0 and chat.max_scroll_y > 5  # stays where the user is reading
         app.release(10_000, step=500)
         await wait_until(pilot, lambda: app.reply is None)
+
+
+async def test_closing_the_app_mid_reply_keeps_the_partial_as_interrupted(tmp_path):
+    app = ScriptedApp(tmp_path, "Some words. " * 100)
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "Talk")
+        app.release(5, step=12)
+        await wait_until(pilot, lambda: app.reply is not None and len(app.reply.view.text) >= 60)
+    store = type(app.store)()
+    reply = store.messages(1)[-1]
+    assert (reply.status, reply.error, reply.text) == ("interrupted", "the app was closed", "Some words. " * 5)
+    app.release(100, step=1200)  # let the source thread end

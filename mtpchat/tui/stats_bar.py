@@ -22,21 +22,25 @@ def acceptance_bars(per_position: list[float]) -> str:
     return "".join(BARS[round(max(0.0, min(1.0, rate)) * (len(BARS) - 1))] for rate in per_position)
 
 
-def footer_line(stats: dict) -> str:
-    """'96 tok/s · 214 tokens · 82% draft accepted' — the final numbers of one reply."""
+def _numbers(stats: dict, short: bool) -> list[str]:
     parts = []
     if (rate := stats.get("decode_tok_s")) is not None:
         parts.append(f"{rate:.0f} tok/s")
     if (tokens := stats.get("generated_tokens")) is not None:
-        parts.append(f"{tokens} tokens")
+        parts.append(f"{tokens} {'tok' if short else 'tokens'}")
     if stats.get("draft_k"):
         if (accepted := stats.get("acceptance_rate")) is not None:
-            parts.append(f"{accepted:.0%} draft accepted")
+            parts.append(f"accepted {accepted:.0%}" if short else f"{accepted:.0%} draft accepted")
         if (length := stats.get("mean_acceptance_length")) is not None:
-            parts.append(f"{length:.2f} tokens/step")
+            parts.append(f"len {length:.2f}" if short else f"{length:.2f} tokens/step")
     elif "draft_k" in stats:
         parts.append("plain decoding")
-    return " · ".join(parts)
+    return parts
+
+
+def footer_line(stats: dict) -> str:
+    """'96 tok/s · 214 tokens · 82% draft accepted' — the final numbers of one reply."""
+    return " · ".join(_numbers(stats, short=False))
 
 
 def _extra(stats: dict) -> list[str]:
@@ -62,18 +66,9 @@ def stats_text(stats: dict, model: str | None, streaming: bool) -> Text:
     text.append(model or "default model", style="bold")
     if "draft_k" in stats:
         text.append(f" k={stats['draft_k']}")
-    parts = []
-    if (rate := stats.get("decode_tok_s")) is not None:
-        parts.append(f"{rate:.0f} tok/s")
-    if (tokens := stats.get("generated_tokens")) is not None:
-        parts.append(f"{tokens} tok")
-    if stats.get("draft_k"):
-        if (accepted := stats.get("acceptance_rate")) is not None:
-            parts.append(f"accepted {accepted:.0%}")
-        if (length := stats.get("mean_acceptance_length")) is not None:
-            parts.append(f"len {length:.2f}")
-        if stats.get("acceptance_per_position"):
-            parts.append(f"per position {acceptance_bars(stats['acceptance_per_position'])}")
+    parts = _numbers(stats, short=True)
+    if stats.get("draft_k") and stats.get("acceptance_per_position"):
+        parts.append(f"per position {acceptance_bars(stats['acceptance_per_position'])}")
     for part in parts + _extra(stats):
         text.append(" │ ", style="dim")
         text.append(part)
