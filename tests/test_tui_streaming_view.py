@@ -25,7 +25,11 @@ class ScriptedApp(MtpChatApp):
         super().__init__(f"ipc://{tmp_path}/no-daemon.sock", autostart=False)
         self.script, self.sent, self.gate = text, 0, threading.Semaphore(0)
 
+    def daemon_ready(self) -> bool:
+        return True  # the scripted source stands in for the daemon
+
     def reply_source(self, feed, fields) -> None:
+        self.fields = fields
         while self.sent < len(self.script):
             self.gate.acquire()
             piece = self.script[self.sent:self.sent + self.step]

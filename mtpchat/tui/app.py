@@ -98,8 +98,9 @@ class MtpChatApp(ConversationActions, Replying, App):
             self.notify(error, severity="error", timeout=10)
         wanted = self.settings.theme
         if wanted not in self.available_themes:
-            self.notify(f"theme {wanted!r} is not installed; using {DEFAULT_THEME}", severity="warning")
-            wanted = DEFAULT_THEME
+            fallback = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
+            self.notify(f"theme {wanted!r} is not installed; using {fallback}", severity="warning")
+            wanted = fallback
         self.theme = wanted
         self.theme_changed_signal.subscribe(self, lambda theme: save_theme(theme.name))
         unknown = set(self.settings.keys) - {binding_id for *_, binding_id in ACTIONS}
@@ -129,6 +130,15 @@ class MtpChatApp(ConversationActions, Replying, App):
         if isinstance(self.screen, ModelSwitcher) and event.status:
             self.screen.refresh_models(event.status["models"])
         self.refresh_topbar()
+
+    def daemon_ready(self) -> bool:
+        """Whether a message can go out now; if not, the user is told why and keeps their text."""
+        state, detail = self.connection
+        if state == "connected":
+            return True
+        hint = f"; press {self._keys_of('start_daemon')} to start it" if state == "offline" else ""
+        self.notify(f"{detail}{hint}. Your message is still in the box.", title="Not sent", severity="warning")
+        return False
 
     def default_model(self) -> str | None:
         models = (self.daemon_status or {}).get("models", [])

@@ -53,6 +53,8 @@ class ConversationActions:
         if self.reply is not None:
             self.notify("A reply is streaming; Esc stops it", severity="warning")
             return
+        if not self.daemon_ready():
+            return
         if self.conversation_id is None:
             self.conversation_id = self.store.create_conversation(title_from(text), self.model_choice)
             self.query_one(Sidebar).reload(self.conversation_id)
@@ -70,6 +72,8 @@ class ConversationActions:
     async def action_regenerate(self) -> None:
         if self.reply is not None or self.conversation_id is None:
             self.notify("Nothing to regenerate" if self.reply is None else "Wait for the reply or press Esc")
+            return
+        if not self.daemon_ready():
             return
         messages = self.store.messages(self.conversation_id)
         if messages and messages[-1].role == "assistant":
@@ -92,6 +96,8 @@ class ConversationActions:
         view = self._focused_message("user")
         if view is None or self.reply is not None:
             self.notify("No message to edit" if view is None else "Wait for the reply or press Esc")
+            return
+        if not self.daemon_ready():
             return
         text = await self.push_screen_wait(TextPrompt("Edit the message; the reply continues in a copy "
                                                       "of this conversation (the original is kept)", view.text))

@@ -3,18 +3,23 @@
 A newline needs a key every terminal can send: shift+enter only reaches apps in terminals with the
 kitty keyboard protocol, so ctrl+j (a plain line feed everywhere, tmux included) and alt+enter work
 too. Up on the first line and Down on the last walk through earlier messages, as in a shell.
+Every TextArea key works as usual except F6/F7 (select line/all), which the app takes.
 """
 
 from __future__ import annotations
 
 from textual import events
 from textual.message import Message
+from textual.scroll_view import ScrollView
 from textual.widgets import TextArea
 
 NEWLINE_KEYS = ("shift+enter", "ctrl+j", "alt+enter")
+APP_KEYS = ("f6", "f7")  # TextArea's select line / select all; the app uses them (system prompt, thinking)
 
 
-class PromptInput(TextArea):
+class PromptInput(TextArea, inherit_bindings=False):
+    BINDINGS = [*ScrollView.BINDINGS, *(b for b in TextArea.BINDINGS if b.key not in APP_KEYS)]
+
     class Submitted(Message):
         def __init__(self, text: str):
             super().__init__()
