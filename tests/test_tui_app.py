@@ -293,3 +293,16 @@ async def test_stats_panel_shows_the_daemons_models_devices_and_unknown_fields(s
         app.query_one(ChatView).focus()
         await pilot.press("question_mark")
         await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen))
+
+
+async def test_a_daemon_that_cannot_start_is_reported_with_its_log(tmp_path, monkeypatch):
+    home = tmp_path / "h"
+    (home / "config").mkdir(parents=True)
+    (home / "config" / "config.toml").write_text('default = "missing"\n[models.dense]\npath = "/nowhere"\n')
+    monkeypatch.setenv("MTPCHAT_HOME", str(home))
+    app = MtpChatApp(autostart=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: "exited with code 1" in app.connection[1])
+        await pilot.pause(1.5)  # later polls keep the reason on screen
+        assert "exited with code 1" in str(app.query_one("#topbar").render())
+        assert "mtpchatd.log" in app.connection[1]

@@ -32,6 +32,7 @@ class ConnectionMonitor:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._start_requested = threading.Event()
+        self._launch_error = ""  # why the last start failed: shown until the daemon answers
         self.thread = threading.Thread(target=self._run, name="mtpchat-connection", daemon=True)
 
     def start(self) -> None:
@@ -62,7 +63,7 @@ class ConnectionMonitor:
         try:
             start_daemon(self.endpoint, progress=progress)
         except DaemonUnavailable as exc:
-            self._post("offline", detail=str(exc))
+            self._launch_error = str(exc)
 
     def _run(self) -> None:
         if self.autostart:
@@ -75,7 +76,8 @@ class ConnectionMonitor:
                 with DaemonClient(self.endpoint) as client:
                     status = client.request("status", timeout_ms=int(TIMEOUT_S * 1000))
                 self._post("connected", status)
+                self._launch_error = ""
             except DaemonUnavailable:
-                self._post("offline", detail="mtpchatd is not running")
+                self._post("offline", detail=self._launch_error or "mtpchatd is not running")
             self._wake.wait(INTERVAL_S)
             self._wake.clear()
