@@ -38,6 +38,7 @@ class Generation:
     text: list[str] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     drafted: list[bool] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)  # text each token released, for per-token views
     flushed_at: float = 0.0
 
 
@@ -166,6 +167,7 @@ class DaemonServer:
             if piece.token is not None:
                 generation.tokens.append(piece.token)
                 generation.drafted.append(piece.drafted)
+                generation.pieces.append(piece.text)
         now = time.perf_counter()
         if piece is None or now - generation.flushed_at >= FLUSH_S:
             if not self._flush(generation):
@@ -181,8 +183,8 @@ class DaemonServer:
         if not generation.tokens and not any(generation.text):
             return True
         chunk = reply(generation.request["id"], "chunk", text="".join(generation.text), tokens=generation.tokens,
-                      drafted=generation.drafted, stats=_running_stats(generation.stream))
-        generation.text, generation.tokens, generation.drafted = [], [], []
+                      drafted=generation.drafted, pieces=generation.pieces, stats=_running_stats(generation.stream))
+        generation.text, generation.tokens, generation.drafted, generation.pieces = [], [], [], []
         return self._send(generation.identity, chunk)
 
     def _end(self, key, message: dict) -> None:

@@ -1,5 +1,6 @@
 """`mtpchat` command line.
 
+`mtpchat` alone opens the TUI (mtpchat/tui; `--ssh user@host` runs it against a remote daemon);
 `mtpchat ask PROMPT` streams one reply through the daemon (starting it in the background when none
 answers); `mtpchat daemon start|stop|status`, `mtpchat models [list|load|unload]` manage it;
 `mtpchat bench` measures plain vs MTP decoding in this process. Only `bench` imports torch (the
@@ -156,7 +157,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     from daemon import bench
     from daemon.demo_model import demo_checkpoint
-    from daemon.loader import DTYPES, default_device, default_dtype
+    from daemon.loader import DTYPES, default_device
     from daemon.reply import load_chat_model
     from daemon.shapes import random_model, shape_config
 
@@ -242,8 +243,14 @@ def _train_head(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtpchat", description="Chat with MTP-decoded Qwen models.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command")
     parser.add_argument("--endpoint", help="daemon endpoint (default: the ipc socket in the runtime dir)")
+    parser.add_argument("--ssh", metavar="USER@HOST", help="TUI only: use the daemon on HOST through an ssh "
+                                                         "tunnel of its socket (starting it there if needed)")
+    parser.add_argument("--remote-mtpchat", default="mtpchat", metavar="PATH",
+                        help="with --ssh: the mtpchat command on the remote host (default: mtpchat)")
+    parser.add_argument("--max-tokens", type=int, default=2048, dest="tui_max_tokens",
+                        help="TUI only: most tokens per reply (default 2048)")
     ask = commands.add_parser("ask", help="stream one reply to stdout")
     ask.add_argument("prompt", help="the prompt, or - to read it from stdin")
     ask.add_argument("--model", help="configured model name, checkpoint directory or Hugging Face repo id "
@@ -308,7 +315,34 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.set_defaults(run=_train_head)
     args = parser.parse_args(argv)
+    if args.command is None:
+        return _tui(args)
     return args.run(args)
+
+
+def _tui(args: argparse.Namespace) -> int:
+    from mtpchat.tui.app import MtpChatApp
+    from mtpchat.tui.ssh_tunnel import TunnelError, open_tunnel
+
+    tunnel = None
+    endpoint, note = args.endpoint, ""
+    if args.ssh:
+        try:
+            print(f"mtpchat: connecting to {args.ssh} …", file=sys.stderr)
+            endpoint, tunnel = open_tunnel(args.ssh, args.remote_mtpchat)
+        except TunnelError as exc:
+            print(f"mtpchat: {exc}", file=sys.stderr)
+            return 1
+        note = f"via ssh {args.ssh}"
+    try:
+        MtpChatApp(endpoint, autostart=not args.ssh, max_tokens=args.tui_max_tokens, connection_note=note).run()
+    except (ValueError, RuntimeError) as exc:  # a bad config.toml or a store from a newer version
+        print(f"mtpchat: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if tunnel is not None:
+            tunnel.terminate()
+    return 0
 
 
 if __name__ == "__main__":

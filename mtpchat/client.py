@@ -46,26 +46,36 @@ class DaemonClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _receive(self, request_id: str, timeout_ms: int) -> dict:
+    def send(self, op: str, **fields) -> str:
+        """Send one request without waiting; returns its id (for `poll`, or a cancel's target)."""
+        request_id = next(self._ids)
+        self.socket.send(pack({"id": request_id, "op": op, **fields}))
+        return request_id
+
+    def poll(self, request_id: str, timeout_ms: int) -> dict | None:
+        """The next reply to `request_id` (or an error without id), or None after `timeout_ms`."""
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             left = int((deadline - time.monotonic()) * 1000)
             if left <= 0 or not self.socket.poll(left):
-                raise DaemonUnavailable(f"no answer from mtpchatd at {self.endpoint} within {timeout_ms / 1000:g} s "
-                                        f"(log: {daemon_log()})")
+                return None
             message = unpack(self.socket.recv())
             if message.get("id") in (request_id, None):
                 return message
 
+    def _receive(self, request_id: str, timeout_ms: int) -> dict:
+        message = self.poll(request_id, timeout_ms)
+        if message is None:
+            raise DaemonUnavailable(f"no answer from mtpchatd at {self.endpoint} within {timeout_ms / 1000:g} s "
+                                    f"(log: {daemon_log()})")
+        return message
+
     def request(self, op: str, timeout_ms: int | None = None, **fields) -> dict:
-        request_id = next(self._ids)
-        self.socket.send(pack({"id": request_id, "op": op, **fields}))
-        return self._receive(request_id, timeout_ms or self.timeout_ms)
+        return self._receive(self.send(op, **fields), timeout_ms or self.timeout_ms)
 
     def generate(self, first_token_timeout_s: float = 600.0, **fields) -> Iterator[dict]:
         """Yield chunk replies, then the terminal one (done / error / cancelled)."""
-        request_id = next(self._ids)
-        self.socket.send(pack({"id": request_id, "op": "generate", **fields}))
+        request_id = self.send("generate", **fields)
         finished = False
         try:
             while True:
@@ -76,7 +86,7 @@ class DaemonClient:
                     return
         finally:
             if not finished:
-                self.socket.send(pack({"id": next(self._ids), "op": "cancel", "target": request_id}))
+                self.send("cancel", target=request_id)
 
 
 def daemon_answers(endpoint: str | None = None, timeout_s: float = 0.5) -> bool:

@@ -6,6 +6,9 @@ terminal summary, so every CI log shows how close our forward is to transformers
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+
 import pytest
 
 from daemon.tiny_checkpoint import build_all
@@ -45,6 +48,16 @@ def report_parity():
     def report(label: str, diff: float) -> None:
         _PARITY.append((label, diff))
     return report
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """Run `async def` tests (the TUI's pilot tests) in a fresh event loop, without a plugin."""
+    if inspect.iscoroutinefunction(pyfuncitem.obj):
+        arguments = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+        asyncio.run(pyfuncitem.obj(**arguments))
+        return True
+    return None
 
 
 def pytest_terminal_summary(terminalreporter):

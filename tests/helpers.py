@@ -1,6 +1,13 @@
-"""Small helpers shared by tests: reference models from transformers and prompt ids."""
+"""Small helpers shared by tests: reference models from transformers, prompt ids, and a real
+`mtpchatd` process on a real ipc socket in an isolated home."""
 
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import torch
 from transformers import AutoTokenizer, Qwen3_5ForCausalLM, Qwen3_5MoeForCausalLM
@@ -40,3 +47,32 @@ def assert_chunked_parity(ours, ref, tokens, pieces: list[int], label: str, repo
         assert diff <= TOLERANCE, f"{label}: {size} tokens at {start}: max abs diff {diff:.2e}"
         assert hidden.shape == (1, size, ours.config.hidden_size)
         start += size
+
+
+def write_tiny_config(home, tiny) -> None:
+    """config.toml with two tiny models: `dense` (the default) and `moe` (adaptive draft)."""
+    (home / "config").mkdir(parents=True, exist_ok=True)
+    (home / "config" / "config.toml").write_text(
+        f'default = "dense"\n[models.dense]\npath = "{tiny["qwen3.6-dense-tiny"]}"\n'
+        f'[models.moe]\npath = "{tiny["qwen3.6-moe-tiny"]}"\ndraft = "auto"\n')
+
+
+def start_daemon_process(home, *args) -> subprocess.Popen:
+    env = dict(os.environ, MTPCHAT_HOME=str(home))
+    return subprocess.Popen([sys.executable, "-m", "daemon", "serve", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_resident(client, names, timeout_s=60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        states = {m["name"]: m["state"] for m in client.request("models")["models"]}
+        if all(states.get(n) == "resident" for n in names):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"models not resident: {states}")
+
+
+def stop_process(process) -> int:
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=30)

@@ -22,52 +22,28 @@ from daemon.generate import generate
 from daemon.loader import load_model
 from mtpchat.client import DaemonClient
 from mtpchat.protocol import pack, unpack
-from tests.helpers import chat_prompt
+from tests.helpers import chat_prompt, start_daemon_process, stop_process, wait_resident, write_tiny_config
 
 MESSAGES = [{"role": "user", "content": "Hello there"}]
-
-
-def _start(home, *args):
-    env = dict(os.environ, MTPCHAT_HOME=str(home))
-    return subprocess.Popen([sys.executable, "-m", "daemon", "serve", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def _wait_resident(client, names, timeout_s=60):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        states = {m["name"]: m["state"] for m in client.request("models")["models"]}
-        if all(states.get(n) == "resident" for n in names):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"models not resident: {states}")
-
-
-def _stop(process):
-    process.send_signal(signal.SIGTERM)
-    return process.wait(timeout=30)
 
 
 @pytest.fixture
 def home(tmp_path, tiny, monkeypatch):
     home = tmp_path / "h"
-    (home / "config").mkdir(parents=True)
-    (home / "config" / "config.toml").write_text(
-        f'default = "dense"\n[models.dense]\npath = "{tiny["qwen3.6-dense-tiny"]}"\n'
-        f'[models.moe]\npath = "{tiny["qwen3.6-moe-tiny"]}"\ndraft = "auto"\n')
+    write_tiny_config(home, tiny)
     monkeypatch.setenv("MTPCHAT_HOME", str(home))
     return home
 
 
 @pytest.fixture
 def daemon(home):
-    process = _start(home)
+    process = start_daemon_process(home)
     with DaemonClient(timeout_s=30) as client:
         client.request("hello")
-        _wait_resident(client, ["dense", "moe"])
+        wait_resident(client, ["dense", "moe"])
     yield process
     if process.poll() is None:
-        assert _stop(process) == 0
+        assert stop_process(process) == 0
 
 
 def _collect(client, **fields):
@@ -95,6 +71,8 @@ def test_two_resident_models_answer_alternating_requests_exactly(daemon, tiny):
                 assert "".join(r["text"] for r in replies[:-1]) == done["text"]
                 flags = [f for r in replies[:-1] for f in r["drafted"]]
                 assert len(flags) == len(streamed) and sum(flags) == done["stats"]["accepted_tokens"]
+                pieces = [p for r in replies[:-1] for p in r["pieces"]]
+                assert len(pieces) == len(streamed) and done["text"].startswith("".join(pieces))
                 assert done["stats"]["draft_k"] == draft
 
 
@@ -230,21 +208,21 @@ def test_restart_stale_socket_second_daemon_and_permissions(home, daemon):
     runtime = home / "runtime"
     assert stat.S_IMODE(runtime.stat().st_mode) == 0o700
     assert stat.S_IMODE((runtime / "mtpchatd.sock").stat().st_mode) == 0o600
-    second = _start(home)
+    second = start_daemon_process(home)
     assert second.wait(timeout=30) == 1 and "another daemon is running" in second.stdout.read()
     with DaemonClient(timeout_s=30) as client:
         assert client.request("hello")["pid"] == daemon.pid
         daemon.send_signal(signal.SIGKILL)  # dies without cleaning up: the socket file stays
         daemon.wait()
         assert (runtime / "mtpchatd.sock").exists()
-        replacement = _start(home)
+        replacement = start_daemon_process(home)
         try:
             # the same client reconnects by itself
             assert client.request("hello")["pid"] == replacement.pid
-            _wait_resident(client, ["dense"])
+            wait_resident(client, ["dense"])
             assert _collect(client, max_tokens=4)[-1]["type"] == "done"
         finally:
-            assert _stop(replacement) == 0
+            assert stop_process(replacement) == 0
     assert not (runtime / "mtpchatd.sock").exists()
 
 
@@ -258,7 +236,7 @@ def test_non_loopback_tcp_needs_curve_keys_and_admits_only_authorized_clients(ho
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    refused = _start(home, "--listen", f"tcp://0.0.0.0:{port}")
+    refused = start_daemon_process(home, "--listen", f"tcp://0.0.0.0:{port}")
     assert refused.wait(timeout=30) == 2 and "mtpchatd keys" in refused.stdout.read()
 
     keys = subprocess.run([sys.executable, "-m", "daemon", "keys"], env=dict(os.environ, MTPCHAT_HOME=str(home)),
@@ -266,12 +244,12 @@ def test_non_loopback_tcp_needs_curve_keys_and_admits_only_authorized_clients(ho
     assert "server public key" in keys.stdout
     secret = home / "config" / "curve" / "server.key_secret"
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
-    process = _start(home, "--listen", f"tcp://0.0.0.0:{port}")
+    process = start_daemon_process(home, "--listen", f"tcp://0.0.0.0:{port}")
     endpoint = f"tcp://127.0.0.1:{port}"
     try:
         with DaemonClient(endpoint, timeout_s=30) as client:  # this machine's client key is authorized
             assert client.request("status")["curve"] is True
-            _wait_resident(client, ["dense"])
+            wait_resident(client, ["dense"])
             assert _collect(client, max_tokens=4)[-1]["type"] == "done"
         stranger = tmp_path / "stranger"
         monkeypatch.setenv("MTPCHAT_HOME", str(stranger))
@@ -283,7 +261,7 @@ def test_non_loopback_tcp_needs_curve_keys_and_admits_only_authorized_clients(ho
         with DaemonClient(endpoint, timeout_s=2) as client, pytest.raises(DaemonUnavailable):
             client.request("hello")  # plain text to a CURVE server: never answered
     finally:
-        assert _stop(process) == 0
+        assert stop_process(process) == 0
 
 
 def test_daemon_overhead_bench_runs_the_same_request_both_ways(daemon, tiny):
@@ -311,10 +289,10 @@ def test_placement_is_planned_shown_and_a_model_that_cannot_fit_fails_alone(home
         f'default = "dense"\n[models.dense]\npath = "{tiny["qwen3.6-dense-tiny"]}"\n'
         f'[models.moe]\npath = "{tiny["qwen3.6-moe-tiny"]}"\nload_at_start = false\n'
         f'[devices.cpu]\nmax_memory = {dense + moe // 2}\n')
-    process = _start(home)
+    process = start_daemon_process(home)
     try:
         with DaemonClient(timeout_s=30) as client:
-            _wait_resident(client, ["dense"])
+            wait_resident(client, ["dense"])
             failed = _collect(client, model="moe", max_tokens=4)[-1]
             assert failed["type"] == "error" and failed["code"] == "model_not_ready"
             assert f"needs {format_size(moe)}" in failed["message"] and "missing" in failed["message"]
@@ -325,7 +303,7 @@ def test_placement_is_planned_shown_and_a_model_that_cannot_fit_fails_alone(home
             assert models["dense"]["context"] == 4096  # the configured 32768, capped at the model's limit
             assert _collect(client, model="dense", max_tokens=4)[-1]["type"] == "done"
     finally:
-        assert _stop(process) == 0
+        assert stop_process(process) == 0
 
 
 def test_a_follow_up_turn_prefills_only_its_new_tokens(daemon):

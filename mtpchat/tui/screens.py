@@ -1,0 +1,143 @@
+"""Modal screens: help (every key, with its binding id), confirm, a text prompt, and the stats panel.
+
+Each returns its answer through `dismiss` (None when the user backs out with Esc), so the app's
+actions read as plain `await self.push_screen_wait(...)` calls.
+"""
+
+from __future__ import annotations
+
+import json
+
+from rich.table import Table
+from rich.text import Text
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Static
+
+from mtpchat.tui.stats_bar import acceptance_bars, footer_line
+
+
+class Dialog(ModalScreen):
+    BINDINGS = [Binding("escape", "dismiss(None)", "Close", show=False)]
+    DEFAULT_CLASSES = "dialog"
+
+
+class HelpScreen(Dialog):
+    BINDINGS = Dialog.BINDINGS + [Binding("f1,question_mark,q", "dismiss(None)", show=False)]
+
+    def __init__(self, rows: list[tuple[str, str, str]]):
+        super().__init__()
+        self.rows = rows
+
+    def compose(self):
+        table = Table("keys", "action", "binding id", expand=True, box=None)
+        for keys, description, binding_id in self.rows:
+            table.add_row(Text(keys, style="bold"), description, Text(binding_id, style="dim"))
+        with VerticalScroll(classes="panel"):
+            yield Static("Keys — override any of them in config.toml under [keys], by binding id",
+                         classes="title", markup=False)
+            yield Static(table)
+            yield Static("In the message box: Enter sends, ctrl+j / alt+enter / shift+enter add a line, "
+                         "Up/Down walk the history. Ctrl+P opens the command palette: every action is there.",
+                         classes="hint")
+
+
+class ConfirmScreen(Dialog):
+    def __init__(self, question: str):
+        super().__init__()
+        self.question = question
+
+    def compose(self):
+        with Vertical(classes="panel"):
+            yield Static(self.question, classes="title")
+            yield Button("Yes", id="yes", variant="error")
+            yield Button("No", id="no")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+
+class TextPrompt(Dialog):
+    """One line of text: a title, a system prompt, a search, an edited message."""
+
+    def __init__(self, title: str, value: str = ""):
+        super().__init__()
+        self.title_text, self.value = title, value
+
+    def compose(self):
+        with Vertical(classes="panel"):
+            yield Static(self.title_text, classes="title")
+            yield Input(self.value, id="prompt-value")
+            yield Static("Enter saves, Esc cancels", classes="hint")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value)
+
+
+def _value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _gib(value) -> str:
+    return f"{value / 2**30:.1f} GiB" if isinstance(value, (int, float)) else "?"
+
+
+def status_tables(status: dict) -> list:
+    """The daemon's status as tables; keys this client does not know are listed as they come."""
+    models = Table("model", "state", "details", title="Models", expand=True, title_justify="left")
+    for model in status.get("models", []):
+        state = model.get("state", "?")
+        if state == "loading":
+            state = f"loading {model.get('progress', 0):.0%}"
+        details = ", ".join(f"{k}={_value(v)}" for k, v in model.items()
+                            if k not in ("name", "state", "progress") and v not in (None, "", False))
+        models.add_row(model.get("name", "?"), state, details)
+    devices = Table("device", "memory used / total", "other", title="Devices", expand=True, title_justify="left")
+    for device in status.get("devices", []):
+        memory = (f"{_gib(device.get('memory_used'))} / {_gib(device.get('memory_total'))}"
+                  if "memory_total" in device else "—")
+        other = ", ".join(f"{k}={_value(v)}" for k, v in device.items() if not k.startswith("memory") and k != "name")
+        devices.add_row(device.get("name", "?"), memory, other)
+    rest = Table("daemon", "", title="Daemon", expand=True, title_justify="left")
+    for key, value in status.items():
+        if key not in ("models", "devices", "v", "id", "type"):
+            rest.add_row(key.replace("_", " "), _value(value))
+    return [rest, models, devices]
+
+
+def conversation_summary(replies: list[dict]) -> str:
+    """Totals over a conversation's replies (each a stats map)."""
+    tokens = sum(r.get("generated_tokens", 0) for r in replies)
+    drafted = sum(r.get("drafted_tokens", 0) for r in replies)
+    accepted = sum(r.get("accepted_tokens", 0) for r in replies)
+    line = f"{len(replies)} replies · {tokens} tokens"
+    if drafted:
+        line += f" · {accepted / drafted:.0%} of {drafted} drafted tokens accepted"
+    if replies:
+        line += f"\nlast reply: {footer_line(replies[-1])}"
+        if replies[-1].get("acceptance_per_position"):
+            line += f" · per position {acceptance_bars(replies[-1]['acceptance_per_position'])}"
+    return line
+
+
+class StatsScreen(Dialog):
+    BINDINGS = Dialog.BINDINGS + [Binding("f3", "dismiss(None)", show=False)]
+
+    def __init__(self, status: dict | None, replies: list[dict]):
+        super().__init__()
+        self.status, self.replies = status, replies
+
+    def compose(self):
+        with VerticalScroll(classes="panel wide"):
+            yield Static("This conversation", classes="title")
+            yield Static(conversation_summary(self.replies), id="conversation-stats")
+            if self.status is None:
+                yield Static("mtpchatd is not connected", classes="title")
+            else:
+                for table in status_tables(self.status):
+                    yield Static(table)

@@ -1,0 +1,124 @@
+"""A reply in flight, between the thread that reads the daemon and the screen that shows it.
+
+A source (the daemon reader, or the TUI benchmark's fixed-rate generator) runs in its own thread and
+feeds chunk and terminal messages into a `ReplyFeed`; the screen drains the feed on a timer, so the
+render rate is independent of the token rate: at 300+ tok/s each frame takes a batch. The daemon
+reader polls in short slices so that a cancel goes out at once and a daemon that stops answering
+mid-reply is noticed (`interrupted`) instead of waited on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from mtpchat.client import DaemonClient, DaemonUnavailable, daemon_answers
+
+POLL_MS = 100
+# A dead daemon closes the connection (ZeroMQ reports it at once); one that is alive but wedged is
+# asked after this long without a reply, with the same patience.
+SILENCE_CHECK_S = 5.0
+
+
+@dataclass
+class Batch:
+    """What arrived since the last drain."""
+    text: str = ""
+    pieces: list = field(default_factory=list)  # [[text, drafted], ...]
+    stats: dict | None = None
+    oldest: float | None = None  # perf_counter of the earliest chunk in this batch (render lag)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a reply ended: status is complete, interrupted or error."""
+    status: str
+    error: str = ""
+    stats: dict | None = None
+    text: str | None = None  # the daemon's final text when it differs from the chunks
+
+
+class ReplyFeed:
+    """Thread-safe hand-over of chunks from a source thread to the UI."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._batch = Batch()
+        self.outcome: Outcome | None = None
+        self.cancel_requested = threading.Event()
+
+    def add_chunk(self, message: dict) -> None:
+        text = message.get("text", "")
+        pieces = [[piece, bool(drafted)] for piece, drafted in zip(message.get("pieces", []), message.get("drafted", []))]
+        with self._lock:
+            batch = self._batch
+            if batch.oldest is None:
+                batch.oldest = time.perf_counter()
+            batch.text += text
+            batch.pieces += pieces
+            if told := "".join(piece for piece, _ in pieces):
+                tail = text[len(told):]  # text released without a token (the end of a reply)
+                if tail:
+                    batch.pieces.append([tail, None])
+            elif text:
+                batch.pieces.append([text, None])
+            batch.stats = message.get("stats", batch.stats)
+
+    def finish(self, outcome: Outcome) -> None:
+        with self._lock:
+            if self.outcome is None:
+                self.outcome = outcome
+
+    def drain(self) -> Batch:
+        with self._lock:
+            batch, self._batch = self._batch, Batch()
+        return batch
+
+
+def terminal_outcome(message: dict) -> Outcome:
+    kind = message["type"]
+    if kind == "done":
+        return Outcome("complete", stats=message.get("stats"),
+                       text=None if message.get("truncated") else message.get("text"))
+    if kind == "cancelled":
+        return Outcome("interrupted", "cancelled")
+    return Outcome("error", f"{message.get('message', 'unknown error')} ({message.get('code', 'error')})")
+
+
+def read_daemon_reply(feed: ReplyFeed, endpoint: str | None, fields: dict) -> None:
+    """Run in a thread: stream one generate request into `feed` until it ends, is cancelled, or the
+    daemon goes away."""
+    try:
+        with DaemonClient(endpoint) as client:
+            disconnects = client.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            request_id = client.send("generate", **fields)
+            cancel_sent = False
+            quiet_since = time.monotonic()
+            while feed.outcome is None:
+                if feed.cancel_requested.is_set() and not cancel_sent:
+                    client.send("cancel", target=request_id)
+                    cancel_sent = True
+                message = client.poll(request_id, POLL_MS)
+                if message is None:
+                    if disconnects.poll(0) and recv_monitor_message(disconnects)["event"] == zmq.EVENT_DISCONNECTED:
+                        feed.finish(Outcome("interrupted", "mtpchatd went away"))
+                    elif time.monotonic() - quiet_since >= SILENCE_CHECK_S:
+                        if not daemon_answers(endpoint, timeout_s=SILENCE_CHECK_S):
+                            feed.finish(Outcome("interrupted", "mtpchatd stopped answering"))
+                        quiet_since = time.monotonic()
+                    continue
+                quiet_since = time.monotonic()
+                if message.get("type") == "chunk":
+                    feed.add_chunk(message)
+                elif message.get("type") in ("done", "cancelled", "error"):
+                    feed.finish(terminal_outcome(message))
+            client.socket.disable_monitor()
+            disconnects.close()
+    except (DaemonUnavailable, zmq.ZMQError) as exc:
+        feed.finish(Outcome("interrupted", str(exc)))
+    except Exception as exc:  # noqa: BLE001 - a reader bug must still end the reply on screen
+        feed.finish(Outcome("error", f"{type(exc).__name__}: {exc}"))
