@@ -8,6 +8,7 @@ text through the real Qwen3.6 engine path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from mtpchat.config import DEMO_PATH, TINY_PATH
@@ -26,11 +27,11 @@ def tiny_checkpoint() -> Path:
     return target
 
 
-def builtin_checkpoint(path: str) -> Path:
+def builtin_checkpoint(path: str, progress: Callable[[str], None] | None = None) -> Path:
     if path == TINY_PATH:
         return tiny_checkpoint()
     if path == DEMO_PATH:
         from daemon.demo_model import demo_checkpoint
 
-        return demo_checkpoint()
+        return demo_checkpoint(progress=progress)
     raise ValueError(f"unknown built-in model {path!r}; known: {DEMO_PATH}, {TINY_PATH}")

@@ -17,7 +17,7 @@ import sys
 import time
 
 from mtpchat.client import DaemonClient, DaemonUnavailable, daemon_answers, start_daemon
-from mtpchat.config import DTYPE_NAMES, format_size
+from mtpchat.config import BUILTIN, DTYPE_NAMES, format_size, load_config
 from mtpchat.paths import daemon_log, pid_file
 
 
@@ -150,13 +150,23 @@ def _model_line(model: dict) -> str:
     return f"{'*' if model['default'] else ' '} {model['name']:<16} {state:<12} {model['path']}{extra}"
 
 
+def _local_checkpoint(model: str | None):
+    """What an in-process command (bench, train-head) loads for `--model`: a configured model name (the
+    built-in `demo` and `tiny` included) means its path, anything else is a directory or repo id."""
+    from daemon.default_model import builtin_checkpoint
+
+    config = load_config()
+    settings = config.models.get(model or config.default)
+    path = settings.path if settings else model
+    return builtin_checkpoint(path, progress=_progress) if path.startswith(BUILTIN) else path
+
+
 def _bench(args: argparse.Namespace) -> int:
     import platform
 
     import torch
 
     from daemon import bench
-    from daemon.demo_model import demo_checkpoint
     from daemon.loader import DTYPES, default_device
     from daemon.reply import load_chat_model
     from daemon.shapes import random_model, shape_config
@@ -180,7 +190,7 @@ def _bench(args: argparse.Namespace) -> int:
         report["step_cost"] = bench.step_costs(model, ks, draft_vocab=args.draft_vocab)
         report["oracle"] = bench.bench_oracle(model, prompt, args.max_tokens, ks, rates, draft_vocab=args.draft_vocab)
     else:
-        checkpoint = args.model or demo_checkpoint(progress=_progress)
+        checkpoint = _local_checkpoint(args.model)
         model, tokenizer = load_chat_model(checkpoint, device=str(device))
         if args.dtype:
             model = model.to(DTYPES[args.dtype])
@@ -213,22 +223,22 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _train_head(args: argparse.Namespace) -> int:
+    import dataclasses
     import shlex
 
     import torch
 
     from daemon.checkpoint import resolve_checkpoint
-    from daemon.demo_model import DemoModelError, demo_checkpoint
+    from daemon.demo_model import DemoModelError
     from daemon.train_head import TrainSettings, progress_line, train_head, trunk_fingerprint
     from mtpchat.paths import cache_dir
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        settings = TrainSettings(prompts=args.prompts, held_out=args.held_out, max_new_tokens=args.max_new_tokens,
-                                 generate_batch=args.generate_batch, steps=args.steps, batch=args.batch, lr=args.lr,
-                                 eval_every=args.eval_every, seed=args.seed)
-        checkpoint = resolve_checkpoint(args.model) if args.model else demo_checkpoint(progress=_progress)
+        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)}
+        settings = TrainSettings(**{name: value for name, value in given.items() if value is not None})
+        checkpoint = resolve_checkpoint(_local_checkpoint(args.model))
         work = args.work or cache_dir() / "train-head" / trunk_fingerprint(checkpoint)
         command = shlex.join(["mtpchat", "train-head", *sys.argv[2:]]) if sys.argv[1:2] == ["train-head"] else ""
         record = train_head(checkpoint, args.out or checkpoint, work, settings, show=progress_line, command=command)
@@ -277,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     models.add_argument("name", nargs="?")
     models.set_defaults(run=_models)
     bench = commands.add_parser("bench", help="plain vs MTP decoding side by side, JSON out")
-    bench.add_argument("--model", help="checkpoint directory or repo id (default: the demo model)")
+    bench.add_argument("--model", help="configured model name, checkpoint directory or repo id (default: the default model)")
     bench.add_argument("--shape", choices=["qwen3.6-27b", "qwen3.6-35b-a3b"],
                        help="random weights at this real shape, with an oracle drafter, instead of a checkpoint")
     bench.add_argument("--layers", type=int, help="with --shape: fewer layers (a multiple of 4)")
@@ -299,19 +309,22 @@ def main(argv: list[str] | None = None) -> int:
                        help="also compare the same request through the daemon (starting it if needed)")
     bench.set_defaults(run=_bench)
     train = commands.add_parser("train-head", help="train an MTP head for a checkpoint without one (self-distillation)")
-    train.add_argument("--model", help="checkpoint directory or repo id (default: the demo model)")
+    train.add_argument("--model", help="configured model name, checkpoint directory or repo id (default: the default model)")
     train.add_argument("--out", help="where mtp_head.safetensors goes (default: beside the checkpoint)")
     train.add_argument("--work", help="work directory for replies, features and resumable state "
                                       "(default: in the cache, per trunk)")
-    train.add_argument("--prompts", type=int, default=440, help="built-in prompts to use (at most 440)")
-    train.add_argument("--held-out", type=int, default=40, help="of those, kept for measuring acceptance")
-    train.add_argument("--max-new-tokens", type=int, default=160, help="length limit of the trunk's replies")
-    train.add_argument("--generate-batch", type=int, default=32, help="replies generated per batch")
-    train.add_argument("--steps", type=int, default=300)
-    train.add_argument("--batch", type=int, default=8, help="sequences per training step")
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--eval-every", type=int, default=50, help="steps between held-out measurements")
-    train.add_argument("--seed", type=int, default=0)
+    # defaults: daemon.train_head.TrainSettings (what the committed demo head was trained with)
+    train.add_argument("--prompts", type=int, help="built-in prompts to use (default: all 1212)")
+    train.add_argument("--held-out", type=int, help="of those, kept for measuring acceptance (default 60)")
+    train.add_argument("--max-new-tokens", type=int, help="length limit of the trunk's replies (default 160)")
+    train.add_argument("--generate-batch", type=int, help="replies generated per batch (default 32)")
+    train.add_argument("--steps", type=int, help="training steps (default 1200)")
+    train.add_argument("--batch", type=int, help="sequences per training step (default 8)")
+    train.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    train.add_argument("--eval-every", type=int, help="steps between held-out measurements (default 100)")
+    train.add_argument("--chain", type=int, help="draft steps trained in a chain: the head also learns from its "
+                                                 "own outputs (default 2)")
+    train.add_argument("--seed", type=int, help="fixes the prompt sample, the initial head, the batch order (default 0)")
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.set_defaults(run=_train_head)
     args = parser.parse_args(argv)
