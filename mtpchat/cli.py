@@ -19,6 +19,7 @@ import time
 from mtpchat.client import DaemonClient, DaemonUnavailable, daemon_answers, start_daemon
 from mtpchat.config import BUILTIN, DTYPE_NAMES, format_size, load_config
 from mtpchat.paths import daemon_log, pid_file
+from mtpchat.status_text import placement_line, state_cache_line
 
 
 def _progress(text: str) -> None:
@@ -91,10 +92,11 @@ def _daemon_status(args: argparse.Namespace) -> int:
     for model in status["models"]:
         print(f"  {_model_line(model)}")
         for part in model.get("placement", []):
-            print(f"      {_placement_line(part)}")
+            print(f"      {placement_line(part)}")
     for device in status["devices"]:
         used, free, total = (format_size(device[k]) for k in ("memory_used", "memory_free", "memory_total"))
         print(f"  {device['name']:<8} {used} used, {free} free of {total}")
+    print(f"  conversation state cache: {state_cache_line(status['state_cache'])}")
     print(f"  active streams: {status['active_streams']}")
     return 0
 
@@ -135,13 +137,6 @@ def _models(args: argparse.Namespace) -> int:
         for model in answer["models"]:
             print(_model_line(model))
     return 0
-
-
-def _placement_line(part: dict) -> str:
-    """One device of a model's placement, e.g. "cuda:1  layers 32-63 + head  25.3 GiB"."""
-    held = [f"layers {part['layers'][0]}-{part['layers'][1]}"] if part["layers"] else []
-    held += [name for name in ("embedding", "head") if part[name]]
-    return f"{part['device']:<8} {' + '.join(held):<32} {format_size(part['bytes'])}"
 
 
 def _model_line(model: dict) -> str:

@@ -3,7 +3,7 @@ state cache budgets, and a clear error naming the file for every mistake."""
 
 import pytest
 
-from mtpchat.config import DEFAULT_STATE_CACHE, DEMO, format_size, load_config, parse_size
+from mtpchat.config import DEFAULT_STATE_CACHE, DEMO, TINY, format_size, load_config, parse_size
 from mtpchat.paths import config_dir
 
 
@@ -14,7 +14,8 @@ def write(text: str) -> None:
 
 def test_no_file_means_the_demo_model_and_default_budgets():
     config = load_config()
-    assert list(config.models) == [DEMO] and config.default == DEMO
+    assert list(config.models) == [DEMO, TINY] and config.default == DEMO
+    assert not config.models[TINY].load_at_start  # built on request only
     assert config.max_memory == {} and config.state_cache == DEFAULT_STATE_CACHE
 
 

@@ -59,10 +59,15 @@ async def connected(pilot) -> None:
 
 
 async def send(pilot, text: str) -> None:
-    pilot.app.query_one(PromptInput).text = text
-    pilot.app.query_one(PromptInput).focus()
+    """Type and send `text`; returns once its reply has started (a short reply may already be over)."""
+    app = pilot.app
+    def count() -> int:
+        return len(app.store.messages(app.conversation_id)) if app.conversation_id is not None else 0
+    before = count()
+    app.query_one(PromptInput).text = text
+    app.query_one(PromptInput).focus()
     await pilot.press("enter")
-    await wait_until(pilot, lambda: pilot.app.reply is not None)
+    await wait_until(pilot, lambda: count() == before + 2)  # the user's message and the reply's row
 
 
 async def reply_done(pilot) -> None:
@@ -120,7 +125,7 @@ async def test_escape_cancels_and_keeps_the_partial_reply_then_regenerate_replac
         assert "interrupted" in str(app.query_one(ChatView).views()[-1].query_one(".message-footer").render())
         app.max_tokens = 12
         await pilot.press("ctrl+r")
-        await wait_until(pilot, lambda: app.reply is not None)
+        await wait_until(pilot, lambda: app.store.messages(app.conversation_id)[-1].status == "complete")
         await reply_done(pilot)
         messages = app.store.messages(app.conversation_id)
         assert [m.role for m in messages] == ["user", "assistant"]
@@ -280,14 +285,15 @@ async def test_the_app_starts_the_daemon_when_none_answers(tiny, tmp_path, monke
 
 async def test_stats_panel_shows_the_daemons_models_devices_and_unknown_fields(shared_daemon):
     app = MtpChatApp(shared_daemon, autostart=False)
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=(SIZE[0], 64)) as pilot:  # tall enough for every table of the panel
         await connected(pilot)
         app.daemon_status = {**app.daemon_status, "cache_used_bytes": 12345}  # a field added by a newer daemon
         await pilot.press("f3")
         await wait_until(pilot, lambda: isinstance(app.screen, StatsScreen))
         await pilot.pause(0.2)
         shown = screen_text(app)
-        for expected in ("dense", "moe", "resident", "cpu", "cache used bytes", "12345", "0 replies"):
+        for expected in ("dense", "moe", "resident", "cpu", "layers 0-7 + embedding + head",
+                         "conversation state cache", " states, ", "cache used bytes", "12345", "0 replies"):
             assert expected in shown, expected
         await pilot.press("escape")
         app.query_one(ChatView).focus()

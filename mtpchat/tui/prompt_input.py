@@ -26,7 +26,8 @@ class PromptInput(TextArea, inherit_bindings=False):
             self.text = text
 
     def __init__(self, history: list[str] | None = None, **kwargs):
-        super().__init__(soft_wrap=True, show_line_numbers=False, **kwargs)
+        super().__init__(soft_wrap=True, show_line_numbers=False,
+                         placeholder="Message — Enter sends, ctrl+j new line, Esc stops a reply, F1 keys", **kwargs)
         self.past_inputs = list(history or [])
         self._recall_index = len(self.past_inputs)
         self._draft = ""

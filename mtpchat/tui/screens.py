@@ -15,6 +15,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Static
 
+from mtpchat.status_text import placement_line, state_cache_line
 from mtpchat.tui.stats_bar import acceptance_bars, footer_line
 
 
@@ -88,15 +89,17 @@ def _gib(value) -> str:
 
 
 def status_tables(status: dict) -> list:
-    """The daemon's status as tables; keys this client does not know are listed as they come."""
+    """The daemon's status as tables: models (with their placement), devices, then everything else —
+    keys this client does not know are listed as they come."""
     models = Table("model", "state", "details", title="Models", expand=True, title_justify="left")
     for model in status.get("models", []):
         state = model.get("state", "?")
         if state == "loading":
             state = f"loading {model.get('progress', 0):.0%}"
         details = ", ".join(f"{k}={_value(v)}" for k, v in model.items()
-                            if k not in ("name", "state", "progress") and v not in (None, "", False))
-        models.add_row(model.get("name", "?"), state, details)
+                            if k not in ("name", "state", "progress", "placement") and v not in (None, "", False))
+        placement = "\n".join(placement_line(part) for part in model.get("placement") or [])
+        models.add_row(model.get("name", "?"), state, details + (f"\n{placement}" if placement else ""))
     devices = Table("device", "memory used / total", "other", title="Devices", expand=True, title_justify="left")
     for device in status.get("devices", []):
         memory = (f"{_gib(device.get('memory_used'))} / {_gib(device.get('memory_total'))}"
@@ -105,9 +108,11 @@ def status_tables(status: dict) -> list:
         devices.add_row(device.get("name", "?"), memory, other)
     rest = Table("daemon", "", title="Daemon", expand=True, title_justify="left")
     for key, value in status.items():
-        if key not in ("models", "devices", "v", "id", "type"):
+        if key == "state_cache" and isinstance(value, dict):
+            rest.add_row("conversation state cache", state_cache_line(value))
+        elif key not in ("models", "devices", "v", "id", "type"):
             rest.add_row(key.replace("_", " "), _value(value))
-    return [rest, models, devices]
+    return [models, devices, rest]
 
 
 def conversation_summary(replies: list[dict]) -> str:
