@@ -82,7 +82,7 @@ class TrainSettings:
     held_out: int = 60  # of those, kept for measuring acceptance
     max_new_tokens: int = 160
     generate_batch: int = 32
-    steps: int = 1200
+    steps: int = 800
     batch: int = 8  # sequences per training step
     lr: float = 1e-3
     eval_every: int = 100

@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--held-out", type=int, help="of those, kept for measuring acceptance (default 60)")
     train.add_argument("--max-new-tokens", type=int, help="length limit of the trunk's replies (default 160)")
     train.add_argument("--generate-batch", type=int, help="replies generated per batch (default 32)")
-    train.add_argument("--steps", type=int, help="training steps (default 1200)")
+    train.add_argument("--steps", type=int, help="training steps (default 800)")
     train.add_argument("--batch", type=int, help="sequences per training step (default 8)")
     train.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
     train.add_argument("--eval-every", type=int, help="steps between held-out measurements (default 100)")
