@@ -15,6 +15,7 @@ from daemon.config import TextConfig
 from daemon.norms import rms_norm
 from daemon.rope import apply_rotary
 from daemon.step_context import StepContext
+from daemon.linear import Linear
 
 
 class Attention(nn.Module):
@@ -25,10 +26,10 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         self.gated = config.gated_attention
         hidden = config.hidden_size
-        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim * (2 if self.gated else 1), bias=False)
-        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        self.q_proj = Linear(hidden, self.num_heads * self.head_dim * (2 if self.gated else 1), bias=False)
+        self.k_proj = Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = Linear(self.num_heads * self.head_dim, hidden, bias=False)
         if config.qk_norm:
             self.q_norm = rms_norm(config, self.head_dim)
             self.k_norm = rms_norm(config, self.head_dim)

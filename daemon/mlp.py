@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from daemon.config import TextConfig
+from daemon.linear import Linear, linear
 
 # Gather expert weights per (token, choice) up to this many pairs; beyond it loop over experts.
 GATHER_MAX_PAIRS = 64
@@ -19,9 +20,9 @@ GATHER_MAX_PAIRS = 64
 class DenseMLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.gate_proj = Linear(hidden, intermediate, bias=False)
+        self.up_proj = Linear(hidden, intermediate, bias=False)
+        self.down_proj = Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -42,8 +43,8 @@ class RoutedExperts(nn.Module):
         result = torch.zeros_like(x)
         for expert in experts.unique().tolist():
             token, choice = torch.where(experts == expert)
-            gate, up = F.linear(x[token], self.gate_up_proj[expert]).chunk(2, dim=-1)
-            out = F.linear(F.silu(gate) * up, self.down_proj[expert]) * weights[token, choice, None]
+            gate, up = linear(x[token], self.gate_up_proj[expert]).chunk(2, dim=-1)
+            out = linear(F.silu(gate) * up, self.down_proj[expert]) * weights[token, choice, None]
             result.index_add_(0, token, out)
         return result
 
@@ -53,10 +54,10 @@ class SparseMoE(nn.Module):
         super().__init__()
         self.top_k = config.num_experts_per_tok
         hidden = config.hidden_size
-        self.gate = nn.Linear(hidden, config.num_experts, bias=False)
+        self.gate = Linear(hidden, config.num_experts, bias=False)
         self.experts = RoutedExperts(config.num_experts, hidden, config.moe_intermediate_size)
         self.shared_expert = DenseMLP(hidden, config.shared_expert_intermediate_size)
-        self.shared_expert_gate = nn.Linear(hidden, 1, bias=False)
+        self.shared_expert_gate = Linear(hidden, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])

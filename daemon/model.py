@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from daemon.attention import Attention
 from daemon.cache import AttentionCache, ModelCache
 from daemon.config import TextConfig
 from daemon.deltanet import GatedDeltaNet
+from daemon.linear import Linear, linear
 from daemon.mlp import feed_forward
 from daemon.norms import rms_norm
 from daemon.rope import model_inverse_frequencies
@@ -52,7 +52,7 @@ class MTPHead(nn.Module):
     def __init__(self, config: TextConfig):
         super().__init__()
         hidden = config.hidden_size
-        self.fc = nn.Linear(2 * hidden, hidden, bias=False)
+        self.fc = Linear(2 * hidden, hidden, bias=False)
         self.pre_fc_norm_embedding = rms_norm(config)
         self.pre_fc_norm_hidden = rms_norm(config)
         self.layers = nn.ModuleList([DecoderLayer(config, "full_attention")])
@@ -71,7 +71,7 @@ class QwenModel(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, t) for t in config.layer_types)
         self.norm = rms_norm(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.mtp = MTPHead(config) if with_mtp else None
         # Plain attributes, not buffers: rotary frequencies must stay float32 when the weights are cast.
         self.inv_freq = model_inverse_frequencies(config, device="cpu")  # even on meta
@@ -163,4 +163,4 @@ class QwenModel(nn.Module):
         ctx = self._context(next_ids.shape[1], start, kv_len, False, self.output_device)
         embeds = self.embed_tokens(next_ids.to(self.device)).to(self.output_device)
         out = self.mtp(embeds, hidden, cache, ctx)
-        return F.linear(out[:, -1:] if last_only else out, self.lm_head.weight[:vocab]), out
+        return linear(out[:, -1:] if last_only else out, self.lm_head.weight[:vocab]), out
