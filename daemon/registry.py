@@ -35,7 +35,7 @@ class ModelEntry:
     def describe(self) -> dict:
         s = self.settings
         info = {"name": s.name, "path": s.path, "state": self.state, "progress": round(self.progress, 3),
-                "error": self.error, "draft": s.draft,
+                "error": self.error, "draft": s.draft, "draft_vocab": s.draft_vocab,
                 "dtype": s.dtype, "device": s.device, "load_seconds": round(self.load_seconds, 3)}
         if self.placement is not None:
             info.update(placement=self.placement.describe(), context=self.context)

@@ -70,14 +70,14 @@ class ReplyStream:
     def __init__(self, model: QwenModel, tokenizer, prompt: list[int], *, max_tokens: int = 256,
                  draft_k: int = 0, adaptive: bool = False, sampling: SamplingParams = SamplingParams(),
                  stop: tuple[str, ...] = (), result: ReplyResult | None = None, context: int | None = None,
-                 reuse: PromptReuse | None = None):
+                 reuse: PromptReuse | None = None, draft_vocab: int | None = None):
         self.tokenizer, self.stop = tokenizer, stop
         self.stop_ids = set(model.config.eos_token_ids) | {tokenizer.eos_token_id}
         self.result = result if result is not None else ReplyResult()
         self._provenance: list[bool] = []
         self._tokens = generate(model, prompt, max_tokens, self.stop_ids, draft_k=draft_k, adaptive=adaptive,
                                 sampling=sampling, stats=self.result.stats, provenance=self._provenance,
-                                context=context, reuse=reuse)
+                                context=context, reuse=reuse, draft_vocab=draft_vocab)
         self._hold = max((len(s) for s in stop), default=1) - 1
         self._released = ""  # text handed out so far
         self._settled_text, self._settled_tokens = "", 0  # text of a token prefix that ends on a full character

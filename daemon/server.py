@@ -144,7 +144,8 @@ class DaemonServer:
         reuse = PromptReuse(self.registry.states, entry.settings.name, boundary)
         generation.stream = ReplyStream(entry.model, entry.tokenizer, prompt, max_tokens=request["max_tokens"],
                                         draft_k=draft_k, adaptive=adaptive, sampling=sampling,
-                                        stop=tuple(request["stop"]), context=context, reuse=reuse)
+                                        stop=tuple(request["stop"]), context=context, reuse=reuse,
+                                        draft_vocab=entry.settings.draft_vocab)
 
     def _advance(self, key, generation: Generation) -> None:
         """One token for this generation; flush its chunk when due; end it when done."""

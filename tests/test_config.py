@@ -15,6 +15,7 @@ def write(text: str) -> None:
 def test_no_file_means_the_demo_model_and_default_budgets():
     config = load_config()
     assert list(config.models) == [DEMO, TINY] and config.default == DEMO
+    assert config.models[DEMO].draft_vocab == 8192  # cheaper drafts, same acceptance on the demo head
     assert not config.models[TINY].load_at_start  # built on request only
     assert config.max_memory == {} and config.state_cache == DEFAULT_STATE_CACHE
 
@@ -22,7 +23,8 @@ def test_no_file_means_the_demo_model_and_default_budgets():
 def test_models_devices_and_state_cache_are_read():
     write('default = "moe"\n'
           '[models.dense]\npath = "Qwen/Qwen3.6-27B"\ndevice = ["cuda:0", "cuda:1"]\ncontext = 65536\n'
-          '[models.moe]\npath = "/ckpt/moe"\ndevice = "cuda:1"\ndraft = "auto"\nload_at_start = false\n'
+          '[models.moe]\npath = "/ckpt/moe"\ndevice = "cuda:1"\ndraft = "auto"\ndraft_vocab = 8192\n'
+          'load_at_start = false\n'
           '[devices."cuda:0"]\nmax_memory = "60GiB"\nstate_cache = "8GiB"\n'
           '[devices.cpu]\nmax_memory = 1000000\n'
           '[state_cache]\nbudget = "1.5 GB"\n')
@@ -30,6 +32,7 @@ def test_models_devices_and_state_cache_are_read():
     assert config.default == "moe"
     assert config.models["dense"].devices == ("cuda:0", "cuda:1") and config.models["dense"].context == 65536
     assert config.models["moe"].devices == ("cuda:1",) and not config.models["moe"].load_at_start
+    assert config.models["moe"].draft_vocab == 8192 and config.models["dense"].draft_vocab is None
     assert config.max_memory == {"cuda:0": 60 * 2**30, "cpu": 1_000_000}
     assert config.state_cache == 1_500_000_000 and config.state_cache_by_device == {"cuda:0": 8 * 2**30}
 
@@ -37,6 +40,7 @@ def test_models_devices_and_state_cache_are_read():
 @pytest.mark.parametrize("text,message", [
     ('[models.a]\npath = "x"\ndraft = 9\n', "draft must be one of"),
     ('[models.a]\npath = "x"\ndevice = 3\n', "device must be a name"),
+    ('[models.a]\npath = "x"\ndraft_vocab = 0\n', "draft_vocab must be a positive number"),
     ('[models.a]\npath = "x"\ncontext = "long"\n', "context must be a number of tokens"),
     ('[models.a]\npath = "x"\n[devices.cpu]\nmax_memory = "lots"\n', "'lots' is not a size"),
     ('[models.a]\npath = "x"\nwhat = 1\n', "unexpected keyword argument 'what'"),

@@ -41,6 +41,7 @@ def test_mtp_reply_equals_plain_reply(chat):
     for k in (1, 2, 4):
         assert _reply(chat, draft_k=k)[0] == plain
     assert _reply(chat, draft_k=4, adaptive=True)[0] == plain
+    assert _reply(chat, draft_k=2, draft_vocab=64)[0] == plain  # a model's configured draft_vocab
 
 
 def test_incremental_text_equals_a_full_decode_at_every_token(chat):
