@@ -26,9 +26,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if weight.device.type != "cpu" or weight.dtype != torch.float32 or rows > FEW_ROWS:
         return F.linear(x, weight)
     flat = x.reshape(rows, x.shape[-1])
-    if rows == 1:  # the matrix-vector kernel is slower than the 2-column product: run that, keep one row
-        return (weight @ flat.repeat(2, 1).t())[:, :1].t().reshape(*x.shape[:-1], weight.shape[0])
-    return (weight @ flat.t()).t().reshape(*x.shape[:-1], weight.shape[0])
+    if rows % 2:  # odd column counts take a slower kernel (1 row: the matrix-vector one): pad with a copy
+        flat = torch.cat((flat, flat[-1:]))
+    out = weight @ flat.contiguous().t()  # a contiguous copy: the strided view of a reshape is slow too
+    return out[:, :rows].t().reshape(*x.shape[:-1], weight.shape[0])
 
 
 class Linear(nn.Linear):

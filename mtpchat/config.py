@@ -101,7 +101,7 @@ class ModelSettings:
 @dataclass(frozen=True)
 class Config:
     models: dict[str, ModelSettings] = field(default_factory=lambda: {
-        DEMO: ModelSettings(DEMO, DEMO_PATH, draft_vocab=DEMO_DRAFT_VOCAB),
+        DEMO: ModelSettings(DEMO, DEMO_PATH, draft="auto", draft_vocab=DEMO_DRAFT_VOCAB),
         TINY: ModelSettings(TINY, TINY_PATH, load_at_start=False),
     })
     default: str = DEMO

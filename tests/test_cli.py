@@ -55,7 +55,7 @@ def test_ask_streams_text_with_the_default_demo_model(home):
     assert "Paris" in done.stdout
     done = _run("mtpchat.cli", "ask", "What is the capital of France?", "--max-tokens", "12", "--json", home=home)
     stats = json.loads(done.stdout)["stats"]
-    assert stats["draft_k"] == 2 and stats["drafts"] > 0  # MTP-decoded, with the trained head
+    assert stats["draft_k"] == 4 and stats["drafts"] > 0  # MTP-decoded (adaptive k up to 4), with the trained head
     status = json.loads(_run("mtpchat.cli", "daemon", "status", "--json", home=home).stdout)
     assert status["running"] and status["models"][0]["name"] == "demo"
     assert status["models"][0]["state"] == "resident" and status["active_streams"] == 0

@@ -15,7 +15,7 @@ def write(text: str) -> None:
 def test_no_file_means_the_demo_model_and_default_budgets():
     config = load_config()
     assert list(config.models) == [DEMO, TINY] and config.default == DEMO
-    assert config.models[DEMO].draft_vocab == 8192  # cheaper drafts, same acceptance on the demo head
+    assert config.models[DEMO].draft_vocab == 8192 and config.models[DEMO].draft == "auto"  # measured best (README)
     assert not config.models[TINY].load_at_start  # built on request only
     assert config.max_memory == {} and config.state_cache == DEFAULT_STATE_CACHE
 
