@@ -191,8 +191,8 @@ def _bench(args: argparse.Namespace) -> int:
             model = model.to(DTYPES[args.dtype])
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
                                                  tokenize=True, enable_thinking=False, return_dict=False)
-                   for p in bench.BENCH_PROMPTS[:args.prompts]]
-        report.update(model=str(checkpoint))
+                   for p in args.prompt or bench.BENCH_PROMPTS[:args.prompts]]
+        report.update(model=str(checkpoint), prompts=len(prompts))
         if args.conversation:
             from daemon.bench_conversation import bench_conversation
 
@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--draft-vocab", type=int, help="draft among the first N token ids only (with a checkpoint: "
                                                        "measured beside the full vocabulary)")
     bench.add_argument("--prompts", type=int, default=4, help="how many built-in prompts (1..4)")
+    bench.add_argument("--prompt", action="append", help="your own prompt instead of the built-in ones (repeatable)")
     bench.add_argument("--max-tokens", type=int, default=64)
     bench.add_argument("--device")
     bench.add_argument("--dtype", choices=DTYPE_NAMES)

@@ -60,9 +60,11 @@ def test_random_model_and_step_costs(tiny):
 def test_bench_command_prints_json(tiny, tmp_path):
     env = dict(os.environ, MTPCHAT_HOME=str(tmp_path))
     done = subprocess.run([sys.executable, "-m", "mtpchat.cli", "bench", "--model", str(tiny["qwen3.6-dense-tiny"]),
-                           "--draft", "2", "--prompts", "1", "--max-tokens", "8", "--draft-vocab", "512"],
+                           "--draft", "2", "--prompt", "Hi", "--prompt", "Tell me about the sea", "--max-tokens", "8",
+                           "--draft-vocab", "512"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["checkpoint"]["mtp"]["2"]["speedup"] > 0 and report["dtype"] == "float32"
+    assert report["prompts"] == 2  # the two given, not the built-in ones
     assert report["checkpoint_draft_vocab"]["mtp_identical_to_plain"] is True
