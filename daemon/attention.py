@@ -12,10 +12,10 @@ from torch.nn import functional as F
 
 from daemon.cache import AttentionCache
 from daemon.config import TextConfig
+from daemon.linear import Linear
 from daemon.norms import rms_norm
 from daemon.rope import apply_rotary
 from daemon.step_context import StepContext
-from daemon.linear import Linear
 
 
 class Attention(nn.Module):
@@ -26,10 +26,10 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         self.gated = config.gated_attention
         hidden = config.hidden_size
-        self.q_proj = Linear(hidden, self.num_heads * self.head_dim * (2 if self.gated else 1), bias=False)
-        self.k_proj = Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
-        self.v_proj = Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
-        self.o_proj = Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        self.q_proj = Linear(hidden, self.num_heads * self.head_dim * (2 if self.gated else 1))
+        self.k_proj = Linear(hidden, self.num_kv_heads * self.head_dim)
+        self.v_proj = Linear(hidden, self.num_kv_heads * self.head_dim)
+        self.o_proj = Linear(self.num_heads * self.head_dim, hidden)
         if config.qk_norm:
             self.q_norm = rms_norm(config, self.head_dim)
             self.k_norm = rms_norm(config, self.head_dim)

@@ -14,9 +14,9 @@ from torch.nn import functional as F
 from daemon.cache import DeltaNetCache
 from daemon.config import TextConfig
 from daemon.delta_rule import chunked_delta_rule, recurrent_delta_rule
+from daemon.linear import Linear
 from daemon.norms import GatedRMSNorm
 from daemon.step_context import StepContext
-from daemon.linear import Linear
 
 # Inputs up to this length take the recurrent rule: fewer kernels than a padded 64-token chunk.
 RECURRENT_MAX_TOKENS = 8
@@ -38,15 +38,15 @@ class GatedDeltaNet(nn.Module):
         self.split_sizes = [key_size, key_size, value_size]
         conv_dim = 2 * key_size + value_size
         hidden = config.hidden_size
-        self.in_proj_qkv = Linear(hidden, conv_dim, bias=False)
-        self.in_proj_z = Linear(hidden, value_size, bias=False)
-        self.in_proj_b = Linear(hidden, self.num_v_heads, bias=False)
-        self.in_proj_a = Linear(hidden, self.num_v_heads, bias=False)
+        self.in_proj_qkv = Linear(hidden, conv_dim)
+        self.in_proj_z = Linear(hidden, value_size)
+        self.in_proj_b = Linear(hidden, self.num_v_heads)
+        self.in_proj_a = Linear(hidden, self.num_v_heads)
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, config.linear_conv_kernel_dim, groups=conv_dim, bias=False)
         self.dt_bias = nn.Parameter(torch.ones(self.num_v_heads))
         self.A_log = nn.Parameter(torch.zeros(self.num_v_heads))
         self.norm = GatedRMSNorm(self.v_dim, config.rms_norm_eps)
-        self.out_proj = Linear(value_size, hidden, bias=False)
+        self.out_proj = Linear(value_size, hidden)
 
     def _causal_conv(self, mixed: torch.Tensor, cache: DeltaNetCache, keep_steps: bool) -> torch.Tensor:
         """Depthwise conv over [cached window | new inputs]; mixed is [B, conv_dim, T]."""

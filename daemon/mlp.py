@@ -20,9 +20,9 @@ GATHER_MAX_PAIRS = 64
 class DenseMLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()
-        self.gate_proj = Linear(hidden, intermediate, bias=False)
-        self.up_proj = Linear(hidden, intermediate, bias=False)
-        self.down_proj = Linear(intermediate, hidden, bias=False)
+        self.gate_proj = Linear(hidden, intermediate)
+        self.up_proj = Linear(hidden, intermediate)
+        self.down_proj = Linear(intermediate, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -54,10 +54,10 @@ class SparseMoE(nn.Module):
         super().__init__()
         self.top_k = config.num_experts_per_tok
         hidden = config.hidden_size
-        self.gate = Linear(hidden, config.num_experts, bias=False)
+        self.gate = Linear(hidden, config.num_experts)
         self.experts = RoutedExperts(config.num_experts, hidden, config.moe_intermediate_size)
         self.shared_expert = DenseMLP(hidden, config.shared_expert_intermediate_size)
-        self.shared_expert_gate = Linear(hidden, 1, bias=False)
+        self.shared_expert_gate = Linear(hidden, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])

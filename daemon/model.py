@@ -52,7 +52,7 @@ class MTPHead(nn.Module):
     def __init__(self, config: TextConfig):
         super().__init__()
         hidden = config.hidden_size
-        self.fc = Linear(2 * hidden, hidden, bias=False)
+        self.fc = Linear(2 * hidden, hidden)
         self.pre_fc_norm_embedding = rms_norm(config)
         self.pre_fc_norm_hidden = rms_norm(config)
         self.layers = nn.ModuleList([DecoderLayer(config, "full_attention")])
@@ -71,7 +71,7 @@ class QwenModel(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, t) for t in config.layer_types)
         self.norm = rms_norm(config)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size)
         self.mtp = MTPHead(config) if with_mtp else None
         # Plain attributes, not buffers: rotary frequencies must stay float32 when the weights are cast.
         self.inv_freq = model_inverse_frequencies(config, device="cpu")  # even on meta
