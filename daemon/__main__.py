@@ -5,6 +5,8 @@ runtime dir (a second daemon is refused), replaces a stale socket left by a dead
 configured models in the background and serves until SIGTERM/SIGINT, then cancels streams, frees
 memory and removes its socket. `mtpchatd inspect CHECKPOINT` loads a checkpoint and reports what the
 engine would run — how a user checks that a downloaded Qwen3.5/3.6 checkpoint is usable.
+`mtpchatd bench` and `mtpchatd train-head` are the engine-side tools (daemon/tools/commands.py);
+`mtpchatd keys` creates CURVE keys for listening beyond loopback.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ import json
 import sys
 import time
 
+from daemon.tools.commands import add_commands
 from mtpchat.config import DTYPE_NAMES
 
 
 def _inspect(args: argparse.Namespace) -> int:
     import torch
 
-    from daemon.checkpoint import CheckpointError
-    from daemon.loader import DTYPES, load_model
+    from daemon.weights.checkpoint import CheckpointError
+    from daemon.weights.loader import DTYPES, load_model
 
     started = time.perf_counter()
     try:
@@ -54,8 +57,8 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
     from urllib.parse import urlsplit
 
-    from daemon.registry import ModelRegistry
-    from daemon.server import DaemonServer
+    from daemon.serve.registry import ModelRegistry
+    from daemon.serve.server import DaemonServer
     from mtpchat.config import load_config
     from mtpchat.curve import has_server_keys
     from mtpchat.paths import default_endpoint, pid_file
@@ -138,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     inspect.set_defaults(run=_inspect)
     keys = commands.add_parser("keys", help="create ZeroMQ CURVE keys for listening beyond loopback")
     keys.set_defaults(run=_keys)
+    add_commands(commands)
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["serve", *(argv if argv is not None else sys.argv[1:])])

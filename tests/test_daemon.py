@@ -18,8 +18,8 @@ import pytest
 import torch
 import zmq
 
-from daemon.generate import generate
-from daemon.loader import load_model
+from daemon.engine.generate import generate
+from daemon.weights.loader import load_model
 from mtpchat.client import DaemonClient
 from mtpchat.protocol import pack, unpack
 from tests.helpers import chat_prompt, start_daemon_process, stop_process, wait_resident, write_tiny_config
@@ -267,7 +267,7 @@ def test_non_loopback_tcp_needs_curve_keys_and_admits_only_authorized_clients(ho
 def test_daemon_overhead_bench_runs_the_same_request_both_ways(daemon, tiny):
     from transformers import AutoTokenizer
 
-    from daemon.bench import bench_daemon_overhead
+    from daemon.tools.bench import bench_daemon_overhead
 
     path = tiny["qwen3.6-dense-tiny"]
     with DaemonClient() as client:
@@ -280,7 +280,7 @@ def test_daemon_overhead_bench_runs_the_same_request_both_ways(daemon, tiny):
 def test_placement_is_planned_shown_and_a_model_that_cannot_fit_fails_alone(home, tiny):
     """`max_memory` on the CPU leaves room for the dense model only: the MoE fails before reading a
     weight, saying how much is missing, while the dense model keeps serving."""
-    from daemon.loader import checkpoint_footprint
+    from daemon.weights.loader import checkpoint_footprint
     from mtpchat.config import format_size
 
     dense = checkpoint_footprint(tiny["qwen3.6-dense-tiny"], torch.float32, 32768)[0].total

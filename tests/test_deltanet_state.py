@@ -5,9 +5,9 @@ what lets speculative decoding roll back a rejected draft without replaying it."
 import pytest
 import torch
 
-from daemon.cache import DeltaNetCache
-from daemon.delta_rule import chunked_delta_rule, recurrent_delta_rule
-from daemon.loader import load_model
+from daemon.model.cache import DeltaNetCache
+from daemon.model.delta_rule import chunked_delta_rule, recurrent_delta_rule
+from daemon.weights.loader import load_model
 from tests.helpers import TOLERANCE, random_ids
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from daemon.demo_model import gguf_path
-from daemon.generate import generate
-from daemon.gguf_convert import ConversionError, convert_gguf, unpermute_rows
-from daemon.loader import load_model
+from daemon.weights.demo_model import gguf_path
+from daemon.engine.generate import generate
+from daemon.weights.gguf_convert import ConversionError, convert_gguf, unpermute_rows
+from daemon.weights.loader import load_model
 from tests.helpers import chat_prompt
 
 GGUF_TOLERANCE = 2e-4

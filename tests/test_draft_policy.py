@@ -2,7 +2,7 @@
 
 import random
 
-from daemon.draft_policy import AdaptiveDraft, FixedDraft
+from daemon.engine.draft_policy import AdaptiveDraft, FixedDraft
 
 
 def _drive(policy: AdaptiveDraft, acceptance: float, seconds, steps: int = 200) -> list[int]:

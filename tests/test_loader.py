@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from daemon.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
-from daemon.config import TextConfig
-from daemon.loader import load_model
+from daemon.weights.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
+from daemon.model.config import TextConfig
+from daemon.weights.loader import load_model
 from tests.helpers import reference_model
 
 

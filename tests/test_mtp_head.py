@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from daemon.checkpoint import CheckpointFiles
-from daemon.loader import load_model
+from daemon.weights.checkpoint import CheckpointFiles
+from daemon.weights.loader import load_model
 from tests.helpers import TOLERANCE, random_ids, reference_model
 
 

@@ -8,8 +8,8 @@ greedy generation token-identical to transformers' `generate`.
 import pytest
 import torch
 
-from daemon.generate import generate
-from daemon.loader import load_model
+from daemon.engine.generate import generate
+from daemon.weights.loader import load_model
 from tests.helpers import assert_chunked_parity, chat_prompt, random_ids, reference_model
 
 MODELS = ["qwen3.6-dense-tiny", "qwen3.6-moe-tiny"]

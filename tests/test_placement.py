@@ -4,11 +4,11 @@ takes, and the split execution path (layers on several devices, activations hand
 import pytest
 import torch
 
-from daemon.config import TextConfig
-from daemon.devices import MAX_DRAFT_SLOTS, device_budgets
-from daemon.generate import generate
-from daemon.loader import checkpoint_footprint, load_model
-from daemon.placement import DeviceBudget, Footprint, PlacementError, plan_placement
+from daemon.model.config import TextConfig
+from daemon.serve.footprint import MAX_DRAFT_SLOTS, device_budgets
+from daemon.engine.generate import generate
+from daemon.weights.loader import checkpoint_footprint, load_model
+from daemon.serve.placement import DeviceBudget, Footprint, PlacementError, plan_placement
 from tests.helpers import random_ids
 
 GIB = 2**30

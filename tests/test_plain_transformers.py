@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from daemon.generate import generate
-from daemon.loader import load_model
-from daemon.tiny_text_checkpoint import VARIANTS
+from daemon.engine.generate import generate
+from daemon.weights.loader import load_model
+from daemon.tiny.text_checkpoints import VARIANTS
 from tests.helpers import assert_chunked_parity, chat_prompt, random_ids
 
 

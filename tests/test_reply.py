@@ -4,8 +4,8 @@ without MTP; streamed deltas always add up to the stored text."""
 import pytest
 from transformers import AutoTokenizer
 
-from daemon.loader import load_model
-from daemon.reply import ReplyResult, ReplyStream, render_prompt
+from daemon.weights.loader import load_model
+from daemon.engine.reply import ReplyResult, ReplyStream, render_prompt
 
 MESSAGES = [{"role": "user", "content": "Tell me a long story about the sea."}]
 

@@ -1,4 +1,4 @@
-"""daemon.sampling: the target distribution q and lossless speculative verification.
+"""daemon.engine.sampling: the target distribution q and lossless speculative verification.
 
 Proven here, on synthetic distributions over a vocabulary of 6 tokens:
 - verify_drafts is lossless: the first emitted token is distributed as q[0] (k=1 and k=3, sampled or
@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from daemon.sampling import SamplingParams, sample, target_probs, verify_drafts
+from daemon.engine.sampling import SamplingParams, sample, target_probs, verify_drafts
 
 V = 6
 Q0 = torch.tensor([0.40, 0.30, 0.10, 0.10, 0.05, 0.05])

@@ -4,12 +4,12 @@ every draft length, every accept pattern and every stop condition — and the ro
 import pytest
 import torch
 
-from daemon.decode_stats import DecodeStats
-from daemon.drafter import MTPDrafter
-from daemon.generate import generate
-from daemon.loader import load_model
-from daemon.oracle_drafter import OracleDrafter
-from daemon.speculative import SpeculativeDecoder
+from daemon.engine.decode_stats import DecodeStats
+from daemon.engine.drafter import MTPDrafter
+from daemon.engine.generate import generate
+from daemon.weights.loader import load_model
+from daemon.tools.oracle_drafter import OracleDrafter
+from daemon.engine.speculative import SpeculativeDecoder
 from tests.helpers import TOLERANCE, chat_prompt, random_ids, reference_model
 
 MODELS = ["qwen3.6-dense-tiny", "qwen3.6-moe-tiny"]
@@ -62,7 +62,7 @@ def test_mtp_output_equals_plain_and_transformers_for_every_k(tiny, models, name
 
 @torch.inference_mode()
 def test_reduced_draft_vocabulary_drafts_only_the_first_ids(models):
-    from daemon.sampling import SamplingParams
+    from daemon.engine.sampling import SamplingParams
 
     model = models["qwen3.6-moe-tiny"]
     for params in (SamplingParams(), SamplingParams(temperature=1.0, seed=3)):
@@ -169,7 +169,7 @@ def test_stats_are_consistent(models):
 
 @torch.inference_mode()
 def test_seeded_sampling_is_reproducible_and_k_must_be_valid(models):
-    from daemon.sampling import SamplingParams
+    from daemon.engine.sampling import SamplingParams
 
     model = models["qwen3.6-dense-tiny"]
     prompt = random_ids(10, seed=26)[0].tolist()

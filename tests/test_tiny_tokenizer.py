@@ -1,7 +1,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from daemon.tiny_tokenizer import build_tokenizer
+from daemon.tiny.tokenizer import build_tokenizer
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 CONVERSATION = [

@@ -5,10 +5,10 @@ import json
 
 import torch
 
-from daemon.generate import generate
-from daemon.loader import load_model
-from daemon.tiny_text_checkpoint import build_text_checkpoint
-from daemon.train_head import TrainSettings, greedy_batch, train_head
+from daemon.engine.generate import generate
+from daemon.weights.loader import load_model
+from daemon.tiny.text_checkpoints import build_text_checkpoint
+from daemon.tools.train_head import TrainSettings, greedy_batch, train_head
 from tests.helpers import chat_prompt
 
 SETTINGS = TrainSettings(prompts=240, held_out=24, max_new_tokens=32, generate_batch=48, steps=60, batch=16,

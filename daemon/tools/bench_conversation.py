@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import statistics
 
-from daemon.model import QwenModel
-from daemon.reply import ReplyStream, render_prompt, turn_boundary
-from daemon.state_cache import PromptReuse, StateCache
+from daemon.model.text_model import QwenModel
+from daemon.engine.reply import ReplyStream, render_prompt, turn_boundary
+from daemon.engine.state_cache import PromptReuse, StateCache
 
 QUESTIONS = ["Tell me about the sea.", "Why is it salty?", "What lives at the bottom?", "How deep is it?",
              "Can people go there?", "What is a tide?", "Tell me more.", "Give an example.", "Why?",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from daemon.rope import rotary_tables
+from daemon.model.rope import rotary_tables
 
 
 @dataclass(frozen=True)

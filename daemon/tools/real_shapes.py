@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from daemon.config import TextConfig
-from daemon.model import QwenModel
+from daemon.model.config import TextConfig
+from daemon.model.text_model import QwenModel
 
 _COMMON = dict(
     vocab_size=248_320, head_dim=256, rope_theta=10_000_000.0, partial_rotary_factor=0.25,

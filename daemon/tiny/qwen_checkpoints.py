@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from daemon.tiny_tokenizer import build_tokenizer
+from daemon.tiny.tokenizer import build_tokenizer
 
 VOCAB = 1024
 # Matrices small enough that fp32 rounding stays far below the 1e-4 parity bar through 8 layers;

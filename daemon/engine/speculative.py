@@ -15,11 +15,11 @@ from collections.abc import Callable
 
 import torch
 
-from daemon.draft_policy import AdaptiveDraft, FixedDraft
-from daemon.drafter import MTPDrafter
-from daemon.model import QwenModel
-from daemon.sampling import SamplingParams, choose, target_probs, verify_drafts, verify_greedy
-from daemon.state_cache import Snapshot
+from daemon.engine.draft_policy import AdaptiveDraft, FixedDraft
+from daemon.engine.drafter import MTPDrafter
+from daemon.model.text_model import QwenModel
+from daemon.engine.sampling import SamplingParams, choose, target_probs, verify_drafts, verify_greedy
+from daemon.engine.state_cache import Snapshot
 
 
 class SpeculativeDecoder:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from daemon.drafter import MTPDrafter
+from daemon.engine.drafter import MTPDrafter
 
 
 class OracleDrafter(MTPDrafter):

@@ -14,11 +14,11 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from daemon.decode_stats import DecodeStats
-from daemon.model import QwenModel
-from daemon.sampling import SamplingParams
-from daemon.speculative import SpeculativeDecoder
-from daemon.state_cache import PromptReuse
+from daemon.engine.decode_stats import DecodeStats
+from daemon.model.text_model import QwenModel
+from daemon.engine.sampling import SamplingParams
+from daemon.engine.speculative import SpeculativeDecoder
+from daemon.engine.state_cache import PromptReuse
 
 
 def _peak_memory(device: torch.device) -> int:
@@ -36,12 +36,12 @@ def generate(model: QwenModel, prompt_ids: list[int], max_new_tokens: int, stop_
     """Yield up to `max_new_tokens` tokens; a stop token is yielded, then generation ends.
 
     draft_k = 0 decodes plainly; 1..4 drafts that many tokens per step with the MTP head, or at most
-    that many with `adaptive` (see daemon.draft_policy); `draft_vocab` limits drafts to the first ids.
+    that many with `adaptive` (see daemon.engine.draft_policy); `draft_vocab` limits drafts to the first ids.
     `provenance`, if given, gets one flag per yielded token, just before it is yielded: True for a
     drafted token the verifier accepted, False for a token the verifier produced itself. `context`
     caps prompt + reply below the model's own limit. With `reuse`, the prompt resumes from the longest
     cached snapshot that starts it, and snapshots are saved at the boundary and where the reply ends
-    (daemon/state_cache.py)."""
+    (daemon/engine/state_cache.py)."""
     if not prompt_ids:
         raise ValueError("the prompt is empty")
     limit = min(context or model.config.max_position_embeddings, model.config.max_position_embeddings)

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from daemon.cache import AttentionCache
-from daemon.config import TextConfig
-from daemon.linear import Linear
-from daemon.norms import rms_norm
-from daemon.rope import apply_rotary
-from daemon.step_context import StepContext
+from daemon.model.cache import AttentionCache
+from daemon.model.config import TextConfig
+from daemon.model.linear import Linear
+from daemon.model.norms import rms_norm
+from daemon.model.rope import apply_rotary
+from daemon.model.step_context import StepContext
 
 
 class Attention(nn.Module):

@@ -12,15 +12,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from daemon.attention import Attention
-from daemon.cache import AttentionCache, ModelCache
-from daemon.config import TextConfig
-from daemon.deltanet import GatedDeltaNet
-from daemon.linear import Linear, linear
-from daemon.mlp import feed_forward
-from daemon.norms import rms_norm
-from daemon.rope import model_inverse_frequencies
-from daemon.step_context import StepContext
+from daemon.model.attention import Attention
+from daemon.model.cache import AttentionCache, ModelCache
+from daemon.model.config import TextConfig
+from daemon.model.deltanet import GatedDeltaNet
+from daemon.model.linear import Linear, linear
+from daemon.model.mlp import feed_forward
+from daemon.model.norms import rms_norm
+from daemon.model.rope import model_inverse_frequencies
+from daemon.model.step_context import StepContext
 
 
 class DecoderLayer(nn.Module):

@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from daemon.decode_stats import DecodeStats
-from daemon.generate import generate
-from daemon.model import QwenModel
-from daemon.oracle_drafter import OracleDrafter
-from daemon.sampling import SamplingParams
+from daemon.engine.decode_stats import DecodeStats
+from daemon.engine.generate import generate
+from daemon.model.text_model import QwenModel
+from daemon.tools.oracle_drafter import OracleDrafter
+from daemon.engine.sampling import SamplingParams
 
 BENCH_PROMPTS = [
     "Explain how a hash map works, with a short Python example.",
@@ -188,7 +188,7 @@ def bench_daemon_overhead(model: QwenModel, tokenizer, client, model_name: str, 
                           repeats: int = 5) -> dict:
     """Decode tok/s of the same greedy request in process and through a running daemon, alternating;
     timed from the first token (chunk) to the last, so prefill and connection setup are excluded."""
-    from daemon.reply import ReplyStream, render_prompt
+    from daemon.engine.reply import ReplyStream, render_prompt
 
     messages = [{"role": "user", "content": BENCH_PROMPTS[0]}]
     list(client.generate(model=model_name, messages=messages, max_tokens=4, draft=draft))  # waits until resident

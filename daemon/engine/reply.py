@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daemon.decode_stats import DecodeStats
-from daemon.generate import generate
-from daemon.model import QwenModel
-from daemon.sampling import SamplingParams
-from daemon.state_cache import PromptReuse
+from daemon.engine.decode_stats import DecodeStats
+from daemon.engine.generate import generate
+from daemon.model.text_model import QwenModel
+from daemon.engine.sampling import SamplingParams
+from daemon.engine.state_cache import PromptReuse
 
 
 @dataclass
@@ -43,8 +43,8 @@ class Piece:
 def load_chat_model(checkpoint: str | Path, device: str | None = None, dtype=None, placement=None, progress=None):
     from transformers import AutoTokenizer
 
-    from daemon.checkpoint import resolve_checkpoint
-    from daemon.loader import load_model
+    from daemon.weights.checkpoint import resolve_checkpoint
+    from daemon.weights.loader import load_model
 
     directory = resolve_checkpoint(checkpoint)
     model = load_model(directory, device=device, dtype=dtype, placement=placement, progress=progress)

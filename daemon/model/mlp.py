@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from daemon.config import TextConfig
-from daemon.linear import Linear, linear
+from daemon.model.config import TextConfig
+from daemon.model.linear import Linear, linear
 
 # Gather expert weights per (token, choice) up to this many pairs; beyond it loop over experts.
 GATHER_MAX_PAIRS = 64

@@ -2,7 +2,7 @@
 
 Loading runs in a background thread so the daemon keeps answering (status shows the state); a
 generate request for a model that is not resident yet waits for it (and starts its load if needed),
-and gets an error if the load fails. Each load first plans where the model goes (daemon/placement.py)
+and gets an error if the load fails. Each load first plans where the model goes (daemon/serve/placement.py)
 from the memory the devices have left, so a model that cannot fit fails before reading a weight, with
 what is missing, and the others keep serving. Unloading drops every reference and returns the memory.
 """
@@ -28,7 +28,7 @@ class ModelEntry:
     model: object = None
     tokenizer: object = None
     load_seconds: float = 0.0
-    placement: object = None  # daemon.placement.Placement, once planned
+    placement: object = None  # daemon.serve.placement.Placement, once planned
     context: int = 0  # tokens per stream: the configured context, capped at the model's limit
     _thread: threading.Thread | None = field(default=None, repr=False)
 
@@ -47,7 +47,7 @@ class ModelEntry:
 
 class ModelRegistry:
     def __init__(self, config: Config):
-        from daemon.state_cache import StateCache
+        from daemon.engine.state_cache import StateCache
 
         self.default = config.default
         self.max_memory = config.max_memory
@@ -86,9 +86,9 @@ class ModelRegistry:
         return used
 
     def _plan(self, entry: ModelEntry, path: str):
-        from daemon.devices import device_budgets
-        from daemon.loader import DTYPES, checkpoint_footprint, default_dtype
-        from daemon.placement import plan_placement
+        from daemon.serve.footprint import device_budgets
+        from daemon.weights.loader import DTYPES, checkpoint_footprint, default_dtype
+        from daemon.serve.placement import plan_placement
 
         settings = entry.settings
         budgets = device_budgets(self.max_memory, self._in_use(), self.states.budget)
@@ -98,7 +98,7 @@ class ModelRegistry:
         return plan_placement(settings.name, footprint, budgets, settings.devices), dtype
 
     def _load(self, entry: ModelEntry) -> None:
-        from daemon.reply import load_chat_model
+        from daemon.engine.reply import load_chat_model
 
         started = time.perf_counter()
         settings = entry.settings
@@ -106,7 +106,7 @@ class ModelRegistry:
             with self._loading:  # also serialises transformers' lazy imports, which are not thread-safe
                 path = settings.path
                 if path.startswith(BUILTIN):
-                    from daemon.default_model import builtin_checkpoint
+                    from daemon.weights.builtin_models import builtin_checkpoint
 
                     path = builtin_checkpoint(path)
                 entry.placement, dtype = self._plan(entry, path)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from daemon.tiny_tokenizer import build_tokenizer
+from daemon.tiny.tokenizer import build_tokenizer
 
 VOCAB = 1024
 COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from daemon.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
-from daemon.config import TextConfig
-from daemon.model import QwenModel
-from daemon.devices import model_footprint
-from daemon.placement import Footprint, Placement
+from daemon.weights.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
+from daemon.model.config import TextConfig
+from daemon.model.text_model import QwenModel
+from daemon.serve.footprint import model_footprint
+from daemon.serve.placement import Footprint, Placement
 from mtpchat.config import DTYPE_NAMES
 
 TRUNK_PREFIXES = ("model.language_model.", "model.")

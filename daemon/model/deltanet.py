@@ -11,12 +11,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from daemon.cache import DeltaNetCache
-from daemon.config import TextConfig
-from daemon.delta_rule import chunked_delta_rule, recurrent_delta_rule
-from daemon.linear import Linear
-from daemon.norms import GatedRMSNorm
-from daemon.step_context import StepContext
+from daemon.model.cache import DeltaNetCache
+from daemon.model.config import TextConfig
+from daemon.model.delta_rule import chunked_delta_rule, recurrent_delta_rule
+from daemon.model.linear import Linear
+from daemon.model.norms import GatedRMSNorm
+from daemon.model.step_context import StepContext
 
 # Inputs up to this length take the recurrent rule: fewer kernels than a padded 64-token chunk.
 RECURRENT_MAX_TOKENS = 8

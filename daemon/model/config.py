@@ -53,7 +53,7 @@ class TextConfig:
     mtp_num_hidden_layers: int = 0
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 262_144
-    llama3_rope: tuple[float, float, float, float] | None = None  # see daemon.rope.inverse_frequencies
+    llama3_rope: tuple[float, float, float, float] | None = None  # see daemon.model.rope.inverse_frequencies
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:

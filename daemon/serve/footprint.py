@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 import torch
 
-from daemon.cache import ModelCache
-from daemon.config import TextConfig
-from daemon.model import QwenModel
-from daemon.placement import GPU_HEADROOM, DeviceBudget, Footprint
+from daemon.model.cache import ModelCache
+from daemon.model.config import TextConfig
+from daemon.model.text_model import QwenModel
+from daemon.serve.placement import GPU_HEADROOM, DeviceBudget, Footprint
 
 MAX_DRAFT_SLOTS = 5  # DeltaNet step slots of a (k+1)-token verify at the largest draft k (4)
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from daemon.registry import ModelEntry, ModelRegistry
-from daemon.reply import ReplyStream, render_prompt, turn_boundary
-from daemon.sampling import SamplingParams
-from daemon.state_cache import PromptReuse
+from daemon.serve.registry import ModelEntry, ModelRegistry
+from daemon.engine.reply import ReplyStream, render_prompt, turn_boundary
+from daemon.engine.sampling import SamplingParams
+from daemon.engine.state_cache import PromptReuse
 from mtpchat import __version__
 from mtpchat.curve import secure_server
 from mtpchat.protocol import MAX_FRAME_BYTES, VERSION, ProtocolError, error_reply, pack, parse_request, reply, unpack
@@ -217,7 +217,7 @@ class DaemonServer:
 
     # --- loop ----------------------------------------------------------------------------------
     def status(self) -> dict:
-        from daemon.devices import describe_devices
+        from daemon.serve.footprint import describe_devices
 
         devices = describe_devices()
         return {"version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),

@@ -9,7 +9,7 @@ of the same model whose tokens start the new prompt (and leave at least one toke
 edits, regenerations, several clients and interleaved conversations need no bookkeeping, and a
 mismatch simply falls back to a shorter snapshot or a full prefill.
 
-Snapshots are taken where the next turn is likely to resume (see `daemon/generate.py`): where the
+Snapshots are taken where the next turn is likely to resume (see `daemon/engine/generate.py`): where the
 rendered conversation ends before the assistant header of this turn — chat templates re-render old
 turns differently (Qwen drops earlier `<think>` blocks), but the text up to the last user message
 comes back token for token — and where the reply ends. A snapshot without MTP state (from a plain

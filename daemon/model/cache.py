@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from daemon.config import TextConfig
+from daemon.model.config import TextConfig
 
 
 def _nbytes(cache) -> int:

@@ -1,0 +1,168 @@
+"""`mtpchatd bench` and `mtpchatd train-head`: the engine-side commands, run in this process.
+
+`mtpchat bench` / `mtpchat train-head` are the same commands spelled on the client, which hands them
+here without importing torch. Both load a model by configured name (the built-in `demo` and `tiny`
+included), checkpoint directory or repo id, as the daemon would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mtpchat.client import DaemonClient, start_daemon
+from mtpchat.config import BUILTIN, DTYPE_NAMES, load_config
+
+
+def _progress(text: str) -> None:
+    print(text, end="", file=sys.stderr, flush=True)
+
+
+def _local_checkpoint(model: str | None):
+    """What an in-process command (bench, train-head) loads for `--model`: a configured model name (the
+    built-in `demo` and `tiny` included) means its path, anything else is a directory or repo id."""
+    from daemon.weights.builtin_models import builtin_checkpoint
+
+    config = load_config()
+    settings = config.models.get(model or config.default)
+    path = settings.path if settings else model
+    return builtin_checkpoint(path, progress=_progress) if path.startswith(BUILTIN) else path
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    from daemon.tools import bench
+    from daemon.weights.loader import DTYPES, default_device
+    from daemon.engine.reply import load_chat_model
+    from daemon.tools.real_shapes import random_model, shape_config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device) if args.device else default_device()
+    ks = [int(k) for k in args.draft.split(",")]
+    report = {"device": str(device), "cpu": platform.processor() or platform.machine(),
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "max_tokens": args.max_tokens,
+              "draft_k": ks, "draft_vocab": args.draft_vocab}
+    if args.shape:
+        # random weights at a real shape; bf16 by default, where a (k+1)-token verify reads weights once
+        dtype = DTYPES[args.dtype or "bfloat16"]
+        config = shape_config(args.shape, args.layers, args.vocab)
+        model = random_model(config, device, dtype)
+        prompt = torch.randint(0, config.vocab_size, (args.prompt_tokens,),
+                               generator=torch.Generator().manual_seed(0)).tolist()
+        rates = [float(r) for r in (args.oracle or "0.6,0.7,0.8,0.9").split(",")]
+        report.update(model=args.shape, layers=config.num_hidden_layers, vocab=config.vocab_size)
+        report["step_cost"] = bench.step_costs(model, ks, draft_vocab=args.draft_vocab)
+        report["oracle"] = bench.bench_oracle(model, prompt, args.max_tokens, ks, rates, draft_vocab=args.draft_vocab)
+    else:
+        checkpoint = _local_checkpoint(args.model)
+        model, tokenizer = load_chat_model(checkpoint, device=str(device))
+        if args.dtype:
+            model = model.to(DTYPES[args.dtype])
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                 tokenize=True, enable_thinking=False, return_dict=False)
+                   for p in args.prompt or bench.BENCH_PROMPTS[:args.prompts]]
+        report.update(model=str(checkpoint), prompts=len(prompts))
+        if args.conversation:
+            from daemon.tools.bench_conversation import bench_conversation
+
+            turns = [int(t) for t in args.conversation.split(",")]
+            report["conversation"] = bench_conversation(model, tokenizer, turns, args.max_tokens, max(ks))
+            print(json.dumps(report, indent=2))
+            return 0
+        report["checkpoint"] = bench.bench_checkpoint(model, prompts, args.max_tokens, ks)
+        if args.draft_vocab:
+            report["checkpoint_draft_vocab"] = bench.bench_checkpoint(model, prompts, args.max_tokens, ks,
+                                                                      draft_vocab=args.draft_vocab)
+        report["step_cost"] = bench.step_costs(model, ks, draft_vocab=args.draft_vocab)
+        if args.daemon:
+            name = str(args.model) if args.model else None
+            start_daemon(args.endpoint, progress=_progress if sys.stderr.isatty() else lambda text: None)
+            with DaemonClient(args.endpoint) as client:
+                model_name = name or client.request("models")["models"][0]["name"]
+                report["daemon_overhead"] = bench.bench_daemon_overhead(model, tokenizer, client, model_name,
+                                                                        args.max_tokens, max(ks))
+    report["dtype"] = str(model.dtype).removeprefix("torch.")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _train_head(args: argparse.Namespace) -> int:
+    import dataclasses
+    import shlex
+
+    import torch
+
+    from daemon.weights.checkpoint import resolve_checkpoint
+    from daemon.weights.demo_model import DemoModelError
+    from daemon.tools.train_head import TrainSettings, progress_line, train_head, trunk_fingerprint
+    from mtpchat.paths import cache_dir
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)}
+        settings = TrainSettings(**{name: value for name, value in given.items() if value is not None})
+        checkpoint = resolve_checkpoint(_local_checkpoint(args.model))
+        work = args.work or cache_dir() / "train-head" / trunk_fingerprint(checkpoint)
+        command = shlex.join(["mtpchatd", "train-head", *sys.argv[2:]]) if sys.argv[1:2] == ["train-head"] else ""
+        record = train_head(checkpoint, args.out or checkpoint, work, settings, show=progress_line, command=command)
+    except (DemoModelError, ValueError, OSError) as exc:
+        print(f"mtpchatd: {exc}", file=sys.stderr)
+        return 1
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(json.dumps(record["history"][-1] | {"head": str(args.out or checkpoint)}))
+    return 0
+
+
+
+def add_commands(commands) -> None:
+    """Register `bench` and `train-head` on mtpchatd's subcommand parser."""
+    bench = commands.add_parser("bench", help="plain vs MTP decoding side by side, JSON out")
+    bench.add_argument("--model", help="configured model name, checkpoint directory or repo id (default: the default model)")
+    bench.add_argument("--shape", choices=["qwen3.6-27b", "qwen3.6-35b-a3b"],
+                       help="random weights at this real shape, with an oracle drafter, instead of a checkpoint")
+    bench.add_argument("--layers", type=int, help="with --shape: fewer layers (a multiple of 4)")
+    bench.add_argument("--vocab", type=int, help="with --shape: a smaller vocabulary")
+    bench.add_argument("--oracle", help="with --shape: per-token draft accuracies (default 0.6,0.7,0.8,0.9)")
+    bench.add_argument("--prompt-tokens", type=int, default=128, help="with --shape: prompt length")
+    bench.add_argument("--draft", default="1,2,3,4", help="draft lengths to measure, e.g. 1,2,3,4")
+    bench.add_argument("--draft-vocab", type=int, help="draft among the first N token ids only (with a checkpoint: "
+                                                       "measured beside the full vocabulary)")
+    bench.add_argument("--prompts", type=int, default=4, help="how many built-in prompts (1..4)")
+    bench.add_argument("--prompt", action="append", help="your own prompt instead of the built-in ones (repeatable)")
+    bench.add_argument("--max-tokens", type=int, default=64)
+    bench.add_argument("--device")
+    bench.add_argument("--dtype", choices=DTYPE_NAMES)
+    bench.add_argument("--threads", type=int, help="torch CPU threads")
+    bench.add_argument("--conversation", metavar="TURNS",
+                       help="instead: time to first token at these turns (e.g. 1,5,10,20) of a growing "
+                            "conversation, conversation state cache off vs on")
+    bench.add_argument("--daemon", action="store_true",
+                       help="also compare the same request through the daemon (starting it if needed)")
+    bench.add_argument("--endpoint", help="with --daemon: the daemon endpoint (default: the ipc socket)")
+    bench.set_defaults(run=_bench)
+    train = commands.add_parser("train-head", help="train an MTP head for a checkpoint without one (self-distillation)")
+    train.add_argument("--model", help="configured model name, checkpoint directory or repo id (default: the default model)")
+    train.add_argument("--out", help="where mtp_head.safetensors goes (default: beside the checkpoint)")
+    train.add_argument("--work", help="work directory for replies, features and resumable state "
+                                      "(default: in the cache, per trunk)")
+    # defaults: daemon.tools.train_head.TrainSettings (what the committed demo head was trained with)
+    train.add_argument("--prompts", type=int, help="built-in prompts to use (default: all 1212)")
+    train.add_argument("--held-out", type=int, help="of those, kept for measuring acceptance (default 60)")
+    train.add_argument("--max-new-tokens", type=int, help="length limit of the trunk's replies (default 160)")
+    train.add_argument("--generate-batch", type=int, help="replies generated per batch (default 32)")
+    train.add_argument("--steps", type=int, help="training steps (default 800)")
+    train.add_argument("--batch", type=int, help="sequences per training step (default 8)")
+    train.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    train.add_argument("--eval-every", type=int, help="steps between held-out measurements (default 100)")
+    train.add_argument("--chain", type=int, help="draft steps trained in a chain: the head also learns from its "
+                                                 "own outputs (default 2)")
+    train.add_argument("--seed", type=int, help="fixes the prompt sample, the initial head, the batch order (default 0)")
+    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.set_defaults(run=_train_head)
