@@ -96,9 +96,25 @@ def test_mtpchatd_inspect_reports_the_checkpoint(tiny, tmp_path):
 def test_client_side_imports_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
             "import mtpchat, mtpchat.cli, mtpchat.paths, mtpchat.client, mtpchat.protocol, mtpchat.config\n"
-            "assert 'daemon.model.text_model' not in sys.modules")
+            "import mtpchat.store, mtpchat.tui.app\n"
+            "loaded = [m for m in sys.modules if m.split('.')[0] == 'daemon']\n"
+            "assert not loaded, loaded")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_bench_and_train_head_are_handed_to_mtpchatd(tmp_path):
+    for command in ("bench", "train-head"):
+        done = _run("mtpchat.cli", command, "--help", home=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"usage: mtpchatd {command}")
+
+
+def test_engine_commands_without_the_engine_say_what_to_install():
+    code = "import sys; sys.modules['torch'] = None\nfrom mtpchat.cli import main\nsys.exit(main(['bench']))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "install mtpchat[daemon]" in done.stderr
 
 
 @torch.inference_mode()

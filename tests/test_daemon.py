@@ -280,7 +280,7 @@ def test_daemon_overhead_bench_runs_the_same_request_both_ways(daemon, tiny):
 def test_placement_is_planned_shown_and_a_model_that_cannot_fit_fails_alone(home, tiny):
     """`max_memory` on the CPU leaves room for the dense model only: the MoE fails before reading a
     weight, saying how much is missing, while the dense model keeps serving."""
-    from daemon.weights.loader import checkpoint_footprint
+    from daemon.serve.footprint import checkpoint_footprint
     from mtpchat.config import format_size
 
     dense = checkpoint_footprint(tiny["qwen3.6-dense-tiny"], torch.float32, 32768)[0].total

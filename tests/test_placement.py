@@ -7,7 +7,8 @@ import torch
 from daemon.model.config import TextConfig
 from daemon.serve.footprint import MAX_DRAFT_SLOTS, device_budgets
 from daemon.engine.generate import generate
-from daemon.weights.loader import checkpoint_footprint, load_model
+from daemon.serve.footprint import checkpoint_footprint
+from daemon.weights.loader import load_model
 from daemon.serve.placement import DeviceBudget, Footprint, PlacementError, plan_placement
 from tests.helpers import random_ids
 

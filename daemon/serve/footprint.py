@@ -9,12 +9,14 @@ its config: exact weight bytes per part plus the cache of one stream at the mode
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from daemon.model.cache import ModelCache
 from daemon.model.config import TextConfig
 from daemon.model.text_model import QwenModel
+from daemon.weights.checkpoint import CheckpointFiles, resolve_checkpoint
 from daemon.serve.placement import GPU_HEADROOM, DeviceBudget, Footprint
 
 MAX_DRAFT_SLOTS = 5  # DeltaNet step slots of a (k+1)-token verify at the largest draft k (4)
@@ -70,3 +72,12 @@ def model_footprint(config: TextConfig, dtype: torch.dtype, with_mtp: bool, cont
     if with_mtp:
         head += _bytes(model.mtp) + model.new_mtp_cache(context).nbytes()
     return Footprint(_bytes(model.embed_tokens), layers, head)
+
+
+def checkpoint_footprint(checkpoint: str | Path, dtype: torch.dtype, context: int) -> tuple[Footprint, int]:
+    """What the checkpoint needs at `dtype` with one stream of up to `context` tokens (capped at the
+    model's own limit), and that limit."""
+    directory = resolve_checkpoint(checkpoint)
+    config = TextConfig.from_checkpoint(directory)
+    context = min(context, config.max_position_embeddings)
+    return model_footprint(config, dtype, "mtp.fc.weight" in CheckpointFiles(directory), context), context

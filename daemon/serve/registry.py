@@ -87,7 +87,8 @@ class ModelRegistry:
 
     def _plan(self, entry: ModelEntry, path: str):
         from daemon.serve.footprint import device_budgets
-        from daemon.weights.loader import DTYPES, checkpoint_footprint, default_dtype
+        from daemon.serve.footprint import checkpoint_footprint
+        from daemon.weights.loader import DTYPES, default_dtype
         from daemon.serve.placement import plan_placement
 
         settings = entry.settings

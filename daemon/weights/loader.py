@@ -12,20 +12,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from daemon.weights.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
 from daemon.model.config import TextConfig
 from daemon.model.text_model import QwenModel
-from daemon.serve.footprint import model_footprint
-from daemon.serve.placement import Footprint, Placement
 from mtpchat.config import DTYPE_NAMES
 
 TRUNK_PREFIXES = ("model.language_model.", "model.")
 
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
+
+
+class PartDevices(Protocol):
+    """Where each part of a split model goes; `daemon.serve.placement.Placement` is one."""
+    embed_device: str
+    layer_devices: tuple[str, ...]
+    head_device: str
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -63,7 +69,7 @@ def _read_experts(files: CheckpointFiles, name: str, shape: torch.Size) -> torch
 
 
 def load_model(checkpoint: str | Path, *, device: torch.device | str | None = None,
-               dtype: torch.dtype | None = None, placement: Placement | None = None,
+               dtype: torch.dtype | None = None, placement: PartDevices | None = None,
                progress: Callable[[float], None] | None = None) -> QwenModel:
     """Onto one `device`, or split as `placement` says. progress, if given, is called with the
     fraction of parameters loaded so far (0..1)."""
@@ -101,12 +107,3 @@ def load_model(checkpoint: str | Path, *, device: torch.device | str | None = No
         model.lm_head.weight = embed if embed.device == model.lm_head.weight.device else torch.nn.Parameter(
             embed.to(model.lm_head.weight.device), requires_grad=False)
     return model.eval().requires_grad_(False)
-
-
-def checkpoint_footprint(checkpoint: str | Path, dtype: torch.dtype, context: int) -> tuple[Footprint, int]:
-    """What the checkpoint needs at `dtype` with one stream of up to `context` tokens (capped at the
-    model's own limit), and that limit."""
-    directory = resolve_checkpoint(checkpoint)
-    config = TextConfig.from_checkpoint(directory)
-    context = min(context, config.max_position_embeddings)
-    return model_footprint(config, dtype, "mtp.fc.weight" in CheckpointFiles(directory), context), context
