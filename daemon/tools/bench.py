@@ -1,4 +1,4 @@
-"""`mtpchat bench`: plain vs MTP decoding measured side by side in one process, as JSON.
+"""`mtpchatd bench` (also spelled `mtpchat bench`): plain vs MTP decoding measured side by side in one process, as JSON.
 
 Three measurements, each a ratio taken within one run so machine noise cancels:
 - checkpoint: the same prompts decoded plain and with MTP at each k, alternating per prompt; tok/s,

@@ -1,4 +1,4 @@
-"""`mtpchat train-head`: an MTP head for a trunk that shipped without one, by self-distillation.
+"""`mtpchatd train-head` (also spelled `mtpchat train-head`): an MTP head for a trunk that shipped without one, by self-distillation.
 
 The head is the module Qwen3.5/3.6 ship (`MTPHead`: fc over [norm(embed(t_{i+1})) | norm(h_i)], one
 decoder layer of the trunk's kind, a final norm, the trunk's embedding and lm_head). It must predict
