@@ -52,12 +52,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     import fcntl
-    import ipaddress
     import os
     import signal
-    from urllib.parse import urlsplit
 
     from daemon.serve.registry import ModelRegistry
+    from daemon.serve.listen import ListenError, check_listen_endpoint
     from daemon.serve.server import DaemonServer
     from mtpchat.config import load_config
     from mtpchat.curve import has_server_keys
@@ -65,13 +64,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     endpoint = args.listen or default_endpoint()
     curve = endpoint.startswith("tcp://") and has_server_keys()
+    try:
+        check_listen_endpoint(endpoint, curve)
+    except ListenError as exc:
+        print(f"mtpchatd: {exc}", file=sys.stderr)
+        return 2
     if endpoint.startswith("tcp://") and not curve:
-        host = urlsplit(endpoint).hostname or ""
-        if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
-            print(f"mtpchatd: refusing to listen on {endpoint}: a non-loopback address needs ZeroMQ CURVE keys; "
-                  "run `mtpchatd keys` (see mtpchat/curve.py), or use tcp://127.0.0.1:PORT with an ssh tunnel",
-                  file=sys.stderr)
-            return 2
+        print(f"mtpchatd: warning: {endpoint} without CURVE keys answers every local user of this machine "
+              "(they can generate and load checkpoints); `mtpchatd keys` enables CURVE on loopback too",
+              file=sys.stderr)
     lock = open(pid_file(), "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -142,9 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     keys = commands.add_parser("keys", help="create ZeroMQ CURVE keys for listening beyond loopback")
     keys.set_defaults(run=_keys)
     add_commands(commands)
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in commands.choices and argv[0] not in ("-h", "--help"):
+        argv = ["serve", *argv]  # `mtpchatd --listen X` is `mtpchatd serve --listen X`
     args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["serve", *(argv if argv is not None else sys.argv[1:])])
     return args.run(args)
 
 

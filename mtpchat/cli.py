@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from mtpchat.client import DaemonClient, DaemonUnavailable, daemon_answers, start_daemon
 from mtpchat.config import format_size
@@ -76,7 +77,7 @@ def _daemon(args: argparse.Namespace) -> int:
             return 1
         return _daemon_status(args) if args.json else 0
     if args.action == "stop":
-        return _daemon_stop()
+        return _daemon_stop(args)
     return _daemon_status(args)
 
 
@@ -103,22 +104,44 @@ def _daemon_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _daemon_stop(timeout_s: float = 30.0) -> int:
+def _daemon_stop(args: argparse.Namespace, timeout_s: float = 30.0) -> int:
     try:
         pid = int(pid_file().read_text().strip())
-        os.kill(pid, signal.SIGTERM)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        print("mtpchatd is not running")
+    except (FileNotFoundError, ValueError):
+        pid = None
+    if pid is None or not _is_our_daemon(pid, args.endpoint):
+        print("mtpchatd is not running" if pid is None else
+              f"mtpchatd is not running (the pid file {pid_file()} names process {pid}, which is not mtpchatd; "
+              "left alone)")
         return 0
+    os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
+            print(f"mtpchatd (pid {pid}) stopped")
             return 0
         time.sleep(0.05)
     print(f"mtpchat: mtpchatd (pid {pid}) did not stop within {timeout_s:g} s; see {daemon_log()}", file=sys.stderr)
     return 1
+
+
+def _is_our_daemon(pid: int, endpoint: str | None) -> bool:
+    """Whether `pid` is mtpchatd: it says so over the socket, or (busy, not answering) its command line
+    is ours. A stale pid file may name any process; that one must never get our SIGTERM."""
+    try:
+        with DaemonClient(endpoint) as client:
+            if client.request("hello", timeout_ms=2000).get("pid") == pid:
+                return True
+    except DaemonUnavailable:
+        pass
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    launched_as = [Path(os.fsdecode(arg)).name for arg in argv[:3]]
+    return "mtpchatd" in launched_as[:2] or launched_as[1:3] == ["-m", "daemon"]  # script, or python -m daemon
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -11,13 +11,14 @@ import itertools
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 
 import zmq
 
 from mtpchat.curve import secure_client
-from mtpchat.paths import daemon_log, default_endpoint
+from mtpchat.paths import daemon_log, default_endpoint, private_file
 from mtpchat.protocol import TERMINAL, pack, unpack
 
 
@@ -102,11 +103,13 @@ def start_daemon(endpoint: str | None = None, wait_s: float = 60.0,
     """Start `mtpchatd` detached (own session, survives this shell) unless one answers; wait for it."""
     if daemon_answers(endpoint):
         return
-    log = daemon_log()
-    log.parent.mkdir(parents=True, exist_ok=True)
+    log = private_file(daemon_log())
     command = [sys.executable, "-m", "daemon", "serve"] + (["--listen", endpoint] if endpoint else [])
     with open(log, "ab") as out:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    # the daemon outlives this client's interest in it: reap it whenever it exits, so a long-lived
+    # client (the TUI) never holds it as a zombie that `mtpchat daemon stop` would wait for
+    threading.Thread(target=process.wait, name="mtpchatd-reaper", daemon=True).start()
     progress("starting mtpchatd")
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:

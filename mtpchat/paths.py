@@ -1,5 +1,8 @@
 """Where mtpchat keeps things, in one place (platformdirs), all under MTPCHAT_HOME when it is set
-(tests and several side-by-side installs use that)."""
+(tests and several side-by-side installs use that).
+
+Conversations, the daemon's log and its socket are the user's alone: their dirs are made 0700 and
+`private_file` creates files 0600, whatever the umask (another local user must not read a chat)."""
 
 from __future__ import annotations
 
@@ -26,20 +29,33 @@ def config_dir() -> Path:
     return _root("config")
 
 
-def data_dir() -> Path:
-    return _root("data")
-
-
-def log_dir() -> Path:
-    return _root("log")
-
-
-def runtime_dir() -> Path:
-    """Socket and pid file; created private (0700) on first use."""
-    path = _root("runtime")
+def _private_dir(kind: str) -> Path:
+    path = _root(kind)
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.chmod(0o700)
     return path
+
+
+def private_file(path: Path) -> Path:
+    """`path`, created empty if absent, readable and writable by the user alone (0600)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    path.chmod(0o600)
+    return path
+
+
+def data_dir() -> Path:
+    """Conversations and exports; private (0700)."""
+    return _private_dir("data")
+
+
+def log_dir() -> Path:
+    """The daemon's log; private (0700)."""
+    return _private_dir("log")
+
+
+def runtime_dir() -> Path:
+    """Socket and pid file; private (0700)."""
+    return _private_dir("runtime")
 
 
 def default_endpoint() -> str:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtpchat.paths import data_dir
+from mtpchat.paths import data_dir, private_file
 
 STATUSES = ("streaming", "complete", "interrupted", "error")
 
@@ -98,6 +98,7 @@ class Store:
     def __init__(self, path: Path | None = None):
         self.path = path or default_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)  # SQLite gives the -wal and -shm files the database file's mode
         self.db = sqlite3.connect(self.path, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
