@@ -1,10 +1,12 @@
 """The wire protocol between mtpchat clients and the mtpchatd daemon, in one module.
 
 Both sides import this module, so framing, versioning and request validation cannot drift apart:
-the client packs requests with it, the daemon unpacks and validates them with it, and the daemon's
-replies are built with it. Everything that crosses the socket is decoded here first, so a malformed
-frame becomes a ProtocolError (answered with an error reply), never a crash. The specification a
-third party can implement a client from is docs/protocol.md; keep the two in step.
+the client packs requests with it, the daemon unpacks and validates them with it into typed requests
+(one frozen dataclass per op), and the daemon's replies are built with it. The constants both sides
+read — the draft limit and settings, the stats keys — are defined here once. Everything that crosses
+the socket is decoded here first, so a malformed frame becomes a ProtocolError (answered with an
+error reply), never a crash. The specification a third party can implement a client from is
+docs/protocol.md; keep the two in step.
 
 Stdlib and msgpack only: the client side must run on a laptop without torch or the daemon's deps.
 """
