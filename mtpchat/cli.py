@@ -22,6 +22,7 @@ from pathlib import Path
 from mtpchat.client import DaemonClient, DaemonUnavailable, daemon_answers, start_daemon
 from mtpchat.config import format_size
 from mtpchat.paths import daemon_log, pid_file
+from mtpchat.protocol import DRAFT_AUTO, MAX_DRAFT
 from mtpchat.status_text import placement_line, state_cache_line
 
 
@@ -203,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--system", help="system prompt")
     ask.add_argument("--max-tokens", type=int, default=128)
     ask.add_argument("--no-mtp", action="store_true", help="plain decoding (the same engine with k = 0)")
-    ask.add_argument("--draft", choices=["1", "2", "3", "4", "auto"], metavar="K",
-                     help="MTP draft tokens per step, 1..4, or auto (adaptive); default: the model's setting")
+    ask.add_argument("--draft", choices=[*map(str, range(1, MAX_DRAFT + 1)), DRAFT_AUTO], metavar="K",
+                     help=f"MTP draft tokens per step, 1..{MAX_DRAFT}, or {DRAFT_AUTO} (adaptive); default: the "
+                          "model's setting")
     ask.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
     ask.add_argument("--top-p", type=float, default=1.0)
     ask.add_argument("--top-k", type=int, default=0, help="0 (default) keeps every token")

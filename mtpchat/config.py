@@ -33,6 +33,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from mtpchat.paths import config_dir
+from mtpchat.protocol import DRAFT_CHOICES
 
 BUILTIN = "builtin:"  # paths the daemon makes itself (daemon.weights.builtin_models)
 DEMO = "demo"
@@ -40,7 +41,6 @@ DEMO_DRAFT_VOCAB = 8192  # measured on the demo: 3x cheaper drafts, same accepta
 DEMO_PATH = "builtin:smollm2"  # resolved by the daemon to the converted demo checkpoint in the cache
 TINY = "tiny"
 TINY_PATH = "builtin:tiny"  # resolved by the daemon to the tiny checkpoint it builds in the cache
-DRAFT_CHOICES = (0, 1, 2, 3, 4, "auto")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 DEFAULT_CONTEXT = 32768
 DEFAULT_STATE_CACHE = 4 * 2**30

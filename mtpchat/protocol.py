@@ -1,23 +1,61 @@
 """The wire protocol between mtpchat clients and the mtpchatd daemon, in one module.
 
 Both sides import this module, so framing, versioning and request validation cannot drift apart:
-the client packs requests with it, the daemon unpacks and validates them with it, and the daemon's
-replies are built with it. Everything that crosses the socket is decoded here first, so a malformed
-frame becomes a ProtocolError (answered with an error reply), never a crash. The specification a
-third party can implement a client from is docs/protocol.md; keep the two in step.
+the client packs requests with it, the daemon unpacks and validates them with it into typed requests
+(one frozen dataclass per op), and the daemon's replies are built with it. The constants both sides
+read — the draft limit and settings, the stats keys — are defined here once. Everything that crosses
+the socket is decoded here first, so a malformed frame becomes a ProtocolError (answered with an
+error reply), never a crash. The specification a third party can implement a client from is
+docs/protocol.md; keep the two in step.
 
 Stdlib and msgpack only: the client side must run on a laptop without torch or the daemon's deps.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import msgpack
 
 VERSION = 1
 MAX_FRAME_BYTES = 1 << 20  # larger frames are refused
 MAX_NESTING = 16  # deeper maps/arrays are refused (a request needs 3 levels, a reply 4)
-OPS = ("hello", "status", "models", "load", "unload", "generate", "cancel")
 TERMINAL = ("done", "error", "cancelled")  # reply types that end a request
+
+MAX_DRAFT = 4  # the most tokens the MTP head drafts per step
+DRAFT_AUTO = "auto"  # the draft setting that picks k per step (adaptive, at most MAX_DRAFT)
+DRAFT_CHOICES = (*range(MAX_DRAFT + 1), DRAFT_AUTO)  # every draft setting; 0 decodes plainly
+
+# Stats keys, named as vLLM names its speculative-decoding metrics (docs/protocol.md, "stats map"):
+# the daemon writes them, clients read them.
+PROMPT_TOKENS = "prompt_tokens"
+CACHED_TOKENS = "cached_tokens"  # prompt tokens resumed from the conversation state cache
+PREFILL_TOKENS = "prefill_tokens"  # prompt tokens run through the model
+GENERATED_TOKENS = "generated_tokens"
+DRAFT_K = "draft_k"
+DRAFTS = "drafts"  # verification steps that carried drafts
+DRAFTED_TOKENS = "drafted_tokens"
+ACCEPTED_TOKENS = "accepted_tokens"
+ACCEPTANCE_RATE = "acceptance_rate"  # accepted / drafted tokens
+MEAN_ACCEPTANCE_LENGTH = "mean_acceptance_length"  # 1 + accepted tokens / drafts
+ACCEPTED_PER_POSITION = "accepted_per_position"
+DRAFTED_PER_POSITION = "drafted_per_position"
+ACCEPTANCE_PER_POSITION = "acceptance_per_position"
+PREFILL_TOK_S = "prefill_tok_s"
+DECODE_TOK_S = "decode_tok_s"
+TIME_TO_FIRST_TOKEN_S = "time_to_first_token_s"
+PREFILL_S = "prefill_s"
+DECODE_S = "decode_s"
+PEAK_MEMORY_BYTES = "peak_memory_bytes"
+STATE_BYTES = "state_bytes"
+FINISH_REASON = "finish_reason"
+STATS = (DRAFT_K, PROMPT_TOKENS, CACHED_TOKENS, PREFILL_TOKENS, GENERATED_TOKENS, DRAFTS, DRAFTED_TOKENS,
+         ACCEPTED_TOKENS, ACCEPTED_PER_POSITION, PREFILL_S, DECODE_S, TIME_TO_FIRST_TOKEN_S, PEAK_MEMORY_BYTES,
+         STATE_BYTES, FINISH_REASON, DRAFTED_PER_POSITION, ACCEPTANCE_RATE, MEAN_ACCEPTANCE_LENGTH,
+         ACCEPTANCE_PER_POSITION, PREFILL_TOK_S, DECODE_TOK_S)  # a done reply's stats map
+RUNNING_STATS = (GENERATED_TOKENS, DECODE_TOK_S, ACCEPTANCE_RATE, MEAN_ACCEPTANCE_LENGTH, ACCEPTANCE_PER_POSITION,
+                 DRAFT_K, PROMPT_TOKENS, CACHED_TOKENS, TIME_TO_FIRST_TOKEN_S)  # a chunk's stats map so far
 
 _ROLES = ("system", "user", "assistant")
 _MAX_ID_CHARS = 64
@@ -25,7 +63,6 @@ _MAX_MODEL_CHARS = 512
 _MAX_MESSAGES = 1000
 _MAX_TOKENS = 1_000_000
 _MAX_TEMPERATURE = 100
-_MAX_DRAFT = 4
 _MAX_STOPS = 16
 _MAX_STOP_CHARS = 256
 
@@ -87,8 +124,8 @@ def unpack(frame: bytes) -> dict:
     return message
 
 
-def parse_request(message: dict) -> dict:
-    """Validate a client request; return a new dict of id, op and that op's fields, defaults filled.
+def parse_request(message: dict) -> Request:
+    """Validate a client request; return its typed form (a Request subclass per op), defaults filled.
 
     Unknown fields are ignored. Raises ProtocolError("invalid_request", "<field>: <problem>") or
     ProtocolError("unknown_op", ...), carrying the request id once it has been read.
@@ -100,7 +137,7 @@ def parse_request(message: dict) -> dict:
             raise _invalid("op", "must be a string")
         if op not in OPS:
             raise ProtocolError("unknown_op", f"op: must be one of {', '.join(OPS)}")
-        return {"id": request_id, "op": op, **_OP_FIELDS[op](message)}
+        return _PARSERS[op](request_id, message)
     except ProtocolError as exc:
         exc.request_id = request_id
         raise
@@ -116,73 +153,135 @@ def error_reply(request_id: str | None, code: str, message: str) -> dict:
     return reply(request_id, "error", code=code, message=message)
 
 
-# ---------------------------------------------------------------- per-op fields
+# ---------------------------------------------------------------- requests
 
 
-def _no_fields(message: dict) -> dict:
-    return {}
+@dataclass(frozen=True)
+class Request:
+    """A validated request: every op has its id; `op` is fixed per subclass."""
+    id: str
+    op: ClassVar[str]
 
 
-def _hello_fields(message: dict) -> dict:
-    client = message.get("client", "")
+@dataclass(frozen=True)
+class HelloRequest(Request):
+    op: ClassVar[str] = "hello"
+    client: str = ""
+
+
+@dataclass(frozen=True)
+class StatusRequest(Request):
+    op: ClassVar[str] = "status"
+
+
+@dataclass(frozen=True)
+class ModelsRequest(Request):
+    op: ClassVar[str] = "models"
+
+
+@dataclass(frozen=True)
+class LoadRequest(Request):
+    op: ClassVar[str] = "load"
+    model: str
+
+
+@dataclass(frozen=True)
+class UnloadRequest(Request):
+    op: ClassVar[str] = "unload"
+    model: str
+
+
+@dataclass(frozen=True)
+class CancelRequest(Request):
+    op: ClassVar[str] = "cancel"
+    target: str
+
+
+@dataclass(frozen=True)
+class GenerateRequest(Request):
+    """A reply to generate; the defaults are the wire's. `model` None: the daemon's default model;
+    `draft` None (not sent): the model's configured draft setting."""
+    op: ClassVar[str] = "generate"
+    messages: tuple[dict, ...]
+    model: str | None = None
+    system: str | None = None
+    max_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    draft: int | str | None = None
+    thinking: bool = True
+    stop: tuple[str, ...] = ()
+
+
+def _hello(request_id: str, message: dict) -> HelloRequest:
+    client = message.get("client", HelloRequest.client)
     if not isinstance(client, str):
         raise _invalid("client", "must be a string")
-    return {"client": client}
+    return HelloRequest(request_id, client)
 
 
-def _model_fields(message: dict) -> dict:
-    return {"model": _model_name(message.get("model"))}
+def _load(request_id: str, message: dict) -> LoadRequest:
+    return LoadRequest(request_id, _model_name(message.get("model")))
 
 
-def _cancel_fields(message: dict) -> dict:
-    return {"target": _id("target", message.get("target"))}
+def _unload(request_id: str, message: dict) -> UnloadRequest:
+    return UnloadRequest(request_id, _model_name(message.get("model")))
 
 
-def _generate_fields(message: dict) -> dict:
+def _cancel(request_id: str, message: dict) -> CancelRequest:
+    return CancelRequest(request_id, _id("target", message.get("target")))
+
+
+def _generate(request_id: str, message: dict) -> GenerateRequest:
     get = message.get
+    defaults = GenerateRequest
     model = get("model")
     system = get("system")
     if system is not None and not isinstance(system, str):
         raise _invalid("system", "must be a string or null")
-    temperature = _number("temperature", get("temperature", 0.0))
+    temperature = _number("temperature", get("temperature", defaults.temperature))
     if not 0 <= temperature <= _MAX_TEMPERATURE:
         raise _invalid("temperature", f"must be between 0 and {_MAX_TEMPERATURE}")
-    top_p = _number("top_p", get("top_p", 1.0))
+    top_p = _number("top_p", get("top_p", defaults.top_p))
     if not 0 < top_p <= 1:
         raise _invalid("top_p", "must be greater than 0 and at most 1")
     seed = get("seed")
     if seed is not None and not _is_int(seed):
         raise _invalid("seed", "must be an integer or null")
-    draft = get("draft", "auto")
-    if draft != "auto" and not (_is_int(draft) and 0 <= draft <= _MAX_DRAFT):
-        raise _invalid("draft", f'must be an integer from 0 to {_MAX_DRAFT} or "auto"')
-    thinking = get("thinking", True)
+    draft = get("draft", defaults.draft)
+    if "draft" in message and draft != DRAFT_AUTO and not (_is_int(draft) and 0 <= draft <= MAX_DRAFT):
+        raise _invalid("draft", f'must be an integer from 0 to {MAX_DRAFT} or "{DRAFT_AUTO}"')
+    thinking = get("thinking", defaults.thinking)
     if not isinstance(thinking, bool):
         raise _invalid("thinking", "must be a boolean")
-    return {
-        "model": None if model is None else _model_name(model),
-        "messages": _messages(get("messages")),
-        "system": system,
-        "max_tokens": _int_in("max_tokens", get("max_tokens", 512), 1, _MAX_TOKENS),
-        "temperature": temperature,
-        "top_p": top_p,
-        "top_k": _int_in("top_k", get("top_k", 0), 0),
-        "seed": seed,
-        "draft": draft,
-        "thinking": thinking,
-        "stop": _stops(get("stop", [])),
-    }
+    return GenerateRequest(
+        request_id,
+        messages=_messages(get("messages")),
+        model=None if model is None else _model_name(model),
+        system=system,
+        max_tokens=_int_in("max_tokens", get("max_tokens", defaults.max_tokens), 1, _MAX_TOKENS),
+        temperature=temperature,
+        top_p=top_p,
+        top_k=_int_in("top_k", get("top_k", defaults.top_k), 0),
+        seed=seed,
+        draft=draft,
+        thinking=thinking,
+        stop=_stops(get("stop", [])),
+    )
 
 
-_OP_FIELDS = {
-    "hello": _hello_fields,
-    "status": _no_fields,
-    "models": _no_fields,
-    "load": _model_fields,
-    "unload": _model_fields,
-    "generate": _generate_fields,
-    "cancel": _cancel_fields,
+_PARSERS = {
+    HelloRequest.op: _hello,
+    StatusRequest.op: lambda request_id, message: StatusRequest(request_id),
+    ModelsRequest.op: lambda request_id, message: ModelsRequest(request_id),
+    LoadRequest.op: _load,
+    UnloadRequest.op: _unload,
+    GenerateRequest.op: _generate,
+    CancelRequest.op: _cancel,
 }
+OPS = tuple(_PARSERS)
 
 
 # ---------------------------------------------------------------- field checks
@@ -223,7 +322,7 @@ def _number(field: str, value) -> float:
     return float(value)
 
 
-def _messages(value) -> list[dict]:
+def _messages(value) -> tuple[dict, ...]:
     if not isinstance(value, list) or not 1 <= len(value) <= _MAX_MESSAGES:
         raise _invalid("messages", f"must be a list of 1 to {_MAX_MESSAGES} messages")
     normalised = []
@@ -237,13 +336,13 @@ def _messages(value) -> list[dict]:
         if not isinstance(content, str):
             raise _invalid(f"{field}.content", "must be a string")
         normalised.append({"role": role, "content": content})
-    return normalised
+    return tuple(normalised)
 
 
-def _stops(value) -> list[str]:
+def _stops(value) -> tuple[str, ...]:
     if not isinstance(value, list) or len(value) > _MAX_STOPS:
         raise _invalid("stop", f"must be a list of at most {_MAX_STOPS} strings")
-    return [_text(f"stop[{index}]", item, _MAX_STOP_CHARS) for index, item in enumerate(value)]
+    return tuple(_text(f"stop[{index}]", item, _MAX_STOP_CHARS) for index, item in enumerate(value))
 
 
 # ---------------------------------------------------------------- frame checks

@@ -76,3 +76,16 @@ def wait_resident(client, names, timeout_s=60) -> None:
 def stop_process(process) -> int:
     process.send_signal(signal.SIGTERM)
     return process.wait(timeout=30)
+
+
+def generation(model, prompt: list[int], max_tokens: int, stop_ids=(), *, drafter=None, **options):
+    """An engine Generation; `options` are GenerationOptions fields besides max_tokens."""
+    from daemon.engine.generate import Generation
+    from daemon.engine.options import GenerationOptions
+
+    return Generation(model, prompt, GenerationOptions(max_tokens=max_tokens, **options), stop_ids, drafter=drafter)
+
+
+def decode(model, prompt: list[int], max_tokens: int, stop_ids=(), **kwargs) -> list[int]:
+    """The token ids the engine generates (arguments as `generation`'s)."""
+    return generation(model, prompt, max_tokens, stop_ids, **kwargs).tokens()

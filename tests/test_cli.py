@@ -8,9 +8,8 @@ import sys
 import pytest
 import torch
 
-from daemon.engine.generate import generate
 from daemon.weights.loader import load_model
-from tests.helpers import chat_prompt
+from tests.helpers import chat_prompt, decode
 
 
 def _run(*args, home, stdin=None):
@@ -35,7 +34,7 @@ def test_ask_json_is_the_engines_greedy_reply(tiny, home):
     ckpt = tiny["qwen3.6-moe-tiny"]
     model = load_model(ckpt, device="cpu")
     stop = set(model.config.eos_token_ids)
-    expected = list(generate(model, chat_prompt(ckpt, "Hello there"), 12, stop))
+    expected = decode(model, chat_prompt(ckpt, "Hello there"), 12, stop)
     stopped = expected[-1] in stop
     for flags in (["--no-mtp"], ["--draft", "3"], ["--draft", "auto"]):
         done = _run("mtpchat.cli", "ask", "-", "--model", str(ckpt), "--max-tokens", "12", "--json",
@@ -121,12 +120,12 @@ def test_engine_commands_without_the_engine_say_what_to_install():
 def test_generation_stops_at_stop_tokens_and_max_tokens(tiny):
     model = load_model(tiny["qwen3.6-dense-tiny"], device="cpu")
     prompt = chat_prompt(tiny["qwen3.6-dense-tiny"], "Count to ten")
-    free = list(generate(model, prompt, 20))
+    free = decode(model, prompt, 20)
     assert len(free) == 20
-    stopped = list(generate(model, prompt, 20, stop_ids={free[5]}))
+    stopped = decode(model, prompt, 20, stop_ids={free[5]})
     assert stopped == free[:free.index(free[5]) + 1]
-    assert list(generate(model, prompt, 0)) == []
+    assert decode(model, prompt, 0) == []
     with pytest.raises(ValueError, match="prompt is empty"):
-        list(generate(model, [], 5))
+        decode(model, [], 5)
     with pytest.raises(ValueError, match="context is 4096"):
-        list(generate(model, [1] * 4096, 5))
+        decode(model, [1] * 4096, 5)

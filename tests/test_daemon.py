@@ -18,11 +18,10 @@ import pytest
 import torch
 import zmq
 
-from daemon.engine.generate import generate
 from daemon.weights.loader import load_model
 from mtpchat.client import DaemonClient
 from mtpchat.protocol import pack, unpack
-from tests.helpers import chat_prompt, start_daemon_process, stop_process, wait_resident, write_tiny_config
+from tests.helpers import chat_prompt, decode, start_daemon_process, stop_process, wait_resident, write_tiny_config
 
 MESSAGES = [{"role": "user", "content": "Hello there"}]
 
@@ -58,7 +57,7 @@ def test_two_resident_models_answer_alternating_requests_exactly(daemon, tiny):
     for name, path in (("dense", tiny["qwen3.6-dense-tiny"]), ("moe", tiny["qwen3.6-moe-tiny"])):
         model = load_model(path, device="cpu")
         stop = set(model.config.eos_token_ids)
-        tokens = list(generate(model, chat_prompt(path, "Hello there"), 16, stop))
+        tokens = decode(model, chat_prompt(path, "Hello there"), 16, stop)
         expected[name] = [t for t in tokens if t not in stop]
     with DaemonClient() as client:
         for name in ("dense", "moe", "dense", "moe"):

@@ -11,10 +11,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from daemon.weights.demo_model import gguf_path
-from daemon.engine.generate import generate
 from daemon.weights.gguf_convert import ConversionError, convert_gguf, unpermute_rows
 from daemon.weights.loader import load_model
-from tests.helpers import chat_prompt
+from tests.helpers import chat_prompt, decode
 
 GGUF_TOLERANCE = 2e-4
 
@@ -74,6 +73,6 @@ def test_mtp_decoding_with_the_trained_head_is_identical_to_plain(demo):
     for text in ("What is the capital of France?", "Write a haiku about autumn.",
                  "List three uses of a paperclip."):
         prompt = chat_prompt(demo, text)
-        plain = list(generate(model, prompt, 40, stop))
+        plain = decode(model, prompt, 40, stop)
         for k in (1, 2, 3):
-            assert list(generate(model, prompt, 40, stop, draft_k=k)) == plain, f"k={k} diverged on {text!r}"
+            assert decode(model, prompt, 40, stop, draft_k=k) == plain, f"k={k} diverged on {text!r}"

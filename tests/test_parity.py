@@ -8,9 +8,8 @@ greedy generation token-identical to transformers' `generate`.
 import pytest
 import torch
 
-from daemon.engine.generate import generate
 from daemon.weights.loader import load_model
-from tests.helpers import assert_chunked_parity, chat_prompt, random_ids, reference_model
+from tests.helpers import assert_chunked_parity, chat_prompt, decode, random_ids, reference_model
 
 MODELS = ["qwen3.6-dense-tiny", "qwen3.6-moe-tiny"]
 
@@ -45,6 +44,6 @@ def test_greedy_generation_matches_transformers_generate(tiny, name):
         prompt = chat_prompt(tiny[name], text)
         expected = ref.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False,
                                 eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
-        got = list(generate(ours, prompt, 40))
+        got = decode(ours, prompt, 40)
         assert got == expected, f"{name} diverged on {text!r}"
         assert len(got) == 40

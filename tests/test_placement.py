@@ -5,12 +5,10 @@ import pytest
 import torch
 
 from daemon.model.config import TextConfig
-from daemon.serve.footprint import MAX_DRAFT_SLOTS, device_budgets
-from daemon.engine.generate import generate
-from daemon.serve.footprint import checkpoint_footprint
+from daemon.serve.footprint import MAX_DRAFT_SLOTS, checkpoint_footprint, device_budgets
 from daemon.weights.loader import load_model
 from daemon.serve.placement import DeviceBudget, Footprint, PlacementError, plan_placement
-from tests.helpers import random_ids
+from tests.helpers import decode, random_ids
 
 GIB = 2**30
 # a 27B-like model in bf16: 1.3 GiB embedding, 64 layers of 0.8 GiB, 1.4 GiB head -> 53.9 GiB
@@ -119,5 +117,5 @@ def test_a_split_model_computes_exactly_what_the_whole_one_does(tiny, variant):
               for model in (split, whole)]
     assert torch.equal(*drafts)
     prompt = ids[0, :20].tolist()
-    plain = list(generate(whole, prompt, 24))
-    assert list(generate(split, prompt, 24, draft_k=3)) == plain
+    plain = decode(whole, prompt, 24)
+    assert decode(split, prompt, 24, draft_k=3) == plain

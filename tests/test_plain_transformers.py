@@ -9,10 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from daemon.engine.generate import generate
 from daemon.weights.loader import load_model
 from daemon.tiny.text_checkpoints import VARIANTS
-from tests.helpers import assert_chunked_parity, chat_prompt, random_ids
+from tests.helpers import assert_chunked_parity, chat_prompt, decode, random_ids
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
@@ -26,4 +25,4 @@ def test_logits_and_greedy_generation_match_transformers(tiny_text, name, report
     prompt = chat_prompt(tiny_text[name], "Write a Python function that adds two numbers.")
     expected = ref.generate(torch.tensor([prompt]), max_new_tokens=30, do_sample=False, eos_token_id=None,
                             pad_token_id=0)[0, len(prompt):].tolist()
-    assert list(generate(ours, prompt, 30)) == expected
+    assert decode(ours, prompt, 30) == expected

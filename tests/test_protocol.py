@@ -9,14 +9,23 @@ import time
 import msgpack
 import pytest
 
-from mtpchat import protocol
 from mtpchat.protocol import (
+    DRAFT_AUTO,
+    DRAFT_CHOICES,
+    MAX_DRAFT,
     MAX_FRAME_BYTES,
     MAX_NESTING,
     OPS,
     TERMINAL,
     VERSION,
+    CancelRequest,
+    GenerateRequest,
+    HelloRequest,
+    LoadRequest,
+    ModelsRequest,
     ProtocolError,
+    StatusRequest,
+    UnloadRequest,
     error_reply,
     pack,
     parse_request,
@@ -63,7 +72,9 @@ def test_request_round_trip_through_parse():
     sent = generate(model="qwen-dense", system="Be brief.", max_tokens=64, temperature=0.7, top_p=0.9,
                     top_k=20, seed=3, draft=2, thinking=False, stop=["\n\n"])
     parsed = parse_request(unpack(pack(sent)))
-    assert parsed == {key: value for key, value in sent.items() if key != "v"}
+    assert parsed == GenerateRequest("r1", messages=tuple(USER), model="qwen-dense", system="Be brief.",
+                                     max_tokens=64, temperature=0.7, top_p=0.9, top_k=20, seed=3, draft=2,
+                                     thinking=False, stop=("\n\n",))
 
 
 def test_reply_round_trip_keeps_types():
@@ -169,8 +180,8 @@ def test_bad_id(request_id):
 
 
 def test_id_limits():
-    assert parse_request(request("status", id="x"))["id"] == "x"
-    assert parse_request(request("status", id="x" * 64))["id"] == "x" * 64
+    assert parse_request(request("status", id="x")).id == "x"
+    assert parse_request(request("status", id="x" * 64)).id == "x" * 64
 
 
 @pytest.mark.parametrize("op", [MISSING, None, 3, ["status"], b"status"])
@@ -188,35 +199,40 @@ def test_unknown_op(op):
 # ---------------------------------------------------------------- requests: defaults
 
 
-def test_defaults_of_simple_ops():
-    assert parse_request(request("hello")) == {"id": "r1", "op": "hello", "client": ""}
-    assert parse_request(request("hello", client="tui 1.0"))["client"] == "tui 1.0"
-    assert parse_request(request("status")) == {"id": "r1", "op": "status"}
-    assert parse_request(request("models")) == {"id": "r1", "op": "models"}
-    assert parse_request(request("load", model="qwen-moe")) == {"id": "r1", "op": "load", "model": "qwen-moe"}
-    assert parse_request(request("unload", model="m")) == {"id": "r1", "op": "unload", "model": "m"}
-    assert parse_request(request("cancel", target="r0")) == {"id": "r1", "op": "cancel", "target": "r0"}
+def test_each_op_parses_to_its_typed_request_with_defaults():
+    assert parse_request(request("hello")) == HelloRequest("r1", client="")
+    assert parse_request(request("hello", client="tui 1.0")).client == "tui 1.0"
+    assert parse_request(request("status")) == StatusRequest("r1")
+    assert parse_request(request("models")) == ModelsRequest("r1")
+    assert parse_request(request("load", model="qwen-moe")) == LoadRequest("r1", "qwen-moe")
+    assert parse_request(request("unload", model="m")) == UnloadRequest("r1", "m")
+    assert parse_request(request("cancel", target="r0")) == CancelRequest("r1", "r0")
+    for cls in (HelloRequest, StatusRequest, ModelsRequest, LoadRequest, UnloadRequest, CancelRequest,
+                GenerateRequest):
+        assert type(parse_request(request(cls.op, model="m", target="t", messages=USER))) is cls
 
 
 def test_generate_defaults():
-    assert parse_request(generate()) == {
-        "id": "r1", "op": "generate", "model": None, "messages": USER, "system": None,
-        "max_tokens": 512, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": None,
-        "draft": "auto", "thinking": True, "stop": [],
-    }
+    parsed = parse_request(generate())
+    assert parsed == GenerateRequest("r1", messages=tuple(USER), model=None, system=None, max_tokens=512,
+                                     temperature=0.0, top_p=1.0, top_k=0, seed=None, draft=None, thinking=True,
+                                     stop=())
+    assert parsed.op == "generate"
+    assert parsed.draft is None  # left out: the daemon applies the model's configured draft setting
 
 
-def test_parse_returns_a_new_normalised_dict():
+def test_parse_returns_a_new_normalised_request():
     messages = [{"role": "user", "content": "hi", "name": "ignored"}]
     message = request("generate", messages=messages, stop=["a"], extra={"x": 1}, temperature=1)
     parsed = parse_request(message)
-    assert parsed["messages"] == [{"role": "user", "content": "hi"}]
-    assert "extra" not in parsed and "v" not in parsed
-    assert parsed["temperature"] == 1.0 and isinstance(parsed["temperature"], float)
-    assert isinstance(parsed["top_p"], float)
-    parsed["messages"][0]["content"] = "changed"
-    parsed["stop"].append("b")
-    assert messages[0]["content"] == "hi" and message["stop"] == ["a"]
+    assert parsed.messages == ({"role": "user", "content": "hi"},)
+    assert not hasattr(parsed, "extra") and not hasattr(parsed, "v")
+    assert parsed.temperature == 1.0 and isinstance(parsed.temperature, float)
+    assert isinstance(parsed.top_p, float)
+    parsed.messages[0]["content"] = "changed"
+    assert messages[0]["content"] == "hi" and parsed.stop == ("a",)
+    with pytest.raises(AttributeError):
+        parsed.max_tokens = 1  # frozen: what was validated stays valid
 
 
 @pytest.mark.parametrize("field, value", [
@@ -227,11 +243,18 @@ def test_parse_returns_a_new_normalised_dict():
     ("temperature", 0), ("temperature", 100), ("temperature", 0.25),
     ("top_p", 1), ("top_p", 1e-9), ("top_k", 0), ("top_k", 50),
     ("seed", 0), ("seed", -5), ("seed", 2**64 - 1),
-    ("draft", 0), ("draft", 4), ("draft", "auto"), ("thinking", False),
+    ("draft", 0), ("draft", MAX_DRAFT), ("draft", DRAFT_AUTO), ("thinking", False),
     ("stop", []), ("stop", ["s" * 256] * 16),
 ])
 def test_generate_accepts_edge_values(field, value):
-    assert parse_request(generate(**{field: value}))[field] == value
+    parsed = getattr(parse_request(generate(**{field: value})), field)
+    assert parsed == (tuple(value) if isinstance(value, list) else value)
+
+
+def test_draft_choices_are_what_the_wire_accepts():
+    assert DRAFT_CHOICES == (*range(MAX_DRAFT + 1), DRAFT_AUTO)
+    for draft in DRAFT_CHOICES:
+        assert parse_request(generate(draft=draft)).draft == draft
 
 
 # ---------------------------------------------------------------- requests: validation
@@ -268,7 +291,7 @@ BAD_FIELDS = [
         "top_p": [0, 0.0, -1, 1.01, float("nan"), "1", None, True],
         "top_k": [-1, 1.0, "0", None, True, False],
         "seed": [1.0, "1", True, [1]],
-        "draft": [-1, 5, 2.0, "2", "AUTO", None, True, False],
+        "draft": [-1, MAX_DRAFT + 1, 2.0, "2", "AUTO", None, True, False],
         "thinking": [1, 0, "true", None],
         "stop": ["\n", None, {"a": 1}, ["s"] * 17],
     }.items() for value in values],
@@ -291,8 +314,8 @@ def test_bools_are_not_numbers(field, value):
     assert error.message.startswith(f"{field}: ")
 
 
-def test_every_op_has_a_validator():
-    assert set(protocol._OP_FIELDS) == set(OPS)
+def test_the_ops_are_the_documented_ones():
+    assert OPS == ("hello", "status", "models", "load", "unload", "generate", "cancel")
 
 
 # ---------------------------------------------------------------- fuzz

@@ -4,8 +4,9 @@ without MTP; streamed deltas always add up to the stored text."""
 import pytest
 from transformers import AutoTokenizer
 
-from daemon.weights.loader import load_model
+from daemon.engine.options import GenerationOptions
 from daemon.engine.reply import ReplyResult, ReplyStream, render_prompt
+from daemon.weights.loader import load_model
 
 MESSAGES = [{"role": "user", "content": "Tell me a long story about the sea."}]
 
@@ -18,7 +19,8 @@ def chat(tiny):
 
 def _reply(chat, **kwargs) -> tuple[str, ReplyResult]:
     model, tokenizer = chat
-    stream = ReplyStream(model, tokenizer, render_prompt(tokenizer, MESSAGES), max_tokens=48, **kwargs)
+    options = GenerationOptions(max_tokens=48, **kwargs)
+    stream = ReplyStream(model, tokenizer, render_prompt(tokenizer, MESSAGES), options)
     streamed = "".join(piece.text for piece in stream)
     return streamed, stream.result
 
@@ -49,7 +51,7 @@ def test_incremental_text_equals_a_full_decode_at_every_token(chat):
     model, tokenizer = chat
     text = "naïve café — 你好, 世界! ünïcödé ✓ " * 3
     ids = tokenizer.encode(text)
-    stream = ReplyStream(model, tokenizer, [1, 2, 3], max_tokens=1)
+    stream = ReplyStream(model, tokenizer, [1, 2, 3], GenerationOptions(max_tokens=1))
     for n in range(1, len(ids) + 1):
         stream.result.token_ids = ids[:n]
         full = tokenizer.decode(ids[:n], skip_special_tokens=True)

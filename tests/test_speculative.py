@@ -4,13 +4,13 @@ every draft length, every accept pattern and every stop condition — and the ro
 import pytest
 import torch
 
-from daemon.engine.decode_stats import DecodeStats
 from daemon.engine.drafter import MTPDrafter
-from daemon.engine.generate import generate
-from daemon.weights.loader import load_model
-from daemon.tools.oracle_drafter import OracleDrafter
+from daemon.engine.options import GenerationOptions
 from daemon.engine.speculative import SpeculativeDecoder
-from tests.helpers import TOLERANCE, chat_prompt, random_ids, reference_model
+from daemon.tools.oracle_drafter import OracleDrafter
+from daemon.weights.loader import load_model
+from mtpchat.protocol import ACCEPTANCE_RATE, DRAFTS, MAX_DRAFT, RUNNING_STATS, STATS
+from tests.helpers import TOLERANCE, chat_prompt, decode, generation, random_ids, reference_model
 
 MODELS = ["qwen3.6-dense-tiny", "qwen3.6-moe-tiny"]
 
@@ -46,18 +46,18 @@ def _prompts(tiny, name):
 def test_mtp_output_equals_plain_and_transformers_for_every_k(tiny, models, name):
     model, ref = models[name], reference_model(tiny[name])
     for prompt in _prompts(tiny, name):
-        plain = list(generate(model, prompt, 24))
+        plain = decode(model, prompt, 24)
         expected = ref.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False, eos_token_id=None,
                                 pad_token_id=0)[0, len(prompt):].tolist()
         assert plain == expected
-        for k in range(1, 5):
-            stats = DecodeStats()
-            assert list(generate(model, prompt, 24, draft_k=k, stats=stats)) == plain, f"k={k}"
-            assert stats.drafts > 0 and stats.generated_tokens == 24
-        stats = DecodeStats()
-        assert list(generate(model, prompt, 24, draft_k=4, adaptive=True, stats=stats)) == plain
-        assert len(set(stats.drafted_per_position)) > 1, "the adaptive policy varied k"
-        assert list(generate(model, prompt, 24, draft_k=2, draft_vocab=256)) == plain
+        for k in range(1, MAX_DRAFT + 1):
+            run = generation(model, prompt, 24, draft_k=k)
+            assert run.tokens() == plain, f"k={k}"
+            assert run.stats.drafts > 0 and run.stats.generated_tokens == 24
+        run = generation(model, prompt, 24, draft_k=MAX_DRAFT, adaptive=True)
+        assert run.tokens() == plain
+        assert len(set(run.stats.drafted_per_position)) > 1, "the adaptive policy varied k"
+        assert decode(model, prompt, 24, draft_k=2, draft_vocab=256) == plain
 
 
 @torch.inference_mode()
@@ -80,10 +80,10 @@ def test_reduced_draft_vocabulary_drafts_only_the_first_ids(models):
 def test_every_accept_pattern_emits_the_plain_tokens_and_rolls_back_exactly(models, k):
     model = models["qwen3.6-dense-tiny"]
     prompt = random_ids(40, seed=22)[0].tolist()
-    truth = prompt + list(generate(model, prompt, 40))
+    truth = prompt + decode(model, prompt, 40)
     plan = list(range(k + 1)) + list(range(k, -1, -1))
     drafter = ScriptedDrafter(model, 128, truth, plan)
-    decoder = SpeculativeDecoder(model, prompt, 128, draft_k=k, drafter=drafter)
+    decoder = SpeculativeDecoder(model, prompt, 128, GenerationOptions(draft_k=k), drafter=drafter)
     emitted = [decoder.prefill()]
     for accepted in plan:
         tokens, drafted = decoder.step(max_tokens=100)
@@ -116,19 +116,18 @@ def test_every_accept_pattern_emits_the_plain_tokens_and_rolls_back_exactly(mode
 def test_stops_inside_a_draft_run_are_exact(models, name):
     model = models[name]
     prompt = random_ids(30, seed=23)[0].tolist()
-    plain = list(generate(model, prompt, 30))
+    plain = decode(model, prompt, 30)
     truth = prompt + plain
     for k in range(1, 5):
         for limit in range(1, 9):  # the token limit falls at every slot of the first runs
             drafter = ScriptedDrafter(model, 128, truth, [k] * 30)
-            assert list(generate(model, prompt, limit, draft_k=k, drafter=drafter)) == plain[:limit]
+            assert decode(model, prompt, limit, draft_k=k, drafter=drafter) == plain[:limit]
         for index in (3, 6, 10):  # a stop token accepted in the middle of a fully accepted run
             stop = plain[index]
             first = plain.index(stop)
             drafter = ScriptedDrafter(model, 128, truth, [k] * 30)
-            stats = DecodeStats()
-            got = list(generate(model, prompt, 30, {stop}, draft_k=k, drafter=drafter, stats=stats))
-            assert got == plain[:first + 1] and stats.finish_reason == "stop"
+            run = generation(model, prompt, 30, {stop}, draft_k=k, drafter=drafter)
+            assert run.tokens() == plain[:first + 1] and run.stats.finish_reason == "stop"
 
 
 @torch.inference_mode()
@@ -136,24 +135,26 @@ def test_context_limit_ends_generation_exactly(tiny):
     model = load_model(tiny["qwen3.6-dense-tiny"], device="cpu")
     limit = model.config.max_position_embeddings
     prompt = random_ids(limit - 5, seed=24)[0].tolist()
-    stats = DecodeStats()
-    plain = list(generate(model, prompt, 50, stats=stats))
-    assert len(plain) == 5 and stats.finish_reason == "context"  # prompt + reply == context
-    stats = DecodeStats()
-    assert list(generate(model, prompt, 50, draft_k=3, stats=stats)) == plain
-    assert stats.finish_reason == "context"
+    run = generation(model, prompt, 50)
+    plain = run.tokens()
+    assert len(plain) == 5 and run.stats.finish_reason == "context"  # prompt + reply == context
+    run = generation(model, prompt, 50, draft_k=3)
+    assert run.tokens() == plain
+    assert run.stats.finish_reason == "context"
 
 
 @torch.inference_mode()
 def test_stats_are_consistent(models):
     model = models["qwen3.6-moe-tiny"]
     prompt = random_ids(20, seed=25)[0].tolist()
-    truth = prompt + list(generate(model, prompt, 60))
+    truth = prompt + decode(model, prompt, 60)
     plan = [3, 0, 1, 3, 2, 2, 0, 3] * 4
-    stats, provenance = DecodeStats(), []
     drafter = ScriptedDrafter(model, 128, truth, plan)
-    tokens = list(generate(model, prompt, 40, draft_k=3, drafter=drafter, stats=stats, provenance=provenance))
-    assert len(tokens) == stats.generated_tokens == len(provenance) == 40
+    run = generation(model, prompt, 40, draft_k=3, drafter=drafter)
+    steps = list(run)
+    stats, provenance = run.stats, [step.drafted for step in steps]
+    assert [step.token for step in steps] == truth[len(prompt):len(prompt) + 40]
+    assert stats.generated_tokens == len(provenance) == 40
     assert sum(provenance) == stats.accepted_tokens
     # the scripted plan, read back from the flags: each verifier token closes a step's run of drafts
     runs = "".join("d" if p else "v" for p in provenance).split("v")[1:-1]
@@ -165,6 +166,26 @@ def test_stats_are_consistent(models):
     assert stats.acceptance_rate == stats.accepted_tokens / stats.drafted_tokens
     assert stats.mean_acceptance_length == 1 + stats.accepted_tokens / stats.drafts
     assert stats.prefill_tok_s > 0 and stats.decode_tok_s > 0 and stats.peak_memory_bytes > 0
+    wire = stats.as_dict()  # the stats map under the protocol's keys, derived figures included
+    assert tuple(wire) == STATS and set(RUNNING_STATS) <= set(wire)
+    assert wire[ACCEPTANCE_RATE] == stats.acceptance_rate and wire[DRAFTS] == stats.drafts
+    assert stats.as_dict(RUNNING_STATS) == {key: wire[key] for key in RUNNING_STATS}
+
+
+@torch.inference_mode()
+def test_steps_mark_accepted_drafts_as_drafted(models):
+    model = models["qwen3.6-dense-tiny"]
+    prompt = random_ids(20, seed=27)[0].tolist()
+    truth = prompt + decode(model, prompt, 30)
+    right = OracleDrafter(model, 128, truth, errs=lambda step, slot: False)
+    steps = list(generation(model, prompt, 10, draft_k=2, drafter=right))
+    assert [step.token for step in steps] == truth[len(prompt):len(prompt) + 10]
+    # prefill's token is the verifier's; then every step: two accepted drafts, then the verifier's bonus
+    assert [step.drafted for step in steps] == [False] + [True, True, False] * 3
+    wrong = OracleDrafter(model, 128, truth, errs=lambda step, slot: True)
+    steps = list(generation(model, prompt, 10, draft_k=2, drafter=wrong))
+    assert [step.token for step in steps] == truth[len(prompt):len(prompt) + 10]
+    assert not any(step.drafted for step in steps)
 
 
 @torch.inference_mode()
@@ -175,9 +196,9 @@ def test_seeded_sampling_is_reproducible_and_k_must_be_valid(models):
     prompt = random_ids(10, seed=26)[0].tolist()
     params = SamplingParams(temperature=0.8, top_p=0.9, top_k=50, seed=7)
     for k in (0, 2):
-        first = list(generate(model, prompt, 30, draft_k=k, sampling=params))
-        assert first == list(generate(model, prompt, 30, draft_k=k, sampling=params))
+        first = decode(model, prompt, 30, draft_k=k, sampling=params)
+        assert first == decode(model, prompt, 30, draft_k=k, sampling=params)
     other = SamplingParams(temperature=0.8, top_p=0.9, top_k=50, seed=8)
-    assert list(generate(model, prompt, 30, sampling=other)) != list(generate(model, prompt, 30, sampling=params))
-    with pytest.raises(ValueError, match="draft k must be 0..4"):
-        list(generate(model, prompt, 5, draft_k=5))
+    assert decode(model, prompt, 30, sampling=other) != decode(model, prompt, 30, sampling=params)
+    with pytest.raises(ValueError, match=f"draft k must be 0..{MAX_DRAFT}"):
+        decode(model, prompt, 5, draft_k=MAX_DRAFT + 1)

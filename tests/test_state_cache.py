@@ -7,6 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from daemon.weights.loader import load_model
+from daemon.engine.options import GenerationOptions
 from daemon.engine.reply import ReplyStream, render_prompt, turn_boundary
 from daemon.engine.sampling import SamplingParams
 from daemon.engine.state_cache import PromptReuse, StateCache
@@ -42,8 +43,9 @@ def converse(chat, cache: StateCache | None, draft_k: int, sampling: SamplingPar
         messages.append({"role": "user", "content": text})
         prompt = render_prompt(tokenizer, messages, thinking)
         reuse = PromptReuse(cache, "moe", turn_boundary(tokenizer, messages, prompt)) if cache else None
-        stream = ReplyStream(model, tokenizer, prompt, max_tokens=8, draft_k=draft_k, sampling=sampling,
-                             stop=("e",) if action == "stop" else (), reuse=reuse)
+        options = GenerationOptions(max_tokens=8, draft_k=draft_k, sampling=sampling,
+                                    stop=("e",) if action == "stop" else ())
+        stream = ReplyStream(model, tokenizer, prompt, options, reuse)
         pieces = []
         for piece in stream:
             pieces.append(piece.text)

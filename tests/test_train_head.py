@@ -5,11 +5,10 @@ import json
 
 import torch
 
-from daemon.engine.generate import generate
 from daemon.weights.loader import load_model
 from daemon.tiny.text_checkpoints import build_text_checkpoint
 from daemon.tools.train_head import TrainSettings, greedy_batch, train_head
-from tests.helpers import chat_prompt
+from tests.helpers import chat_prompt, decode
 
 SETTINGS = TrainSettings(prompts=240, held_out=24, max_new_tokens=32, generate_batch=48, steps=60, batch=16,
                          lr=3e-3, eval_every=20)
@@ -19,7 +18,7 @@ def test_batched_greedy_replies_equal_one_at_a_time(tiny_text):
     model = load_model(tiny_text["llama-tiny"], device="cpu")
     prompts = [chat_prompt(tiny_text["llama-tiny"], text) for text in ("Hi", "Tell me a long story about the sea")]
     stop = model.config.eos_token_ids[0]
-    single = [list(generate(model, p, 16, [stop])) for p in prompts]
+    single = [decode(model, p, 16, [stop]) for p in prompts]
     assert greedy_batch(model, prompts, 16, stop) == single
 
 
@@ -43,5 +42,5 @@ def test_training_lowers_loss_raises_acceptance_and_resumes(tmp_path):
     assert model.mtp is not None and model.mtp.fc.weight.dtype == torch.float32
     stop = model.config.eos_token_ids
     prompt = chat_prompt(checkpoint, "Write a Python function that adds two numbers.")
-    plain = list(generate(model, prompt, 30, stop))
-    assert list(generate(model, prompt, 30, stop, draft_k=3)) == plain
+    plain = decode(model, prompt, 30, stop)
+    assert decode(model, prompt, 30, stop, draft_k=3) == plain

@@ -3,12 +3,16 @@
 drafts = verification steps that carried drafts; acceptance rate = accepted / drafted tokens; mean
 acceptance length = 1 + accepted / drafts (tokens emitted per verification); accepted_per_position[j]
 counts drafts whose (j+1)-th token was accepted, so it never increases with j; drafted_per_position[j]
-counts drafts that had a (j+1)-th token (fewer near the token limit).
+counts drafts that had a (j+1)-th token (fewer near the token limit). The keys of the maps it
+becomes on the wire are mtpchat.protocol's STATS and RUNNING_STATS, each one an attribute here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from mtpchat.protocol import STATS
 
 
 @dataclass
@@ -63,8 +67,7 @@ class DecodeStats:
         """Tokens after the first (which prefill produces) per second of decoding."""
         return (self.generated_tokens - 1) / self.decode_s if self.decode_s and self.generated_tokens > 1 else 0.0
 
-    def as_dict(self) -> dict:
-        derived = {name: getattr(self, name) for name in ("acceptance_rate", "mean_acceptance_length",
-                                                          "acceptance_per_position", "prefill_tok_s", "decode_tok_s")}
-        return {**vars(self), "accepted_per_position": list(self.accepted_per_position),
-                "drafted_per_position": list(self.drafted_per_position), **derived}
+    def as_dict(self, keys: Iterable[str] = STATS) -> dict:
+        """The stats map under protocol keys (all of them, or `keys`); lists are copies."""
+        values = {key: getattr(self, key) for key in keys}
+        return {key: list(value) if isinstance(value, list) else value for key, value in values.items()}

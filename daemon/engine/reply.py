@@ -13,22 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon.engine.decode_stats import DecodeStats
-from daemon.engine.generate import generate
-from daemon.model.text_model import QwenModel
-from daemon.engine.sampling import SamplingParams
+from daemon.engine.generate import Generation
+from daemon.engine.options import GenerationOptions
 from daemon.engine.state_cache import PromptReuse
+from daemon.model.text_model import QwenModel
 
 
 @dataclass
 class ReplyResult:
+    stats: DecodeStats  # the generation's own: live while it runs
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str = ""
-    stats: DecodeStats = field(default_factory=DecodeStats)
-
-    def as_dict(self) -> dict:
-        return {"text": self.text, "token_ids": self.token_ids, "finish_reason": self.finish_reason,
-                "stats": self.stats.as_dict()}
 
 
 @dataclass(frozen=True)
@@ -67,18 +63,13 @@ def turn_boundary(tokenizer, messages: list[dict], prompt: list[int]) -> int | N
 class ReplyStream:
     """Iterate to get `Piece`s; `result` holds text, ids, finish reason and live stats; `close` cancels."""
 
-    def __init__(self, model: QwenModel, tokenizer, prompt: list[int], *, max_tokens: int = 256,
-                 draft_k: int = 0, adaptive: bool = False, sampling: SamplingParams = SamplingParams(),
-                 stop: tuple[str, ...] = (), result: ReplyResult | None = None, context: int | None = None,
-                 reuse: PromptReuse | None = None, draft_vocab: int | None = None):
-        self.tokenizer, self.stop = tokenizer, stop
+    def __init__(self, model: QwenModel, tokenizer, prompt: list[int],
+                 options: GenerationOptions = GenerationOptions(), reuse: PromptReuse | None = None):
+        self.tokenizer, self.stop = tokenizer, options.stop
         self.stop_ids = set(model.config.eos_token_ids) | {tokenizer.eos_token_id}
-        self.result = result if result is not None else ReplyResult()
-        self._provenance: list[bool] = []
-        self._tokens = generate(model, prompt, max_tokens, self.stop_ids, draft_k=draft_k, adaptive=adaptive,
-                                sampling=sampling, stats=self.result.stats, provenance=self._provenance,
-                                context=context, reuse=reuse, draft_vocab=draft_vocab)
-        self._hold = max((len(s) for s in stop), default=1) - 1
+        self._steps = Generation(model, prompt, options, self.stop_ids, reuse=reuse)
+        self.result = ReplyResult(stats=self._steps.stats)
+        self._hold = max((len(s) for s in self.stop), default=1) - 1
         self._released = ""  # text handed out so far
         self._settled_text, self._settled_tokens = "", 0  # text of a token prefix that ends on a full character
 
@@ -107,20 +98,20 @@ class ReplyStream:
         if self.result.finish_reason:
             raise StopIteration
         result = self.result
-        token = next(self._tokens, None)
-        if token is None or token in self.stop_ids:
+        step = next(self._steps, None)
+        if step is None or step.token in self.stop_ids:
             result.finish_reason = result.stats.finish_reason
             result.text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True)
             tail = self._release(result.text)
             if not tail:
                 raise StopIteration
             return Piece(None, False, tail)
+        token, drafted = step.token, step.drafted
         result.token_ids.append(token)
-        drafted = self._provenance[-1]
         text = self._decoded()
         hits = [i for i in (text.find(s, max(0, len(self._released) - self._hold)) for s in self.stop) if i >= 0]
         if hits:
-            self._tokens.close()
+            self._steps.close()
             result.text, result.finish_reason = text[:min(hits)], "stop"
             return Piece(token, drafted, self._release(result.text))
         released = ""
@@ -132,6 +123,6 @@ class ReplyStream:
 
     def close(self) -> None:
         """Stop generating (the caller cancelled); the result keeps what was produced."""
-        self._tokens.close()
+        self._steps.close()
         if not self.result.finish_reason:
             self.result.finish_reason = "cancelled"

@@ -17,9 +17,10 @@ import torch
 
 from daemon.engine.draft_policy import AdaptiveDraft, FixedDraft
 from daemon.engine.drafter import MTPDrafter
-from daemon.model.text_model import QwenModel
-from daemon.engine.sampling import SamplingParams, choose, target_probs, verify_drafts, verify_greedy
+from daemon.engine.options import GenerationOptions
+from daemon.engine.sampling import choose, target_probs, verify_drafts, verify_greedy
 from daemon.engine.state_cache import Snapshot
+from daemon.model.text_model import QwenModel
 
 
 class SpeculativeDecoder:
@@ -27,19 +28,17 @@ class SpeculativeDecoder:
 
     `capacity` bounds the positions a step may write (prompt + the tokens still to be emitted)."""
 
-    def __init__(self, model: QwenModel, prompt_ids: list[int], capacity: int, *, draft_k: int = 0,
-                 adaptive: bool = False, draft_vocab: int | None = None,
-                 sampling: SamplingParams = SamplingParams(), drafter: MTPDrafter | None = None):
-        """draft_k: drafts per step (0 = plain); with `adaptive`, the most a step may draft."""
+    def __init__(self, model: QwenModel, prompt_ids: list[int], capacity: int,
+                 options: GenerationOptions = GenerationOptions(), drafter: MTPDrafter | None = None):
+        """Reads the options' draft settings (draft_k 0 = plain) and sampling; `drafter` replaces the MTP one."""
+        draft_k = options.draft_k
         if draft_k and model.mtp is None and drafter is None:
             raise ValueError("this checkpoint has no MTP head: use plain decoding (draft k = 0)")
-        if not 0 <= draft_k <= 4:
-            raise ValueError(f"draft k must be 0..4, got {draft_k}")
         self.model, self.prompt_ids, self.capacity = model, prompt_ids, capacity
-        self.sampling = sampling
-        self.policy = AdaptiveDraft(draft_k) if adaptive and draft_k else FixedDraft(draft_k)
+        self.sampling = sampling = options.sampling
+        self.policy = AdaptiveDraft(draft_k) if options.adaptive and draft_k else FixedDraft(draft_k)
         self.cache = model.new_cache(capacity, max_steps=draft_k + 1 if draft_k else 0)
-        self.drafter = (drafter or MTPDrafter(model, capacity, draft_vocab)) if draft_k else None
+        self.drafter = (drafter or MTPDrafter(model, capacity, options.draft_vocab)) if draft_k else None
         self.generator = None
         if sampling.seed is not None:
             self.generator = torch.Generator(model.output_device).manual_seed(sampling.seed)

@@ -16,13 +16,16 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from daemon.serve.registry import ModelEntry, ModelRegistry
+from daemon.engine.options import GenerationOptions
 from daemon.engine.reply import ReplyStream, render_prompt, turn_boundary
 from daemon.engine.sampling import SamplingParams
 from daemon.engine.state_cache import PromptReuse
+from daemon.serve.registry import ModelEntry, ModelRegistry
 from mtpchat import __version__
 from mtpchat.curve import secure_server
-from mtpchat.protocol import MAX_FRAME_BYTES, VERSION, ProtocolError, error_reply, pack, parse_request, reply, unpack
+from mtpchat.protocol import (DRAFT_AUTO, MAX_DRAFT, MAX_FRAME_BYTES, RUNNING_STATS, VERSION, CancelRequest,
+                              GenerateRequest, HelloRequest, LoadRequest, ModelsRequest, ProtocolError, Request,
+                              StatusRequest, UnloadRequest, error_reply, pack, parse_request, reply, unpack)
 
 FLUSH_S = 0.03
 IDLE_POLL_MS = 200
@@ -32,7 +35,7 @@ SEND_HWM = 10_000
 @dataclass
 class Generation:
     identity: bytes
-    request: dict
+    request: GenerateRequest
     entry: ModelEntry
     stream: ReplyStream | None = None
     text: list[str] = field(default_factory=list)
@@ -79,80 +82,70 @@ class DaemonServer:
             try:
                 if len(payload) != 1:
                     raise ProtocolError("malformed_frame", f"expected 1 frame per message, got {len(payload)}")
-                message = unpack(payload[0])
-                request = parse_request(message)
-                if request["op"] == "generate" and "draft" not in message:
-                    request["draft"] = None  # the model's configured draft length applies
-                self._handle(identity, request)
+                self._handle(identity, parse_request(unpack(payload[0])))
             except ProtocolError as exc:
                 self._send(identity, error_reply(exc.request_id, exc.code, exc.message))
 
-    def _handle(self, identity: bytes, request: dict) -> None:
-        rid, op = request["id"], request["op"]
-        if op == "hello":
+    def _handle(self, identity: bytes, request: Request) -> None:
+        rid = request.id
+        if isinstance(request, HelloRequest):
             self._send(identity, reply(rid, "hello", server_version=__version__, protocol=VERSION, pid=os.getpid()))
-        elif op == "status":
+        elif isinstance(request, StatusRequest):
             self._send(identity, reply(rid, "status", **self.status()))
-        elif op == "models":
+        elif isinstance(request, ModelsRequest):
             self._send(identity, reply(rid, "models", models=self.registry.describe()))
-        elif op in ("load", "unload"):
-            if request["model"] not in self.registry.entries:
-                raise ProtocolError("unknown_model", self._unknown_model(request["model"]), rid)
-            if op == "load":
-                self.registry.load(request["model"])
+        elif isinstance(request, (LoadRequest, UnloadRequest)):
+            if request.model not in self.registry.entries:
+                raise ProtocolError("unknown_model", self._unknown_model(request.model), rid)
+            if isinstance(request, LoadRequest):
+                self.registry.load(request.model)
             else:
-                self._cancel_model(request["model"])
-                self.registry.unload(request["model"])
-            self._send(identity, reply(rid, "ok", model=request["model"]))
-        elif op == "cancel":
-            generation = self.generations.pop((identity, request["target"]), None)
+                self._cancel_model(request.model)
+                self.registry.unload(request.model)
+            self._send(identity, reply(rid, "ok", model=request.model))
+        elif isinstance(request, CancelRequest):
+            generation = self.generations.pop((identity, request.target), None)
             if generation is not None:
                 self._finish_cancelled(generation)
             self._send(identity, reply(rid, "ok", cancelled=generation is not None))
-        elif op == "generate":
+        elif isinstance(request, GenerateRequest):
             self._start_generation(identity, request)
 
     def _unknown_model(self, name: str) -> str:
         return f"unknown model {name!r}; configured: {', '.join(sorted(self.registry.entries))}"
 
-    def _start_generation(self, identity: bytes, request: dict) -> None:
-        entry = self.registry.entry(request["model"])
+    def _start_generation(self, identity: bytes, request: GenerateRequest) -> None:
+        entry = self.registry.entry(request.model)
         if entry is None:
-            raise ProtocolError("unknown_model", self._unknown_model(request["model"]), request["id"])
-        if (identity, request["id"]) in self.generations:
-            raise ProtocolError("invalid_request", f"id: request {request['id']!r} is already streaming", request["id"])
+            raise ProtocolError("unknown_model", self._unknown_model(request.model), request.id)
+        if (identity, request.id) in self.generations:
+            raise ProtocolError("invalid_request", f"id: request {request.id!r} is already streaming", request.id)
         if entry.state in ("unloaded", "failed"):
             self.registry.load(entry.settings.name)  # a request for a model loads it; it waits meanwhile
-        self.generations[(identity, request["id"])] = Generation(identity, request, entry)
+        self.generations[(identity, request.id)] = Generation(identity, request, entry)
 
     # --- generations ---------------------------------------------------------------------------
     def _open_stream(self, generation: Generation) -> None:
         request, entry = generation.request, generation.entry
-        messages = list(request["messages"])
-        if request["system"]:
-            messages.insert(0, {"role": "system", "content": request["system"]})
-        prompt = render_prompt(entry.tokenizer, messages, request["thinking"])
+        messages = list(request.messages)
+        if request.system:
+            messages.insert(0, {"role": "system", "content": request.system})
+        prompt = render_prompt(entry.tokenizer, messages, request.thinking)
         context = entry.context
         if len(prompt) >= context:
             raise ProtocolError("prompt_too_long", f"the prompt has {len(prompt)} tokens; {entry.settings.name} "
                                                    f"takes at most {context - 1}")
-        draft = entry.settings.draft if request["draft"] is None else request["draft"]
-        adaptive = draft == "auto"
-        draft_k = (4 if adaptive else draft) if entry.model.mtp is not None else 0
-        sampling = SamplingParams(request["temperature"], request["top_k"], request["top_p"], request["seed"])
         boundary = turn_boundary(entry.tokenizer, messages, prompt)
         reuse = PromptReuse(self.registry.states, entry.settings.name, boundary)
-        generation.stream = ReplyStream(entry.model, entry.tokenizer, prompt, max_tokens=request["max_tokens"],
-                                        draft_k=draft_k, adaptive=adaptive, sampling=sampling,
-                                        stop=tuple(request["stop"]), context=context, reuse=reuse,
-                                        draft_vocab=entry.settings.draft_vocab)
+        generation.stream = ReplyStream(entry.model, entry.tokenizer, prompt, generation_options(request, entry),
+                                        reuse)
 
     def _advance(self, key, generation: Generation) -> None:
         """One token for this generation; flush its chunk when due; end it when done."""
         entry = generation.entry
         if generation.stream is None:
             if entry.state == "failed":
-                self._end(key, error_reply(generation.request["id"], "model_not_ready",
+                self._end(key, error_reply(generation.request.id, "model_not_ready",
                                            f"model {entry.settings.name!r} failed to load: {entry.error}"))
                 return
             if entry.state != "resident":
@@ -160,7 +153,7 @@ class DaemonServer:
             try:
                 self._open_stream(generation)
             except ProtocolError as exc:
-                self._end(key, error_reply(generation.request["id"], exc.code, exc.message))
+                self._end(key, error_reply(generation.request.id, exc.code, exc.message))
                 return
         piece = next(generation.stream, None)
         if piece is not None:
@@ -177,14 +170,15 @@ class DaemonServer:
             generation.flushed_at = now
         if piece is None:
             result = generation.stream.result
-            self._end(key, reply(generation.request["id"], "done", finish_reason=result.finish_reason,
+            self._end(key, reply(generation.request.id, "done", finish_reason=result.finish_reason,
                                  text=result.text, token_ids=result.token_ids, stats=result.stats.as_dict()))
 
     def _flush(self, generation: Generation) -> bool:
         if not generation.tokens and not any(generation.text):
             return True
-        chunk = reply(generation.request["id"], "chunk", text="".join(generation.text), tokens=generation.tokens,
-                      drafted=generation.drafted, pieces=generation.pieces, stats=_running_stats(generation.stream))
+        stats = generation.stream.result.stats.as_dict(RUNNING_STATS)
+        chunk = reply(generation.request.id, "chunk", text="".join(generation.text), tokens=generation.tokens,
+                      drafted=generation.drafted, pieces=generation.pieces, stats=stats)
         generation.text, generation.tokens, generation.drafted, generation.pieces = [], [], [], []
         return self._send(generation.identity, chunk)
 
@@ -204,13 +198,13 @@ class DaemonServer:
             self._flush(generation)
             generation.stream.close()
         text = generation.stream.result.text if generation.stream is not None else ""
-        self._send(generation.identity, reply(generation.request["id"], "cancelled", text=text))
+        self._send(generation.identity, reply(generation.request.id, "cancelled", text=text))
 
     def _cancel_model(self, name: str) -> None:
         for key, generation in list(self.generations.items()):
             if generation.entry.settings.name == name:
                 del self.generations[key]
-                self._send(generation.identity, error_reply(generation.request["id"], "model_not_ready",
+                self._send(generation.identity, error_reply(generation.request.id, "model_not_ready",
                                                             f"model {name!r} was unloaded"))
                 if generation.stream is not None:
                     generation.stream.close()
@@ -244,10 +238,13 @@ class DaemonServer:
             self.context.term()
 
 
-def _running_stats(stream: ReplyStream) -> dict:
-    stats = stream.result.stats
-    return {"generated_tokens": stats.generated_tokens, "decode_tok_s": stats.decode_tok_s,
-            "acceptance_rate": stats.acceptance_rate, "mean_acceptance_length": stats.mean_acceptance_length,
-            "acceptance_per_position": stats.acceptance_per_position, "draft_k": stats.draft_k,
-            "prompt_tokens": stats.prompt_tokens, "cached_tokens": stats.cached_tokens,
-            "time_to_first_token_s": stats.time_to_first_token_s}
+def generation_options(request: GenerateRequest, entry: ModelEntry) -> GenerationOptions:
+    """The engine's options for a wire request on a model: the one place the two meet. A request that
+    leaves `draft` out gets the model's configured setting; a model without an MTP head decodes plainly."""
+    draft = entry.settings.draft if request.draft is None else request.draft
+    adaptive = draft == DRAFT_AUTO
+    draft_k = (MAX_DRAFT if adaptive else draft) if entry.model.mtp is not None else 0
+    return GenerationOptions(max_tokens=request.max_tokens,
+                             sampling=SamplingParams(request.temperature, request.top_k, request.top_p, request.seed),
+                             draft_k=draft_k, adaptive=adaptive, draft_vocab=entry.settings.draft_vocab,
+                             context=entry.context, stop=request.stop)

@@ -18,10 +18,14 @@ import time
 import torch
 
 from daemon.engine.decode_stats import DecodeStats
-from daemon.engine.generate import generate
+from daemon.engine.generate import Generation
+from daemon.engine.options import GenerationOptions
+from daemon.engine.sampling import SamplingParams
 from daemon.model.text_model import QwenModel
 from daemon.tools.oracle_drafter import OracleDrafter
-from daemon.engine.sampling import SamplingParams
+from mtpchat.protocol import (ACCEPTANCE_PER_POSITION, ACCEPTANCE_RATE, ACCEPTED_TOKENS, DECODE_TOK_S, DRAFT_AUTO,
+                              DRAFTED_TOKENS, DRAFTS, MEAN_ACCEPTANCE_LENGTH, PEAK_MEMORY_BYTES, PREFILL_TOK_S,
+                              STATE_BYTES, TIME_TO_FIRST_TOKEN_S)
 
 BENCH_PROMPTS = [
     "Explain how a hash map works, with a short Python example.",
@@ -31,25 +35,21 @@ BENCH_PROMPTS = [
 ]
 
 
-AUTO = "auto"  # adaptive draft length, up to the largest k measured
-
-
 def _run(model, prompt, max_tokens, k, sampling, drafter=None, draft_vocab=None) -> tuple[list[int], DecodeStats]:
-    """k: a draft length, 0 for plain, or (AUTO, k_max)."""
+    """k: a draft length, 0 for plain, or (DRAFT_AUTO, k_max): adaptive, up to the largest k measured."""
     adaptive = isinstance(k, tuple)
-    draft_k = k[1] if adaptive else k
-    stats = DecodeStats()
-    tokens = list(generate(model, prompt, max_tokens, draft_k=draft_k, adaptive=adaptive, draft_vocab=draft_vocab,
-                           sampling=sampling, stats=stats, drafter=drafter))
-    return tokens, stats
+    options = GenerationOptions(max_tokens=max_tokens, sampling=sampling, draft_k=k[1] if adaptive else k,
+                                adaptive=adaptive, draft_vocab=draft_vocab)
+    generation = Generation(model, prompt, options, drafter=drafter)
+    return generation.tokens(), generation.stats
 
 
 def _variants(ks: list[int]) -> list:
-    return [*ks, (AUTO, max(ks))]
+    return [*ks, (DRAFT_AUTO, max(ks))]
 
 
 def _key(variant) -> str:
-    return AUTO if isinstance(variant, tuple) else str(variant)
+    return DRAFT_AUTO if isinstance(variant, tuple) else str(variant)
 
 
 def _column_sums(rows: list[list[int]]) -> list[int]:
@@ -57,31 +57,27 @@ def _column_sums(rows: list[list[int]]) -> list[int]:
 
 
 def summarize(runs: list[DecodeStats]) -> dict:
-    decoded = sum(max(s.generated_tokens - 1, 0) for s in runs)
-    drafts = sum(s.drafts for s in runs)
-    drafted = sum(s.drafted_tokens for s in runs)
-    accepted = sum(s.accepted_tokens for s in runs)
-    combined = DecodeStats(accepted_per_position=_column_sums([s.accepted_per_position for s in runs]),
-                           drafted_per_position=_column_sums([s.drafted_per_position for s in runs]))
+    """The runs' stats as one: counts summed, rates over the sums, TTFT averaged, memory at its peak."""
+    combined = DecodeStats(
+        prefill_tokens=sum(s.prefill_tokens for s in runs), prefill_s=sum(s.prefill_s for s in runs),
+        drafts=sum(s.drafts for s in runs), drafted_tokens=sum(s.drafted_tokens for s in runs),
+        accepted_tokens=sum(s.accepted_tokens for s in runs),
+        accepted_per_position=_column_sums([s.accepted_per_position for s in runs]),
+        drafted_per_position=_column_sums([s.drafted_per_position for s in runs]),
+        peak_memory_bytes=max(s.peak_memory_bytes for s in runs), state_bytes=max(s.state_bytes for s in runs))
+    decoded = sum(max(s.generated_tokens - 1, 0) for s in runs)  # each run's first token comes from prefill
     return {
-        "decode_tok_s": decoded / sum(s.decode_s for s in runs),
-        "prefill_tok_s": sum(s.prompt_tokens for s in runs) / sum(s.prefill_s for s in runs),
-        "time_to_first_token_s": statistics.mean(s.time_to_first_token_s for s in runs),
-        "drafts": drafts,
-        "drafted_tokens": drafted,
-        "accepted_tokens": accepted,
-        "acceptance_rate": accepted / drafted if drafted else 0.0,
-        "mean_acceptance_length": 1 + accepted / drafts if drafts else 0.0,
-        "acceptance_per_position": combined.acceptance_per_position,
-        "peak_memory_bytes": max(s.peak_memory_bytes for s in runs),
-        "state_bytes": max(s.state_bytes for s in runs),
+        DECODE_TOK_S: decoded / sum(s.decode_s for s in runs),
+        TIME_TO_FIRST_TOKEN_S: statistics.mean(s.time_to_first_token_s for s in runs),
+        **combined.as_dict((PREFILL_TOK_S, DRAFTS, DRAFTED_TOKENS, ACCEPTED_TOKENS, ACCEPTANCE_RATE,
+                            MEAN_ACCEPTANCE_LENGTH, ACCEPTANCE_PER_POSITION, PEAK_MEMORY_BYTES, STATE_BYTES)),
     }
 
 
 def _with_ratios(plain: dict, by_variant: dict) -> dict:
     for summary in by_variant.values():
-        summary["speedup"] = summary["decode_tok_s"] / plain["decode_tok_s"]
-        summary["extra_state_bytes"] = summary["state_bytes"] - plain["state_bytes"]
+        summary["speedup"] = summary[DECODE_TOK_S] / plain[DECODE_TOK_S]
+        summary["extra_state_bytes"] = summary[STATE_BYTES] - plain[STATE_BYTES]
     return {"plain": plain, "mtp": {_key(v): summary for v, summary in by_variant.items()}}
 
 
@@ -194,8 +190,8 @@ def bench_daemon_overhead(model: QwenModel, tokenizer, client, model_name: str, 
     list(client.generate(model=model_name, messages=messages, max_tokens=4, draft=draft))  # waits until resident
     in_process, through_daemon = [], []
     for _ in range(repeats):
-        stream = ReplyStream(model, tokenizer, render_prompt(tokenizer, messages), max_tokens=max_tokens,
-                             draft_k=draft)
+        stream = ReplyStream(model, tokenizer, render_prompt(tokenizer, messages),
+                             GenerationOptions(max_tokens=max_tokens, draft_k=draft))
         first = next(stream)
         started = time.perf_counter()
         count = sum(1 for piece in stream if piece.token is not None) + (first.token is not None)

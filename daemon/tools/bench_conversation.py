@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import statistics
 
-from daemon.model.text_model import QwenModel
+from daemon.engine.options import GenerationOptions
 from daemon.engine.reply import ReplyStream, render_prompt, turn_boundary
 from daemon.engine.state_cache import PromptReuse, StateCache
+from daemon.model.text_model import QwenModel
 
 QUESTIONS = ["Tell me about the sea.", "Why is it salty?", "What lives at the bottom?", "How deep is it?",
              "Can people go there?", "What is a tide?", "Tell me more.", "Give an example.", "Why?",
@@ -27,7 +28,7 @@ def _play(model: QwenModel, tokenizer, turns: int, max_tokens: int, draft_k: int
         messages.append({"role": "user", "content": QUESTIONS[turn % len(QUESTIONS)]})
         prompt = render_prompt(tokenizer, messages, enable_thinking=False)
         reuse = PromptReuse(cache, "bench", turn_boundary(tokenizer, messages, prompt)) if cache else None
-        stream = ReplyStream(model, tokenizer, prompt, max_tokens=max_tokens, draft_k=draft_k, reuse=reuse)
+        stream = ReplyStream(model, tokenizer, prompt, GenerationOptions(max_tokens=max_tokens, draft_k=draft_k), reuse)
         text = "".join(piece.text for piece in stream)
         messages.append({"role": "assistant", "content": text})
         stats = stream.result.stats

@@ -13,6 +13,7 @@ import sys
 
 from mtpchat.client import DaemonClient, start_daemon
 from mtpchat.config import BUILTIN, DTYPE_NAMES, load_config
+from mtpchat.protocol import MAX_DRAFT
 
 
 def _progress(text: str) -> None:
@@ -131,7 +132,8 @@ def add_commands(commands) -> None:
     bench.add_argument("--vocab", type=int, help="with --shape: a smaller vocabulary")
     bench.add_argument("--oracle", help="with --shape: per-token draft accuracies (default 0.6,0.7,0.8,0.9)")
     bench.add_argument("--prompt-tokens", type=int, default=128, help="with --shape: prompt length")
-    bench.add_argument("--draft", default="1,2,3,4", help="draft lengths to measure, e.g. 1,2,3,4")
+    bench.add_argument("--draft", default=",".join(map(str, range(1, MAX_DRAFT + 1))),
+                       help="draft lengths to measure, e.g. 1,3 (default: every one)")
     bench.add_argument("--draft-vocab", type=int, help="draft among the first N token ids only (with a checkpoint: "
                                                        "measured beside the full vocabulary)")
     bench.add_argument("--prompts", type=int, default=4, help="how many built-in prompts (1..4)")
