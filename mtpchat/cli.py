@@ -21,7 +21,7 @@ import time
 from mtpchat.client import DaemonClient, DaemonUnavailable, daemon_answers, start_daemon
 from mtpchat.config import format_size
 from mtpchat.paths import daemon_log, pid_file
-from mtpchat.status_text import placement_line, state_cache_line
+from mtpchat.status_text import model_state, placement_line, state_cache_line
 
 
 def _progress(text: str) -> None:
@@ -142,9 +142,8 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _model_line(model: dict) -> str:
-    state = f"loading {model['progress']:.0%}" if model["state"] == "loading" else model["state"]
     extra = f" — {model['error']}" if model["error"] else ""
-    return f"{'*' if model['default'] else ' '} {model['name']:<16} {state:<12} {model['path']}{extra}"
+    return f"{'*' if model['default'] else ' '} {model['name']:<16} {model_state(model):<12} {model['path']}{extra}"
 
 
 ENGINE_COMMANDS = {"bench": "plain vs MTP decoding side by side, JSON out (runs mtpchatd bench)",
