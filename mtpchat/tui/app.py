@@ -5,6 +5,10 @@ conversation list with search on the left, the chat in the middle, the live MTP 
 message box at the bottom. Every action has a binding id (overridable under [keys] in config.toml),
 appears in the command palette (ctrl+p) and on the F1 screen. The app owns no inference: it talks
 to mtpchatd through the wire protocol and keeps everything said in the SQLite store.
+
+The app holds what is app-wide (connection, daemon status, keys, theme, dialogs); the chat column
+(`Chat`, tui/chat.py) owns the conversation, the model choice, the reply in flight and the store, and
+posts what changed; the app acts on the user's keys by asking it, and follows what it posts.
 """
 
 from __future__ import annotations
