@@ -1,5 +1,5 @@
-"""TUI parts without a screen: thinking split, stats lines, the reply feed, settings and themes,
-the ssh tunnel's command lines (with a stand-in `ssh` on PATH)."""
+"""TUI parts without a screen: thinking split, stats lines, the reply feed, model states, the TUI's
+part of config.toml and themes, the ssh tunnel's command lines (with a stand-in `ssh` on PATH)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import threading
 
 import pytest
 
+from mtpchat.cli import _model_line
 from mtpchat.config import load_config, save_theme
 from mtpchat.paths import config_dir
+from mtpchat.status_text import model_state
 from mtpchat.tui import ssh_tunnel
 from mtpchat.tui.chat_view import code_blocks, split_thinking
+from mtpchat.tui.model_switcher import model_label
 from mtpchat.tui.ssh_tunnel import TunnelError, local_socket_for, open_tunnel, remote_socket, tunnel_command
 from mtpchat.tui.stats_bar import acceptance_bars, footer_line, stats_text
 from mtpchat.tui.streaming import Outcome, ReplyFeed, terminal_outcome
@@ -72,6 +75,31 @@ def test_feed_from_many_threads_loses_nothing_and_first_outcome_wins():
     feed.finish(Outcome("interrupted", "cancelled"))
     feed.finish(Outcome("complete"))
     assert feed.outcome.status == "interrupted"
+
+
+def test_feed_wakes_the_screen_once_per_drain_and_hands_over_the_outcome_after_the_chunks():
+    wakes = []
+    feed = ReplyFeed(lambda: wakes.append(1))
+    for text in ("a", "b", "c"):
+        feed.add_chunk({"text": text})
+    assert len(wakes) == 1  # one wake-up however much piles up before the screen drains
+    batch = feed.drain()
+    assert (batch.text, batch.outcome) == ("abc", None)
+    feed.add_chunk({"text": "d"})
+    feed.finish(Outcome("complete"))
+    assert len(wakes) == 2
+    batch = feed.drain()
+    assert (batch.text, batch.outcome.status) == ("d", "complete")
+    assert feed.drain().outcome.status == "complete" and len(wakes) == 2
+
+
+@pytest.mark.parametrize("model, words", [({"state": "loading", "progress": 0.426}, "loading 43%"),
+                                          ({"state": "resident", "progress": 1.0}, "resident"),
+                                          ({"state": "failed"}, "failed"), ({"state": "unloaded"}, "unloaded")])
+def test_model_states_are_worded_once(model, words):
+    assert model_state(model) == words
+    assert words in model_label({"name": "m", "path": "/m", **model}, current=None).plain
+    assert words in _model_line({"name": "m", "path": "/m", "default": False, "error": "", **model})
 
 
 def test_terminal_messages_map_to_statuses():
