@@ -155,7 +155,7 @@ async def test_switch_model_is_saved_per_conversation_and_used(shared_daemon):
         await wait_until(pilot, lambda: moe_state() == "resident")  # the switcher asked the daemon to load it
         await exchange(pilot, "And now?")
         reply = app.chat.store.messages(app.chat.conversation_id)[-1]
-        assert reply.model == "moe" and reply.status == "complete"
+        assert (reply.model, reply.status) == ("moe", "complete"), reply.error
         assert reply.stats["draft_k"] == 4  # moe is configured with draft = "auto" (k up to 4), dense with 2
         assert app.query_one(ChatView).views()[-1].query_one(".message-title").render().plain == "Assistant · moe"
         await pilot.press("ctrl+n")
