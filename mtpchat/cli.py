@@ -23,7 +23,7 @@ from mtpchat.client import DaemonClient, DaemonUnavailable, daemon_answers, star
 from mtpchat.config import format_size
 from mtpchat.paths import daemon_log, pid_file
 from mtpchat.protocol import DRAFT_AUTO, MAX_DRAFT
-from mtpchat.status_text import placement_line, state_cache_line
+from mtpchat.status_text import model_state, placement_line, state_cache_line
 
 
 def _progress(text: str) -> None:
@@ -42,7 +42,7 @@ def _ask(args: argparse.Namespace) -> int:
     if args.no_mtp:
         fields["draft"] = 0
     elif args.draft is not None:
-        fields["draft"] = args.draft if args.draft == "auto" else int(args.draft)
+        fields["draft"] = args.draft if args.draft == DRAFT_AUTO else int(args.draft)
     try:
         _ensure_daemon(args)
         with DaemonClient(args.endpoint) as client:
@@ -166,9 +166,8 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _model_line(model: dict) -> str:
-    state = f"loading {model['progress']:.0%}" if model["state"] == "loading" else model["state"]
     extra = f" — {model['error']}" if model["error"] else ""
-    return f"{'*' if model['default'] else ' '} {model['name']:<16} {state:<12} {model['path']}{extra}"
+    return f"{'*' if model['default'] else ' '} {model['name']:<16} {model_state(model):<12} {model['path']}{extra}"
 
 
 ENGINE_COMMANDS = {"bench": "plain vs MTP decoding side by side, JSON out (runs mtpchatd bench)",

@@ -24,13 +24,25 @@ offline (loaded on request only). Pointing mtpchat at real models is a few lines
 Every model in the file loads at daemon start unless it says `load_at_start = false`. Without a
 `device`, the daemon plans placement when it loads a model (see daemon/serve/placement.py): a GPU of its
 own when one has room, else its layers split across GPUs, else the CPU when there is no GPU.
+
+The TUI's part of the same file: its theme (saved when the user picks one) and key overrides,
+
+    theme = "mtpchat-light"
+    [keys]                     # binding id = keys, comma-separated; ids are listed on the F1 screen
+    switch_model = "ctrl+o"
+    new_conversation = "ctrl+n,f2"
+
+Saving the theme rewrites only the top-level `theme = …` line, so the user's comments and model
+tables stay as they wrote them.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mtpchat.paths import config_dir
 from mtpchat.protocol import DRAFT_CHOICES
@@ -44,6 +56,7 @@ TINY_PATH = "builtin:tiny"  # resolved by the daemon to the tiny checkpoint it b
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 DEFAULT_CONTEXT = 32768
 DEFAULT_STATE_CACHE = 4 * 2**30
+DEFAULT_THEME = "mtpchat-dark"
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -108,26 +121,57 @@ class Config:
     max_memory: dict[str, int] = field(default_factory=dict)  # per device name, bytes
     state_cache: int = DEFAULT_STATE_CACHE  # bytes of conversation states per device
     state_cache_by_device: dict[str, int] = field(default_factory=dict)
+    theme: str = DEFAULT_THEME  # the TUI's theme, by name
+    keys: dict[str, str] = field(default_factory=dict)  # the TUI's key overrides: binding id -> keys
 
     def __post_init__(self) -> None:
         if self.default not in self.models:
             raise ValueError(f"default model {self.default!r} is not among the models {sorted(self.models)}")
+        if not isinstance(self.theme, str):
+            raise ValueError(f"theme must be a string, got {self.theme!r}")
+        if not isinstance(self.keys, dict) or not all(isinstance(v, str) for v in self.keys.values()):
+            raise ValueError('[keys] maps binding ids to key strings, e.g. switch_model = "ctrl+o"')
+
+
+def config_path() -> Path:
+    return config_dir() / "config.toml"
 
 
 def load_config() -> Config:
-    path = config_dir() / "config.toml"
+    path = config_path()
     if not path.exists():
         return Config()
     try:
         raw = tomllib.loads(path.read_text())
         models = {name: ModelSettings(name, **fields) for name, fields in raw.get("models", {}).items()}
         devices = raw.get("devices", {})
-        memory = {"max_memory": {d: parse_size(f["max_memory"]) for d, f in devices.items() if "max_memory" in f},
+        common = {"max_memory": {d: parse_size(f["max_memory"]) for d, f in devices.items() if "max_memory" in f},
                   "state_cache": parse_size(raw.get("state_cache", {}).get("budget", DEFAULT_STATE_CACHE)),
                   "state_cache_by_device": {d: parse_size(f["state_cache"]) for d, f in devices.items()
-                                            if "state_cache" in f}}
+                                            if "state_cache" in f},
+                  "theme": raw.get("theme", DEFAULT_THEME), "keys": raw.get("keys", {})}
         if not models:
-            return Config(**memory)
-        return Config(models, raw.get("default", next(iter(models))), **memory)
+            return Config(**common)
+        return Config(models, raw.get("default", next(iter(models))), **common)
     except (tomllib.TOMLDecodeError, TypeError, ValueError, KeyError) as exc:
         raise ValueError(f"{path}: {exc}") from None
+
+
+_THEME_LINE = re.compile(r"^theme\s*=.*$", re.MULTILINE)
+_TABLE = re.compile(r"^\s*\[", re.MULTILINE)
+
+
+def save_theme(name: str) -> None:
+    """Set `theme = NAME` at the top level of config.toml, leaving every other line as it is."""
+    path = config_path()
+    text = path.read_text() if path.exists() else ""
+    line = f"theme = {json.dumps(name)}"
+    first_table = _TABLE.search(text)
+    head, tail = (text[:first_table.start()], text[first_table.start():]) if first_table else (text, "")
+    if _THEME_LINE.search(head):
+        head = _THEME_LINE.sub(line, head, count=1)
+    else:
+        head = f"{line}\n{head}"
+    tomllib.loads(head + tail)  # never write a file the next start cannot read
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(head + tail)

@@ -1,9 +1,16 @@
-"""The daemon's status in words, for people: shared by `mtpchat daemon status` and the TUI's stats panel,
-so both describe a placement or the conversation state cache the same way."""
+"""The daemon's status in words, for people: shared by `mtpchat daemon status`, `mtpchat models` and
+the TUI (top bar, model switcher, stats panel), so all of them word a model's state, a placement or
+the conversation state cache the same way."""
 
 from __future__ import annotations
 
 from mtpchat.config import format_size
+
+
+def model_state(model: dict) -> str:
+    """A model's state as people read it: resident, unloaded, failed, or "loading 42%"."""
+    state = model.get("state", "?")
+    return f"loading {model.get('progress', 0):.0%}" if state == "loading" else state
 
 
 def placement_line(part: dict) -> str:

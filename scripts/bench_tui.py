@@ -80,11 +80,11 @@ async def run(rate: float, count: int) -> dict:
         app.query_one(PromptInput).text = "Write a long answer"
         await pilot.press("enter")
         started = time.perf_counter()
-        while app.reply is not None or not hasattr(source, "finished_at"):
+        while app.chat.reply is not None or not hasattr(source, "finished_at"):
             await pilot.pause(0.01)
         rendered_at = time.perf_counter()
-        lags = sorted(app.render_lags)
-        text = app.store.messages(app.conversation_id)[-1].text
+        lags = sorted(app.chat.render_lags)
+        text = app.chat.store.messages(app.chat.conversation_id)[-1].text
     return {"rate_tok_s": rate, "tokens": count, "chars": len(text), "stream_s": round(source.finished_at - started, 3),
             "frames": len(lags), "lag_mean_s": round(statistics.fmean(lags), 4),
             "lag_p50_s": round(lags[len(lags) // 2], 4), "lag_p95_s": round(lags[int(len(lags) * 0.95)], 4),

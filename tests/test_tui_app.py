@@ -4,6 +4,7 @@ and key settings, a daemon killed mid-reply, restarted, and started by the app i
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -62,7 +63,7 @@ async def send(pilot, text: str) -> None:
     """Type and send `text`; returns once its reply has started (a short reply may already be over)."""
     app = pilot.app
     def count() -> int:
-        return len(app.store.messages(app.conversation_id)) if app.conversation_id is not None else 0
+        return len(app.chat.store.messages(app.chat.conversation_id)) if app.chat.conversation_id is not None else 0
     before = count()
     app.query_one(PromptInput).text = text
     app.query_one(PromptInput).focus()
@@ -71,7 +72,7 @@ async def send(pilot, text: str) -> None:
 
 
 async def reply_done(pilot) -> None:
-    await wait_until(pilot, lambda: pilot.app.reply is None)
+    await wait_until(pilot, lambda: pilot.app.chat.reply is None)
     await pilot.pause()
 
 
@@ -93,9 +94,9 @@ async def test_send_streams_the_greedy_reply_into_view_store_and_stats(shared_da
     async with app.run_test(size=SIZE) as pilot:
         await connected(pilot)
         await send(pilot, "Hello there")
-        assert app.store.messages(app.conversation_id)[0].text == "Hello there"  # stored before the reply
+        assert app.chat.store.messages(app.chat.conversation_id)[0].text == "Hello there"  # stored before the reply
         await reply_done(pilot)
-        user, reply = app.store.messages(app.conversation_id)
+        user, reply = app.chat.store.messages(app.chat.conversation_id)
         assert (user.role, reply.role, reply.status, reply.model) == ("user", "assistant", "complete", "dense")
         assert reply.text == reference_reply(shared_daemon, "Hello there", 12)
         assert reply.stats["generated_tokens"] == 12 and len(reply.pieces) == 12
@@ -103,7 +104,7 @@ async def test_send_streams_the_greedy_reply_into_view_store_and_stats(shared_da
         assert view.text == reply.text
         assert "12 tokens" in str(view.query_one(".message-footer").render())
         assert str(app.query_one("#stats").render()).startswith("last reply dense k=2")
-        assert app.store.conversation(app.conversation_id).title == "Hello there"
+        assert app.chat.store.conversation(app.chat.conversation_id).title == "Hello there"
         await pilot.press("f4")
         assert app.clipboard == reply.text
         await pilot.press("ctrl+t")
@@ -116,18 +117,18 @@ async def test_escape_cancels_and_keeps_the_partial_reply_then_regenerate_replac
     async with app.run_test(size=SIZE) as pilot:
         await connected(pilot)
         await send(pilot, "Tell me a long story")
-        await wait_until(pilot, lambda: len(app.reply.view.text) > 10)
+        await wait_until(pilot, lambda: len(app.chat.reply.view.text) > 10)
         await pilot.press("escape")
         await reply_done(pilot)
-        reply = app.store.messages(app.conversation_id)[-1]
+        reply = app.chat.store.messages(app.chat.conversation_id)[-1]
         assert reply.status == "interrupted" and reply.error == "cancelled"
         assert len(reply.text) > 10 and reply.text == app.query_one(ChatView).views()[-1].text
         assert "interrupted" in str(app.query_one(ChatView).views()[-1].query_one(".message-footer").render())
-        app.max_tokens = 12
+        app.chat.max_tokens = 12
         await pilot.press("ctrl+r")
-        await wait_until(pilot, lambda: app.store.messages(app.conversation_id)[-1].status == "complete")
+        await wait_until(pilot, lambda: app.chat.store.messages(app.chat.conversation_id)[-1].status == "complete")
         await reply_done(pilot)
-        messages = app.store.messages(app.conversation_id)
+        messages = app.chat.store.messages(app.chat.conversation_id)
         assert [m.role for m in messages] == ["user", "assistant"]
         assert messages[-1].status == "complete"
         assert messages[-1].text == reference_reply(shared_daemon, "Tell me a long story", 12)
@@ -150,15 +151,15 @@ async def test_switch_model_is_saved_per_conversation_and_used(shared_daemon):
         await wait_until(pilot, lambda: isinstance(app.screen, ModelSwitcher))
         assert "unloaded" in screen_text(app)
         await pilot.press("down", "enter")
-        await wait_until(pilot, lambda: app.store.conversation(app.conversation_id).model == "moe")
+        await wait_until(pilot, lambda: app.chat.store.conversation(app.chat.conversation_id).model == "moe")
         await wait_until(pilot, lambda: moe_state() == "resident")  # the switcher asked the daemon to load it
         await exchange(pilot, "And now?")
-        reply = app.store.messages(app.conversation_id)[-1]
-        assert reply.model == "moe" and reply.status == "complete"
+        reply = app.chat.store.messages(app.chat.conversation_id)[-1]
+        assert (reply.model, reply.status) == ("moe", "complete"), reply.error
         assert reply.stats["draft_k"] == 4  # moe is configured with draft = "auto" (k up to 4), dense with 2
         assert app.query_one(ChatView).views()[-1].query_one(".message-title").render().plain == "Assistant · moe"
         await pilot.press("ctrl+n")
-        assert app.conversation_id is None and app.conversation_model() == "moe"  # the last pick carries over
+        assert app.chat.conversation_id is None and app.chat.model() == "moe"  # the last pick carries over
 
 
 async def test_search_opens_the_matching_conversation_and_exports_write_files(shared_daemon):
@@ -166,14 +167,14 @@ async def test_search_opens_the_matching_conversation_and_exports_write_files(sh
     async with app.run_test(size=SIZE) as pilot:
         await connected(pilot)
         await exchange(pilot, "Tell me about walruses")
-        walruses = app.conversation_id
+        walruses = app.chat.conversation_id
         await pilot.press("ctrl+n")
         await exchange(pilot, "Something else entirely")
         await pilot.press("ctrl+f")
         await pilot.press(*"walrus")
         await pilot.pause(0.2)
         await pilot.press("enter", "enter")
-        await wait_until(pilot, lambda: app.conversation_id == walruses)
+        await wait_until(pilot, lambda: app.chat.conversation_id == walruses)
         assert app.query_one(ChatView).views()[0].text == "Tell me about walruses"
         await pilot.press("ctrl+s")
         assert app.last_export.read_text().startswith("# Tell me about walruses\n")
@@ -192,16 +193,16 @@ async def test_edit_forks_the_conversation_and_history_recalls_inputs(shared_dae
     async with app.run_test(size=SIZE) as pilot:
         await connected(pilot)
         await exchange(pilot, "first")
-        original = app.conversation_id
+        original = app.chat.conversation_id
         await pilot.press("ctrl+g")
         await wait_until(pilot, lambda: isinstance(app.screen, TextPrompt))
         app.screen.query_one("#prompt-value").value = "first, edited"
         await pilot.press("enter")
-        await wait_until(pilot, lambda: app.conversation_id != original)
+        await wait_until(pilot, lambda: app.chat.conversation_id != original)
         await reply_done(pilot)
-        assert [m.text for m in app.store.messages(app.conversation_id)][0] == "first, edited"
-        assert app.store.messages(app.conversation_id)[1].status == "complete"
-        assert [m.text for m in app.store.messages(original)][0] == "first"  # the original branch is kept
+        assert [m.text for m in app.chat.store.messages(app.chat.conversation_id)][0] == "first, edited"
+        assert app.chat.store.messages(app.chat.conversation_id)[1].status == "complete"
+        assert [m.text for m in app.chat.store.messages(original)][0] == "first"  # the original branch is kept
         prompt = app.query_one(PromptInput)
         prompt.focus()
         await pilot.press(*"two", "ctrl+j", *"lines")
@@ -243,11 +244,11 @@ async def test_daemon_killed_mid_reply_keeps_the_partial_and_reconnects_after_re
     async with app.run_test(size=SIZE) as pilot:
         await connected(pilot)
         await send(pilot, "Tell me a long story")
-        await wait_until(pilot, lambda: len(app.reply.view.text) > 10)
+        await wait_until(pilot, lambda: len(app.chat.reply.view.text) > 10)
         daemon.send_signal(signal.SIGKILL)
         daemon.wait()
         await reply_done(pilot)
-        reply = app.store.messages(app.conversation_id)[-1]
+        reply = app.chat.store.messages(app.chat.conversation_id)[-1]
         assert reply.status == "interrupted" and len(reply.text) > 10
         assert reply.text == app.query_one(ChatView).views()[-1].text
         await wait_until(pilot, lambda: app.connection[0] == "offline")
@@ -255,9 +256,9 @@ async def test_daemon_killed_mid_reply_keeps_the_partial_and_reconnects_after_re
         daemon = start_daemon_process(home)
         try:
             await connected(pilot)
-            app.max_tokens = 6
+            app.chat.max_tokens = 6
             await exchange(pilot, "Are you back?")
-            assert app.store.messages(app.conversation_id)[-1].status == "complete"
+            assert app.chat.store.messages(app.chat.conversation_id)[-1].status == "complete"
         finally:
             assert stop_process(daemon) == 0
 
@@ -302,13 +303,13 @@ async def test_stats_panel_shows_the_daemons_models_devices_and_unknown_fields(s
 
 
 async def test_a_daemon_that_cannot_start_is_reported_with_its_log(tmp_path, monkeypatch):
-    home = tmp_path / "h"
-    (home / "config").mkdir(parents=True)
-    (home / "config" / "config.toml").write_text('default = "missing"\n[models.dense]\npath = "/nowhere"\n')
-    monkeypatch.setenv("MTPCHAT_HOME", str(home))
-    app = MtpChatApp(autostart=True)
-    async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: "exited with code 1" in app.connection[1])
-        await pilot.pause(1.5)  # later polls keep the reason on screen
-        assert "exited with code 1" in str(app.query_one("#topbar").render())
-        assert "mtpchatd.log" in app.connection[1]
+    monkeypatch.setenv("MTPCHAT_HOME", str(tmp_path / "h"))
+    pid_file().parent.mkdir(parents=True, exist_ok=True)
+    with open(pid_file(), "w") as lock:  # a wedged daemon holds the lock but does not answer: a new one exits 1
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        app = MtpChatApp(autostart=True)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_until(pilot, lambda: "exited with code 1" in app.connection[1])
+            await pilot.pause(1.5)  # later polls keep the reason on screen
+            assert "exited with code 1" in str(app.query_one("#topbar").render())
+            assert "mtpchatd.log" in app.connection[1]

@@ -35,11 +35,11 @@ async def test_system_prompt_thinking_and_history_go_into_the_request(tmp_path):
         await pilot.press("f7")
         await send(pilot, "second")
         app.release(1, step=2)
-        await wait_until(pilot, lambda: app.reply is None)
+        await wait_until(pilot, lambda: app.chat.reply is None)
         assert app.fields == {"model": "moe", "system": "Answer in French.", "thinking": False, "max_tokens": 2048,
                               "messages": [{"role": "user", "content": "first"},
                                            {"role": "user", "content": "second"}]}
-        assert app.store.conversation(conversation).title == "Renamed"
+        assert app.chat.store.conversation(conversation).title == "Renamed"
         assert "Renamed" in str(app.query_one("#topbar").render()) and "thinking off" in str(app.query_one("#topbar").render())
 
 
@@ -49,17 +49,17 @@ async def test_delete_asks_first(tmp_path):
     store.close()
     app = MtpChatApp(f"ipc://{tmp_path}/none.sock", autostart=False)
     async with app.run_test(size=SIZE) as pilot:
-        assert app.conversation_id == doomed  # the newest opens
+        assert app.chat.conversation_id == doomed  # the newest opens
         await pilot.press("f8")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         app.screen.query_one("#no", Button).press()
         await wait_until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
-        assert [c.id for c in app.store.conversations()] == [doomed, keep]
+        assert [c.id for c in app.chat.store.conversations()] == [doomed, keep]
         await pilot.press("f8")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         app.screen.query_one("#yes", Button).press()
-        await wait_until(pilot, lambda: app.conversation_id == keep)
-        assert [c.id for c in app.store.conversations()] == [keep]
+        await wait_until(pilot, lambda: app.chat.conversation_id == keep)
+        assert [c.id for c in app.chat.store.conversations()] == [keep]
 
 
 async def test_a_message_typed_while_the_daemon_is_away_stays_in_the_box(tmp_path):
@@ -69,7 +69,7 @@ async def test_a_message_typed_while_the_daemon_is_away_stays_in_the_box(tmp_pat
         app.query_one(PromptInput).text = "hello?"
         await pilot.press("enter")
         await pilot.pause(0.1)
-        assert app.query_one(PromptInput).text == "hello?" and app.store.conversations() == []
+        assert app.query_one(PromptInput).text == "hello?" and app.chat.store.conversations() == []
         assert any("Not sent" == n.title for n in app._notifications)
 
 
@@ -81,4 +81,4 @@ async def test_no_app_key_is_taken_by_the_message_box(tmp_path):
         assert len(keys) > 15
         assert {key: app.active_bindings[key].node for key in keys} == {key: app for key in keys}
         await pilot.press("f7")
-        assert app.store.conversation(app.conversation_id).thinking is False
+        assert app.chat.store.conversation(app.chat.conversation_id).thinking is False

@@ -1,5 +1,5 @@
-"""TUI parts without a screen: thinking split, stats lines, the reply feed, settings and themes,
-the ssh tunnel's command lines (with a stand-in `ssh` on PATH)."""
+"""TUI parts without a screen: thinking split, stats lines, the reply feed, model states, the TUI's
+part of config.toml and themes, the ssh tunnel's command lines (with a stand-in `ssh` on PATH)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,17 @@ import threading
 
 import pytest
 
+from mtpchat.cli import _model_line
+from mtpchat.config import load_config, save_theme
 from mtpchat.paths import config_dir
+from mtpchat.status_text import model_state
 from mtpchat.tui import ssh_tunnel
 from mtpchat.tui.chat_view import code_blocks, split_thinking
-from mtpchat.tui.settings import load_settings, load_themes, save_theme
+from mtpchat.tui.model_switcher import model_label
 from mtpchat.tui.ssh_tunnel import TunnelError, local_socket_for, open_tunnel, remote_socket, tunnel_command
 from mtpchat.tui.stats_bar import acceptance_bars, footer_line, stats_text
 from mtpchat.tui.streaming import Outcome, ReplyFeed, terminal_outcome
+from mtpchat.tui.themes import load_themes
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -73,6 +77,31 @@ def test_feed_from_many_threads_loses_nothing_and_first_outcome_wins():
     assert feed.outcome.status == "interrupted"
 
 
+def test_feed_wakes_the_screen_once_per_drain_and_hands_over_the_outcome_after_the_chunks():
+    wakes = []
+    feed = ReplyFeed(lambda: wakes.append(1))
+    for text in ("a", "b", "c"):
+        feed.add_chunk({"text": text})
+    assert len(wakes) == 1  # one wake-up however much piles up before the screen drains
+    batch = feed.drain()
+    assert (batch.text, batch.outcome) == ("abc", None)
+    feed.add_chunk({"text": "d"})
+    feed.finish(Outcome("complete"))
+    assert len(wakes) == 2
+    batch = feed.drain()
+    assert (batch.text, batch.outcome.status) == ("d", "complete")
+    assert feed.drain().outcome.status == "complete" and len(wakes) == 2
+
+
+@pytest.mark.parametrize("model, words", [({"state": "loading", "progress": 0.426}, "loading 43%"),
+                                          ({"state": "resident", "progress": 1.0}, "resident"),
+                                          ({"state": "failed"}, "failed"), ({"state": "unloaded"}, "unloaded")])
+def test_model_states_are_worded_once(model, words):
+    assert model_state(model) == words
+    assert words in model_label({"name": "m", "path": "/m", **model}, current=None).plain
+    assert words in _model_line({"name": "m", "path": "/m", "default": False, "error": "", **model})
+
+
 def test_terminal_messages_map_to_statuses():
     done = terminal_outcome({"type": "done", "text": "t", "stats": {"a": 1}})
     assert (done.status, done.text, done.stats) == ("complete", "t", {"a": 1})
@@ -82,7 +111,7 @@ def test_terminal_messages_map_to_statuses():
     assert (error.status, error.error) == ("error", "unknown model 'x' (unknown_model)")
 
 
-def test_save_theme_keeps_the_users_file_and_settings_read_it_back():
+def test_save_theme_keeps_the_users_file_and_the_config_reads_it_back():
     path = config_dir() / "config.toml"
     path.parent.mkdir(parents=True)
     path.write_text('# my models\ndefault = "dense"\n[models.dense]\npath = "/x"\n[keys]\nswitch_model = "ctrl+l"\n')
@@ -90,13 +119,17 @@ def test_save_theme_keeps_the_users_file_and_settings_read_it_back():
     save_theme("nord")
     text = path.read_text()
     assert text.startswith('theme = "nord"\n# my models\ndefault = "dense"\n') and text.count("theme =") == 1
-    assert load_settings().theme == "nord" and load_settings().keys == {"switch_model": "ctrl+l"}
+    config = load_config()
+    assert (config.theme, config.keys, config.default) == ("nord", {"switch_model": "ctrl+l"}, "dense")
     path.write_text("theme = 3\n")
     with pytest.raises(ValueError, match="theme must be a string"):
-        load_settings()
+        load_config()
+    path.write_text('[keys]\nswitch_model = ["ctrl+l"]\n')
+    with pytest.raises(ValueError, match=r"\[keys\] maps binding ids to key strings"):
+        load_config()
 
 
-def test_themes_from_the_repository_and_the_config_dir_with_errors_reported():
+def test_themes_from_the_package_and_the_config_dir_with_errors_reported():
     user = config_dir() / "themes"
     user.mkdir(parents=True)
     (user / "mine.toml").write_text('name = "mine"\nprimary = "#ff0000"\n')
@@ -162,7 +195,7 @@ def test_mtpchat_without_a_subcommand_runs_the_tui_and_ssh_closes_its_tunnel(tmp
 
     runs = []
     monkeypatch.setattr(MtpChatApp, "run", lambda app: runs.append((app.endpoint, app.autostart, app.connection_note,
-                                                                     app.max_tokens)))
+                                                                     app.chat.max_tokens)))
     assert cli.main([]) == 0
     assert runs[-1] == (None, True, "", 2048)
     _fake_ssh(tmp_path, monkeypatch, """case "$1" in

@@ -31,7 +31,9 @@ class ScriptedApp(MtpChatApp):
     def reply_source(self, feed, fields) -> None:
         self.fields = fields
         while self.sent < len(self.script):
-            self.gate.acquire()
+            while not self.gate.acquire(timeout=0.05):
+                if feed.cancel_requested.is_set():  # the app closed mid-reply
+                    return
             piece = self.script[self.sent:self.sent + self.step]
             feed.add_chunk({"text": piece, "pieces": [piece], "drafted": [True], "stats": {"generated_tokens": 1}})
             self.sent += len(piece)
@@ -50,10 +52,10 @@ async def test_streamed_markdown_renders_like_a_full_render_and_is_saved_while_s
         app.release(len(REPLY) // 2 // 7 + 1, step=7)  # 7 characters at a time: fences and rows split
         await wait_until(pilot, lambda: app.sent >= len(REPLY) // 2)
         await pilot.pause(0.7)  # more than one save interval
-        saved = app.store.messages(app.conversation_id)[-1]
+        saved = app.chat.store.messages(app.chat.conversation_id)[-1]
         assert saved.status == "streaming" and len(saved.text) >= len(REPLY) // 2 - 7
         app.release(len(REPLY), step=7)
-        await wait_until(pilot, lambda: app.reply is None)
+        await wait_until(pilot, lambda: app.chat.reply is None)
         view = app.query_one(ChatView).views()[-1]
         markdown = view.query_one(".answer", Markdown)
         streamed = [(type(b).__name__, b.source_range) for b in markdown.children]
@@ -61,7 +63,7 @@ async def test_streamed_markdown_renders_like_a_full_render_and_is_saved_while_s
         await markdown.update(markdown.source)
         assert [(type(b).__name__, b.source_range) for b in markdown.children] == streamed
         assert "MarkdownFence" in {name for name, _ in streamed} and "MarkdownTable" in {name for name, _ in streamed}
-        assert app.store.messages(app.conversation_id)[-1].text == REPLY
+        assert app.chat.store.messages(app.chat.conversation_id)[-1].text == REPLY
 
 
 async def test_view_follows_the_stream_until_the_user_scrolls_up(tmp_path):
@@ -81,7 +83,7 @@ async def test_view_follows_the_stream_until_the_user_scrolls_up(tmp_path):
         await pilot.pause(0.3)
         assert chat.scroll_y == 0 and chat.max_scroll_y > 5  # stays where the user is reading
         app.release(10_000, step=500)
-        await wait_until(pilot, lambda: app.reply is None)
+        await wait_until(pilot, lambda: app.chat.reply is None)
 
 
 async def test_closing_the_app_mid_reply_keeps_the_partial_as_interrupted(tmp_path):
@@ -89,8 +91,7 @@ async def test_closing_the_app_mid_reply_keeps_the_partial_as_interrupted(tmp_pa
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "Talk")
         app.release(5, step=12)
-        await wait_until(pilot, lambda: app.reply is not None and len(app.reply.view.text) >= 60)
-    store = type(app.store)()
+        await wait_until(pilot, lambda: app.chat.reply is not None and len(app.chat.reply.view.text) >= 60)
+    store = type(app.chat.store)()
     reply = store.messages(1)[-1]
     assert (reply.status, reply.error, reply.text) == ("interrupted", "the app was closed", "Some words. " * 5)
-    app.release(100, step=1200)  # let the source thread end

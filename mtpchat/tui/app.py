@@ -5,31 +5,36 @@ conversation list with search on the left, the chat in the middle, the live MTP 
 message box at the bottom. Every action has a binding id (overridable under [keys] in config.toml),
 appears in the command palette (ctrl+p) and on the F1 screen. The app owns no inference: it talks
 to mtpchatd through the wire protocol and keeps everything said in the SQLite store.
+
+The app holds what is app-wide (connection, daemon status, keys, theme, dialogs); the chat column
+(`Chat`, tui/chat.py) owns the conversation, the model choice, the reply in flight and the store, and
+posts what changed; the app acts on the user's keys by asking it, and follows what it posts.
 """
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
-from rich.text import Text
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal
 from textual.widgets import Footer, Static
 
 from mtpchat.client import DaemonClient, DaemonUnavailable
+from mtpchat.config import DEFAULT_THEME, load_config, save_theme
 from mtpchat.store import Store
-from mtpchat.tui.chat_view import ChatView
+from mtpchat.tui.chat import Chat
+from mtpchat.tui.chat_view import code_blocks
 from mtpchat.tui.connection import ConnectionMonitor, DaemonState
-from mtpchat.tui.conversation_actions import ConversationActions
 from mtpchat.tui.model_switcher import ModelSwitcher
 from mtpchat.tui.prompt_input import PromptInput
-from mtpchat.tui.replying import FRAME_S, Replying
-from mtpchat.tui.screens import HelpScreen, StatsScreen
-from mtpchat.tui.settings import DEFAULT_THEME, load_settings, load_themes, save_theme
+from mtpchat.tui.screens import ConfirmScreen, HelpScreen, StatsScreen, TextPrompt
 from mtpchat.tui.sidebar import Sidebar
-from mtpchat.tui.stats_bar import StatsBar
+from mtpchat.tui.streaming import ReplyFeed, read_daemon_reply
+from mtpchat.tui.themes import load_themes
+from mtpchat.tui.top_bar import top_bar
 
 # (keys, action, description, binding id); the palette lists every action, keys or not. Keys avoid
 # what the message box (TextArea) already uses: ctrl+a/e/k/u/w/x/c/v/z/y.
@@ -58,8 +63,8 @@ FOOTER = {"cancel": "Stop", "new_conversation": "New", "switch_model": "Model", 
           "stats_panel": "Stats", "help": "Help"}  # binding id -> short label in the footer
 
 
-class MtpChatApp(ConversationActions, Replying, App):
-    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses elsewhere find it too
+class MtpChatApp(App):
+    CSS = (files("mtpchat.tui") / "app.tcss").read_text()  # package data: found in a wheel as in a checkout
     TITLE = "mtpchat"
     BINDINGS = [Binding(keys, action, FOOTER.get(binding_id, description), show=binding_id in FOOTER,
                         id=binding_id, tooltip=description)
@@ -68,26 +73,24 @@ class MtpChatApp(ConversationActions, Replying, App):
     def __init__(self, endpoint: str | None = None, autostart: bool = True, store: Store | None = None,
                  max_tokens: int = 2048, connection_note: str = ""):
         super().__init__()
-        self.endpoint, self.autostart, self.max_tokens = endpoint, autostart, max_tokens
+        self.endpoint, self.autostart = endpoint, autostart
         self.connection_note = connection_note  # e.g. "via ssh user@host"
-        self.store = store or Store()
-        self.settings = load_settings()
-        self.token_view = False
-        self.model_choice: str | None = None  # for new conversations: the last model picked
+        self.config = load_config()
+        self.chat = Chat(store or Store(), self.reply_source, max_tokens, id="main")
         self.daemon_status: dict | None = None
         self.connection = ("connecting", "connecting to mtpchatd…")
         self.monitor = ConnectionMonitor(self, endpoint, autostart)
-        self.render_lags = []
         self.last_export: Path | None = None
+
+    def reply_source(self, feed: ReplyFeed, fields: dict) -> None:
+        """Where replies come from (run in a thread worker); tests and scripts/bench_tui.py stand in for it."""
+        read_daemon_reply(feed, self.endpoint, fields)
 
     def compose(self):
         yield Static(id="topbar")
         with Horizontal():
-            yield Sidebar(self.store, id="sidebar")
-            with Vertical(id="main"):
-                yield ChatView(id="chat")
-                yield StatsBar(id="stats")
-                yield PromptInput(self.store.user_inputs(), id="prompt")
+            yield Sidebar(self.chat.store, id="sidebar")
+            yield self.chat
         yield Footer()
 
     async def on_mount(self) -> None:
@@ -96,37 +99,46 @@ class MtpChatApp(ConversationActions, Replying, App):
             self.register_theme(theme)
         for error in errors:
             self.notify(error, severity="error", timeout=10)
-        wanted = self.settings.theme
+        wanted = self.config.theme
         if wanted not in self.available_themes:
             fallback = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
             self.notify(f"theme {wanted!r} is not installed; using {fallback}", severity="warning")
             wanted = fallback
         self.theme = wanted
         self.theme_changed_signal.subscribe(self, lambda theme: save_theme(theme.name))
-        unknown = set(self.settings.keys) - {binding_id for *_, binding_id in ACTIONS}
+        unknown = set(self.config.keys) - {binding_id for *_, binding_id in ACTIONS}
         if unknown:
             self.notify(f"[keys] in config.toml: unknown binding ids {sorted(unknown)}; see F1", severity="warning")
-        self.set_keymap({k: v for k, v in self.settings.keys.items() if k not in unknown})
-        self.set_interval(FRAME_S, self.pump_reply)
-        conversations = self.store.conversations()
-        await self.open_conversation(conversations[0].id if conversations else None)
+        self.set_keymap({k: v for k, v in self.config.keys.items() if k not in unknown})
+        conversations = self.chat.store.conversations()
+        await self.chat.open(conversations[0].id if conversations else None)
         self.query_one(PromptInput).focus()
         self.monitor.start()
 
     async def on_unmount(self) -> None:
         self.monitor.stop()
-        if self.reply is not None:  # leaving mid-reply: stop it and keep what arrived
-            self.cancel_reply()
-            self.save_reply(self.reply, "interrupted", "the app was closed")
-        self.store.close()
 
-    # --- daemon --------------------------------------------------------------------------------
+    # --- what the chat and the daemon report --------------------------------------------------
+    def on_chat_changed(self, event: Chat.Changed) -> None:
+        if not self.is_running:  # a change that arrived while the app shuts down
+            return
+        self.query_one(Sidebar).reload(self.chat.conversation_id)
+        self.refresh_topbar()
+
+    def on_chat_reply_finished(self, event: Chat.ReplyFinished) -> None:
+        outcome = event.outcome
+        if outcome.status == "error":
+            self.notify(outcome.error, title="Reply failed", severity="error")
+        elif outcome.error and outcome.error != "cancelled":
+            self.notify(f"{outcome.error}; the partial reply is kept", title="Reply interrupted", severity="warning")
+
     def on_daemon_state(self, event: DaemonState) -> None:
-        if not self.screen_stack:  # a report that arrived while the app shuts down
+        if not self.is_running:  # a report that arrived while the app shuts down
             return
         self.connection = (event.state, event.detail)
         if event.status is not None:
             self.daemon_status = event.status
+            self.chat.daemon_default = self.default_model()
         if isinstance(self.screen, ModelSwitcher) and event.status:
             self.screen.refresh_models(event.status["models"])
         self.refresh_topbar()
@@ -145,29 +157,10 @@ class MtpChatApp(ConversationActions, Replying, App):
         return next((m["name"] for m in models if m.get("default")), None)
 
     def refresh_topbar(self) -> None:
-        state, detail = self.connection
-        styles = {"connected": "green", "starting": "yellow", "connecting": "yellow", "offline": "red"}
-        bar = Text()
-        if state == "connected":
-            status = self.daemon_status
-            bar.append(f"● mtpchatd pid {status.get('pid', '?')}", style=styles[state])
-        else:
-            bar.append(f"○ {detail}", style=styles.get(state, ""))
-            if state == "offline":
-                bar.append(f" — press {self._keys_of('start_daemon')} to start it", style="dim")
-        if self.connection_note:
-            bar.append(f" {self.connection_note}", style="dim")
-        model = self.conversation_model() or f"{self.default_model() or 'default'} (default)"
-        bar.append("  │  ")
-        bar.append(f"model {model}", style="bold")
-        for entry in (self.daemon_status or {}).get("models", []) if state == "connected" else []:
-            if entry.get("state") == "loading":
-                bar.append(f"  loading {entry['name']} {entry.get('progress', 0):.0%}", style="yellow")
-        if self.conversation_id is not None:
-            conversation = self.store.conversation(self.conversation_id)
-            bar.append(f"  │  {conversation.title}")
-            bar.append("  thinking on" if conversation.thinking else "  thinking off", style="dim")
-        self.query_one("#topbar", Static).update(bar)
+        model = self.chat.model() or f"{self.default_model() or 'default'} (default)"
+        self.query_one("#topbar", Static).update(top_bar(self.connection, self.daemon_status, self.connection_note,
+                                                         model, self.chat.conversation(),
+                                                         self._keys_of("start_daemon")))
 
     def action_start_daemon(self) -> None:
         self.connection = ("starting", "starting mtpchatd…")
@@ -180,17 +173,12 @@ class MtpChatApp(ConversationActions, Replying, App):
         if self.connection[0] != "connected" or not models:
             self.notify("mtpchatd is not connected; the model list comes from it", severity="warning")
             return
-        name = await self.push_screen_wait(ModelSwitcher(models, self.conversation_model()))
+        name = await self.push_screen_wait(ModelSwitcher(models, self.chat.model()))
         if name is None:
             return
-        self.model_choice = name
-        if self.conversation_id is not None:
-            self.store.update_conversation(self.conversation_id, model=name)
-        state = next(m["state"] for m in models if m["name"] == name)
-        if state != "resident":
+        self.chat.pick_model(name)
+        if next(m["state"] for m in models if m["name"] == name) != "resident":
             self._load_model(name)
-        self.query_one(StatsBar).show_idle(name)
-        self.refresh_topbar()
 
     @work(thread=True)
     def _load_model(self, name: str) -> None:
@@ -203,39 +191,131 @@ class MtpChatApp(ConversationActions, Replying, App):
             self.call_from_thread(self.notify, answer.get("message", "load failed"), severity="error")
         self.monitor.poke()
 
-    # --- view ----------------------------------------------------------------------------------
+    # --- sending and replies ------------------------------------------------------------------
     async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
-        await self.send(event.text)
+        if not self.chat.replying() and self.daemon_ready():
+            await self.chat.send(event.text)
 
     async def on_sidebar_opened(self, event: Sidebar.Opened) -> None:
-        if self.reply is not None:
-            self.notify("A reply is streaming; Esc stops it", severity="warning")
-            return
-        await self.open_conversation(event.conversation_id)
+        if not self.chat.replying():
+            await self.chat.open(event.conversation_id)
 
     def action_cancel(self) -> None:
-        if not self.cancel_reply():
+        if not self.chat.cancel_reply():
             self.query_one(PromptInput).focus()
 
+    async def action_new_conversation(self) -> None:
+        await self.chat.open(None)
+        self.query_one(PromptInput).focus()
+
+    async def action_regenerate(self) -> None:
+        if self.chat.replying("Wait for the reply or press Esc"):
+            return
+        if self.chat.conversation_id is None:
+            self.notify("Nothing to regenerate")
+        elif self.daemon_ready():
+            await self.chat.regenerate()
+
+    @work(exclusive=True, group="dialog")
+    async def action_edit_message(self) -> None:
+        view = self.chat.focused_message("user")
+        if view is None:
+            self.notify("No message to edit")
+            return
+        if self.chat.replying("Wait for the reply or press Esc") or not self.daemon_ready():
+            return
+        text = await self.push_screen_wait(TextPrompt("Edit the message; the reply continues in a copy "
+                                                      "of this conversation (the original is kept)", view.text))
+        if text and text.strip():
+            await self.chat.fork(view.message_id, text)
+
+    # --- the conversation ---------------------------------------------------------------------
+    @work(exclusive=True, group="dialog")
+    async def action_rename(self) -> None:
+        conversation = self.chat.conversation()
+        if conversation is None:
+            return
+        title = await self.push_screen_wait(TextPrompt("Title", conversation.title))
+        if title and title.strip():
+            self.chat.change(title=title.strip())
+
+    @work(exclusive=True, group="dialog")
+    async def action_system_prompt(self) -> None:
+        conversation = self.chat.conversation()
+        current = conversation.system_prompt if conversation is not None else ""
+        text = await self.push_screen_wait(TextPrompt("System prompt for this conversation (empty: none)", current))
+        if text is not None:
+            self.chat.change(system_prompt=text.strip())
+            self.notify("System prompt saved")
+
+    def action_toggle_thinking(self) -> None:
+        conversation = self.chat.conversation()
+        thinking = not conversation.thinking if conversation is not None else False
+        self.chat.change(thinking=thinking)
+        self.notify(f"Thinking {'on' if thinking else 'off'} for this conversation")
+
+    @work(exclusive=True, group="dialog")
+    async def action_delete_conversation(self) -> None:
+        conversation = self.chat.conversation()
+        if conversation is None:
+            return
+        if await self.push_screen_wait(ConfirmScreen(f"Delete “{conversation.title}” and all its messages?")):
+            if self.chat.cancel_reply():
+                self.notify("Stop the reply first (Esc), then delete", severity="warning")
+            else:
+                await self.chat.delete()
+
+    def export(self, kind: str) -> None:
+        if self.chat.conversation_id is None:
+            self.notify("Nothing to export yet")
+            return
+        self.last_export = self.chat.export(kind)
+        self.notify(str(self.last_export), title="Exported")
+
+    def action_export_markdown(self) -> None:
+        self.export("markdown")
+
+    def action_export_json(self) -> None:
+        self.export("json")
+
+    def action_copy_message(self) -> None:
+        view = self.chat.focused_message("assistant")
+        if view is None:
+            return self.notify("No reply to copy")
+        self.copy_to_clipboard(view.text)
+        self.notify(f"Copied {len(view.text)} characters (OSC 52)")
+
+    def action_copy_code(self) -> None:
+        view = self.chat.focused_message("assistant")
+        blocks = code_blocks(view.text) if view is not None else []
+        if not blocks:
+            return self.notify("No code block in the reply")
+        self.copy_to_clipboard(blocks[-1])
+        self.notify(f"Copied the last code block ({len(blocks[-1].splitlines())} lines, OSC 52)")
+
+    # --- view ---------------------------------------------------------------------------------
+    def action_search(self) -> None:
+        self.query_one(Sidebar).display = True
+        self.query_one("#search").focus()
+
     def action_toggle_token_view(self) -> None:
-        self.token_view = not self.token_view
-        self.query_one(ChatView).set_token_view(self.token_view)
+        self.chat.set_token_view(not self.chat.token_view)
         self.notify("Token view: green = accepted MTP draft tokens, plain = verifier tokens"
-                    if self.token_view else "Token view off")
+                    if self.chat.token_view else "Token view off")
 
     def action_toggle_sidebar(self) -> None:
         sidebar = self.query_one(Sidebar)
         sidebar.display = not sidebar.display
 
     def action_stats_panel(self) -> None:
-        replies = [m.stats for m in self.store.messages(self.conversation_id)
-                   if m.role == "assistant" and m.stats] if self.conversation_id is not None else []
+        replies = [m.stats for m in self.chat.store.messages(self.chat.conversation_id)
+                   if m.role == "assistant" and m.stats] if self.chat.conversation_id is not None else []
         status = self.daemon_status if self.connection[0] == "connected" else None
         self.push_screen(StatsScreen(status, replies))
 
     def _keys_of(self, binding_id: str) -> str:
         default = next(keys for keys, *_, bid in ACTIONS if bid == binding_id)
-        return self.settings.keys.get(binding_id, default) or "palette only"
+        return self.config.keys.get(binding_id, default) or "palette only"
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen([(self._keys_of(bid), description, bid)

@@ -9,18 +9,16 @@ from textual.containers import Vertical
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
+from mtpchat.status_text import model_state
 from mtpchat.tui.screens import Dialog
 
 STATE_STYLE = {"resident": "bold green", "loading": "yellow", "failed": "red", "unloaded": "dim"}
 
 
 def model_label(model: dict, current: str | None) -> Text:
-    state = model.get("state", "?")
-    if state == "loading":
-        state = f"loading {model.get('progress', 0):.0%}"
     label = Text("● " if model["name"] == current else "  ")
     label.append(f"{model['name']:<20}", style="bold")
-    label.append(f"{state:<14}", style=STATE_STYLE.get(model.get("state"), ""))
+    label.append(f"{model_state(model):<14}", style=STATE_STYLE.get(model.get("state"), ""))
     label.append(str(model.get("path", "")), style="dim")
     if model.get("default"):
         label.append("  (default)", style="dim")

@@ -15,7 +15,8 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Static
 
-from mtpchat.status_text import placement_line, state_cache_line
+from mtpchat.config import format_size
+from mtpchat.status_text import model_state, placement_line, state_cache_line
 from mtpchat.tui.stats_bar import acceptance_bars, footer_line
 
 
@@ -84,25 +85,18 @@ def _value(value) -> str:
     return str(value)
 
 
-def _gib(value) -> str:
-    return f"{value / 2**30:.1f} GiB" if isinstance(value, (int, float)) else "?"
-
-
 def status_tables(status: dict) -> list:
     """The daemon's status as tables: models (with their placement), devices, then everything else —
     keys this client does not know are listed as they come."""
     models = Table("model", "state", "details", title="Models", expand=True, title_justify="left")
     for model in status.get("models", []):
-        state = model.get("state", "?")
-        if state == "loading":
-            state = f"loading {model.get('progress', 0):.0%}"
         details = ", ".join(f"{k}={_value(v)}" for k, v in model.items()
                             if k not in ("name", "state", "progress", "placement") and v not in (None, "", False))
         placement = "\n".join(placement_line(part) for part in model.get("placement") or [])
-        models.add_row(model.get("name", "?"), state, details + (f"\n{placement}" if placement else ""))
+        models.add_row(model.get("name", "?"), model_state(model), details + (f"\n{placement}" if placement else ""))
     devices = Table("device", "memory used / total", "other", title="Devices", expand=True, title_justify="left")
     for device in status.get("devices", []):
-        memory = (f"{_gib(device.get('memory_used'))} / {_gib(device.get('memory_total'))}"
+        memory = (f"{format_size(device['memory_used'])} / {format_size(device['memory_total'])}"
                   if "memory_total" in device else "—")
         other = ", ".join(f"{k}={_value(v)}" for k, v in device.items() if not k.startswith("memory") and k != "name")
         devices.add_row(device.get("name", "?"), memory, other)

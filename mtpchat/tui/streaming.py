@@ -1,8 +1,9 @@
 """A reply in flight, between the thread that reads the daemon and the screen that shows it.
 
-A source (the daemon reader, or the TUI benchmark's fixed-rate generator) runs in its own thread and
-feeds chunk and terminal messages into a `ReplyFeed`; the screen drains the feed on a timer, so the
-render rate is independent of the token rate: at 300+ tok/s each frame takes a batch. The daemon
+A source (the daemon reader, or the TUI benchmark's fixed-rate generator) runs in a Textual thread
+worker and feeds chunk and terminal messages into a `ReplyFeed`. The feed tells the screen once when
+something arrives and then stays quiet until the screen drains it, so the screen takes whatever piled
+up while it was rendering in one batch: the render rate is independent of the token rate. The daemon
 reader polls in short slices so that a cancel goes out at once and a daemon that stops answering
 mid-reply is noticed (`interrupted`) instead of waited on.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import zmq
@@ -24,15 +26,6 @@ POLL_MS = 100
 SILENCE_CHECK_S = 5.0
 
 
-@dataclass
-class Batch:
-    """What arrived since the last drain."""
-    text: str = ""
-    pieces: list = field(default_factory=list)  # [[text, drafted], ...]
-    stats: dict | None = None
-    oldest: float | None = None  # perf_counter of the earliest chunk in this batch (render lag)
-
-
 @dataclass(frozen=True)
 class Outcome:
     """How a reply ended: status is complete, interrupted or error."""
@@ -42,14 +35,33 @@ class Outcome:
     text: str | None = None  # the daemon's final text when it differs from the chunks
 
 
-class ReplyFeed:
-    """Thread-safe hand-over of chunks from a source thread to the UI."""
+@dataclass
+class Batch:
+    """What arrived since the last drain, and the outcome if the reply has ended (after every chunk)."""
+    text: str = ""
+    pieces: list = field(default_factory=list)  # [[text, drafted], ...]
+    stats: dict | None = None
+    oldest: float | None = None  # perf_counter of the earliest chunk in this batch (render lag)
+    outcome: Outcome | None = None
 
-    def __init__(self):
+
+class ReplyFeed:
+    """Thread-safe hand-over of chunks from a source thread to the UI. `on_change` is called (from the
+    source's thread) when the first chunk or the outcome arrives after a drain."""
+
+    def __init__(self, on_change: Callable[[], None] = lambda: None):
         self._lock = threading.Lock()
         self._batch = Batch()
+        self._on_change = on_change
+        self._told = False  # on_change called since the last drain
         self.outcome: Outcome | None = None
         self.cancel_requested = threading.Event()
+
+    def _tell(self) -> None:
+        with self._lock:
+            told, self._told = self._told, True
+        if not told:
+            self._on_change()
 
     def add_chunk(self, message: dict) -> None:
         text = message.get("text", "")
@@ -67,15 +79,18 @@ class ReplyFeed:
             elif text:
                 batch.pieces.append([text, None])
             batch.stats = message.get("stats", batch.stats)
+        self._tell()
 
     def finish(self, outcome: Outcome) -> None:
         with self._lock:
             if self.outcome is None:
                 self.outcome = outcome
+        self._tell()
 
     def drain(self) -> Batch:
         with self._lock:
             batch, self._batch = self._batch, Batch()
+            batch.outcome, self._told = self.outcome, False
         return batch
 
 
@@ -98,10 +113,12 @@ def read_daemon_reply(feed: ReplyFeed, endpoint: str | None, fields: dict) -> No
             request_id = client.send("generate", **fields)
             cancel_sent = False
             quiet_since = time.monotonic()
-            while feed.outcome is None:
+            while True:
                 if feed.cancel_requested.is_set() and not cancel_sent:
                     client.send("cancel", target=request_id)
                     cancel_sent = True
+                if feed.outcome is not None:  # the daemon's last word, or the app closed mid-reply
+                    break
                 message = client.poll(request_id, POLL_MS)
                 if message is None:
                     if disconnects.poll(0) and recv_monitor_message(disconnects)["event"] == zmq.EVENT_DISCONNECTED:
