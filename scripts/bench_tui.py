@@ -23,6 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mtpchat.protocol import (ACCEPTANCE_PER_POSITION, ACCEPTANCE_RATE, DECODE_TOK_S, DRAFT_K,  # noqa: E402
+                              GENERATED_TOKENS, MEAN_ACCEPTANCE_LENGTH)
+
 CHUNK_S = 0.03
 PARAGRAPH = ("The verifier checks every drafted token in one pass, and the longest agreeing prefix is kept "
              "together with one token of its own. ").split(" ")
@@ -51,9 +54,9 @@ def fixed_rate_source(rate: float, count: int):
             if due > sent:
                 chunk = pieces[sent:due]
                 feed.add_chunk({"text": "".join(chunk), "pieces": chunk, "drafted": [i % 4 != 3 for i in range(len(chunk))],
-                                "stats": {"generated_tokens": due, "decode_tok_s": rate, "draft_k": 3,
-                                          "acceptance_rate": 0.75, "mean_acceptance_length": 3.25,
-                                          "acceptance_per_position": [0.9, 0.75, 0.6]}})
+                                "stats": {GENERATED_TOKENS: due, DECODE_TOK_S: rate, DRAFT_K: 3,
+                                          ACCEPTANCE_RATE: 0.75, MEAN_ACCEPTANCE_LENGTH: 3.25,
+                                          ACCEPTANCE_PER_POSITION: [0.9, 0.75, 0.6]}})
                 sent = due
         source.finished_at = time.perf_counter()
         from mtpchat.tui.streaming import Outcome

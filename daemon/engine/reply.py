@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from daemon.engine.decode_stats import DecodeStats
 from daemon.engine.generate import Generation
@@ -34,17 +33,6 @@ class Piece:
     token: int | None
     drafted: bool
     text: str
-
-
-def load_chat_model(checkpoint: str | Path, device: str | None = None, dtype=None, placement=None, progress=None):
-    from transformers import AutoTokenizer
-
-    from daemon.weights.checkpoint import resolve_checkpoint
-    from daemon.weights.loader import load_model
-
-    directory = resolve_checkpoint(checkpoint)
-    model = load_model(directory, device=device, dtype=dtype, placement=placement, progress=progress)
-    return model, AutoTokenizer.from_pretrained(directory)
 
 
 def render_prompt(tokenizer, messages: list[dict], enable_thinking: bool = True) -> list[int]:

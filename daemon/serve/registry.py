@@ -99,7 +99,7 @@ class ModelRegistry:
         return plan_placement(settings.name, footprint, budgets, settings.devices), dtype
 
     def _load(self, entry: ModelEntry) -> None:
-        from daemon.engine.reply import load_chat_model
+        from daemon.weights.chat_model import load_chat_model
 
         started = time.perf_counter()
         settings = entry.settings

@@ -38,7 +38,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     from daemon.tools import bench
     from daemon.weights.loader import DTYPES, default_device
-    from daemon.engine.reply import load_chat_model
+    from daemon.weights.chat_model import load_chat_model
     from daemon.tools.real_shapes import random_model, shape_config
 
     if args.threads:

@@ -16,6 +16,12 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Static
 
 from mtpchat.config import format_size
+from mtpchat.protocol import (
+    ACCEPTANCE_PER_POSITION,
+    ACCEPTED_TOKENS,
+    DRAFTED_TOKENS,
+    GENERATED_TOKENS,
+)
 from mtpchat.status_text import model_state, placement_line, state_cache_line
 from mtpchat.tui.stats_bar import acceptance_bars, footer_line
 
@@ -111,16 +117,16 @@ def status_tables(status: dict) -> list:
 
 def conversation_summary(replies: list[dict]) -> str:
     """Totals over a conversation's replies (each a stats map)."""
-    tokens = sum(r.get("generated_tokens", 0) for r in replies)
-    drafted = sum(r.get("drafted_tokens", 0) for r in replies)
-    accepted = sum(r.get("accepted_tokens", 0) for r in replies)
+    tokens = sum(r.get(GENERATED_TOKENS, 0) for r in replies)
+    drafted = sum(r.get(DRAFTED_TOKENS, 0) for r in replies)
+    accepted = sum(r.get(ACCEPTED_TOKENS, 0) for r in replies)
     line = f"{len(replies)} replies · {tokens} tokens"
     if drafted:
         line += f" · {accepted / drafted:.0%} of {drafted} drafted tokens accepted"
     if replies:
         line += f"\nlast reply: {footer_line(replies[-1])}"
-        if replies[-1].get("acceptance_per_position"):
-            line += f" · per position {acceptance_bars(replies[-1]['acceptance_per_position'])}"
+        if replies[-1].get(ACCEPTANCE_PER_POSITION):
+            line += f" · per position {acceptance_bars(replies[-1][ACCEPTANCE_PER_POSITION])}"
     return line
 
 

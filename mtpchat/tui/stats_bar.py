@@ -10,11 +10,29 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from mtpchat.protocol import (
+    ACCEPTANCE_PER_POSITION,
+    ACCEPTANCE_RATE,
+    ACCEPTED_PER_POSITION,
+    ACCEPTED_TOKENS,
+    DECODE_S,
+    DECODE_TOK_S,
+    DRAFT_K,
+    DRAFTED_PER_POSITION,
+    DRAFTED_TOKENS,
+    DRAFTS,
+    FINISH_REASON,
+    GENERATED_TOKENS,
+    MEAN_ACCEPTANCE_LENGTH,
+    PREFILL_S,
+    PROMPT_TOKENS,
+)
+
 BARS = " ▁▂▃▄▅▆▇█"
 # shown by name below; every other numeric key is listed generically after them
-KNOWN = {"decode_tok_s", "generated_tokens", "acceptance_rate", "mean_acceptance_length", "draft_k",
-         "acceptance_per_position", "accepted_per_position", "drafted_per_position", "prompt_tokens", "drafts",
-         "drafted_tokens", "accepted_tokens", "prefill_s", "decode_s", "finish_reason"}
+KNOWN = {DECODE_TOK_S, GENERATED_TOKENS, ACCEPTANCE_RATE, MEAN_ACCEPTANCE_LENGTH, DRAFT_K,
+         ACCEPTANCE_PER_POSITION, ACCEPTED_PER_POSITION, DRAFTED_PER_POSITION, PROMPT_TOKENS, DRAFTS,
+         DRAFTED_TOKENS, ACCEPTED_TOKENS, PREFILL_S, DECODE_S, FINISH_REASON}
 
 
 def acceptance_bars(per_position: list[float]) -> str:
@@ -24,16 +42,16 @@ def acceptance_bars(per_position: list[float]) -> str:
 
 def _numbers(stats: dict, short: bool) -> list[str]:
     parts = []
-    if (rate := stats.get("decode_tok_s")) is not None:
+    if (rate := stats.get(DECODE_TOK_S)) is not None:
         parts.append(f"{rate:.0f} tok/s")
-    if (tokens := stats.get("generated_tokens")) is not None:
+    if (tokens := stats.get(GENERATED_TOKENS)) is not None:
         parts.append(f"{tokens} {'tok' if short else 'tokens'}")
-    if stats.get("draft_k"):
-        if (accepted := stats.get("acceptance_rate")) is not None:
+    if stats.get(DRAFT_K):
+        if (accepted := stats.get(ACCEPTANCE_RATE)) is not None:
             parts.append(f"accepted {accepted:.0%}" if short else f"{accepted:.0%} draft accepted")
-        if (length := stats.get("mean_acceptance_length")) is not None:
+        if (length := stats.get(MEAN_ACCEPTANCE_LENGTH)) is not None:
             parts.append(f"len {length:.2f}" if short else f"{length:.2f} tokens/step")
-    elif "draft_k" in stats:
+    elif DRAFT_K in stats:
         parts.append("plain decoding")
     return parts
 
@@ -64,11 +82,11 @@ def stats_text(stats: dict, model: str | None, streaming: bool) -> Text:
     text = Text()
     text.append("● live " if streaming else "last reply ", style="bold" if streaming else "dim")
     text.append(model or "default model", style="bold")
-    if "draft_k" in stats:
-        text.append(f" k={stats['draft_k']}")
+    if DRAFT_K in stats:
+        text.append(f" k={stats[DRAFT_K]}")
     parts = _numbers(stats, short=True)
-    if stats.get("draft_k") and stats.get("acceptance_per_position"):
-        parts.append(f"per position {acceptance_bars(stats['acceptance_per_position'])}")
+    if stats.get(DRAFT_K) and stats.get(ACCEPTANCE_PER_POSITION):
+        parts.append(f"per position {acceptance_bars(stats[ACCEPTANCE_PER_POSITION])}")
     for part in parts + _extra(stats):
         text.append(" │ ", style="dim")
         text.append(part)
