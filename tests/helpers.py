@@ -3,23 +3,100 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import torch
-from transformers import AutoTokenizer, Qwen3_5ForCausalLM, Qwen3_5MoeForCausalLM
+from transformers import AutoTokenizer
 
-TOLERANCE = 1e-4
+# Parity bars, relative to the scale of the logits compared (max |logit| of the reference):
+# - float64: both forwards run every op in float64 (unit roundoff 1.1e-16). What is left is the
+#   different order of the same sums (our chunked delta rule and attention vs transformers'), each
+#   adding ~depth·sqrt(n)·1e-16 relative error: measured 1e-15..4e-15 on the tiny models with and
+#   without SIMD. 1e-9 still catches any real error (a wrong op, a float32 rounding on the way: ~1e-7)
+#   on any CPU.
+FLOAT64_RTOL = 1e-9
+# - float32: the same reordering at unit roundoff 6e-8, and CPUs differ in how they order sums (SIMD
+#   width, FMA, oneDNN/AMX kernels), so the bar must hold for any order, not this machine's. Measured
+#   (max abs diff / max |logit|): up to 2.0e-5 here (AVX2 and no-SIMD), and 1.6e-4 abs on an AVX-512/AMX
+#   Xeon (logits' scale ~8, so ~2e-5 relative). 2e-4 relative is 10x the worst seen, and still well
+#   below a real error (a wrong rope position or state moves logits by > 1e-2 relative).
+FLOAT32_RTOL = 2e-4
 
 
-def reference_model(checkpoint):
-    """transformers' own text model, loaded from the same hub-layout checkpoint (fp32, eager)."""
-    config_text = (checkpoint / "config.json").read_text()
-    cls = Qwen3_5MoeForCausalLM if '"qwen3_5_moe"' in config_text else Qwen3_5ForCausalLM
-    return cls.from_pretrained(checkpoint, dtype=torch.float32).eval()
+def parity_tolerance(reference_logits: torch.Tensor) -> float:
+    """The max abs logit difference allowed against `reference_logits` at their dtype (see above)."""
+    rtol = FLOAT64_RTOL if reference_logits.dtype == torch.float64 else FLOAT32_RTOL
+    return rtol * reference_logits.abs().max().item()
+
+
+# model_type -> (transformers module, causal LM class) of the reference for that checkpoint
+_REFERENCE_CLASSES = {
+    "qwen3_5": ("transformers.models.qwen3_5.modeling_qwen3_5", "Qwen3_5ForCausalLM"),
+    "qwen3_5_moe": ("transformers.models.qwen3_5_moe.modeling_qwen3_5_moe", "Qwen3_5MoeForCausalLM"),
+    "llama": ("transformers.models.llama.modeling_llama", "LlamaForCausalLM"),
+    "qwen3": ("transformers.models.qwen3.modeling_qwen3", "Qwen3ForCausalLM"),
+}
+
+
+def float64_twin(module_name: str) -> types.ModuleType:
+    """transformers' module `module_name` re-executed from its own source with every float32 upcast made
+    a float64 one (`torch.float32`/`torch.float` -> `torch.float64`, `.float()` -> `.double()`).
+
+    Loaded in float64, transformers still rounds to float32 in places: RMSNorm (`x.float()`), the
+    gated norm and both delta rules (`.to(torch.float32)`), RoPE frequencies and angles, the MoE router's
+    softmax. Such a model is a float32 model with float64 storage, and its logits sit ~1e-7 from a
+    float64 forward. The twin is the same code with those casts pointing at float64: a true float64
+    reference. Its RoPE init functions come from the twin of modeling_rope_utils (Llama 3's scaled RoPE).
+    """
+    twin_name = module_name + "_float64"
+    if twin_name in sys.modules:
+        return sys.modules[twin_name]
+    original = importlib.import_module(module_name)
+    source = inspect.getsource(original)
+    source = source.replace("torch.float32", "torch.float64").replace(".float()", ".double()")
+    source = re.sub(r"torch\.float\b", "torch.float64", source)
+    twin = types.ModuleType(twin_name)
+    twin.__package__, twin.__file__ = original.__package__, original.__file__
+    sys.modules[twin_name] = twin  # transformers resolves its classes' type hints through sys.modules
+    try:
+        exec(compile(source, f"{original.__file__} (float64 twin)", "exec", dont_inherit=True), twin.__dict__)
+    except BaseException:
+        del sys.modules[twin_name]
+        raise
+    if module_name != "transformers.modeling_rope_utils" and "ROPE_INIT_FUNCTIONS" in twin.__dict__:
+        twin.ROPE_INIT_FUNCTIONS = float64_twin("transformers.modeling_rope_utils").ROPE_INIT_FUNCTIONS
+    return twin
+
+
+def reference_model(checkpoint, dtype: torch.dtype = torch.float32):
+    """transformers' own causal LM for the checkpoint's model type, loaded from the same checkpoint: its
+    stock code in float32, its float64 twin (`float64_twin`) in float64. The MoE's default experts kernel
+    (torch's grouped_mm) has no float64 version, so in float64 its experts run transformers' eager loop."""
+    model_type = json.loads((checkpoint / "config.json").read_text())["model_type"]
+    module_name, class_name = _REFERENCE_CLASSES[model_type]
+    module = float64_twin(module_name) if dtype == torch.float64 else importlib.import_module(module_name)
+    options = {"experts_implementation": "eager"} if dtype == torch.float64 and "moe" in model_type else {}
+    model = getattr(module, class_name).from_pretrained(checkpoint, dtype=dtype, **options).eval()
+    if dtype == torch.float64:
+        # from_pretrained re-initialises RoPE buffers with modeling_utils' (float32) init functions for
+        # scaled RoPE types such as Llama 3's: recompute them with the twin's.
+        for rotary in (m for m in model.modules() if hasattr(m, "original_inv_freq")):
+            init = (rotary.compute_default_rope_parameters if rotary.rope_type == "default"
+                    else module.ROPE_INIT_FUNCTIONS[rotary.rope_type])
+            inv_freq, _ = init(rotary.config, rotary.inv_freq.device)
+            rotary.inv_freq.copy_(inv_freq)
+            rotary.original_inv_freq.copy_(inv_freq)
+    assert all(p.dtype == dtype for p in model.parameters())
+    return model
 
 
 def chat_prompt(checkpoint, text: str, enable_thinking: bool = True) -> list[int]:
