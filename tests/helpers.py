@@ -32,10 +32,24 @@ FLOAT64_RTOL = 1e-9
 FLOAT32_RTOL = 2e-4
 
 
-def parity_tolerance(reference_logits: torch.Tensor) -> float:
-    """The max abs logit difference allowed against `reference_logits` at their dtype (see above)."""
-    rtol = FLOAT64_RTOL if reference_logits.dtype == torch.float64 else FLOAT32_RTOL
-    return rtol * reference_logits.abs().max().item()
+# Both dtypes every parity check runs in: float64 (tight, exact maths) and float32 (what ships on the CPU).
+DTYPES = [torch.float64, torch.float32]
+
+
+def scaled_tolerance(expected: torch.Tensor) -> float:
+    """The max abs difference allowed between two computations of `expected` (logits, states, outputs)
+    by the same maths in a different order: the rtol of its dtype (see above) times its scale."""
+    rtol = FLOAT64_RTOL if expected.dtype == torch.float64 else FLOAT32_RTOL
+    return rtol * expected.abs().max().item()
+
+
+def assert_scaled_close(actual: torch.Tensor, expected: torch.Tensor, label: str = "") -> float:
+    """Assert max |actual - expected| <= scaled_tolerance(expected); return that max difference."""
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape, label
+    diff = (actual - expected).abs().max().item()
+    bar = scaled_tolerance(expected)
+    assert diff <= bar, f"{label}: max abs diff {diff:.2e} > {bar:.2e} ({expected.dtype})"
+    return diff
 
 
 # model_type -> (transformers module, causal LM class) of the reference for that checkpoint
@@ -77,22 +91,30 @@ def float64_twin(module_name: str) -> types.ModuleType:
     return twin
 
 
-def reference_model(checkpoint, dtype: torch.dtype = torch.float32):
-    """transformers' own causal LM for the checkpoint's model type, loaded from the same checkpoint: its
-    stock code in float32, its float64 twin (`float64_twin`) in float64. The MoE's default experts kernel
-    (torch's grouped_mm) has no float64 version, so in float64 its experts run transformers' eager loop."""
-    model_type = json.loads((checkpoint / "config.json").read_text())["model_type"]
-    module_name, class_name = _REFERENCE_CLASSES[model_type]
-    module = float64_twin(module_name) if dtype == torch.float64 else importlib.import_module(module_name)
-    options = {"experts_implementation": "eager"} if dtype == torch.float64 and "moe" in model_type else {}
-    model = getattr(module, class_name).from_pretrained(checkpoint, dtype=dtype, **options).eval()
+def reference_module(model_type: str, dtype: torch.dtype) -> types.ModuleType:
+    """transformers' modelling module for `model_type`: stock in float32, its float64 twin in float64."""
+    module_name = _REFERENCE_CLASSES[model_type][0]
+    return float64_twin(module_name) if dtype == torch.float64 else importlib.import_module(module_name)
+
+
+def reference_model(checkpoint, dtype: torch.dtype = torch.float32, model_type: str | None = None, **options):
+    """transformers' own causal LM for the checkpoint's model type (read from config.json unless given),
+    loaded from the same checkpoint: its stock code in float32, its float64 twin (`float64_twin`) in
+    float64. The MoE's default experts kernel (torch's grouped_mm) has no float64 version, so in float64
+    its experts run transformers' eager loop."""
+    model_type = model_type or json.loads((checkpoint / "config.json").read_text())["model_type"]
+    module = reference_module(model_type, dtype)
+    if dtype == torch.float64 and "moe" in model_type:
+        options["experts_implementation"] = "eager"
+    model = getattr(module, _REFERENCE_CLASSES[model_type][1]).from_pretrained(checkpoint, dtype=dtype, **options)
+    model.eval()
     if dtype == torch.float64:
         # from_pretrained re-initialises RoPE buffers with modeling_utils' (float32) init functions for
-        # scaled RoPE types such as Llama 3's: recompute them with the twin's.
+        # scaled RoPE types such as Llama 3's (the default type uses the twin's own): recompute them.
         for rotary in (m for m in model.modules() if hasattr(m, "original_inv_freq")):
-            init = (rotary.compute_default_rope_parameters if rotary.rope_type == "default"
-                    else module.ROPE_INIT_FUNCTIONS[rotary.rope_type])
-            inv_freq, _ = init(rotary.config, rotary.inv_freq.device)
+            if rotary.rope_type == "default":
+                continue
+            inv_freq, _ = module.ROPE_INIT_FUNCTIONS[rotary.rope_type](rotary.config)
             rotary.inv_freq.copy_(inv_freq)
             rotary.original_inv_freq.copy_(inv_freq)
     assert all(p.dtype == dtype for p in model.parameters())
@@ -110,9 +132,11 @@ def random_ids(length: int, seed: int, vocab: int = 1024) -> torch.Tensor:
 
 
 def assert_chunked_parity(ours, ref, tokens, pieces: list[int], label: str, report, cache_field: str = "cache"):
-    """Feed `tokens` in `pieces` through our model and transformers' `ref`, each on its own cache (named
-    `cache_field` in transformers' forward and output), asserting every logit within TOLERANCE."""
+    """Feed `tokens` in `pieces` through our model and transformers' `ref` (same dtype), each on its own
+    cache (named `cache_field` in transformers' forward and output), asserting every logit within
+    `scaled_tolerance` of transformers'."""
     assert sum(pieces) <= tokens.shape[1]
+    assert ours.dtype == ref.dtype, (ours.dtype, ref.dtype)
     cache, ref_cache, start = ours.new_cache(tokens.shape[1]), None, 0
     for size in pieces:
         chunk = tokens[:, start:start + size]
@@ -120,8 +144,9 @@ def assert_chunked_parity(ours, ref, tokens, pieces: list[int], label: str, repo
         out = ref(input_ids=chunk, use_cache=True, **{cache_field: ref_cache})
         ref_cache = getattr(out, cache_field)
         diff = (logits - out.logits).abs().max().item()
-        report(f"{label} tokens {start}..{start + size - 1}", diff)
-        assert diff <= TOLERANCE, f"{label}: {size} tokens at {start}: max abs diff {diff:.2e}"
+        report(f"{label} {str(ours.dtype)[6:]} tokens {start}..{start + size - 1} (scale "
+               f"{out.logits.abs().max().item():.1f})", diff)
+        assert_scaled_close(logits, out.logits, f"{label}: {size} tokens at {start}")
         assert hidden.shape == (1, size, ours.config.hidden_size)
         start += size
 
