@@ -27,7 +27,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.full((dim,), 1.0 - offset))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (_rms_normalize(x, self.eps) * (self.offset + self.weight.to(accumulation_dtype(x.dtype)))).type_as(x)
+        scale = self.offset + self.weight.to(accumulation_dtype(x.dtype))
+        return (_rms_normalize(x, self.eps) * scale).type_as(x)
 
 
 def rms_norm(config, dim: int | None = None) -> RMSNorm:
