@@ -163,6 +163,16 @@ def test_config_errors_are_clear(tmp_path):
         TextConfig.from_checkpoint(tmp_path)
 
 
+def test_a_checkpoint_with_more_than_one_mtp_layer_is_refused(tiny, tmp_path):
+    ckpt = shutil.copytree(tiny["qwen3.6-dense-tiny"], tmp_path / "ckpt")
+    raw = json.loads((ckpt / "config.json").read_text())
+    raw["text_config"]["mtp_num_hidden_layers"] = 2
+    (ckpt / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"mtp_num_hidden_layers = 2 is not supported: the MTP head must have "
+                                         r"at most one layer \(mtp.layers.0\)"):
+        load_model(ckpt, device="cpu")
+
+
 def test_load_progress_rises_to_one(tiny):
     seen = []
     load_model(tiny["qwen3.6-moe-tiny"], device="cpu", progress=seen.append)

@@ -1,24 +1,23 @@
-"""Plain transformer trunks (Llama, Qwen3) through our forward, against transformers, fp32.
+"""Plain transformer trunks (Llama, Qwen3) through our forward, against transformers, in float64 and fp32.
 
-The same bar as the Qwen3.5/3.6 parity tests: prefill, 1-token decode steps and multi-token chunks on
-a warm cache all within 1e-4 of transformers' logits, and greedy generation token-identical to
-transformers' `generate`. Llama's checkpoint ties its embeddings (as SmolLM2's does); Qwen3's does not.
+The same bars as the Qwen3.5/3.6 parity tests (tests.helpers.scaled_tolerance): prefill, 1-token
+decode steps and multi-token chunks on a warm cache all within them of transformers' logits, and
+greedy generation token-identical to transformers' `generate`. Llama's checkpoint ties its embeddings (as SmolLM2's does); Qwen3's does not.
 """
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
-
-from daemon.weights.loader import load_model
 from daemon.tiny.text_checkpoints import VARIANTS
-from tests.helpers import assert_chunked_parity, chat_prompt, decode, random_ids
+from daemon.weights.loader import load_model
+from tests.helpers import DTYPES, assert_chunked_parity, chat_prompt, decode, random_ids, reference_model
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 @torch.inference_mode()
-def test_logits_and_greedy_generation_match_transformers(tiny_text, name, report_parity):
-    ours = load_model(tiny_text[name], device="cpu")
-    ref = AutoModelForCausalLM.from_pretrained(tiny_text[name], dtype=torch.float32).eval()
+def test_logits_and_greedy_generation_match_transformers(tiny_text, name, dtype, report_parity):
+    ours = load_model(tiny_text[name], device="cpu", dtype=dtype)
+    ref = reference_model(tiny_text[name], dtype)
     assert (ours.lm_head.weight is ours.embed_tokens.weight) == VARIANTS[name]["tie_word_embeddings"]
     assert_chunked_parity(ours, ref, random_ids(60, seed=5), [40, 1, 1, 3, 5], name, report_parity,
                           cache_field="past_key_values")

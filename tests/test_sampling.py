@@ -115,21 +115,25 @@ def test_greedy_target_accepts_exactly_the_argmax_prefix(sampled_draft):
 def test_target_probs_temperature_topk_topp_greedy():
     logits = torch.randn(64, V, generator=torch.Generator().manual_seed(11)) * 2
     probs = target_probs(logits, SamplingParams(temperature=0.7))
-    assert torch.allclose(probs, torch.softmax(logits / 0.7, -1), atol=1e-6)
+    assert torch.equal(probs, torch.softmax(logits / 0.7, -1))  # the very same float32 ops: bit for bit
     top3 = target_probs(logits, SamplingParams(temperature=1.0, top_k=3))
     assert bool(((top3 > 0).sum(-1) == 3).all())
     kept = logits.topk(3, -1).indices
-    assert torch.allclose(top3.gather(-1, kept), torch.softmax(logits.gather(-1, kept), -1), atol=1e-6)
+    # the same 3 exponentials, summed with the masked tokens' zeros in another order: a few ulps (float32
+    # eps 1.2e-7) of probabilities <= 1
+    assert torch.allclose(top3.gather(-1, kept), torch.softmax(logits.gather(-1, kept), -1), rtol=0, atol=1e-6)
     both = target_probs(logits, SamplingParams(temperature=1.3, top_k=4, top_p=0.6))
     for p in (probs, top3, both):
-        assert torch.allclose(p.sum(-1), torch.ones(64), atol=1e-5)
+        # a float32 sum of 6 probabilities, each a few ulps from exact: within ~8 ulps (1e-6) of 1
+        assert torch.allclose(p.sum(-1), torch.ones(64), rtol=0, atol=1e-6)
     assert bool(((both > 0).sum(-1) <= 4).all())
     base = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
     expect = {0.7: [0.625, 0.375, 0, 0], 0.4: [1, 0, 0, 0], 0.81: [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0],
               1.0: [0.5, 0.3, 0.15, 0.05]}
     for top_p, want in expect.items():
         got = target_probs(base, SamplingParams(temperature=1.0, top_p=top_p))
-        assert torch.allclose(got, torch.tensor([want], dtype=torch.float32), atol=1e-6), top_p
+        # hand-computed fractions vs float32 (log, softmax, renormalise): a few ulps of values <= 1
+        assert torch.allclose(got, torch.tensor([want], dtype=torch.float32), rtol=0, atol=1e-6), top_p
     tie = target_probs(torch.zeros(1, 4), SamplingParams(temperature=1.0, top_p=0.5))  # exact 0.25 steps
     assert sorted(tie[0].tolist()) == [0, 0, 0.5, 0.5]  # 2 tokens already reach 0.5: no third one
     greedy = target_probs(logits.bfloat16(), SamplingParams(temperature=0.0, top_k=2, top_p=0.5))

@@ -10,7 +10,7 @@ from daemon.engine.speculative import SpeculativeDecoder
 from daemon.tools.oracle_drafter import OracleDrafter
 from daemon.weights.loader import load_model
 from mtpchat.protocol import ACCEPTANCE_RATE, DRAFTS, MAX_DRAFT, RUNNING_STATS, STATS
-from tests.helpers import TOLERANCE, chat_prompt, decode, generation, random_ids, reference_model
+from tests.helpers import assert_scaled_close, chat_prompt, decode, generation, random_ids, reference_model
 
 MODELS = ["qwen3.6-dense-tiny", "qwen3.6-moe-tiny"]
 
@@ -100,7 +100,8 @@ def test_every_accept_pattern_emits_the_plain_tokens_and_rolls_back_exactly(mode
     fresh_logits = steps[-1][0]
     fresh_hidden = torch.cat([prompt_hidden] + [hidden for _, hidden in steps], dim=1)
     next_logits, _ = model(torch.tensor([[decoder.token]]), decoder.cache, decoder.length)
-    torch.testing.assert_close(next_logits[0, -1], fresh_logits[0, -1], rtol=0, atol=TOLERANCE)
+    # the same logits by other chunkings (verify passes vs single steps): equal up to the scaled bar
+    assert_scaled_close(next_logits[0, -1], fresh_logits[0, -1], "trunk after speculative steps")
 
     # and the MTP layer's cache holds exactly the accepted history: its next draft logits equal a
     # fresh MTP pass over all (trunk hidden h_i, token t_{i+1}) pairs
@@ -108,7 +109,7 @@ def test_every_accept_pattern_emits_the_plain_tokens_and_rolls_back_exactly(mode
     drafter.propose(1, decoder.sampling, None)
     pairs = (torch.tensor([sequence[1:]]), fresh_hidden[:, :-1])
     fresh_mtp, _ = model.mtp_forward(*pairs, model.new_mtp_cache(len(sequence)), 0)
-    torch.testing.assert_close(drafter.first_logits[-1], fresh_mtp[0, -1], rtol=0, atol=TOLERANCE)
+    assert_scaled_close(drafter.first_logits[-1], fresh_mtp[0, -1], "MTP after speculative steps")
 
 
 @pytest.mark.parametrize("name", MODELS)

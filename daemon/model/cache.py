@@ -2,9 +2,10 @@
 
 Full-attention layers keep keys/values in buffers sized to `max_len` and written by position, so
 rolling back after a rejected draft is just not advancing the position (gpt-fast's trick). Gated
-DeltaNet layers keep a conv window and a float32 recurrent state that cannot be rolled back by
-position; a multi-token forward can therefore also record the state after each of its tokens in
-`max_steps` slots, and `restore_step` continues from any of them without replaying anything.
+DeltaNet layers keep a conv window and a recurrent state (float32, or float64 for a float64 model:
+`accumulation_dtype`) that cannot be rolled back by position; a multi-token forward can therefore
+also record the state after each of its tokens in `max_steps` slots, and `restore_step` continues
+from any of them without replaying anything.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from daemon.model.config import TextConfig
+from daemon.model.precision import accumulation_dtype
 
 
 def _nbytes(cache) -> int:
@@ -29,10 +31,6 @@ class AttentionCache:
     def allocate(cls, batch, kv_heads, max_len, head_dim, device, dtype) -> AttentionCache:
         shape = (batch, kv_heads, max_len, head_dim)
         return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
-
-    @property
-    def max_len(self) -> int:
-        return self.keys.shape[2]
 
     def write(self, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Store keys/values [B, T, kv_heads, head_dim] at absolute positions [T]."""
@@ -58,7 +56,7 @@ class AttentionCache:
 @dataclass
 class DeltaNetCache:
     conv: torch.Tensor  # [B, conv_dim, kernel - 1]: the last inputs of the causal conv
-    state: torch.Tensor  # [B, v_heads, k_dim, v_dim], float32
+    state: torch.Tensor  # [B, v_heads, k_dim, v_dim], at accumulation_dtype(dtype)
     conv_steps: torch.Tensor  # [max_steps, *conv.shape]: conv window after each token of a step
     state_steps: torch.Tensor  # [max_steps, *state.shape]
 
@@ -90,7 +88,6 @@ class ModelCache:
 
     def __init__(self, config: TextConfig, max_len: int, *, batch: int = 1, max_steps: int = 0,
                  device: torch.device | str | list = "cpu", dtype: torch.dtype = torch.float32):
-        self.max_len = max_len
         devices = device if isinstance(device, list) else [device] * len(config.layer_types)
         self.layers: list[AttentionCache | DeltaNetCache] = []
         conv_dim = 2 * config.linear_num_key_heads * config.linear_key_head_dim + (
@@ -99,6 +96,7 @@ class ModelCache:
         conv_shape = (batch, conv_dim, config.linear_conv_kernel_dim - 1)
         state_shape = (batch, config.linear_num_value_heads, config.linear_key_head_dim,
                        config.linear_value_head_dim)
+        state_dtype = accumulation_dtype(dtype)
         for layer_type, device in zip(config.layer_types, devices, strict=True):
             if layer_type == "full_attention":
                 self.layers.append(AttentionCache.allocate(
@@ -106,9 +104,9 @@ class ModelCache:
             else:
                 self.layers.append(DeltaNetCache(
                     conv=torch.zeros(conv_shape, device=device, dtype=dtype),
-                    state=torch.zeros(state_shape, device=device, dtype=torch.float32),
+                    state=torch.zeros(state_shape, device=device, dtype=state_dtype),
                     conv_steps=torch.zeros((max_steps, *conv_shape), device=device, dtype=dtype),
-                    state_steps=torch.zeros((max_steps, *state_shape), device=device, dtype=torch.float32),
+                    state_steps=torch.zeros((max_steps, *state_shape), device=device, dtype=state_dtype),
                 ))
 
     def nbytes(self) -> int:

@@ -77,6 +77,9 @@ class TextConfig:
             raise ValueError("a MoE model needs 0 < num_experts_per_tok <= num_experts")
         if not self.is_moe and self.intermediate_size <= 0:
             raise ValueError("a dense model needs intermediate_size > 0")
+        if self.mtp_num_hidden_layers > 1:  # the MTP head is exactly one decoder layer (mtp.layers.0)
+            raise ValueError(f"mtp_num_hidden_layers = {self.mtp_num_hidden_layers} is not supported: the MTP "
+                             "head must have at most one layer (mtp.layers.0), as Qwen3.5/3.6 checkpoints do")
 
     @property
     def is_moe(self) -> bool:

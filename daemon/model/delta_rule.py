@@ -5,7 +5,8 @@ Per value head, with state S [k_dim, v_dim], decay g ≤ 0 (log space) and write
 The recurrent form runs token by token and can record S after each token (what speculative
 verification needs to roll back). The chunked form (prefill) solves each chunk's writes at once with
 a unit-lower-triangular system and scans only across chunks. q and k arrive L2-normalised, q scaled.
-All inputs are float32 with heads before time: q, k [B, H, T, Dk], v [B, H, T, Dv], g, beta [B, H, T].
+All inputs share the state's dtype (float32; float64 for a float64 model), heads before time:
+q, k [B, H, T, Dk], v [B, H, T, Dv], g, beta [B, H, T].
 """
 
 import torch

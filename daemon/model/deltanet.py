@@ -16,6 +16,7 @@ from daemon.model.config import TextConfig
 from daemon.model.delta_rule import chunked_delta_rule, recurrent_delta_rule
 from daemon.model.linear import Linear
 from daemon.model.norms import GatedRMSNorm
+from daemon.model.precision import accumulation_dtype
 from daemon.model.step_context import StepContext
 
 # Inputs up to this length take the recurrent rule: fewer kernels than a padded 64-token chunk.
@@ -69,16 +70,17 @@ class GatedDeltaNet(nn.Module):
         mixed = self._causal_conv(self.in_proj_qkv(x).transpose(1, 2), cache, ctx.keep_steps)
         q, k, v = mixed.transpose(1, 2).split(self.split_sizes, dim=-1)
         repeat = self.num_v_heads // self.num_k_heads
-        # -> float32 [B, heads, T, dim]; each key head serves `repeat` consecutive value heads
+        acc = accumulation_dtype(x.dtype)  # the recurrent state's dtype
+        # -> [B, heads, T, dim] at `acc`; each key head serves `repeat` consecutive value heads
         q, k = (
-            _l2_normalize(t.reshape(batch, length, self.num_k_heads, self.k_dim).float())
+            _l2_normalize(t.reshape(batch, length, self.num_k_heads, self.k_dim).to(acc))
             .repeat_interleave(repeat, dim=2).transpose(1, 2)
             for t in (q, k)
         )
         q = q * self.k_dim**-0.5
-        v = v.reshape(batch, length, self.num_v_heads, self.v_dim).float().transpose(1, 2)
-        beta = torch.sigmoid(self.in_proj_b(x)).float().transpose(1, 2)
-        g = (-self.A_log.float().exp() * F.softplus(self.in_proj_a(x).float() + self.dt_bias.float())).transpose(1, 2)
+        v = v.reshape(batch, length, self.num_v_heads, self.v_dim).to(acc).transpose(1, 2)
+        beta = torch.sigmoid(self.in_proj_b(x)).to(acc).transpose(1, 2)
+        g = (-self.A_log.to(acc).exp() * F.softplus(self.in_proj_a(x).to(acc) + self.dt_bias.to(acc))).transpose(1, 2)
         if ctx.keep_steps or length <= RECURRENT_MAX_TOKENS:
             steps = cache.state_steps if ctx.keep_steps else None
             out = recurrent_delta_rule(q, k, v, g, beta, cache.state, steps)

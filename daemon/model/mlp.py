@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from daemon.model.config import TextConfig
 from daemon.model.linear import Linear, linear
+from daemon.model.precision import accumulation_dtype
 
 # Gather expert weights per (token, choice) up to this many pairs; beyond it loop over experts.
 GATHER_MAX_PAIRS = 64
@@ -61,7 +62,7 @@ class SparseMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        probs = F.softmax(self.gate(flat), dim=-1, dtype=torch.float32)
+        probs = F.softmax(self.gate(flat), dim=-1, dtype=accumulation_dtype(x.dtype))
         weights, experts = probs.topk(self.top_k, dim=-1)
         weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
         routed = self.experts(flat, experts, weights)

@@ -2,17 +2,19 @@
 
 Every norm in a Qwen3.5/3.6 trunk and MTP head is zero-centred (`x̂ · (1 + w)`, so a fresh weight of
 zeros is the identity); Llama and Qwen3 scale by a plain `w`; the gated norm at the output of Gated
-DeltaNet scales by a plain `w` and gates with `silu(z)`. All normalise in float32 whatever the weight
-dtype.
+DeltaNet scales by a plain `w` and gates with `silu(z)`. All normalise in float32 for float32 and
+narrower weights, in float64 for float64 ones (`accumulation_dtype`).
 """
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from daemon.model.precision import accumulation_dtype
+
 
 def _rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
-    x = x.float()
+    x = x.to(accumulation_dtype(x.dtype))
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 
 
@@ -25,7 +27,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.full((dim,), 1.0 - offset))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (_rms_normalize(x, self.eps) * (self.offset + self.weight.float())).type_as(x)
+        scale = self.offset + self.weight.to(accumulation_dtype(x.dtype))
+        return (_rms_normalize(x, self.eps) * scale).type_as(x)
 
 
 def rms_norm(config, dim: int | None = None) -> RMSNorm:
@@ -43,4 +46,4 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         normed = self.weight * _rms_normalize(x, self.eps).to(x.dtype)
-        return (normed * F.silu(gate.float())).to(x.dtype)
+        return (normed * F.silu(gate.to(accumulation_dtype(x.dtype)))).to(x.dtype)

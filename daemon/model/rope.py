@@ -3,7 +3,8 @@
 Qwen3.5/3.6 rotate only the first `rotary_dim` (64 of 256) dims of each head (Llama and Qwen3: all of
 them). The Qwen3.5/3.6 checkpoints declare M-RoPE, but for text all three position streams are equal
 and it reduces to this 1-D form. Angles are computed from a positions tensor on every call, so one
-captured step serves every position.
+captured step serves every position. Frequencies and angles are float32 (as transformers computes
+them) for float32 and narrower models, float64 for a float64 model.
 """
 
 import math
@@ -12,11 +13,12 @@ import torch
 
 
 def inverse_frequencies(rotary_dim: int, theta: float, device: torch.device | None = None,
-                        llama3: tuple[float, float, float, float] | None = None) -> torch.Tensor:
+                        llama3: tuple[float, float, float, float] | None = None,
+                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """llama3: (factor, low_freq_factor, high_freq_factor, original context) of Llama 3.1+'s scaled RoPE:
     wavelengths longer than original/low are slowed by `factor`, shorter than original/high kept, and
     those between interpolated."""
-    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.float32, device=device) / rotary_dim
+    exponents = torch.arange(0, rotary_dim, 2, dtype=dtype, device=device) / rotary_dim
     inv_freq = 1.0 / (theta**exponents)
     if llama3 is None:
         return inv_freq
@@ -26,13 +28,14 @@ def inverse_frequencies(rotary_dim: int, theta: float, device: torch.device | No
     return (1 - smooth) * inv_freq / factor + smooth * inv_freq
 
 
-def model_inverse_frequencies(config, device: torch.device | None = None) -> torch.Tensor:
-    return inverse_frequencies(config.rotary_dim, config.rope_theta, device, config.llama3_rope)
+def model_inverse_frequencies(config, device: torch.device | None = None,
+                              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return inverse_frequencies(config.rotary_dim, config.rope_theta, device, config.llama3_rope, dtype)
 
 
 def rotary_tables(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype):
-    """cos/sin tables [T, rotary_dim] for the given absolute positions."""
-    freqs = positions.float()[:, None] * inv_freq[None, :]
+    """cos/sin tables [T, rotary_dim] for the given absolute positions, computed at inv_freq's dtype."""
+    freqs = positions.to(inv_freq.dtype)[:, None] * inv_freq[None, :]
     angles = torch.cat((freqs, freqs), dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)
 

@@ -19,6 +19,7 @@ from daemon.model.deltanet import GatedDeltaNet
 from daemon.model.linear import Linear, linear
 from daemon.model.mlp import feed_forward
 from daemon.model.norms import rms_norm
+from daemon.model.precision import accumulation_dtype
 from daemon.model.rope import model_inverse_frequencies
 from daemon.model.step_context import StepContext
 
@@ -73,9 +74,9 @@ class QwenModel(nn.Module):
         self.norm = rms_norm(config)
         self.lm_head = Linear(config.hidden_size, config.vocab_size)
         self.mtp = MTPHead(config) if with_mtp else None
-        # Plain attributes, not buffers: rotary frequencies must stay float32 when the weights are cast.
-        self.inv_freq = model_inverse_frequencies(config, device="cpu")  # even on meta
-        self._inv_freq_on: dict[torch.device, torch.Tensor] = {}
+        # Not buffers: rotary frequencies are computed at the accumulation dtype of the weights as they
+        # are when used (float32 even for bf16 weights), on the CPU (even for a meta model), then moved.
+        self._inv_freq_on: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self.segments: list[tuple[torch.device, range]] = []  # set by `place`; empty = all on `device`
 
     @property
@@ -90,6 +91,17 @@ class QwenModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.embed_tokens.weight.dtype
+
+    def rotary_frequencies(self, device: torch.device | str) -> torch.Tensor:
+        """RoPE's inverse frequencies at `accumulation_dtype(self.dtype)` on `device`."""
+        key = (torch.device(device), accumulation_dtype(self.dtype))
+        if key not in self._inv_freq_on:
+            self._inv_freq_on[key] = model_inverse_frequencies(self.config, "cpu", key[1]).to(key[0])
+        return self._inv_freq_on[key]
+
+    @property
+    def inv_freq(self) -> torch.Tensor:
+        return self.rotary_frequencies(self.device)
 
     def place(self, embed_device, layer_devices, head_device, *, allocate: bool = False) -> None:
         """Put the embedding, each layer and the head (norm, lm_head, MTP) on their devices; with
@@ -120,21 +132,16 @@ class QwenModel(nn.Module):
         return AttentionCache.allocate(batch, c.num_key_value_heads, max_len, c.head_dim, self.output_device,
                                        self.dtype)
 
-    def _context(self, length: int, start, kv_len: int | None, keep_steps: bool, device: torch.device,
+    def _context(self, length: int, start: int, keep_steps: bool, device: torch.device,
                  key_mask: torch.Tensor | None = None) -> StepContext:
-        """`start` is an int, or a 0-dim device tensor (then `kv_len` must be given) for captured steps."""
-        if device not in self._inv_freq_on:
-            self._inv_freq_on[device] = self.inv_freq.to(device)
-        offset = start.to(device) if isinstance(start, torch.Tensor) else start
-        positions = torch.arange(length, device=device) + offset
+        positions = torch.arange(start, start + length, device=device)
         if key_mask is not None:
             key_mask = key_mask.to(device)
-        return StepContext.build(positions, kv_len or start + length, self._inv_freq_on[device], self.dtype,
+        return StepContext.build(positions, start + length, self.rotary_frequencies(device), self.dtype,
                                  keep_steps, key_mask)
 
-    def forward(self, input_ids: torch.Tensor, cache: ModelCache, start, *, kv_len: int | None = None,
-                keep_steps: bool = False, last_only: bool = False,
-                key_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, cache: ModelCache, start: int, *, keep_steps: bool = False,
+                last_only: bool = False, key_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run new tokens [B, T] at positions start..start+T-1.
 
         Returns (logits, hidden): logits [B, T or 1, V] (only the last position when `last_only`),
@@ -145,22 +152,21 @@ class QwenModel(nn.Module):
         x = self.embed_tokens(input_ids.to(self.device))
         for device, indices in self.segments or [(self.device, range(len(self.layers)))]:
             x = x.to(device)  # a split model hands activations from card to card here
-            ctx = self._context(input_ids.shape[1], start, kv_len, keep_steps, device, key_mask)
+            ctx = self._context(input_ids.shape[1], start, keep_steps, device, key_mask)
             for i in indices:
                 x = self.layers[i](x, cache.layers[i], ctx)
         hidden = self.norm(x.to(self.output_device))
         return self.lm_head(hidden[:, -1:] if last_only else hidden), hidden
 
-    def mtp_forward(self, next_ids: torch.Tensor, hidden: torch.Tensor, cache: AttentionCache, start, *,
-                    kv_len: int | None = None, vocab: int | None = None,
-                    last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def mtp_forward(self, next_ids: torch.Tensor, hidden: torch.Tensor, cache: AttentionCache, start: int, *,
+                    vocab: int | None = None, last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """MTP head over pairs (hidden[:, j] at position start+j, next_ids[:, j]) -> (logits, MTP hidden).
 
         With `vocab`, logits cover token ids [0, vocab) only: a reduced draft vocabulary; with
         `last_only`, only the last pair's (a long prompt's pairs would need prompt × vocab floats)."""
         if self.mtp is None:
             raise RuntimeError("this checkpoint has no MTP head (no mtp.* tensors)")
-        ctx = self._context(next_ids.shape[1], start, kv_len, False, self.output_device)
+        ctx = self._context(next_ids.shape[1], start, False, self.output_device)
         embeds = self.embed_tokens(next_ids.to(self.device)).to(self.output_device)
         out = self.mtp(embeds, hidden, cache, ctx)
         return linear(out[:, -1:] if last_only else out, self.lm_head.weight[:vocab]), out
