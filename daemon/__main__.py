@@ -55,8 +55,8 @@ def _serve(args: argparse.Namespace) -> int:
     import os
     import signal
 
-    from daemon.serve.registry import ModelRegistry
     from daemon.serve.listen import ListenError, check_listen_endpoint
+    from daemon.serve.registry import ModelRegistry
     from daemon.serve.server import DaemonServer
     from mtpchat.config import load_config
     from mtpchat.curve import has_server_keys

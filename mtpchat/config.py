@@ -40,9 +40,10 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from mtpchat.paths import config_dir
 from mtpchat.protocol import DRAFT_CHOICES

@@ -56,8 +56,8 @@ def bench_transformers(model, prompt: torch.Tensor, steps: int) -> dict:
 def main() -> None:
     from transformers import AutoModelForCausalLM
 
-    from daemon.weights.checkpoint import resolve_checkpoint
     from daemon.weights.builtin_models import tiny_checkpoint
+    from daemon.weights.checkpoint import resolve_checkpoint
     from daemon.weights.loader import DTYPES, default_device, default_dtype, load_model
     from mtpchat.config import DTYPE_NAMES
 

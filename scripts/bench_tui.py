@@ -23,8 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mtpchat.protocol import (ACCEPTANCE_PER_POSITION, ACCEPTANCE_RATE, DECODE_TOK_S, DRAFT_K,  # noqa: E402
-                              GENERATED_TOKENS, MEAN_ACCEPTANCE_LENGTH)
+from mtpchat.protocol import (  # noqa: E402
+    ACCEPTANCE_PER_POSITION,
+    ACCEPTANCE_RATE,
+    DECODE_TOK_S,
+    DRAFT_K,
+    GENERATED_TOKENS,
+    MEAN_ACCEPTANCE_LENGTH,
+)
 
 CHUNK_S = 0.03
 PARAGRAPH = ("The verifier checks every drafted token in one pass, and the longest agreeing prefix is kept "

@@ -8,10 +8,10 @@ import sys
 
 import torch
 
-from daemon.tools.bench import bench_checkpoint, bench_oracle, step_costs
 from daemon.model.config import TextConfig
-from daemon.weights.loader import load_model
+from daemon.tools.bench import bench_checkpoint, bench_oracle, step_costs
 from daemon.tools.real_shapes import random_model, shape_config
+from daemon.weights.loader import load_model
 from tests.helpers import random_ids
 
 

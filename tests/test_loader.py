@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from daemon.weights.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
 from daemon.model.config import TextConfig
+from daemon.weights.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
 from daemon.weights.loader import load_model
 from tests.helpers import reference_model
 

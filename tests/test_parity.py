@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from daemon.weights.loader import load_model
-from tests.helpers import DTYPES, assert_chunked_parity, assert_scaled_close, chat_prompt, decode, random_ids, reference_model
+from tests.helpers import (
+    DTYPES,
+    assert_chunked_parity,
+    assert_scaled_close,
+    chat_prompt,
+    decode,
+    random_ids,
+    reference_model,
+)
 
 MODELS = ["qwen3.6-dense-tiny", "qwen3.6-moe-tiny"]
 

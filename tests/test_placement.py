@@ -6,8 +6,8 @@ import torch
 
 from daemon.model.config import TextConfig
 from daemon.serve.footprint import MAX_DRAFT_SLOTS, checkpoint_footprint, device_budgets
-from daemon.weights.loader import load_model
 from daemon.serve.placement import DeviceBudget, Footprint, PlacementError, plan_placement
+from daemon.weights.loader import load_model
 from tests.helpers import decode, random_ids
 
 GIB = 2**30

@@ -7,6 +7,7 @@ greedy generation token-identical to transformers' `generate`. Llama's checkpoin
 
 import pytest
 import torch
+
 from daemon.tiny.text_checkpoints import VARIANTS
 from daemon.weights.loader import load_model
 from tests.helpers import DTYPES, assert_chunked_parity, chat_prompt, decode, random_ids, reference_model

@@ -6,11 +6,11 @@ conversations, with MTP on and off, greedy and sampled, and under a budget that 
 import pytest
 from transformers import AutoTokenizer
 
-from daemon.weights.loader import load_model
 from daemon.engine.options import GenerationOptions
 from daemon.engine.reply import ReplyStream, render_prompt, turn_boundary
 from daemon.engine.sampling import SamplingParams
 from daemon.engine.state_cache import PromptReuse, StateCache
+from daemon.weights.loader import load_model
 
 TOPICS = ["the sea", "a lighthouse", "bread", "winter", "a fox", "trains", "rain", "the moon", "tea",
           "a map", "clocks", "bees"]

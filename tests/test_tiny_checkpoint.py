@@ -2,8 +2,8 @@
 
 import json
 
-from daemon.weights.checkpoint import CheckpointFiles
 from daemon.tiny.qwen_checkpoints import build_checkpoint
+from daemon.weights.checkpoint import CheckpointFiles
 
 
 def test_layout_matches_the_hub(tiny):

@@ -5,9 +5,9 @@ import json
 
 import torch
 
-from daemon.weights.loader import load_model
 from daemon.tiny.text_checkpoints import build_text_checkpoint
 from daemon.tools.train_head import TrainSettings, greedy_batch, train_head
+from daemon.weights.loader import load_model
 from tests.helpers import chat_prompt, decode
 
 SETTINGS = TrainSettings(prompts=240, held_out=24, max_new_tokens=32, generate_batch=48, steps=60, batch=16,

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from daemon.model.text_model import QwenModel
 from daemon.engine.sampling import SamplingParams, choose
+from daemon.model.text_model import QwenModel
 
 
 class MTPDrafter:

@@ -16,8 +16,8 @@ import torch
 from daemon.model.cache import ModelCache
 from daemon.model.config import TextConfig
 from daemon.model.text_model import QwenModel
-from daemon.weights.checkpoint import CheckpointFiles, resolve_checkpoint
 from daemon.serve.placement import GPU_HEADROOM, DeviceBudget, Footprint
+from daemon.weights.checkpoint import CheckpointFiles, resolve_checkpoint
 
 MAX_DRAFT_SLOTS = 5  # DeltaNet step slots of a (k+1)-token verify at the largest draft k (4)
 

@@ -86,10 +86,9 @@ class ModelRegistry:
         return used
 
     def _plan(self, entry: ModelEntry, path: str):
-        from daemon.serve.footprint import device_budgets
-        from daemon.serve.footprint import checkpoint_footprint
-        from daemon.weights.loader import DTYPES, default_dtype
+        from daemon.serve.footprint import checkpoint_footprint, device_budgets
         from daemon.serve.placement import plan_placement
+        from daemon.weights.loader import DTYPES, default_dtype
 
         settings = entry.settings
         budgets = device_budgets(self.max_memory, self._in_use(), self.states.budget)

@@ -23,9 +23,27 @@ from daemon.engine.state_cache import PromptReuse
 from daemon.serve.registry import ModelEntry, ModelRegistry
 from mtpchat import __version__
 from mtpchat.curve import secure_server
-from mtpchat.protocol import (DRAFT_AUTO, MAX_DRAFT, MAX_FRAME_BYTES, RUNNING_STATS, VERSION, CancelRequest,
-                              GenerateRequest, HelloRequest, LoadRequest, ModelsRequest, ProtocolError, Request,
-                              StatusRequest, UnloadRequest, error_reply, pack, parse_request, reply, unpack)
+from mtpchat.protocol import (
+    DRAFT_AUTO,
+    MAX_DRAFT,
+    MAX_FRAME_BYTES,
+    RUNNING_STATS,
+    VERSION,
+    CancelRequest,
+    GenerateRequest,
+    HelloRequest,
+    LoadRequest,
+    ModelsRequest,
+    ProtocolError,
+    Request,
+    StatusRequest,
+    UnloadRequest,
+    error_reply,
+    pack,
+    parse_request,
+    reply,
+    unpack,
+)
 
 FLUSH_S = 0.03
 IDLE_POLL_MS = 200

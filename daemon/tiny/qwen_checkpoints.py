@@ -50,10 +50,12 @@ VARIANTS = {
 
 def _classes(kind: str):
     if kind == "dense":
-        from transformers import Qwen3_5Config as Config, Qwen3_5ForConditionalGeneration as Model
+        from transformers import Qwen3_5Config as Config
+        from transformers import Qwen3_5ForConditionalGeneration as Model
         from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5DecoderLayer as Layer
     else:
-        from transformers import Qwen3_5MoeConfig as Config, Qwen3_5MoeForConditionalGeneration as Model
+        from transformers import Qwen3_5MoeConfig as Config
+        from transformers import Qwen3_5MoeForConditionalGeneration as Model
         from transformers.models.qwen3_5_moe.modeling_qwen3_5_moe import Qwen3_5MoeDecoderLayer as Layer
     return Config, Model, Layer
 

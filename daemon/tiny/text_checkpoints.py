@@ -33,9 +33,11 @@ NORM_STD = 0.2
 
 def _classes(model_type: str):
     if model_type == "llama":
-        from transformers import LlamaConfig as Config, LlamaForCausalLM as Model
+        from transformers import LlamaConfig as Config
+        from transformers import LlamaForCausalLM as Model
     else:
-        from transformers import Qwen3Config as Config, Qwen3ForCausalLM as Model
+        from transformers import Qwen3Config as Config
+        from transformers import Qwen3ForCausalLM as Model
     return Config, Model
 
 

@@ -10,8 +10,7 @@ ships for Qwen models. Nothing is downloaded and the output is deterministic.
 import json
 import pathlib
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
-from tokenizers import pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 # As in Qwen3: the ChatML markers are special (dropped by skip_special_tokens),
 # the think markers are plain added tokens so decoded replies keep them.

@@ -23,9 +23,20 @@ from daemon.engine.options import GenerationOptions
 from daemon.engine.sampling import SamplingParams
 from daemon.model.text_model import QwenModel
 from daemon.tools.oracle_drafter import OracleDrafter
-from mtpchat.protocol import (ACCEPTANCE_PER_POSITION, ACCEPTANCE_RATE, ACCEPTED_TOKENS, DECODE_TOK_S, DRAFT_AUTO,
-                              DRAFTED_TOKENS, DRAFTS, MEAN_ACCEPTANCE_LENGTH, PEAK_MEMORY_BYTES, PREFILL_TOK_S,
-                              STATE_BYTES, TIME_TO_FIRST_TOKEN_S)
+from mtpchat.protocol import (
+    ACCEPTANCE_PER_POSITION,
+    ACCEPTANCE_RATE,
+    ACCEPTED_TOKENS,
+    DECODE_TOK_S,
+    DRAFT_AUTO,
+    DRAFTED_TOKENS,
+    DRAFTS,
+    MEAN_ACCEPTANCE_LENGTH,
+    PEAK_MEMORY_BYTES,
+    PREFILL_TOK_S,
+    STATE_BYTES,
+    TIME_TO_FIRST_TOKEN_S,
+)
 
 BENCH_PROMPTS = [
     "Explain how a hash map works, with a short Python example.",

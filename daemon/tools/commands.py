@@ -37,9 +37,9 @@ def _bench(args: argparse.Namespace) -> int:
     import torch
 
     from daemon.tools import bench
-    from daemon.weights.loader import DTYPES, default_device
-    from daemon.weights.chat_model import load_chat_model
     from daemon.tools.real_shapes import random_model, shape_config
+    from daemon.weights.chat_model import load_chat_model
+    from daemon.weights.loader import DTYPES, default_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,9 +98,9 @@ def _train_head(args: argparse.Namespace) -> int:
 
     import torch
 
+    from daemon.tools.train_head import TrainSettings, progress_line, train_head, trunk_fingerprint
     from daemon.weights.checkpoint import resolve_checkpoint
     from daemon.weights.demo_model import DemoModelError
-    from daemon.tools.train_head import TrainSettings, progress_line, train_head, trunk_fingerprint
     from mtpchat.paths import cache_dir
 
     if args.threads:

@@ -38,9 +38,9 @@ import torch
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
-from daemon.weights.checkpoint import HEAD_FILE
-from daemon.model.text_model import MTPHead, QwenModel
 from daemon.model.step_context import StepContext
+from daemon.model.text_model import MTPHead, QwenModel
+from daemon.weights.checkpoint import HEAD_FILE
 
 TOP_K = 32  # the trunk's distribution is kept as its top-k tokens (renormalised)
 
@@ -278,8 +278,8 @@ def save_head(head: MTPHead, out_dir: Path, record: dict) -> Path:
 def train_head(checkpoint: Path, out_dir: Path, work: Path, settings: TrainSettings,
                show: Callable[[str], None] = lambda line: None, command: str = "") -> dict:
     """Run (or resume) every stage; write the head to `out_dir`; return the training record."""
-    from daemon.weights.loader import load_model
     from daemon.engine.reply import render_prompt
+    from daemon.weights.loader import load_model
 
     checkpoint, out_dir, work = Path(checkpoint), Path(out_dir), Path(work)
     work.mkdir(parents=True, exist_ok=True)

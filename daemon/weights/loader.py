@@ -16,9 +16,9 @@ from typing import Protocol
 
 import torch
 
-from daemon.weights.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
 from daemon.model.config import TextConfig
 from daemon.model.text_model import QwenModel
+from daemon.weights.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
 from mtpchat.config import DTYPE_NAMES
 
 TRUNK_PREFIXES = ("model.language_model.", "model.")

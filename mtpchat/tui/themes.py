@@ -4,9 +4,9 @@ name wins). Found through importlib.resources, so an installed wheel has them as
 
 from __future__ import annotations
 
-import tomllib
 from importlib.resources import files
 
+import tomllib
 from textual.theme import Theme
 
 from mtpchat.paths import config_dir
