@@ -51,7 +51,8 @@ SEND_HWM = 10_000
 
 
 @dataclass
-class Generation:
+class ClientStream:
+    """One client's generate request being served: who asked, the engine's reply, what is not yet sent."""
     identity: bytes
     request: GenerateRequest
     entry: ModelEntry
@@ -76,7 +77,7 @@ class DaemonServer:
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 1024)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(endpoint)
-        self.generations: dict[tuple[bytes, str], Generation] = {}
+        self.generations: dict[tuple[bytes, str], ClientStream] = {}
         self.stopping = False
 
     # --- sending -------------------------------------------------------------------------------
@@ -140,10 +141,10 @@ class DaemonServer:
             raise ProtocolError("invalid_request", f"id: request {request.id!r} is already streaming", request.id)
         if entry.state in ("unloaded", "failed"):
             self.registry.load(entry.settings.name)  # a request for a model loads it; it waits meanwhile
-        self.generations[(identity, request.id)] = Generation(identity, request, entry)
+        self.generations[(identity, request.id)] = ClientStream(identity, request, entry)
 
     # --- generations ---------------------------------------------------------------------------
-    def _open_stream(self, generation: Generation) -> None:
+    def _open_stream(self, generation: ClientStream) -> None:
         request, entry = generation.request, generation.entry
         messages = list(request.messages)
         if request.system:
@@ -158,7 +159,7 @@ class DaemonServer:
         generation.stream = ReplyStream(entry.model, entry.tokenizer, prompt, generation_options(request, entry),
                                         reuse)
 
-    def _advance(self, key, generation: Generation) -> None:
+    def _advance(self, key, generation: ClientStream) -> None:
         """One token for this generation; flush its chunk when due; end it when done."""
         entry = generation.entry
         if generation.stream is None:
@@ -191,7 +192,7 @@ class DaemonServer:
             self._end(key, reply(generation.request.id, "done", finish_reason=result.finish_reason,
                                  text=result.text, token_ids=result.token_ids, stats=result.stats.as_dict()))
 
-    def _flush(self, generation: Generation) -> bool:
+    def _flush(self, generation: ClientStream) -> bool:
         if not generation.tokens and not any(generation.text):
             return True
         stats = generation.stream.result.stats.as_dict(RUNNING_STATS)
@@ -211,7 +212,7 @@ class DaemonServer:
         if generation is not None and generation.stream is not None:
             generation.stream.close()
 
-    def _finish_cancelled(self, generation: Generation) -> None:
+    def _finish_cancelled(self, generation: ClientStream) -> None:
         if generation.stream is not None:
             self._flush(generation)
             generation.stream.close()
