@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from mtpchat.client import DaemonClient, DaemonUnavailable, daemon_answers, start_daemon
+from mtpchat.client import BUSY, DOWN, DaemonClient, DaemonUnavailable, daemon_liveness, local_daemon_pid, start_daemon
 from mtpchat.config import format_size
 from mtpchat.paths import daemon_log, pid_file
 from mtpchat.protocol import DRAFT_AUTO, MAX_DRAFT
@@ -82,10 +82,22 @@ def _daemon(args: argparse.Namespace) -> int:
     return _daemon_status(args)
 
 
+STATUS_WAIT_S = 2.0
+STATUS_HELP = (f"status exits 0 when mtpchatd runs, also when it is busy (a long prefill: the process runs but "
+               f"does not answer within {STATUS_WAIT_S:g} s; it says so, and --json gives \"busy\": true), "
+               "and 3 when it is not running")
+
+
 def _daemon_status(args: argparse.Namespace) -> int:
-    if not daemon_answers(args.endpoint):
+    liveness = daemon_liveness(args.endpoint, timeout_s=STATUS_WAIT_S)
+    if liveness == DOWN:
         print(json.dumps({"running": False}) if args.json else "mtpchatd is not running")
         return 3
+    if liveness == BUSY:
+        pid = local_daemon_pid(args.endpoint)
+        print(json.dumps({"running": True, "busy": True, "pid": pid}) if args.json else
+              f"mtpchatd is running, busy (pid {pid}; not answering within {STATUS_WAIT_S:g} s)")
+        return 0
     with DaemonClient(args.endpoint) as client:
         status = client.request("status")
     status.pop("v", None), status.pop("id", None), status.pop("type", None)
@@ -214,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--no-think", action="store_true", help="ask the model to skip its thinking block")
     ask.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     ask.set_defaults(run=_ask)
-    daemon = commands.add_parser("daemon", help="start, stop or inspect mtpchatd")
+    daemon = commands.add_parser("daemon", help="start, stop or inspect mtpchatd", epilog=STATUS_HELP)
     daemon.add_argument("action", choices=["start", "stop", "status"])
     daemon.add_argument("--json", action="store_true")
     daemon.set_defaults(run=_daemon)

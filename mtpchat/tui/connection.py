@@ -3,7 +3,8 @@
 At start it launches the daemon when none answers (unless told not to: with --ssh the remote side
 does that), reporting progress. Afterwards it only watches: when the daemon dies the app says so,
 and when it answers again (restarted by the user, `mtpchat daemon start`, or the app's own
-"start daemon" command) the app is connected again with nothing else to do.
+"start daemon" command) the app is connected again with nothing else to do. A daemon that does not
+answer but whose process runs (a long prefill) is shown busy, never offline: offline invites a start.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import threading
 
 from textual.message import Message
 
-from mtpchat.client import DaemonClient, DaemonUnavailable, start_daemon
+from mtpchat.client import DOWN, DaemonClient, DaemonUnavailable, daemon_liveness, start_daemon
 
 INTERVAL_S = 1.0
 TIMEOUT_S = 3.0  # a daemon busy loading or prefilling may take a moment to answer
 
 
 class DaemonState(Message):
-    """state: connecting | starting | connected | offline; status: the daemon's status map."""
+    """state: connecting | starting | connected | busy | offline; status: the daemon's status map."""
 
     def __init__(self, state: str, status: dict | None = None, detail: str = ""):
         super().__init__()
@@ -54,11 +55,13 @@ class ConnectionMonitor:
         self.target.post_message(DaemonState(state, status, detail))
 
     def _launch(self) -> None:
-        dots = []
+        phase, dots = ["starting mtpchatd"], [0]
 
-        def progress(text: str) -> None:
-            dots.append(text)
-            self._post("starting", detail=f"starting mtpchatd{'.' * (len(dots) % 4)}")
+        def progress(text: str) -> None:  # a phase ("mtpchatd is busy…", "starting mtpchatd"), then dots
+            if text != ".":
+                phase[0] = text.rstrip("…")
+            dots[0] += 1
+            self._post("busy" if "busy" in phase[0] else "starting", detail=f"{phase[0]}{'.' * (dots[0] % 4)}")
 
         try:
             start_daemon(self.endpoint, progress=progress)
@@ -78,6 +81,9 @@ class ConnectionMonitor:
                 self._post("connected", status)
                 self._launch_error = ""
             except DaemonUnavailable:
-                self._post("offline", detail=self._launch_error or "mtpchatd is not running")
+                if daemon_liveness(self.endpoint) == DOWN:
+                    self._post("offline", detail=self._launch_error or "mtpchatd is not running")
+                else:
+                    self._post("busy", detail=f"mtpchatd is busy (not answering within {TIMEOUT_S:g} s)")
             self._wake.wait(INTERVAL_S)
             self._wake.clear()

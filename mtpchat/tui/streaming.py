@@ -4,8 +4,9 @@ A source (the daemon reader, or the TUI benchmark's fixed-rate generator) runs i
 worker and feeds chunk and terminal messages into a `ReplyFeed`. The feed tells the screen once when
 something arrives and then stays quiet until the screen drains it, so the screen takes whatever piled
 up while it was rendering in one batch: the render rate is independent of the token rate. The daemon
-reader polls in short slices so that a cancel goes out at once and a daemon that stops answering
-mid-reply is noticed (`interrupted`) instead of waited on.
+reader polls in short slices so that a cancel goes out at once and a daemon that dies mid-reply is
+noticed (`interrupted`) instead of waited on; one busy with another client's prefill is waited for
+(mtpchat.client.DeathWatch, the same check `mtpchat ask` makes).
 """
 
 from __future__ import annotations
@@ -16,14 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
-from mtpchat.client import DaemonClient, DaemonUnavailable, daemon_answers
-
-POLL_MS = 100
-# A dead daemon closes the connection (ZeroMQ reports it at once); one that is alive but wedged is
-# asked after this long without a reply, with the same patience.
-SILENCE_CHECK_S = 5.0
+from mtpchat.client import POLL_MS, DaemonClient, DaemonUnavailable, DeathWatch
 
 
 @dataclass(frozen=True)
@@ -109,10 +104,9 @@ def read_daemon_reply(feed: ReplyFeed, endpoint: str | None, fields: dict) -> No
     daemon goes away."""
     try:
         with DaemonClient(endpoint) as client:
-            disconnects = client.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             request_id = client.send("generate", **fields)
+            watch = DeathWatch(client)
             cancel_sent = False
-            quiet_since = time.monotonic()
             while True:
                 if feed.cancel_requested.is_set() and not cancel_sent:
                     client.send("cancel", target=request_id)
@@ -121,20 +115,15 @@ def read_daemon_reply(feed: ReplyFeed, endpoint: str | None, fields: dict) -> No
                     break
                 message = client.poll(request_id, POLL_MS)
                 if message is None:
-                    if disconnects.poll(0) and recv_monitor_message(disconnects)["event"] == zmq.EVENT_DISCONNECTED:
-                        feed.finish(Outcome("interrupted", "mtpchatd went away"))
-                    elif time.monotonic() - quiet_since >= SILENCE_CHECK_S:
-                        if not daemon_answers(endpoint, timeout_s=SILENCE_CHECK_S):
-                            feed.finish(Outcome("interrupted", "mtpchatd stopped answering"))
-                        quiet_since = time.monotonic()
+                    if watch.died():
+                        feed.finish(Outcome("interrupted", "mtpchatd died mid-reply"))
                     continue
-                quiet_since = time.monotonic()
+                watch.heard()
                 if message.get("type") == "chunk":
                     feed.add_chunk(message)
                 elif message.get("type") in ("done", "cancelled", "error"):
                     feed.finish(terminal_outcome(message))
-            client.socket.disable_monitor()
-            disconnects.close()
+            watch.close()
     except (DaemonUnavailable, zmq.ZMQError) as exc:
         feed.finish(Outcome("interrupted", str(exc)))
     except Exception as exc:  # noqa: BLE001 - a reader bug must still end the reply on screen

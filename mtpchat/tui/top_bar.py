@@ -8,7 +8,7 @@ from rich.text import Text
 from mtpchat.status_text import model_state
 from mtpchat.store import Conversation
 
-STYLES = {"connected": "green", "starting": "yellow", "connecting": "yellow", "offline": "red"}
+STYLES = {"connected": "green", "starting": "yellow", "connecting": "yellow", "busy": "yellow", "offline": "red"}
 
 
 def top_bar(connection: tuple[str, str], status: dict | None, note: str, model: str,
