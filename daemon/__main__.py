@@ -51,7 +51,6 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import fcntl
     import os
     import signal
 
@@ -74,9 +73,7 @@ def _serve(args: argparse.Namespace) -> int:
               "(they can generate and load checkpoints); `mtpchatd keys` enables CURVE on loopback too",
               file=sys.stderr)
     lock = open(pid_file(), "a+")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not _take_lock(lock):
         lock.seek(0)
         print(f"mtpchatd: another daemon is running (pid {lock.read().strip() or '?'}, lock {pid_file()})",
               file=sys.stderr)
@@ -115,6 +112,22 @@ def _serve(args: argparse.Namespace) -> int:
         pid_file().unlink(missing_ok=True)
         print("mtpchatd stopped", flush=True)
     return 0
+
+
+def _take_lock(lock, patience_s: float = 1.0) -> bool:
+    """The pid-file lock, tried for `patience_s`: a client asking whether a daemon runs
+    (mtpchat.client.local_daemon_pid) holds it for an instant, which must not turn a start away."""
+    import fcntl
+
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
 
 def _keys(args: argparse.Namespace) -> int:
