@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import msgpack
 import pytest
 import zmq
 
 from daemon.serve.server import DaemonServer
 from mtpchat.client import DaemonClient
-from mtpchat.protocol import pack, unpack
+from mtpchat.protocol import MAX_FRAME_BYTES, pack, unpack
 from tests.helpers import start_daemon_process, stop_process, wait_resident
 
 MESSAGES = [{"role": "user", "content": "Hello there"}]
@@ -82,6 +83,18 @@ def test_faulty_requests_end_alone_while_another_stream_completes(daemon):
     assert stop_process(daemon) == 0
     log = daemon.stdout.read()
     assert "Traceback" in log and "No user query found in messages." in log
+
+
+def test_an_oversized_frame_is_refused_and_the_same_clients_stream_still_ends(daemon):
+    with DaemonClient() as client:
+        client.socket.send(pack({"id": "g", "op": "generate", "messages": MESSAGES, "max_tokens": 200, "draft": 0}))
+        assert _recv(client.socket)["type"] == "chunk"
+        oversized = msgpack.packb({"v": 1, "id": "big", "op": "hello", "client": "x" * (3 * MAX_FRAME_BYTES // 2)})
+        client.socket.send(oversized)  # 1.5 MiB: over the protocol's limit, within what the daemon reads
+        ended = _terminals(client.socket, {None, "g"})
+        assert ended[None]["type"] == "error" and ended[None]["code"] == "frame_too_large"
+        assert ended["g"]["type"] == "done"
+        assert client.request("hello")["type"] == "hello"
 
 
 class BrokenRegistry:

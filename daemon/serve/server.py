@@ -53,6 +53,9 @@ from mtpchat.protocol import (
 FLUSH_S = 0.03
 IDLE_POLL_MS = 200
 SEND_HWM = 10_000
+# ZeroMQ drops the connection of a peer sending a bigger frame, without a word and taking that client's
+# streams with it: frames up to 4x the protocol's limit are read, to be answered with frame_too_large.
+RECEIVE_LIMIT = 4 * MAX_FRAME_BYTES
 FAULT_MESSAGE_CHARS = 300  # an `internal` error's message: the exception, not its traceback
 
 
@@ -80,7 +83,7 @@ class DaemonServer:
         self.authenticator = secure_server(self.context, self.socket) if curve else None
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 1024)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, RECEIVE_LIMIT)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(endpoint)
         self.generations: dict[tuple[bytes, str], ClientStream] = {}
