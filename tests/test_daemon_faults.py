@@ -16,7 +16,7 @@ import zmq
 from daemon.serve.server import DaemonServer
 from mtpchat.client import DaemonClient
 from mtpchat.protocol import MAX_FRAME_BYTES, pack, unpack
-from tests.helpers import start_daemon_process, stop_process, wait_resident
+from tests.helpers import running_daemon, stop_process
 
 MESSAGES = [{"role": "user", "content": "Hello there"}]
 # each accepted by the protocol, each once a NaN distribution that killed the daemon in torch.multinomial
@@ -39,13 +39,8 @@ def daemon(tmp_path, tiny, monkeypatch):
         f'default = "dense"\n[models.dense]\npath = "{tiny["qwen3.6-dense-tiny"]}"\n'
         f'[models.strict]\npath = "{strict}"\n')
     monkeypatch.setenv("MTPCHAT_HOME", str(home))
-    process = start_daemon_process(home)
-    with DaemonClient(timeout_s=30) as client:
-        client.request("hello")
-        wait_resident(client, ["dense", "strict"])
-    yield process
-    if process.poll() is None:
-        assert stop_process(process) == 0
+    with running_daemon(home, ["dense", "strict"]) as process:
+        yield process
 
 
 def _recv(socket, timeout_ms=30_000) -> dict:
