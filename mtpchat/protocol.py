@@ -106,6 +106,8 @@ def unpack(frame: bytes) -> dict:
             max_map_len=len(frame) // 2,
             max_ext_len=0,  # no ext types, timestamps included
         )
+    except msgpack.exceptions.StackError:  # msgpack's own depth limit, hit before ours can be checked
+        raise ProtocolError("malformed_frame", f"nested deeper than {MAX_NESTING} levels") from None
     except ValueError as exc:  # every msgpack decoding failure is a ValueError subclass
         raise ProtocolError("malformed_frame", f"not a msgpack value: {exc}") from None
     if not isinstance(message, dict):

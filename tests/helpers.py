@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
@@ -164,6 +165,21 @@ def start_daemon_process(home, *args) -> subprocess.Popen:
     env = dict(os.environ, MTPCHAT_HOME=str(home))
     return subprocess.Popen([sys.executable, "-m", "daemon", "serve", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+
+
+@contextlib.contextmanager
+def running_daemon(home, names):
+    """A `mtpchatd` process for `home` with the models `names` resident; stopped at the end (exit 0)
+    unless the test stopped it itself."""
+    from mtpchat.client import DaemonClient
+
+    process = start_daemon_process(home)
+    with DaemonClient(timeout_s=30) as client:
+        client.request("hello")
+        wait_resident(client, names)
+    yield process
+    if process.poll() is None:
+        assert stop_process(process) == 0
 
 
 def wait_resident(client, names, timeout_s=60) -> None:

@@ -21,7 +21,8 @@ import zmq
 from daemon.weights.loader import load_model
 from mtpchat.client import DaemonClient
 from mtpchat.protocol import pack, unpack
-from tests.helpers import chat_prompt, decode, start_daemon_process, stop_process, wait_resident, write_tiny_config
+from tests.helpers import (chat_prompt, decode, running_daemon, start_daemon_process, stop_process, wait_resident,
+                           write_tiny_config)
 
 MESSAGES = [{"role": "user", "content": "Hello there"}]
 
@@ -36,13 +37,8 @@ def home(tmp_path, tiny, monkeypatch):
 
 @pytest.fixture
 def daemon(home):
-    process = start_daemon_process(home)
-    with DaemonClient(timeout_s=30) as client:
-        client.request("hello")
-        wait_resident(client, ["dense", "moe"])
-    yield process
-    if process.poll() is None:
-        assert stop_process(process) == 0
+    with running_daemon(home, ["dense", "moe"]) as process:
+        yield process
 
 
 def _collect(client, **fields):

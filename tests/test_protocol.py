@@ -152,7 +152,15 @@ def nested(depth: int) -> dict:
 def test_nesting_limit():
     assert unpack(msgpack.packb(nested(MAX_NESTING)))["op"] == "status"
     raises("malformed_frame", unpack, msgpack.packb(nested(MAX_NESTING + 1)))
-    raises("malformed_frame", unpack, b"\x81\xa1v" + b"\x91" * 5000 + b"\x01")
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTING + 1, 1000, 1100, 5000])
+def test_over_deep_nesting_says_so_whatever_the_depth(depth):
+    """Past ~1024 levels msgpack's own stack limit trips first, with an empty message."""
+    frame = b"\x81\xa1v" + b"\x91" * depth + b"\x01"
+    with pytest.raises(ProtocolError, match=f"nested deeper than {MAX_NESTING} levels") as caught:
+        unpack(frame)
+    assert caught.value.code == "malformed_frame"
 
 
 # ---------------------------------------------------------------- versions

@@ -1,6 +1,8 @@
 """Replies as text: stop strings end the reply exactly and never leak into the stream, with or
 without MTP; streamed deltas always add up to the stored text."""
 
+import dataclasses
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -36,6 +38,19 @@ def test_stop_string_ends_the_reply_exactly(chat, draft_k):
     assert stopped.text == full[:full.find(stop)]
     assert streamed == stopped.text and stop not in streamed
     assert stopped.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("draft_k", [0, 3])
+def test_a_reply_ending_on_the_end_of_turn_token_says_stop(chat, monkeypatch, draft_k):
+    """The usual ending: the model's own end-of-turn token (made here one the tiny model emits)."""
+    model, tokenizer = chat
+    _, free = _reply(chat, draft_k=draft_k)
+    cut = next(i for i in range(4, len(free.token_ids)) if free.token_ids[i] not in free.token_ids[:i])
+    eos = free.token_ids[cut]
+    monkeypatch.setattr(model, "config", dataclasses.replace(model.config, eos_token_ids=(eos,)))
+    streamed, result = _reply(chat, draft_k=draft_k)
+    assert result.token_ids == free.token_ids[:cut] and streamed == result.text
+    assert result.finish_reason == "stop" and result.stats.finish_reason == "stop"
 
 
 def test_mtp_reply_equals_plain_reply(chat):

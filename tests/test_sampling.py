@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from daemon.engine.sampling import SamplingParams, sample, target_probs, verify_drafts
+from daemon.engine.sampling import SamplingParams, choose, sample, target_probs, verify_drafts
 
 V = 6
 Q0 = torch.tensor([0.40, 0.30, 0.10, 0.10, 0.05, 0.05])
@@ -110,6 +110,21 @@ def test_greedy_target_accepts_exactly_the_argmax_prefix(sampled_draft):
         for seed in range(5):
             got = verify_drafts(drafts, draft_probs, target, torch.Generator().manual_seed(seed))
             assert got == (m, int(best[m]))
+
+
+TINY = [{"temperature": 1e-40}, {"temperature": 1e-50}, {"temperature": 5e-324}, {"temperature": 1.0, "top_p": 1e-300},
+        {"temperature": 1.0, "top_p": 1e-46}]  # each accepted by the protocol, each once NaN in float32
+
+
+@pytest.mark.parametrize("kwargs", TINY)
+def test_tiny_temperature_or_top_p_gives_the_top_token_not_nan(kwargs):
+    logits = torch.randn(8, 1000, generator=torch.Generator().manual_seed(12)) * 10
+    params = SamplingParams(**kwargs)
+    probs = target_probs(logits, params)
+    assert not probs.isnan().any()
+    assert torch.equal(probs.argmax(-1), logits.argmax(-1)) and bool((probs.amax(-1) == 1).all())
+    tokens, _ = choose(logits, params, torch.Generator().manual_seed(13))
+    assert torch.equal(tokens, logits.argmax(-1))
 
 
 def test_target_probs_temperature_topk_topp_greedy():

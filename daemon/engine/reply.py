@@ -87,7 +87,12 @@ class ReplyStream:
             raise StopIteration
         result = self.result
         step = next(self._steps, None)
-        if step is None or step.token in self.stop_ids:
+        if step is not None and step.token in self.stop_ids:
+            # the generation ends right after yielding a stop token: resume it once so it records
+            # why (its stats' finish_reason) and saves its state, before that reason is read below
+            next(self._steps, None)
+            step = None
+        if step is None:
             result.finish_reason = result.stats.finish_reason
             result.text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True)
             tail = self._release(result.text)

@@ -1,7 +1,9 @@
 """Token choice: the target distribution q, and lossless verification of drafted tokens against it.
 
 q is the model's next-token distribution after temperature, top-k and top-p (temperature 0 means
-greedy: q is a point mass on the argmax). Drafts are verified by speculative rejection sampling: draft
+greedy: q is a point mass on the argmax). Every setting the protocol accepts gives a finite q: a
+temperature below GREEDY_BELOW decodes greedily (so dividing by it never overflows), and top-p always
+keeps the most likely token (a top_p that rounds to 0 in float32 is top-1). Drafts are verified by speculative rejection sampling: draft
 x drawn from p is accepted with probability min(1, q(x)/p(x)); on rejection the token comes from
 norm(max(0, q − p)); after a full accept the bonus token comes from q. A greedy draft is a point mass
 p, so a greedy target accepts exactly while draft == argmax. The output is distributed exactly as q.
@@ -13,6 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+# Temperatures below this are greedy: dividing logits (float32 resolution ~1e-6 at magnitude ~10) by
+# anything smaller only separates near-ties, and a temperature that rounds to 0 in float32 would divide 0 by 0.
+GREEDY_BELOW = 1e-6
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
 
 def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -40,7 +46,7 @@ def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     logits = logits.float()
     if params.greedy:
         return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
-    logits = logits / params.temperature
+    logits = logits / params.temperature  # finite: temperature >= GREEDY_BELOW (softmax then shifts by the max)
     if params.top_k and params.top_k < logits.shape[-1]:
         kth = logits.topk(params.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -49,6 +55,7 @@ def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         # keep the smallest prefix whose mass reaches top_p (always at least the top token)
         outside = (sorted_probs.cumsum(-1) - sorted_probs) >= params.top_p
+        outside[..., 0] = False  # explicitly: a top_p that rounds to 0 in float32 would drop them all
         probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
         probs = probs / probs.sum(-1, keepdim=True)
     return probs

@@ -6,12 +6,17 @@ round robin — several clients stream at once, each at a fair share, and a canc
 before the next step. Tokens are batched into a chunk per stream at most every FLUSH_S seconds.
 A client that vanished or stops reading (its queue is full) has its generation cancelled: sends use
 ROUTER_MANDATORY and never block. Bad frames get an error reply and never reach the engine.
+Any other exception — a bug, a chat template that raises, a device failure — is isolated: it ends the
+one request or stream it happened in with an `internal` error (traceback to stderr, the daemon's log)
+while every other stream keeps streaming.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 
 import zmq
@@ -48,6 +53,10 @@ from mtpchat.protocol import (
 FLUSH_S = 0.03
 IDLE_POLL_MS = 200
 SEND_HWM = 10_000
+# ZeroMQ drops the connection of a peer sending a bigger frame, without a word and taking that client's
+# streams with it: frames up to 4x the protocol's limit are read, to be answered with frame_too_large.
+RECEIVE_LIMIT = 4 * MAX_FRAME_BYTES
+FAULT_MESSAGE_CHARS = 300  # an `internal` error's message: the exception, not its traceback
 
 
 @dataclass
@@ -74,7 +83,7 @@ class DaemonServer:
         self.authenticator = secure_server(self.context, self.socket) if curve else None
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 1024)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, RECEIVE_LIMIT)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(endpoint)
         self.generations: dict[tuple[bytes, str], ClientStream] = {}
@@ -98,12 +107,16 @@ class DaemonServer:
         while self.socket.poll(0):
             frames = self.socket.recv_multipart()
             identity, payload = frames[0], frames[1:]
+            request = None
             try:
                 if len(payload) != 1:
                     raise ProtocolError("malformed_frame", f"expected 1 frame per message, got {len(payload)}")
-                self._handle(identity, parse_request(unpack(payload[0])))
+                request = parse_request(unpack(payload[0]))
+                self._handle(identity, request)
             except ProtocolError as exc:
                 self._send(identity, error_reply(exc.request_id, exc.code, exc.message))
+            except Exception as exc:
+                self._send(identity, error_reply(request.id if request else None, "internal", fault(exc)))
 
     def _handle(self, identity: bytes, request: Request) -> None:
         rid = request.id
@@ -206,6 +219,19 @@ class DaemonServer:
         if generation is not None:
             self._send(generation.identity, message)
 
+    def _fail(self, key, exc: Exception) -> None:
+        """A fault in one stream (opening it, its prompt, a step) ends that stream alone, with `internal`."""
+        message = fault(exc)
+        generation = self.generations.pop(key, None)
+        if generation is None:  # it had ended already (its client was gone): nobody to tell
+            return
+        if generation.stream is not None:
+            try:
+                generation.stream.close()
+            except Exception as closing:  # the stream is gone either way; say so in the log only
+                fault(closing)
+        self._send(generation.identity, error_reply(generation.request.id, "internal", message))
+
     def _drop(self, key) -> None:
         """The client is gone or not reading: stop its generation without a word."""
         generation = self.generations.pop(key, None)
@@ -247,7 +273,10 @@ class DaemonServer:
                     self._receive()
                 for key, generation in list(self.generations.items()):
                     if key in self.generations:
-                        self._advance(key, generation)
+                        try:
+                            self._advance(key, generation)
+                        except Exception as exc:
+                            self._fail(key, exc)
         finally:
             for key in list(self.generations):
                 self._end(key, error_reply(key[1], "shutdown", "the daemon is shutting down"))
@@ -255,6 +284,13 @@ class DaemonServer:
             if self.authenticator is not None:
                 self.authenticator.stop()
             self.context.term()
+
+
+def fault(exc: Exception) -> str:
+    """Log an unexpected exception's traceback (stderr is the daemon's log); the short message for the client."""
+    traceback.print_exception(exc, file=sys.stderr)
+    sys.stderr.flush()
+    return f"{type(exc).__name__}: {exc}"[:FAULT_MESSAGE_CHARS]
 
 
 def generation_options(request: GenerateRequest, entry: ModelEntry) -> GenerationOptions:

@@ -1,0 +1,121 @@
+"""One request must never take the daemon down: a fault ends only the request or stream it happened
+in (`internal`), every setting the protocol accepts decodes, and the other streams and clients go on.
+
+A real `mtpchatd` with the tiny dense model twice: `dense` (default) and `strict`, whose chat template
+raises as Qwen3's does when no user message is given."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import msgpack
+import pytest
+import zmq
+
+from daemon.serve.server import DaemonServer
+from mtpchat.client import DaemonClient
+from mtpchat.protocol import MAX_FRAME_BYTES, pack, unpack
+from tests.helpers import running_daemon, stop_process
+
+MESSAGES = [{"role": "user", "content": "Hello there"}]
+# each accepted by the protocol, each once a NaN distribution that killed the daemon in torch.multinomial
+SAMPLING_PROBES = [{"temperature": 1e-40}, {"temperature": 1e-50}, {"temperature": 5e-324},
+                   {"temperature": 1.0, "top_p": 1e-300}, {"temperature": 1.0, "top_p": 1e-46}]
+NO_USER_QUERY = ("{%- if messages | selectattr('role', 'equalto', 'user') | list | length == 0 -%}"
+                 "{{- raise_exception('No user query found in messages.') -}}{%- endif -%}")
+
+
+@pytest.fixture
+def daemon(tmp_path, tiny, monkeypatch):
+    strict = tmp_path / "strict"
+    shutil.copytree(tiny["qwen3.6-dense-tiny"], strict)
+    tokenizer_config = json.loads((strict / "tokenizer_config.json").read_text())
+    tokenizer_config["chat_template"] = NO_USER_QUERY + tokenizer_config["chat_template"]
+    (strict / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    home = tmp_path / "h"
+    (home / "config").mkdir(parents=True)
+    (home / "config" / "config.toml").write_text(
+        f'default = "dense"\n[models.dense]\npath = "{tiny["qwen3.6-dense-tiny"]}"\n'
+        f'[models.strict]\npath = "{strict}"\n')
+    monkeypatch.setenv("MTPCHAT_HOME", str(home))
+    with running_daemon(home, ["dense", "strict"]) as process:
+        yield process
+
+
+def _recv(socket, timeout_ms=30_000) -> dict:
+    assert socket.poll(timeout_ms), "no reply from the daemon"
+    return unpack(socket.recv())
+
+
+def _terminals(socket, ids: set[str]) -> dict[str, dict]:
+    """Read until every id in `ids` has had its terminal reply; those replies by id."""
+    ended = {}
+    while set(ended) != ids:
+        message = _recv(socket)
+        if message["type"] != "chunk":
+            ended[message["id"]] = message
+    return ended
+
+
+def test_faulty_requests_end_alone_while_another_stream_completes(daemon):
+    with DaemonClient() as normal, DaemonClient() as prober:
+        normal.socket.send(pack({"id": "normal", "op": "generate", "messages": MESSAGES, "max_tokens": 200,
+                                 "draft": 0}))
+        assert _recv(normal.socket)["type"] == "chunk"  # it is streaming when the probes arrive
+        for index, fields in enumerate(SAMPLING_PROBES):
+            prober.socket.send(pack({"id": f"p{index}", "op": "generate", "messages": MESSAGES, "max_tokens": 8,
+                                     **fields}))
+        prober.socket.send(pack({"id": "template", "op": "generate", "model": "strict",
+                                 "messages": [{"role": "assistant", "content": "Hi"}]}))
+        ended = _terminals(prober.socket, {f"p{i}" for i in range(len(SAMPLING_PROBES))} | {"template"})
+        failed = ended.pop("template")
+        assert failed["type"] == "error" and failed["code"] == "internal"
+        assert failed["message"] == "TemplateError: No user query found in messages."
+        assert all(m["type"] == "done" and m["finish_reason"] in ("stop", "length") for m in ended.values()), ended
+        assert _terminals(normal.socket, {"normal"})["normal"]["type"] == "done"
+        assert prober.request("hello")["type"] == "hello"
+    assert stop_process(daemon) == 0
+    log = daemon.stdout.read()
+    assert "Traceback" in log and "No user query found in messages." in log
+
+
+def test_an_oversized_frame_is_refused_and_the_same_clients_stream_still_ends(daemon):
+    with DaemonClient() as client:
+        client.socket.send(pack({"id": "g", "op": "generate", "messages": MESSAGES, "max_tokens": 200, "draft": 0}))
+        assert _recv(client.socket)["type"] == "chunk"
+        oversized = msgpack.packb({"v": 1, "id": "big", "op": "hello", "client": "x" * (3 * MAX_FRAME_BYTES // 2)})
+        client.socket.send(oversized)  # 1.5 MiB: over the protocol's limit, within what the daemon reads
+        ended = _terminals(client.socket, {None, "g"})
+        assert ended[None]["type"] == "error" and ended[None]["code"] == "frame_too_large"
+        assert ended["g"]["type"] == "done"
+        assert client.request("hello")["type"] == "hello"
+
+
+class BrokenRegistry:
+    """A registry whose every description fails: a bug in answering `models`."""
+    def describe(self):
+        raise RuntimeError("disk on fire")
+
+
+def test_a_failure_answering_a_request_is_internal_and_the_next_one_is_answered(capsys):
+    server = DaemonServer("tcp://127.0.0.1:*", BrokenRegistry())
+    client = server.context.socket(zmq.DEALER)
+    client.connect(server.socket.getsockopt(zmq.LAST_ENDPOINT).decode())
+    try:
+        for request in ({"id": "m", "op": "models"}, {"id": "h", "op": "hello"}):
+            client.send(pack(request))
+            assert server.socket.poll(10_000)
+            server._receive()
+            assert client.poll(10_000)
+            answers = unpack(client.recv())
+            assert answers["id"] == request["id"]
+            if request["op"] == "models":
+                assert answers["type"] == "error" and answers["code"] == "internal"
+                assert answers["message"] == "RuntimeError: disk on fire"
+        assert answers["type"] == "hello"
+        assert "Traceback" in capsys.readouterr().err
+    finally:
+        client.close(linger=0)
+        server.socket.close(linger=0)
+        server.context.term()
