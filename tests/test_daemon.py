@@ -21,8 +21,15 @@ import zmq
 from daemon.weights.loader import load_model
 from mtpchat.client import DaemonClient
 from mtpchat.protocol import pack, unpack
-from tests.helpers import (chat_prompt, decode, running_daemon, start_daemon_process, stop_process, wait_resident,
-                           write_tiny_config)
+from tests.helpers import (
+    chat_prompt,
+    decode,
+    running_daemon,
+    start_daemon_process,
+    stop_process,
+    wait_resident,
+    write_tiny_config,
+)
 
 MESSAGES = [{"role": "user", "content": "Hello there"}]
 
