@@ -45,9 +45,20 @@ class DaemonClient:
             secure_client(self.socket)
         self.socket.connect(self.endpoint)
         self._ids = (f"{os.getpid()}-{n}" for n in itertools.count(1))
+        self._disconnects: zmq.Socket | None = None
 
     def close(self) -> None:
+        if self._disconnects is not None:
+            self.socket.disable_monitor()
+            self._disconnects.close(linger=0)
         self.socket.close(linger=0)
+
+    def disconnect_events(self) -> zmq.Socket:
+        """A socket that reports this connection's disconnects; made once per client, since ZeroMQ keeps
+        a monitor's address taken for as long as the socket lives (a second monitor fails)."""
+        if self._disconnects is None:
+            self._disconnects = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        return self._disconnects
 
     def __enter__(self) -> DaemonClient:
         return self
@@ -105,7 +116,6 @@ class DaemonClient:
                     finished = True
                     return
         finally:
-            watch.close()
             if not finished:
                 self.send("cancel", target=request_id)
 
@@ -154,7 +164,7 @@ class DeathWatch:
 
     def __init__(self, client: DaemonClient, check_s: float = CHECK_S):
         self.client, self.check_s = client, check_s
-        self.disconnects = client.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.disconnects = client.disconnect_events()
         self.quiet_since = self.checked_at = time.monotonic()
 
     def heard(self) -> None:
@@ -169,10 +179,6 @@ class DeathWatch:
             return False
         self.checked_at = time.monotonic()
         return daemon_liveness(self.client.endpoint) == DOWN
-
-    def close(self) -> None:
-        self.client.socket.disable_monitor()
-        self.disconnects.close()
 
 
 def daemon_answers(endpoint: str | None = None, timeout_s: float = 0.5) -> bool:

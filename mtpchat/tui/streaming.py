@@ -123,7 +123,6 @@ def read_daemon_reply(feed: ReplyFeed, endpoint: str | None, fields: dict) -> No
                     feed.add_chunk(message)
                 elif message.get("type") in ("done", "cancelled", "error"):
                     feed.finish(terminal_outcome(message))
-            watch.close()
     except (DaemonUnavailable, zmq.ZMQError) as exc:
         feed.finish(Outcome("interrupted", str(exc)))
     except Exception as exc:  # noqa: BLE001 - a reader bug must still end the reply on screen
