@@ -57,7 +57,7 @@ def test_vision_tensors_are_never_read(tiny, monkeypatch):
 def test_dtype_is_chosen_per_device_and_overridable(tiny):
     assert load_model(tiny["qwen3.6-dense-tiny"], device="cpu").dtype == torch.float32
     model = load_model(tiny["qwen3.6-dense-tiny"], device="cpu", dtype=torch.bfloat16)
-    assert model.dtype == torch.bfloat16 and model.inv_freq.dtype == torch.float32
+    assert model.dtype == torch.bfloat16 and model.rotary_frequencies(model.device).dtype == torch.float32
     logits, _ = model(torch.tensor([[1, 2, 3]]), model.new_cache(8), 0)
     assert torch.isfinite(logits).all()
 

@@ -94,12 +94,13 @@ class Generation:
                 for index, token in enumerate(tokens):
                     stats.generated_tokens += 1
                     stats.decode_s = time.perf_counter() - decode_started
-                    yield Step(token, drafted=index < len(tokens) - 1)  # all but a step's last token were drafts
+                    # the reason is set before the last step is yielded: a consumer that stops there sees it
                     if token in stop:
                         stats.finish_reason = "stop"
-                        return
-                    if stats.generated_tokens == budget:
+                    elif stats.generated_tokens == budget:
                         stats.finish_reason = at_budget
+                    yield Step(token, drafted=index < len(tokens) - 1)  # all but a step's last token were drafts
+                    if stats.finish_reason:
                         return
                 consistent = False
                 tokens, drafted = decoder.step(budget - stats.generated_tokens)

@@ -88,9 +88,7 @@ class ReplyStream:
         result = self.result
         step = next(self._steps, None)
         if step is not None and step.token in self.stop_ids:
-            # the generation ends right after yielding a stop token: resume it once so it records
-            # why (its stats' finish_reason) and saves its state, before that reason is read below
-            next(self._steps, None)
+            self._steps.close()  # it ended on this token (its finish_reason is set): save its state now
             step = None
         if step is None:
             result.finish_reason = result.stats.finish_reason

@@ -99,10 +99,6 @@ class QwenModel(nn.Module):
             self._inv_freq_on[key] = model_inverse_frequencies(self.config, "cpu", key[1]).to(key[0])
         return self._inv_freq_on[key]
 
-    @property
-    def inv_freq(self) -> torch.Tensor:
-        return self.rotary_frequencies(self.device)
-
     def place(self, embed_device, layer_devices, head_device, *, allocate: bool = False) -> None:
         """Put the embedding, each layer and the head (norm, lm_head, MTP) on their devices; with
         `allocate`, give a meta-device model uninitialised storage there instead of moving it."""

@@ -210,7 +210,8 @@ def head_loss(model: QwenModel, features: list[dict], chain: int) -> tuple[torch
         ids = next_ids[:, depth:]
         batch, length = ids.shape
         cache = model.new_mtp_cache(length, batch=batch)
-        ctx = StepContext.build(torch.arange(length, device=model.device), length, model.inv_freq, model.dtype)
+        ctx = StepContext.build(torch.arange(length, device=model.device), length,
+                                model.rotary_frequencies(model.device), model.dtype)
         hidden = model.mtp(model.embed_tokens(ids), hidden[:, :length], cache, ctx)
         where, target_ids, target_probs = _targets(features, depth, model.device)
         log_probs = F.log_softmax(F.linear(hidden[where], model.lm_head.weight).float(), dim=-1)
