@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _tui(args: argparse.Namespace) -> int:
+    from mtpchat.store import StoreError
     from mtpchat.tui.app import MtpChatApp
     from mtpchat.tui.ssh_tunnel import TunnelError, open_tunnel
 
@@ -258,7 +259,7 @@ def _tui(args: argparse.Namespace) -> int:
         note = f"via ssh {args.ssh}"
     try:
         MtpChatApp(endpoint, autostart=not args.ssh, max_tokens=args.tui_max_tokens, connection_note=note).run()
-    except (ValueError, RuntimeError) as exc:  # a bad config.toml or a store from a newer version
+    except (ValueError, RuntimeError, StoreError) as exc:  # a bad config.toml, a conversation file that cannot be used
         print(f"mtpchat: {exc}", file=sys.stderr)
         return 1
     finally:

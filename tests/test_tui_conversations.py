@@ -1,17 +1,41 @@
 """Conversation actions without a daemon: what a request carries (system prompt, thinking, history),
-rename, delete with confirmation, and a message typed while the daemon is away."""
+rename, delete with confirmation, a message typed while the daemon is away, and a store that fails
+(a full disk on Enter, a failing disk mid-reply, an empty file at start)."""
 
 from __future__ import annotations
 
+import sqlite3
+
 from textual.widgets import Button
 
-from mtpchat.store import Store
+from mtpchat.paths import data_dir
+from mtpchat.store import Store, default_path
 from mtpchat.tui.app import MtpChatApp
+from mtpchat.tui.chat_view import ChatView
 from mtpchat.tui.prompt_input import PromptInput
 from mtpchat.tui.screens import ConfirmScreen, TextPrompt
 from tests.test_tui_app import send, wait_until
 from tests.test_tui_snapshots import SIZE
 from tests.test_tui_streaming_view import ScriptedApp
+
+
+class FailingWrites:
+    """A store's connection on a failing disk: reads go through, writes fail."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def execute(self, sql: str, *args):
+        if sql.startswith(("INSERT", "UPDATE", "DELETE")):
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self.db, name)
+
+
+def notices(app, title: str) -> list:
+    return [n for n in app._notifications if n.title == title]
 
 
 async def answer_prompt(pilot, key: str, value: str) -> None:
@@ -82,3 +106,68 @@ async def test_no_app_key_is_taken_by_the_message_box(tmp_path):
         assert {key: app.active_bindings[key].node for key in keys} == {key: app for key in keys}
         await pilot.press("f7")
         assert app.chat.store.conversation(app.chat.conversation_id).thinking is False
+
+
+async def test_a_full_disk_on_enter_keeps_the_message_in_the_box_and_a_recovery_file(tmp_path):
+    app = ScriptedApp(tmp_path, "never asked for")
+    async with app.run_test(size=SIZE) as pilot:
+        store = app.chat.store
+        pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+        store.db.execute(f"PRAGMA max_page_count = {pages}")  # SQLITE_FULL as soon as the file must grow
+        text = "a long message " * 2000
+        app.query_one(PromptInput).text = text
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: notices(app, "Not sent"))
+        assert app.is_running and app.query_one(PromptInput).text == text
+        assert not hasattr(app, "fields")  # nothing went to the daemon
+        assert store.conversations() == [] and app.chat.conversation_id is None  # no empty conversation left
+        (copy,) = data_dir().glob("unsent-*.txt")
+        assert copy.read_text() == text and copy.stat().st_mode & 0o777 == 0o600
+        (notice,) = notices(app, "Not sent")
+        assert notice.severity == "error" and f"the disk holding {store.path} is full or failing" in notice.message
+        assert f"Your message was not sent; it is still in the box; a copy is in {copy}." in notice.message
+
+
+async def test_a_failing_disk_mid_reply_is_told_once_and_the_reply_streams_on(tmp_path):
+    app = ScriptedApp(tmp_path, "word " * 400)
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "Talk")
+        app.release(10, step=5)
+        await wait_until(pilot, lambda: app.sent >= 50)
+        app.chat.store.db = FailingWrites(app.chat.store.db)
+        view = app.query_one(ChatView).views()[-1]
+        for _ in range(3):  # three save intervals, each with a failing save of a longer reply
+            shown = len(view.text)
+            app.release(20, step=5)
+            await pilot.pause(0.6)
+            assert len(view.text) > shown
+        app.release(400, step=5)
+        await wait_until(pilot, lambda: app.chat.reply is None)
+        assert app.is_running and view.text == app.script
+        (notice,) = notices(app, "Reply not saved")
+        failing = f"the disk holding {app.chat.store.path} is full or failing (disk I/O error)"
+        assert notice.severity == "error" and failing in notice.message
+
+
+async def test_an_empty_store_file_is_started_afresh_with_a_notice(tmp_path):
+    default_path().write_bytes(b"")
+    app = MtpChatApp(f"ipc://{tmp_path}/none.sock", autostart=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        (notice,) = [n for n in app._notifications if "was an empty file (0 bytes)" in n.message]
+        assert notice.severity == "warning" and str(default_path()) in notice.message
+
+
+async def test_an_edited_message_the_store_cannot_take_goes_to_a_recovery_file(tmp_path):
+    app = ScriptedApp(tmp_path, "ok")
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "first")
+        app.release(1, step=2)
+        await wait_until(pilot, lambda: app.chat.reply is None)
+        original = app.chat.conversation_id
+        app.chat.store.db = FailingWrites(app.chat.store.db)
+        await answer_prompt(pilot, "ctrl+g", "edited")
+        await wait_until(pilot, lambda: notices(app, "Not sent"))
+        (copy,) = data_dir().glob("unsent-*.txt")
+        assert copy.read_text() == "edited" and app.chat.conversation_id == original and app.chat.reply is None
+        assert f"Your edited message was not sent; a copy is in {copy}." in notices(app, "Not sent")[0].message

@@ -1,13 +1,17 @@
-"""The conversation store: migrations, never losing a streaming reply, search, export, forks."""
+"""The conversation store: migrations, never losing a streaming reply, search, export, forks, and a
+file that is damaged, read-only, empty or on a full disk (a StoreError that names it and says what to do)."""
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
-from mtpchat.store import MIGRATIONS, Store
+from mtpchat.store import MIGRATIONS, Store, StoreError
 
 
 @pytest.fixture
@@ -26,7 +30,7 @@ def test_schema_version_wal_and_refusal_of_a_newer_schema(tmp_path):
     db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     db.commit()
     db.close()
-    with pytest.raises(RuntimeError, match="upgrade mtpchat"):
+    with pytest.raises(StoreError, match="upgrade mtpchat"):
         Store(path)
 
 
@@ -113,3 +117,89 @@ def test_input_history_is_oldest_first_without_repeats(store):
         store.add_message(conversation, "user", text)
     store.add_message(conversation, "assistant", "not input")
     assert store.user_inputs() == ["two", "one", "three"]
+
+
+def _filled(path):
+    """A store file with enough messages to span many pages."""
+    store = Store(path)
+    conversation = store.create_conversation("t")
+    for number in range(300):
+        store.add_message(conversation, "user", f"message {number} " + "words " * 60)
+    store.close()
+    return path
+
+
+def _overwrite(path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as file:
+        file.seek(offset)
+        file.write(data)
+
+
+DAMAGE = {
+    "garbage": lambda path: path.write_text("this is not a database " * 100),
+    "header": lambda path: _overwrite(_filled(path), 0, b"X" * 16),
+    "truncated": lambda path: os.truncate(_filled(path), os.path.getsize(path) // 2),
+    "page": lambda path: _overwrite(_filled(path), 4096 * 3, b"\xff" * 512),
+    "another program's database": lambda path: sqlite3.connect(path).executescript(
+        "CREATE TABLE conversations (name TEXT); INSERT INTO conversations VALUES ('not ours');").close(),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_file_is_refused_at_open_with_its_path_and_what_to_do(tmp_path, damage):
+    path = tmp_path / "c.sqlite3"
+    DAMAGE[damage](path)
+    with pytest.raises(StoreError) as refused:
+        Store(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path} is not a readable mtpchat database (")
+    assert f"mv {path} {path}.broken" in message and f"sqlite3 {path} .recover" in message
+
+
+def test_a_read_only_store_names_the_file_and_its_permissions(store):
+    conversation = store.create_conversation("t")
+    store.db.execute("PRAGMA query_only = ON")  # SQLite's own read-only refusal, even for root
+    with pytest.raises(StoreError, match=f"^cannot write {store.path}: it is read-only .*check its permissions"):
+        store.add_message(conversation, "user", "hi")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes a 0400 file anyway")
+def test_a_read_only_file_is_refused_at_open(tmp_path):
+    path = tmp_path / "c.sqlite3"
+    Store(path).close()
+    path.chmod(0o400)
+    with pytest.raises(StoreError, match=f"^cannot write {path}: it is read-only"):
+        Store(path)
+
+
+def test_a_full_disk_rolls_the_new_conversation_back_and_says_so(store):
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages}")  # SQLITE_FULL as soon as the file must grow
+    full = f"^cannot write {store.path}: the disk holding {store.path} is full or failing"
+    with pytest.raises(StoreError, match=full):
+        store.start_conversation("t", None, "a long message " * 2000)
+    assert store.conversations() == []  # no empty conversation is left behind
+
+
+def test_a_zero_byte_file_becomes_a_new_store_with_a_notice(tmp_path):
+    path = tmp_path / "c.sqlite3"
+    fresh = Store(path)
+    assert fresh.notice == "" and fresh.conversations() == []
+    fresh.close()
+    path.unlink()
+    path.write_bytes(b"")
+    emptied = Store(path)
+    assert emptied.notice.startswith(f"{path} was an empty file (0 bytes)") and "backup" in emptied.notice
+    assert emptied.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    emptied.close()
+    assert Store(path).notice == ""  # once initialised it is an ordinary store
+
+
+def test_the_tui_refuses_a_damaged_store_with_the_message_and_exit_code_1(tmp_path):
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    (home / "data" / "conversations.sqlite3").write_text("this is not a database " * 100)
+    started = subprocess.run([sys.executable, "-m", "mtpchat.cli", "--endpoint", f"ipc://{tmp_path}/none.sock"],
+                             capture_output=True, text=True, timeout=60, env=dict(os.environ, MTPCHAT_HOME=str(home)))
+    assert started.returncode == 1 and "Traceback" not in started.stderr
+    assert started.stderr.startswith(f"mtpchat: {home}/data/conversations.sqlite3 is not a readable mtpchat database")

@@ -99,6 +99,8 @@ class MtpChatApp(App):
             self.register_theme(theme)
         for error in errors:
             self.notify(error, severity="error", timeout=10)
+        if self.chat.store.notice:
+            self.notify(self.chat.store.notice, severity="warning", timeout=30)
         wanted = self.config.theme
         if wanted not in self.available_themes:
             fallback = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"

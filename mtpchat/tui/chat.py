@@ -9,6 +9,11 @@ title, model or settings changed (the top bar and the conversation list follow) 
 Editing a past user message forks: a new conversation "<title> (edited)" holds the messages before
 it and the edited text, and the reply continues there; the original conversation is kept unchanged.
 Regenerate replaces the last reply (the replaced one is not kept).
+
+When the store cannot take the user's message (a full disk, a read-only or damaged file), nothing is
+sent: the text stays in the message box, a private copy goes to `unsent-<time>.txt` in the data dir,
+and the user is told which file failed and what to do. A reply the store cannot take goes on
+streaming on screen; the user is told once.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from textual import work
@@ -23,8 +29,8 @@ from textual.containers import Vertical
 from textual.message import Message as TextualMessage
 from textual.timer import Timer
 
-from mtpchat.paths import data_dir
-from mtpchat.store import Conversation, Message, Store
+from mtpchat.paths import data_dir, private_file
+from mtpchat.store import Conversation, Message, Store, StoreError
 from mtpchat.tui.chat_view import ChatView, MessageView
 from mtpchat.tui.prompt_input import PromptInput
 from mtpchat.tui.replying import SAVE_S, ActiveReply, ReplyUpdated, request_fields
@@ -38,6 +44,13 @@ STREAMING = "A reply is streaming; Esc stops it"
 def title_from(text: str) -> str:
     line = text.strip().splitlines()[0] if text.strip() else "New conversation"
     return line if len(line) <= TITLE_CHARS else line[:TITLE_CHARS - 1] + "…"
+
+
+def save_unsent(text: str) -> Path:
+    """A private copy, in the data dir, of a message the store could not take."""
+    path = private_file(data_dir() / f"unsent-{datetime.now():%Y%m%d-%H%M%S-%f}.txt")
+    path.write_text(text)
+    return path
 
 
 class Chat(Vertical):
@@ -69,7 +82,7 @@ class Chat(Vertical):
         if self.reply is not None:  # leaving mid-reply: keep what arrived; the reader cancels and stops
             self.cancel_reply()
             self.reply.feed.finish(Outcome("interrupted", "the app was closed"))
-            self.reply.save(self.store, "interrupted", "the app was closed")
+            self._save_reply(self.reply, "interrupted", "the app was closed")
         self.store.close()
 
     # --- the conversation ----------------------------------------------------------------------
@@ -81,9 +94,9 @@ class Chat(Vertical):
         conversation = self.conversation()
         return conversation.model if conversation is not None else self.model_choice
 
-    def ensure_conversation(self, title: str = "New conversation") -> int:
+    def ensure_conversation(self) -> int:
         if self.conversation_id is None:
-            self.conversation_id = self.store.create_conversation(title, self.model_choice)
+            self.conversation_id = self.store.create_conversation("New conversation", self.model_choice)
             self.post_message(self.Changed())
         return self.conversation_id
 
@@ -146,13 +159,32 @@ class Chat(Vertical):
         return self.reply is not None
 
     async def send(self, text: str) -> None:
-        conversation_id = self.ensure_conversation(title_from(text))
-        self.store.add_message(conversation_id, "user", text)  # stored before it is sent
+        try:
+            self._store_user_message(text)  # stored before it is sent
+        except StoreError as exc:
+            self._tell_unsent(text, exc, "Your message was not sent; it is still in the box")
+            return
         prompt = self.query_one(PromptInput)
         prompt.remember(text)
         prompt.text = ""
-        await self.query_one(ChatView).add(self.store.messages(conversation_id)[-1], self.token_view)
+        await self.query_one(ChatView).add(self.store.messages(self.conversation_id)[-1], self.token_view)
         await self.start_reply()
+
+    def _store_user_message(self, text: str) -> None:
+        if self.conversation_id is None:  # the conversation and its first message, in one transaction
+            self.conversation_id = self.store.start_conversation(title_from(text), self.model_choice, text)
+            self.post_message(self.Changed())
+        else:
+            self.store.add_message(self.conversation_id, "user", text)
+
+    def _tell_unsent(self, text: str, exc: StoreError, headline: str) -> None:
+        """`text` could not be stored, so it was not sent: a copy goes to a recovery file, and the user
+        is told what failed and where the text is."""
+        try:
+            copy = f"a copy is in {save_unsent(text)}"
+        except OSError as error:
+            copy = f"no copy could be written either ({error.strerror or error})"
+        self.notify(f"{exc}\n\n{headline}; {copy}.", title="Not sent", severity="error", timeout=30)
 
     async def regenerate(self) -> None:
         """Replace the last reply with a new one (or answer a conversation that ends with the user)."""
@@ -165,13 +197,23 @@ class Chat(Vertical):
 
     async def fork(self, message_id: int, text: str) -> None:
         """Continue from an edited user message in a copy of the conversation."""
-        await self.open(self.store.fork(self.conversation_id, message_id, text))
+        try:
+            fork = self.store.fork(self.conversation_id, message_id, text)
+        except StoreError as exc:
+            self._tell_unsent(text, exc, "Your edited message was not sent")
+            return
+        await self.open(fork)
         await self.start_reply()
 
     async def start_reply(self) -> None:
         fields = request_fields(self.store, self.conversation_id, self.max_tokens)
         model = fields["model"] or self.daemon_default
-        message_id = self.store.add_message(self.conversation_id, "assistant", "", "streaming", model)
+        try:
+            message_id = self.store.add_message(self.conversation_id, "assistant", "", "streaming", model)
+        except StoreError as exc:
+            self.notify(f"{exc}\n\nNo reply was asked for.", title="Reply not started", severity="error",
+                        timeout=30)
+            return
         view = await self.query_one(ChatView).add(Message(message_id, self.conversation_id, "assistant", "",
                                                           "streaming", model, {}, [], ""), self.token_view)
         self.reply = ActiveReply(ReplyFeed(lambda: self.post_message(ReplyUpdated())), view, message_id, model)
@@ -181,7 +223,17 @@ class Chat(Vertical):
 
     def _save_streaming(self) -> None:
         if self.reply is not None:
-            self.reply.save(self.store, "streaming")
+            self._save_reply(self.reply, "streaming")
+
+    def _save_reply(self, reply: ActiveReply, status: str, error: str = "") -> None:
+        """Save the reply; if the store cannot take it, it goes on on screen and the user is told once."""
+        try:
+            reply.save(self.store, status, error)
+        except StoreError as exc:
+            if not reply.unsaved:
+                reply.unsaved = True
+                self.notify(f"{exc}\n\nThe reply goes on here but is not saved.", title="Reply not saved",
+                            severity="error", timeout=30)
 
     @work(thread=True, group="reply")
     def _read_reply(self, feed: ReplyFeed, fields: dict) -> None:
@@ -214,7 +266,7 @@ class Chat(Vertical):
         self._saver.stop()
         reply.stats = outcome.stats or reply.stats
         await reply.view.finish(outcome.status, outcome.error, reply.stats, outcome.text)
-        reply.save(self.store, outcome.status, outcome.error)
+        self._save_reply(reply, outcome.status, outcome.error)
         self.query_one(StatsBar).show(reply.stats, reply.model, streaming=False)
         self.reply = None
         self.post_message(self.ReplyFinished(outcome))

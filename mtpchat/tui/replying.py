@@ -2,7 +2,8 @@
 
 The user's message is written to the store before anything is sent; the reply is a store row from
 its first moment (`streaming`), saved again every SAVE_S seconds while it streams and when it ends, so a
-crash, an Esc or a dead daemon loses nothing that reached the screen. Its source (the daemon reader,
+crash, an Esc or a dead daemon loses nothing that reached the screen (a store that fails to save it is
+the widget's to report: `unsaved` says it did). Its source (the daemon reader,
 streaming.read_daemon_reply, or a stand-in) runs in a Textual thread worker and fills the reply's
 feed; the feed posts `ReplyUpdated` when something arrives, and the widget then renders everything
 that piled up in one go.
@@ -32,6 +33,7 @@ class ActiveReply:
     message_id: int
     model: str | None
     stats: dict = field(default_factory=dict)
+    unsaved: bool = False  # a save failed; the user has been told
 
     def save(self, store: Store, status: str, error: str = "") -> None:
         store.update_message(self.message_id, text=self.view.text, status=status, stats=self.stats,
