@@ -94,7 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
     for name, settings in config.models.items():
         if settings.load_at_start:
             registry.load(name)
-    server = DaemonServer(endpoint, registry, curve=curve)
+    server = DaemonServer(endpoint, registry, curve=curve, limits=config.daemon)
     if socket_path:
         os.chmod(socket_path, 0o600)
 

@@ -32,6 +32,14 @@ The TUI's part of the same file: its theme (saved when the user picks one) and k
     switch_model = "ctrl+o"
     new_conversation = "ctrl+n,f2"
 
+The daemon's limits, all optional (defaults shown):
+
+    [daemon]
+    max_streams = 4            # generations stepping at once; later ones wait in arrival order
+    max_queued = 16            # generations waiting beyond those; more are refused with `busy`
+    prefill_chunk = 512        # prompt tokens per prefill step, interleaved with other streams' steps
+    max_path_models = 2        # models loaded by path (not in this file) kept; the least recently used goes
+
 Saving the theme rewrites only the top-level `theme = …` line, so the user's comments and model
 tables stay as they wrote them.
 """
@@ -113,6 +121,24 @@ class ModelSettings:
 
 
 @dataclass(frozen=True)
+class DaemonLimits:
+    """What one daemon takes on at once: every bound is a positive whole number."""
+    max_streams: int = 4
+    max_queued: int = 16
+    prefill_chunk: int = 512
+    max_path_models: int = 2
+
+    def __post_init__(self) -> None:
+        for name, value in self.describe().items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "max_queued" else 1):
+                raise ValueError(f"[daemon] {name} must be a whole number >= {0 if name == 'max_queued' else 1}, "
+                                 f"got {value!r}")
+
+    def describe(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+@dataclass(frozen=True)
 class Config:
     models: dict[str, ModelSettings] = field(default_factory=lambda: {
         DEMO: ModelSettings(DEMO, DEMO_PATH, draft="auto", draft_vocab=DEMO_DRAFT_VOCAB),
@@ -124,6 +150,7 @@ class Config:
     state_cache_by_device: dict[str, int] = field(default_factory=dict)
     theme: str = DEFAULT_THEME  # the TUI's theme, by name
     keys: dict[str, str] = field(default_factory=dict)  # the TUI's key overrides: binding id -> keys
+    daemon: DaemonLimits = DaemonLimits()
 
     def __post_init__(self) -> None:
         if self.default not in self.models:
@@ -150,7 +177,8 @@ def load_config() -> Config:
                   "state_cache": parse_size(raw.get("state_cache", {}).get("budget", DEFAULT_STATE_CACHE)),
                   "state_cache_by_device": {d: parse_size(f["state_cache"]) for d, f in devices.items()
                                             if "state_cache" in f},
-                  "theme": raw.get("theme", DEFAULT_THEME), "keys": raw.get("keys", {})}
+                  "theme": raw.get("theme", DEFAULT_THEME), "keys": raw.get("keys", {}),
+                  "daemon": DaemonLimits(**raw.get("daemon", {}))}
         if not models:
             return Config(**common)
         return Config(models, raw.get("default", next(iter(models))), **common)

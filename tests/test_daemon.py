@@ -155,7 +155,8 @@ def test_bad_requests_get_precise_errors(daemon):
         long = _collect(client, model="dense", messages=[{"role": "user", "content": "word " * 5000}])[-1]
         assert long["code"] == "prompt_too_long"
         missing = _collect(client, model="/nowhere/at/all")[-1]
-        assert missing["code"] == "model_not_ready" and "not found" in missing["message"]
+        assert missing["code"] == "unknown_model" and "not found" in missing["message"]  # refused, never added
+        assert "/nowhere/at/all" not in {m["name"] for m in client.request("models")["models"]}
         assert client.request("hello")["type"] == "hello"
 
 

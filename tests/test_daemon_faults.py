@@ -117,5 +117,4 @@ def test_a_failure_answering_a_request_is_internal_and_the_next_one_is_answered(
         assert "Traceback" in capsys.readouterr().err
     finally:
         client.close(linger=0)
-        server.socket.close(linger=0)
-        server.context.term()
+        server.close()

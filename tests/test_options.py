@@ -7,7 +7,7 @@ import pytest
 
 from daemon.engine.options import GenerationOptions
 from daemon.engine.sampling import SamplingParams
-from daemon.serve.server import generation_options
+from daemon.serve.scheduler import generation_options
 from mtpchat.protocol import DRAFT_AUTO, MAX_DRAFT, GenerateRequest
 
 USER = ({"role": "user", "content": "hi"},)

@@ -18,11 +18,11 @@ from daemon.model.text_model import QwenModel
 
 
 class MTPDrafter:
-    def __init__(self, model: QwenModel, max_len: int, vocab: int | None = None):
+    def __init__(self, model: QwenModel, max_len: int, vocab: int | None = None, initial_len: int | None = None):
         """vocab: draft only among token ids [0, vocab) — BPE ids are roughly in frequency order — which
         makes the MTP lm_head proportionally cheaper; verification still uses the full vocabulary."""
         self.model, self.vocab = model, vocab
-        self.cache = model.new_mtp_cache(max_len)
+        self.cache = model.new_mtp_cache(max_len, initial_len=initial_len)
         self._pending: tuple[torch.Tensor, torch.Tensor, int] | None = None
 
     def extend(self, hidden: torch.Tensor, next_tokens: torch.Tensor, start: int) -> None:

@@ -4,7 +4,8 @@ A generator in the manner of nanochat's `Engine.generate`: iterating a `Generati
 per token as soon as a decode step accepts it — the token and how it was produced (an MTP draft the
 verifier accepted, or the verifier's own token) — so a stop token or the token limit inside an
 accepted draft run ends the stream exactly there (stop strings are the caller's, who sees every
-token). `stats` belongs to the generation and is live while it runs.
+token). With a prefill chunk it also yields PREFILLING after each part of the prompt but the last, so
+a server can step other streams in between. `stats` belongs to the generation and is live while it runs.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ from daemon.model.text_model import QwenModel
 
 @dataclass(frozen=True)
 class Step:
-    token: int
+    token: int | None  # None: a part of a chunked prefill ran, no token yet (PREFILLING)
     drafted: bool  # True: an MTP draft the verifier accepted; False: a token the verifier produced itself
+
+
+PREFILLING = Step(None, False)  # yielded between prefill parts when `options.prefill_chunk` is set
 
 
 def _peak_memory(device: torch.device) -> int:
@@ -63,7 +67,7 @@ class Generation:
 
     def tokens(self) -> list[int]:
         """Run to the end; the token ids."""
-        return [step.token for step in self._steps]
+        return [step.token for step in self._steps if step is not PREFILLING]
 
     def close(self) -> None:
         """Stop early (the consumer cancelled); the state reached so far is still saved for reuse."""
@@ -85,7 +89,12 @@ class Generation:
         resume = reuse.lookup(prompt_ids, with_mtp=decoder.drafter is not None) if reuse else None
         stats.cached_tokens = len(resume.tokens) if resume else 0
         stats.prefill_tokens = len(prompt_ids) - stats.cached_tokens
-        tokens = [decoder.prefill(resume, reuse.boundary if reuse else None, reuse.save if reuse else None)]
+        parts = decoder.prefill_chunks(resume, reuse.boundary if reuse else None, reuse.save if reuse else None,
+                                       options.prefill_chunk)
+        for cached in parts:
+            if cached < len(prompt_ids) and options.prefill_chunk:
+                yield PREFILLING
+        tokens = [decoder.token]
         stats.time_to_first_token_s = stats.prefill_s = time.perf_counter() - started
         decode_started = time.perf_counter()
         consistent = True  # false while a step runs: a step that raised leaves no state worth keeping

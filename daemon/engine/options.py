@@ -24,6 +24,7 @@ class GenerationOptions:
     draft_vocab: int | None = None  # draft among the first N token ids only (None: all)
     context: int | None = None  # cap on prompt + reply, below the model's own limit (None: the model's)
     stop: tuple[str, ...] = ()  # stop strings: the reply ends before the first occurrence of any
+    prefill_chunk: int = 0  # run the prompt in parts of at most this many tokens, yielding between them (0: whole)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 0:
@@ -34,5 +35,7 @@ class GenerationOptions:
             raise ValueError(f"draft_vocab must be a positive number of token ids, got {self.draft_vocab}")
         if self.context is not None and self.context <= 0:
             raise ValueError(f"context must be a positive number of tokens, got {self.context}")
+        if self.prefill_chunk < 0:
+            raise ValueError(f"prefill_chunk must be >= 0 tokens, got {self.prefill_chunk}")
         if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"stop must be a tuple of non-empty strings, got {self.stop!r}")

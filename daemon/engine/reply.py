@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from daemon.engine.decode_stats import DecodeStats
-from daemon.engine.generate import Generation
+from daemon.engine.generate import PREFILLING, Generation
 from daemon.engine.options import GenerationOptions
 from daemon.engine.state_cache import PromptReuse
 from daemon.model.text_model import QwenModel
@@ -28,8 +28,8 @@ class ReplyResult:
 
 @dataclass(frozen=True)
 class Piece:
-    """One generated token (None: only text released at the end), whether it was an accepted draft,
-    and the text it released."""
+    """One generated token (None: no token — a part of a chunked prefill ran, or only text released at
+    the end), whether it was an accepted draft, and the text it released."""
     token: int | None
     drafted: bool
     text: str
@@ -87,6 +87,8 @@ class ReplyStream:
             raise StopIteration
         result = self.result
         step = next(self._steps, None)
+        if step is PREFILLING:
+            return Piece(None, False, "")
         if step is not None and step.token in self.stop_ids:
             self._steps.close()  # it ended on this token (its finish_reason is set): save its state now
             step = None

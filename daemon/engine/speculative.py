@@ -11,7 +11,7 @@ Plain decoding is the same object with k = 0, so comparisons between the two are
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -21,6 +21,8 @@ from daemon.engine.options import GenerationOptions
 from daemon.engine.sampling import choose, target_probs, verify_drafts, verify_greedy
 from daemon.engine.state_cache import Snapshot
 from daemon.model.text_model import QwenModel
+
+FIRST_REPLY_TOKENS = 256  # reply positions the caches hold at first; they double when a reply outgrows them
 
 
 class SpeculativeDecoder:
@@ -37,8 +39,9 @@ class SpeculativeDecoder:
         self.model, self.prompt_ids, self.capacity = model, prompt_ids, capacity
         self.sampling = sampling = options.sampling
         self.policy = AdaptiveDraft(draft_k) if options.adaptive and draft_k else FixedDraft(draft_k)
-        self.cache = model.new_cache(capacity, max_steps=draft_k + 1 if draft_k else 0)
-        self.drafter = (drafter or MTPDrafter(model, capacity, options.draft_vocab)) if draft_k else None
+        initial = min(capacity, len(prompt_ids) + FIRST_REPLY_TOKENS)  # the caches grow from there as needed
+        self.cache = model.new_cache(capacity, max_steps=draft_k + 1 if draft_k else 0, initial_len=initial)
+        self.drafter = (drafter or MTPDrafter(model, capacity, options.draft_vocab, initial)) if draft_k else None
         self.generator = None
         if sampling.seed is not None:
             self.generator = torch.Generator(model.output_device).manual_seed(sampling.seed)
@@ -53,32 +56,50 @@ class SpeculativeDecoder:
     def _choose(self, logits: torch.Tensor) -> int:
         return int(choose(logits[None], self.sampling, self.generator)[0])
 
-    @torch.inference_mode()
     def prefill(self, resume: Snapshot | None = None, boundary: int | None = None,
                 on_boundary: Callable[[Snapshot], object] | None = None) -> int:
-        """Run the prompt (from `resume` on, when given: a snapshot of a prefix of it); return the first
-        generated token. With `boundary`, the prompt runs in two parts and `on_boundary` gets a
-        snapshot of the state after the first `boundary` tokens."""
+        """Run the prompt in one go (see `prefill_chunks`); return the first generated token."""
+        for _ in self.prefill_chunks(resume, boundary, on_boundary):
+            pass
+        return self.token
+
+    def prefill_chunks(self, resume: Snapshot | None = None, boundary: int | None = None,
+                       on_boundary: Callable[[Snapshot], object] | None = None, chunk: int = 0) -> Iterator[int]:
+        """Run the prompt (from `resume` on, when given: a snapshot of a prefix of it), yielding the
+        number of prompt tokens in the cache after each part; at the end `token` is the first generated
+        one. With `chunk`, parts hold at most that many tokens, so a caller can interleave other work
+        between them. With `boundary`, a part ends there and `on_boundary` gets a snapshot of the
+        state after the first `boundary` tokens."""
         start = 0
         if resume is not None:
             start = self._restore(resume)
-        cuts = [cut for cut in (boundary,) if cut is not None and start < cut < len(self.prompt_ids)]
-        for cut in [*cuts, len(self.prompt_ids)]:
-            ids = torch.tensor([self.prompt_ids[start:cut]], device=self.model.device)
-            logits, hidden = self.model(ids, self.cache, start, last_only=True)
-            self.length = cut
-            if cut < len(self.prompt_ids):
-                if self.drafter:
-                    self.drafter.extend(hidden, self._tensor(self.prompt_ids[start + 1:cut + 1]), start)
-                if on_boundary is not None:
-                    on_boundary(self.snapshot())
-            else:
-                self.token = self._choose(logits[0, -1])
-                if self.drafter:
-                    self.drafter.extend(hidden, self._tensor(self.prompt_ids[start + 1:] + [self.token]), start)
+        end = len(self.prompt_ids)
+        cuts = {cut for cut in (boundary,) if cut is not None and start < cut < end}
+        if chunk:
+            cuts.update(range(start + chunk, end, chunk))
+        for cut in [*sorted(cuts), end]:
+            with torch.inference_mode():
+                self._prefill_part(start, cut, boundary, on_boundary)
             start = cut
+            yield cut
         self.ids.append(self.token)
-        return self.token
+
+    def _prefill_part(self, start: int, cut: int, boundary: int | None,
+                      on_boundary: Callable[[Snapshot], object] | None) -> None:
+        """Prompt tokens [start, cut) into the caches; at the prompt's end, choose the first token."""
+        ids = torch.tensor([self.prompt_ids[start:cut]], device=self.model.device)
+        logits, hidden = self.model(ids, self.cache, start, last_only=True)
+        self.length = cut
+        if cut == len(self.prompt_ids):
+            self.token = self._choose(logits[0, -1])
+            if self.drafter:
+                self.drafter.extend(hidden, self._tensor(self.prompt_ids[start + 1:] + [self.token]), start)
+            return
+        if self.drafter:
+            self.drafter.extend(hidden, self._tensor(self.prompt_ids[start + 1:cut + 1]), start)
+            self.drafter.settle()  # the MTP layer follows part by part, not in one long pass at the end
+        if cut == boundary and on_boundary is not None:
+            on_boundary(self.snapshot())
 
     def _tensor(self, ids: list[int]) -> torch.Tensor:
         return torch.tensor([ids], device=self.model.device)

@@ -47,6 +47,7 @@ class Attention(nn.Module):
         query = apply_rotary(query, ctx.cos, ctx.sin)
         key = apply_rotary(key, ctx.cos, ctx.sin)
         value = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim)
+        cache.reserve(ctx.kv_len)
         cache.write(ctx.positions, key, value)
         keys, values = cache.window(ctx.kv_len)
         out = F.scaled_dot_product_attention(

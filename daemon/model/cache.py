@@ -1,7 +1,9 @@
 """Preallocated inference state for one sequence batch: the only memory a forward writes.
 
-Full-attention layers keep keys/values in buffers sized to `max_len` and written by position, so
-rolling back after a rejected draft is just not advancing the position (gpt-fast's trick). Gated
+Full-attention layers keep keys/values in buffers written by position, so rolling back after a
+rejected draft is just not advancing the position (gpt-fast's trick). A buffer may start smaller than
+`max_len` and doubles (up to `max_len`) when a forward reaches its end: a stream that asks for a
+long reply but stops early never holds memory for the whole context. Gated
 DeltaNet layers keep a conv window and a recurrent state (float32, or float64 for a float64 model:
 `accumulation_dtype`) that cannot be rolled back by position; a multi-token forward can therefore
 also record the state after each of its tokens in `max_steps` slots, and `restore_step` continues
@@ -19,18 +21,35 @@ from daemon.model.precision import accumulation_dtype
 
 
 def _nbytes(cache) -> int:
-    return sum(t.numel() * t.element_size() for t in vars(cache).values())
+    return sum(t.numel() * t.element_size() for t in vars(cache).values() if isinstance(t, torch.Tensor))
 
 
 @dataclass
 class AttentionCache:
-    keys: torch.Tensor  # [B, kv_heads, max_len, head_dim]
+    keys: torch.Tensor  # [B, kv_heads, allocated positions, head_dim]
     values: torch.Tensor
+    max_len: int  # the most positions it may grow to
 
     @classmethod
-    def allocate(cls, batch, kv_heads, max_len, head_dim, device, dtype) -> AttentionCache:
-        shape = (batch, kv_heads, max_len, head_dim)
-        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+    def allocate(cls, batch, kv_heads, max_len, head_dim, device, dtype, initial_len=None) -> AttentionCache:
+        shape = (batch, kv_heads, min(initial_len or max_len, max_len), head_dim)
+        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype),
+                   max_len)
+
+    def reserve(self, length: int) -> None:
+        """Make positions [0, length) writable: grow to twice the size (at least `length`, at most max_len)."""
+        allocated = self.keys.shape[2]
+        if length <= allocated:
+            return
+        if length > self.max_len:
+            raise ValueError(f"position {length - 1} is past this cache's {self.max_len} positions")
+        size = min(max(length, 2 * allocated), self.max_len)
+
+        def grown(t: torch.Tensor) -> torch.Tensor:
+            extra = t.new_zeros((*t.shape[:2], size - allocated, t.shape[3]))
+            return torch.cat((t, extra), dim=2)
+
+        self.keys, self.values = grown(self.keys), grown(self.values)
 
     def write(self, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Store keys/values [B, T, kv_heads, head_dim] at absolute positions [T]."""
@@ -46,6 +65,7 @@ class AttentionCache:
 
     def restore(self, captured: tuple[torch.Tensor, ...]) -> None:
         keys, values = captured
+        self.reserve(keys.shape[2])
         self.keys[:, :, :keys.shape[2]].copy_(keys)
         self.values[:, :, :values.shape[2]].copy_(values)
 
@@ -87,7 +107,8 @@ class ModelCache:
     device for all, or a list with one per layer)."""
 
     def __init__(self, config: TextConfig, max_len: int, *, batch: int = 1, max_steps: int = 0,
-                 device: torch.device | str | list = "cpu", dtype: torch.dtype = torch.float32):
+                 device: torch.device | str | list = "cpu", dtype: torch.dtype = torch.float32,
+                 initial_len: int | None = None):
         devices = device if isinstance(device, list) else [device] * len(config.layer_types)
         self.layers: list[AttentionCache | DeltaNetCache] = []
         conv_dim = 2 * config.linear_num_key_heads * config.linear_key_head_dim + (
@@ -100,7 +121,7 @@ class ModelCache:
         for layer_type, device in zip(config.layer_types, devices, strict=True):
             if layer_type == "full_attention":
                 self.layers.append(AttentionCache.allocate(
-                    batch, config.num_key_value_heads, max_len, config.head_dim, device, dtype))
+                    batch, config.num_key_value_heads, max_len, config.head_dim, device, dtype, initial_len))
             else:
                 self.layers.append(DeltaNetCache(
                     conv=torch.zeros(conv_shape, device=device, dtype=dtype),

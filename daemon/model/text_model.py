@@ -119,14 +119,16 @@ class QwenModel(nn.Module):
     def layer_devices(self) -> list[torch.device]:
         return [device for device, layers in self.segments for _ in layers] or [self.device] * len(self.layers)
 
-    def new_cache(self, max_len: int, *, batch: int = 1, max_steps: int = 0) -> ModelCache:
+    def new_cache(self, max_len: int, *, batch: int = 1, max_steps: int = 0,
+                  initial_len: int | None = None) -> ModelCache:
+        """Caches for `max_len` positions; with `initial_len`, attention buffers start that long and grow."""
         return ModelCache(self.config, max_len, batch=batch, max_steps=max_steps, device=self.layer_devices(),
-                          dtype=self.dtype)
+                          dtype=self.dtype, initial_len=initial_len)
 
-    def new_mtp_cache(self, max_len: int, *, batch: int = 1) -> AttentionCache:
+    def new_mtp_cache(self, max_len: int, *, batch: int = 1, initial_len: int | None = None) -> AttentionCache:
         c = self.config
         return AttentionCache.allocate(batch, c.num_key_value_heads, max_len, c.head_dim, self.output_device,
-                                       self.dtype)
+                                       self.dtype, initial_len)
 
     def _context(self, length: int, start: int, keep_steps: bool, device: torch.device,
                  key_mask: torch.Tensor | None = None) -> StepContext:

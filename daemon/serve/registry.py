@@ -5,6 +5,12 @@ generate request for a model that is not resident yet waits for it (and starts i
 and gets an error if the load fails. Each load first plans where the model goes (daemon/serve/placement.py)
 from the memory the devices have left, so a model that cannot fit fails before reading a weight, with
 what is missing, and the others keep serving. Unloading drops every reference and returns the memory.
+
+A model named by path or repo id instead of a configured name is added on first use under its
+canonical name (one directory spelled three ways is one model), and at most `max_path_models` of
+those are kept: the least recently used one not streaming is unloaded and forgotten to make room, so
+neither memory nor `status` grows with every name a client tries. A name that is not a checkpoint
+is refused before it is added.
 """
 
 from __future__ import annotations
@@ -12,11 +18,14 @@ from __future__ import annotations
 import gc
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from mtpchat.config import BUILTIN, Config, ModelSettings
+from mtpchat.protocol import ProtocolError
 
 
 @dataclass
@@ -53,17 +62,39 @@ class ModelRegistry:
         self.max_memory = config.max_memory
         self.states = StateCache(config.state_cache, config.state_cache_by_device)
         self.entries = {name: ModelEntry(settings) for name, settings in config.models.items()}
+        self.configured = frozenset(config.models)
+        self.max_path_models = config.daemon.max_path_models
+        self._path_uses: list[str] = []  # models added by path, least recently used first
         self._lock = threading.Lock()
         # one load at a time: building on the meta device is a process-wide torch mode
         self._loading = threading.Lock()
 
-    def entry(self, name: str | None) -> ModelEntry | None:
+    def entry(self, name: str | None, in_use: Collection[str] = ()) -> ModelEntry | None:
         """A configured model by name; a checkpoint directory or hub repo id (anything with a '/') is
-        added on first use under its own name, so `ask --model PATH` works without configuration."""
+        added on first use under its canonical name, so `ask --model PATH` works without configuration.
+        Raises ProtocolError when that is no checkpoint, or when every kept path model is streaming
+        (`in_use`: the names with generations)."""
         name = name or self.default
-        if name not in self.entries and "/" in name:
+        if name in self.configured or "/" not in name:
+            return self.entries.get(name)
+        name = canonical_checkpoint_name(name)
+        if name not in self.entries:
+            self._make_room(in_use)
             self.entries[name] = ModelEntry(ModelSettings(name, name, load_at_start=False))
-        return self.entries.get(name)
+        if name in self._path_uses:
+            self._path_uses.remove(name)
+        self._path_uses.append(name)
+        return self.entries[name]
+
+    def _make_room(self, in_use: Collection[str]) -> None:
+        while len(self._path_uses) >= self.max_path_models:
+            idle = [name for name in self._path_uses if name not in in_use]
+            if not idle:
+                raise ProtocolError("busy", f"all {self.max_path_models} models loaded by path are streaming "
+                                            "(max_path_models in config.toml); retry later")
+            self._path_uses.remove(idle[0])
+            self.unload(idle[0])
+            del self.entries[idle[0]]
 
     def load(self, name: str) -> ModelEntry:
         """Start loading in the background (no-op when resident or already loading)."""
@@ -132,4 +163,17 @@ class ModelRegistry:
         return entry
 
     def describe(self) -> list[dict]:
-        return [entry.describe() | {"default": name == self.default} for name, entry in self.entries.items()]
+        """Called from the socket thread while the engine may add entries: iterate over a copy."""
+        return [entry.describe() | {"default": name == self.default} for name, entry in list(self.entries.items())]
+
+
+def canonical_checkpoint_name(name: str) -> str:
+    """A directory's absolute, resolved path; a hub repo id as written. ProtocolError if it is neither."""
+    from daemon.weights.checkpoint import CheckpointError, resolve_checkpoint
+
+    try:
+        resolve_checkpoint(name)
+    except CheckpointError as exc:
+        raise ProtocolError("unknown_model", str(exc)) from None
+    local = Path(name).expanduser()
+    return str(local.resolve()) if local.is_dir() else name
