@@ -182,6 +182,13 @@ def running_daemon(home, names):
         assert stop_process(process) == 0
 
 
+def wait_until(condition, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s} s"
+        time.sleep(0.05)
+
+
 def wait_resident(client, names, timeout_s=60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

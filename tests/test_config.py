@@ -27,8 +27,11 @@ def test_models_devices_and_state_cache_are_read():
           'load_at_start = false\n'
           '[devices."cuda:0"]\nmax_memory = "60GiB"\nstate_cache = "8GiB"\n'
           '[devices.cpu]\nmax_memory = 1000000\n'
-          '[state_cache]\nbudget = "1.5 GB"\n')
+          '[state_cache]\nbudget = "1.5 GB"\n'
+          '[daemon]\nmax_streams = 2\nprefill_chunk = 256\n')
     config = load_config()
+    assert config.daemon.describe() == {"max_streams": 2, "max_queued": 16, "prefill_chunk": 256,
+                                        "max_path_models": 2}
     assert config.default == "moe"
     assert config.models["dense"].devices == ("cuda:0", "cuda:1") and config.models["dense"].context == 65536
     assert config.models["moe"].devices == ("cuda:1",) and not config.models["moe"].load_at_start
@@ -46,6 +49,9 @@ def test_models_devices_and_state_cache_are_read():
     ('[models.a]\npath = "x"\nwhat = 1\n', "unexpected keyword argument 'what'"),
     ('default = "b"\n[models.a]\npath = "x"\n', "default model 'b' is not among"),
     ('[models.a\n', "config.toml"),
+    ('[daemon]\nmax_streams = 0\n', r"\[daemon\] max_streams must be a whole number >= 1"),
+    ('[daemon]\nmax_queued = -1\n', r"\[daemon\] max_queued must be a whole number >= 0"),
+    ('[daemon]\nprefill_chunk = "big"\n', "prefill_chunk must be a whole number"),
 ])
 def test_mistakes_are_named_with_the_file(text, message):
     write(text)

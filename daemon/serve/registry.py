@@ -86,6 +86,15 @@ class ModelRegistry:
         self._path_uses.append(name)
         return self.entries[name]
 
+    def known(self, name: str) -> ModelEntry | None:
+        """The entry a name refers to, if the registry has it (a path in any spelling); adds nothing."""
+        if name in self.entries or "/" not in name:
+            return self.entries.get(name)
+        try:
+            return self.entries.get(canonical_checkpoint_name(name))
+        except ProtocolError:
+            return None
+
     def _make_room(self, in_use: Collection[str]) -> None:
         while len(self._path_uses) >= self.max_path_models:
             idle = [name for name in self._path_uses if name not in in_use]

@@ -75,13 +75,22 @@ class Scheduler:
         self.registry, self.context, self.outbox_address, self.limits = registry, context, outbox, limits
         self.commands: queue.Queue[Callable[[], None]] = queue.Queue()
         self.generations: dict[Key, ClientStream] = {}
-        self.active = self.waiting = 0  # streams stepping / waiting for a slot, for `status`
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
 
     # --- the socket loop's side ----------------------------------------------------------------
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def active(self) -> int:
+        """Generations stepping (or waiting for their model to load)."""
+        return min(len(self.generations), self.limits.max_streams)
+
+    @property
+    def waiting(self) -> int:
+        """Generations waiting for a slot."""
+        return len(self.generations) - self.active
 
     @property
     def running(self) -> bool:
@@ -124,8 +133,6 @@ class Scheduler:
                             self._advance(key, generation)
                         except Exception as exc:
                             self._fail(key, exc)
-                self.active = min(len(self.generations), self.limits.max_streams)
-                self.waiting = len(self.generations) - self.active
         finally:
             for key in list(self.generations):
                 self._end(key, error_reply(key[1], "shutdown", "the daemon is shutting down"))
@@ -178,16 +185,26 @@ class Scheduler:
         return {g.entry.settings.name for g in self.generations.values() if g.entry is not None}
 
     def _load_or_unload(self, identity: bytes, request: LoadRequest | UnloadRequest) -> None:
+        """`load` takes a configured name, a checkpoint directory or a repo id; `unload` a loaded one."""
         key = (identity, request.id)
-        if request.model not in self.registry.entries:
+        try:
+            if isinstance(request, LoadRequest):
+                entry = self.registry.entry(request.model, self._models_in_use())
+            else:
+                entry = self.registry.known(request.model)
+        except ProtocolError as exc:
+            self._send(key, OTHER, error_reply(request.id, exc.code, exc.message))
+            return
+        if entry is None:
             self._send(key, OTHER, error_reply(request.id, "unknown_model", self._unknown_model(request.model)))
             return
+        name = entry.settings.name
         if isinstance(request, LoadRequest):
-            self.registry.load(request.model)
+            self.registry.load(name)
         else:
-            self._cancel_model(request.model)
-            self.registry.unload(request.model)
-        self._send(key, OTHER, reply(request.id, "ok", model=request.model))
+            self._cancel_model(name)
+            self.registry.unload(name)
+        self._send(key, OTHER, reply(request.id, "ok", model=name))
 
     def _open_stream(self, generation: ClientStream) -> None:
         request, entry = generation.request, generation.entry
