@@ -26,6 +26,65 @@ NO_USER_QUERY = ("{%- if messages | selectattr('role', 'equalto', 'user') | list
                  "{{- raise_exception('No user query found in messages.') -}}{%- endif -%}")
 
 
+def _frame(value) -> bytes:
+    return msgpack.packb(value)
+
+
+def _nested(depth: int):
+    value = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _generate(**fields) -> bytes:
+    return _frame({"v": 1, "id": "probe", "op": "generate", "messages": MESSAGES, "max_tokens": 4, **fields})
+
+
+# wire inputs found by probing the daemon from outside (issue 13), each to be refused with a clear error
+PROBES: dict[str, list[bytes]] = {
+    "empty frame": [b""],
+    "not msgpack": [b"\xc1"],
+    "text": [b"GET / HTTP/1.1\r\n\r\n"],
+    "truncated map": [_frame({"v": 1, "id": "x", "op": "hello"})[:-3]],
+    "a list": [_frame([1, 2, 3])],
+    "an int": [_frame(5)],
+    "no version": [_frame({"id": "x", "op": "hello"})],
+    "version 2": [_frame({"v": 2, "id": "x", "op": "hello"})],
+    "version as text": [_frame({"v": "1", "id": "x", "op": "hello"})],
+    "unknown op": [_frame({"v": 1, "id": "x", "op": "fly"})],
+    "op not text": [_frame({"v": 1, "id": "x", "op": 5})],
+    "id not text": [_frame({"v": 1, "id": [1], "op": "hello"})],
+    "over-deep nesting": [_frame({"v": 1, "id": "x", "op": "hello", "x": _nested(500)})],
+    "ext type": [_frame({"v": 1, "id": "x", "op": "hello", "x": msgpack.ExtType(1, b"boom")})],
+    "two frames": [_frame({"v": 1, "id": "x", "op": "hello"}), b"extra"],
+    "no messages": [_frame({"v": 1, "id": "x", "op": "generate"})],
+    "messages not a list": [_generate(messages="hi")],
+    "bad role": [_generate(messages=[{"role": "root", "content": "hi"}])],
+    "content not text": [_generate(messages=[{"role": "user", "content": 7}])],
+    "negative max_tokens": [_generate(max_tokens=-1)],
+    "max_tokens as text": [_generate(max_tokens="many")],
+    "NaN temperature": [_generate(temperature=float("nan"))],
+    "infinite temperature": [_generate(temperature=float("inf"))],
+    "top_p zero": [_generate(top_p=0.0)],
+    "top_p above one": [_generate(top_p=2.0)],
+    "negative top_k": [_generate(top_k=-1)],
+    "seed as text": [_generate(seed="x")],
+    "draft 99": [_generate(draft=99)],
+    "empty stop string": [_generate(stop=[""])],
+    "unknown model": [_generate(model="nope")],
+    "a path that is no checkpoint": [_generate(model="/nowhere/at/all")],
+    "prompt too long": [_generate(messages=[{"role": "user", "content": "word " * 5000}])],
+    "load nothing": [_frame({"v": 1, "id": "x", "op": "load", "model": "nope"})],
+    "load a bad path": [_frame({"v": 1, "id": "x", "op": "load", "model": "/nowhere/x"})],
+    "unload nothing": [_frame({"v": 1, "id": "x", "op": "unload", "model": "nope"})],
+    "cancel without target": [_frame({"v": 1, "id": "x", "op": "cancel"})],
+    "template that raises": [_generate(model="strict", messages=[{"role": "assistant", "content": "Hi"}])],
+}
+DOCUMENTED_CODES = {"frame_too_large", "malformed_frame", "unsupported_version", "unknown_op", "invalid_request",
+                    "unknown_model", "model_not_ready", "prompt_too_long", "busy", "internal"}
+
+
 @pytest.fixture
 def daemon(tmp_path, tiny, monkeypatch):
     strict = tmp_path / "strict"
@@ -90,6 +149,21 @@ def test_an_oversized_frame_is_refused_and_the_same_clients_stream_still_ends(da
         assert ended[None]["type"] == "error" and ended[None]["code"] == "frame_too_large"
         assert ended["g"]["type"] == "done"
         assert client.request("hello")["type"] == "hello"
+
+
+def test_every_probe_is_answered_with_a_clear_error_and_the_daemon_keeps_serving(daemon):
+    with DaemonClient() as client:
+        for name, frames in PROBES.items():
+            client.socket.send_multipart(frames)
+            answer = _recv(client.socket)
+            while answer["type"] == "chunk":  # none expected: a probe that streams still ends in an error
+                answer = _recv(client.socket)
+            assert answer["type"] == "error", (name, answer)
+            assert answer["code"] in DOCUMENTED_CODES and len(answer["message"]) > 10, (name, answer)
+            assert client.request("hello")["type"] == "hello", name
+        reply = list(client.generate(messages=MESSAGES, max_tokens=4))[-1]
+        assert reply["type"] == "done"
+    assert daemon.poll() is None
 
 
 class BrokenRegistry:
