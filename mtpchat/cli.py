@@ -22,7 +22,7 @@ from pathlib import Path
 from mtpchat.client import BUSY, DOWN, DaemonClient, DaemonUnavailable, daemon_liveness, local_daemon_pid, start_daemon
 from mtpchat.config import format_size
 from mtpchat.paths import daemon_log, pid_file
-from mtpchat.protocol import DRAFT_AUTO, MAX_DRAFT
+from mtpchat.protocol import DRAFT_AUTO, MAX_DRAFT, SAMPLING_FIELDS
 from mtpchat.status_text import model_state, placement_line, state_cache_line
 
 
@@ -37,8 +37,9 @@ def _ensure_daemon(args) -> None:
 def _ask(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     fields = {"model": args.model, "messages": [{"role": "user", "content": prompt}], "system": args.system,
-              "max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
-              "top_k": args.top_k, "seed": args.seed, "thinking": not args.no_think, "stop": args.stop}
+              "max_tokens": args.max_tokens, "seed": args.seed, "thinking": not args.no_think, "stop": args.stop}
+    # a sampling flag left out is left out of the request: the daemon then uses the model's default
+    fields.update({name: getattr(args, name) for name in SAMPLING_FIELDS if getattr(args, name) is not None})
     if args.no_mtp:
         fields["draft"] = 0
     elif args.draft is not None:
@@ -218,9 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--draft", choices=[*map(str, range(1, MAX_DRAFT + 1)), DRAFT_AUTO], metavar="K",
                      help=f"MTP draft tokens per step, 1..{MAX_DRAFT}, or {DRAFT_AUTO} (adaptive); default: the "
                           "model's setting")
-    ask.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
-    ask.add_argument("--top-p", type=float, default=1.0)
-    ask.add_argument("--top-k", type=int, default=0, help="0 (default) keeps every token")
+    # sampling: each left out takes the model's default (the models reply's `sampling` map shows them)
+    ask.add_argument("--temperature", type=float, help="0 is greedy; default: the model's")
+    ask.add_argument("--top-p", type=float, help="nucleus sampling, (0, 1]")
+    ask.add_argument("--top-k", type=int, help="0 keeps every token")
+    ask.add_argument("--min-p", type=float, help="drop tokens less likely than MIN_P times the top one, [0, 1]")
+    ask.add_argument("--repetition-penalty", type=float,
+                     help="> 1 discourages tokens of the prompt and the reply (vLLM/HF semantics; 1 is off)")
+    ask.add_argument("--presence-penalty", type=float, help="-2..2, subtracted from tokens the reply holds")
+    ask.add_argument("--frequency-penalty", type=float, help="-2..2, subtracted per occurrence in the reply")
     ask.add_argument("--seed", type=int, help="makes sampled replies reproducible")
     ask.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     ask.add_argument("--no-think", action="store_true", help="ask the model to skip its thinking block")

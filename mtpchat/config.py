@@ -10,6 +10,9 @@ offline (loaded on request only). Pointing mtpchat at real models is a few lines
     path = "Qwen/Qwen3.6-27B"          # a repo id in the local Hugging Face cache, or a directory
     draft = 3                          # MTP draft tokens per step, or "auto"; 0 decodes plainly
     draft_vocab = 8192                 # optional: drafts among the first N token ids only (cheaper)
+    [models.dense.sampling]            # optional: replaces the checkpoint's own sampling defaults
+    temperature = 0.7                  # also top_p, top_k, min_p, repetition_penalty, presence_penalty,
+    presence_penalty = 1.0             # frequency_penalty: the generate request's fields (docs/protocol.md)
     [models.moe]
     path = "Qwen/Qwen3.6-35B-A3B"
     dtype = "bfloat16"
@@ -20,6 +23,9 @@ offline (loaded on request only). Pointing mtpchat at real models is a few lines
     state_cache = "8GiB"               # conversation states kept on that device (default: [state_cache])
     [state_cache]
     budget = "4GiB"                    # per device: saved turn states, so follow-ups prefill only new text
+
+A request's sampling fields come first, then the model's [sampling] table, then the checkpoint's
+generation_config.json (and, with thinking off, its card's non-thinking values: Qwen3.5/3.6), then greedy.
 
 Every model in the file loads at daemon start unless it says `load_at_start = false`. Without a
 `device`, the daemon plans placement when it loads a model (see daemon/serve/placement.py): a GPU of its
@@ -54,7 +60,7 @@ from pathlib import Path
 import tomllib
 
 from mtpchat.paths import config_dir
-from mtpchat.protocol import DRAFT_CHOICES
+from mtpchat.protocol import DRAFT_CHOICES, SAMPLING_FIELDS, ProtocolError, sampling_fields
 
 BUILTIN = "builtin:"  # paths the daemon makes itself (daemon.weights.builtin_models)
 DEMO = "demo"
@@ -95,6 +101,7 @@ class ModelSettings:
     device: str | tuple[str, ...] | None = None
     load_at_start: bool = True
     context: int = DEFAULT_CONTEXT
+    sampling: dict = field(default_factory=dict)  # sampling defaults over the checkpoint's (SAMPLING_FIELDS)
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -118,6 +125,19 @@ class ModelSettings:
                              f"got {self.draft_vocab!r}")
         if self.dtype is not None and self.dtype not in DTYPE_NAMES:
             raise ValueError(f"model {self.name!r}: dtype must be one of {DTYPE_NAMES}, got {self.dtype!r}")
+        self._check_sampling()
+
+    def _check_sampling(self) -> None:
+        where = f"model {self.name!r}: [models.{self.name}.sampling]"
+        if not isinstance(self.sampling, dict):
+            raise ValueError(f"{where} must be a table of sampling settings")
+        unknown = sorted(set(self.sampling) - set(SAMPLING_FIELDS))
+        if unknown:
+            raise ValueError(f"{where} has unknown keys {unknown}; known: {', '.join(SAMPLING_FIELDS)}")
+        try:
+            object.__setattr__(self, "sampling", sampling_fields(self.sampling))  # numbers as the wire has them
+        except ProtocolError as exc:
+            raise ValueError(f"{where} {exc.message}") from None
 
 
 @dataclass(frozen=True)

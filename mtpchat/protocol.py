@@ -63,6 +63,10 @@ _MAX_MODEL_CHARS = 512
 _MAX_MESSAGES = 1000
 _MAX_TOKENS = 1_000_000
 _MAX_TEMPERATURE = 100
+# Beyond ~2 a repetition penalty wrecks text anyway; 10 leaves room to experiment and still catches a slip
+# like 15 for 1.5. Presence/frequency penalties use OpenAI's range, which vLLM enforces too.
+_MAX_REPETITION_PENALTY = 10
+_MAX_ADDITIVE_PENALTY = 2
 _MAX_STOPS = 16
 _MAX_STOP_CHARS = 256
 
@@ -202,19 +206,29 @@ class CancelRequest(Request):
 @dataclass(frozen=True)
 class GenerateRequest(Request):
     """A reply to generate; the defaults are the wire's. `model` None: the daemon's default model;
-    `draft` None (not sent): the model's configured draft setting."""
+    `draft` None (not sent): the model's configured draft setting; a sampling field None (not sent): the
+    model's default for it (`sampling` holds the ones sent)."""
     op: ClassVar[str] = "generate"
     messages: tuple[dict, ...]
     model: str | None = None
     system: str | None = None
     max_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     seed: int | None = None
     draft: int | str | None = None
     thinking: bool = True
     stop: tuple[str, ...] = ()
+
+    @property
+    def sampling(self) -> dict:
+        """The sampling fields this request sets; the daemon takes the model's defaults for the others."""
+        return {name: getattr(self, name) for name in SAMPLING_FIELDS if getattr(self, name) is not None}
 
 
 def _hello(request_id: str, message: dict) -> HelloRequest:
@@ -243,12 +257,6 @@ def _generate(request_id: str, message: dict) -> GenerateRequest:
     system = get("system")
     if system is not None and not isinstance(system, str):
         raise _invalid("system", "must be a string or null")
-    temperature = _number("temperature", get("temperature", defaults.temperature))
-    if not 0 <= temperature <= _MAX_TEMPERATURE:
-        raise _invalid("temperature", f"must be between 0 and {_MAX_TEMPERATURE}")
-    top_p = _number("top_p", get("top_p", defaults.top_p))
-    if not 0 < top_p <= 1:
-        raise _invalid("top_p", "must be greater than 0 and at most 1")
     seed = get("seed")
     if seed is not None and not _is_int(seed):
         raise _invalid("seed", "must be an integer or null")
@@ -264,14 +272,44 @@ def _generate(request_id: str, message: dict) -> GenerateRequest:
         model=None if model is None else _model_name(model),
         system=system,
         max_tokens=_int_in("max_tokens", get("max_tokens", defaults.max_tokens), 1, _MAX_TOKENS),
-        temperature=temperature,
-        top_p=top_p,
-        top_k=_int_in("top_k", get("top_k", defaults.top_k), 0),
+        **sampling_fields(message),
         seed=seed,
         draft=draft,
         thinking=thinking,
         stop=_stops(get("stop", [])),
     )
+
+
+def sampling_fields(fields: dict) -> dict:
+    """The sampling settings among `fields`, checked (absent ones left out); a bad one raises
+    ProtocolError("invalid_request", "<field>: <problem>"). A generate request and a model's
+    [models.NAME.sampling] table in config.toml both go through here, so both accept the same values."""
+    checked = {}
+    for name, check in _SAMPLING_CHECKS.items():
+        if name in fields:
+            checked[name] = check(name, fields[name])
+    return checked
+
+
+def _in_range(low: float, high: float, low_open: bool = False):
+    def check(field: str, value) -> float:
+        value = _number(field, value)
+        if not (low < value if low_open else low <= value) or not value <= high:  # NaN fails both
+            raise _invalid(field, f"must be {'greater than' if low_open else 'at least'} {low:g} and at most {high:g}")
+        return value
+    return check
+
+
+_SAMPLING_CHECKS = {
+    "temperature": _in_range(0, _MAX_TEMPERATURE),
+    "top_p": _in_range(0, 1, low_open=True),
+    "top_k": lambda field, value: _int_in(field, value, 0),
+    "min_p": _in_range(0, 1),
+    "repetition_penalty": _in_range(0, _MAX_REPETITION_PENALTY, low_open=True),
+    "presence_penalty": _in_range(-_MAX_ADDITIVE_PENALTY, _MAX_ADDITIVE_PENALTY),
+    "frequency_penalty": _in_range(-_MAX_ADDITIVE_PENALTY, _MAX_ADDITIVE_PENALTY),
+}
+SAMPLING_FIELDS = tuple(_SAMPLING_CHECKS)  # every setting a model default may give and a request may override
 
 
 _PARSERS = {

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from daemon.engine.sampling import SamplingParams
 from daemon.weights.loader import load_model
 from tests.helpers import chat_prompt, decode
 
@@ -37,8 +38,8 @@ def test_ask_json_is_the_engines_greedy_reply(tiny, home):
     expected = decode(model, chat_prompt(ckpt, "Hello there"), 12, stop)
     stopped = expected[-1] in stop
     for flags in (["--no-mtp"], ["--draft", "3"], ["--draft", "auto"]):
-        done = _run("mtpchat.cli", "ask", "-", "--model", str(ckpt), "--max-tokens", "12", "--json",
-                    *flags, home=home, stdin="Hello there")
+        done = _run("mtpchat.cli", "ask", "-", "--model", str(ckpt), "--max-tokens", "12", "--json", "--temperature",
+                    "0", *flags, home=home, stdin="Hello there")
         assert done.returncode == 0, done.stderr
         reply = json.loads(done.stdout)
         assert reply["token_ids"] == (expected[:-1] if stopped else expected)
@@ -46,6 +47,12 @@ def test_ask_json_is_the_engines_greedy_reply(tiny, home):
         assert reply["stats"]["prompt_tokens"] == len(chat_prompt(ckpt, "Hello there"))
         assert reply["stats"]["draft_k"] == {"--no-mtp": 0, "3": 3, "auto": 4}[flags[-1]]
         assert reply["text"]
+    penalised = SamplingParams(repetition_penalty=1.3, presence_penalty=0.8, frequency_penalty=0.4, min_p=0.1)
+    expected = decode(model, chat_prompt(ckpt, "Hello there"), 12, stop, sampling=penalised)
+    done = _run("mtpchat.cli", "ask", "-", "--model", str(ckpt), "--max-tokens", "12", "--json", "--temperature", "0",
+                "--repetition-penalty", "1.3", "--presence-penalty", "0.8", "--frequency-penalty", "0.4",
+                "--min-p", "0.1", "--draft", "3", home=home, stdin="Hello there")
+    assert json.loads(done.stdout)["token_ids"] == [t for t in expected if t not in stop]
 
 
 def test_ask_streams_text_with_the_default_demo_model(home):

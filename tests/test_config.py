@@ -40,6 +40,15 @@ def test_models_devices_and_state_cache_are_read():
     assert config.state_cache == 1_500_000_000 and config.state_cache_by_device == {"cuda:0": 8 * 2**30}
 
 
+def test_a_models_sampling_table_is_read_and_checked_as_the_wire_checks_requests():
+    write('[models.dense]\npath = "Qwen/Qwen3.6-27B"\n[models.dense.sampling]\ntemperature = 1\ntop_k = 20\n'
+          'presence_penalty = 1.5\n[models.moe]\npath = "/ckpt/moe"\n')
+    config = load_config()
+    assert config.models["dense"].sampling == {"temperature": 1.0, "top_k": 20, "presence_penalty": 1.5}
+    assert isinstance(config.models["dense"].sampling["temperature"], float)  # as a request's would be
+    assert config.models["moe"].sampling == {}  # the checkpoint's own defaults
+
+
 @pytest.mark.parametrize("text,message", [
     ('[models.a]\npath = "x"\ndraft = 9\n', "draft must be one of"),
     ('[models.a]\npath = "x"\ndevice = 3\n', "device must be a name"),
@@ -47,6 +56,10 @@ def test_models_devices_and_state_cache_are_read():
     ('[models.a]\npath = "x"\ncontext = "long"\n', "context must be a number of tokens"),
     ('[models.a]\npath = "x"\n[devices.cpu]\nmax_memory = "lots"\n', "'lots' is not a size"),
     ('[models.a]\npath = "x"\nwhat = 1\n', "unexpected keyword argument 'what'"),
+    ('[models.a]\npath = "x"\n[models.a.sampling]\ntemprature = 0.5\n', r"\[models.a.sampling\] has unknown keys"),
+    ('[models.a]\npath = "x"\n[models.a.sampling]\ntop_p = 0\n', r"\[models.a.sampling\] top_p: must be greater"),
+    ('[models.a]\npath = "x"\n[models.a.sampling]\npresence_penalty = "high"\n', "presence_penalty: must be a number"),
+    ('[models.a]\npath = "x"\nsampling = 0.5\n', "must be a table of sampling settings"),
     ('default = "b"\n[models.a]\npath = "x"\n', "default model 'b' is not among"),
     ('[models.a\n', "config.toml"),
     ('[daemon]\nmax_streams = 0\n', r"\[daemon\] max_streams must be a whole number >= 1"),

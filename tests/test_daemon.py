@@ -65,7 +65,7 @@ def test_two_resident_models_answer_alternating_requests_exactly(daemon, tiny):
     with DaemonClient() as client:
         for name in ("dense", "moe", "dense", "moe"):
             for draft in (0, 3):
-                replies = _collect(client, model=name, max_tokens=16, draft=draft)
+                replies = _collect(client, model=name, max_tokens=16, draft=draft, temperature=0)
                 done = replies[-1]
                 assert done["type"] == "done" and done["token_ids"] == expected[name]
                 streamed = [t for r in replies[:-1] for t in r["tokens"]]
@@ -76,6 +76,26 @@ def test_two_resident_models_answer_alternating_requests_exactly(daemon, tiny):
                 pieces = [p for r in replies[:-1] for p in r["pieces"]]
                 assert len(pieces) == len(streamed) and done["text"].startswith("".join(pieces))
                 assert done["stats"]["draft_k"] == draft
+
+
+def test_sampling_defaults_are_the_models_shown_and_applied_per_thinking_mode(daemon, tiny):
+    from daemon.engine.sampling import SamplingParams
+    from daemon.weights.sampling_defaults import QWEN_INSTRUCT
+
+    path = tiny["qwen3.6-dense-tiny"]
+    with DaemonClient() as client:
+        dense = next(m for m in client.request("models")["models"] if m["name"] == "dense")
+        # the tiny checkpoint's generation_config.json gives none: greedy; a Qwen3.6 layout without thinking: its card's
+        assert dense["sampling"] == {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
+                                     "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
+        assert dense["sampling_no_thinking"] == {**dense["sampling"], **QWEN_INSTRUCT}
+        done = _collect(client, model="dense", max_tokens=16, thinking=False, seed=3, top_k=5)[-1]
+    model = load_model(path, device="cpu")
+    stop = set(model.config.eos_token_ids)
+    sampling = SamplingParams(**{**QWEN_INSTRUCT, "top_k": 5}, seed=3)  # the request's top_k over the card's
+    tokens = decode(model, chat_prompt(path, "Hello there", enable_thinking=False), 16, stop, draft_k=2,
+                    sampling=sampling)
+    assert done["token_ids"] == [t for t in tokens if t not in stop]
 
 
 def test_concurrent_streams_are_interleaved(daemon):

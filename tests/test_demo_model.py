@@ -4,13 +4,16 @@ The converted checkpoint must be the GGUF's model: our forward on it matches tra
 loader (which dequantises independently) and transformers on the converted directory. Both sides hold
 the same dequantised weights (float32 values, exact in float64 too), so the only difference is rounding:
 checked in float64 and float32 against the scaled bars of tests.helpers. MTP decoding with the
-committed head is token-identical to plain decoding.
+committed head is token-identical to plain decoding (greedy, as the engine's built-in default is). Its
+sampling defaults, written into its generation_config.json, are the card's advice plus a mild penalty.
 """
+
+import json
 
 import pytest
 import torch
 
-from daemon.weights.demo_model import gguf_path
+from daemon.weights.demo_model import SAMPLING, gguf_path, install_sampling
 from daemon.weights.gguf_convert import ConversionError, convert_gguf, unpermute_rows
 from daemon.weights.loader import load_model
 from tests.helpers import DTYPES, assert_scaled_close, chat_prompt, decode, reference_model
@@ -75,3 +78,16 @@ def test_mtp_decoding_with_the_trained_head_is_identical_to_plain(demo):
         plain = decode(model, prompt, 40, stop)
         for k in (1, 2, 3):
             assert decode(model, prompt, 40, stop, draft_k=k) == plain, f"k={k} diverged on {text!r}"
+
+
+def test_the_demo_samples_as_its_card_advises(demo, tmp_path):
+    from daemon.weights.sampling_defaults import checkpoint_sampling
+
+    defaults = checkpoint_sampling(demo)
+    assert defaults.defaults(True) == defaults.defaults(False) == SAMPLING  # no thinking switch
+    assert SAMPLING["temperature"] > 0 and SAMPLING["top_p"] < 1
+    (tmp_path / "generation_config.json").write_text('{"eos_token_id": 2, "do_sample": false}')
+    install_sampling(tmp_path)  # as on a checkpoint converted before the defaults existed
+    install_sampling(tmp_path)
+    assert json.loads((tmp_path / "generation_config.json").read_text()) == {"eos_token_id": 2, "do_sample": False,
+                                                                             **SAMPLING}

@@ -69,12 +69,14 @@ def test_pack_keeps_an_explicit_version():
 
 
 def test_request_round_trip_through_parse():
-    sent = generate(model="qwen-dense", system="Be brief.", max_tokens=64, temperature=0.7, top_p=0.9,
-                    top_k=20, seed=3, draft=2, thinking=False, stop=["\n\n"])
+    sampling = dict(temperature=0.7, top_p=0.9, top_k=20, min_p=0.05, repetition_penalty=1.1, presence_penalty=1.5,
+                    frequency_penalty=-0.5)
+    sent = generate(model="qwen-dense", system="Be brief.", max_tokens=64, **sampling, seed=3, draft=2, thinking=False,
+                    stop=["\n\n"])
     parsed = parse_request(unpack(pack(sent)))
     assert parsed == GenerateRequest("r1", messages=tuple(USER), model="qwen-dense", system="Be brief.",
-                                     max_tokens=64, temperature=0.7, top_p=0.9, top_k=20, seed=3, draft=2,
-                                     thinking=False, stop=("\n\n",))
+                                     max_tokens=64, **sampling, seed=3, draft=2, thinking=False, stop=("\n\n",))
+    assert parsed.sampling == sampling
 
 
 def test_reply_round_trip_keeps_types():
@@ -223,20 +225,24 @@ def test_each_op_parses_to_its_typed_request_with_defaults():
 def test_generate_defaults():
     parsed = parse_request(generate())
     assert parsed == GenerateRequest("r1", messages=tuple(USER), model=None, system=None, max_tokens=512,
-                                     temperature=0.0, top_p=1.0, top_k=0, seed=None, draft=None, thinking=True,
-                                     stop=())
+                                     temperature=None, top_p=None, top_k=None, min_p=None, repetition_penalty=None,
+                                     presence_penalty=None, frequency_penalty=None, seed=None, draft=None,
+                                     thinking=True, stop=())
     assert parsed.op == "generate"
     assert parsed.draft is None  # left out: the daemon applies the model's configured draft setting
+    assert parsed.sampling == {}  # left out: the daemon applies the model's sampling defaults
+    assert parse_request(generate(temperature=0)).sampling == {"temperature": 0.0}  # greedy, explicitly
 
 
 def test_parse_returns_a_new_normalised_request():
     messages = [{"role": "user", "content": "hi", "name": "ignored"}]
-    message = request("generate", messages=messages, stop=["a"], extra={"x": 1}, temperature=1)
+    message = request("generate", messages=messages, stop=["a"], extra={"x": 1}, temperature=1, top_p=1,
+                      repetition_penalty=2)
     parsed = parse_request(message)
     assert parsed.messages == ({"role": "user", "content": "hi"},)
     assert not hasattr(parsed, "extra") and not hasattr(parsed, "v")
     assert parsed.temperature == 1.0 and isinstance(parsed.temperature, float)
-    assert isinstance(parsed.top_p, float)
+    assert isinstance(parsed.top_p, float) and isinstance(parsed.repetition_penalty, float)
     parsed.messages[0]["content"] = "changed"
     assert messages[0]["content"] == "hi" and parsed.stop == ("a",)
     with pytest.raises(AttributeError):
@@ -249,7 +255,9 @@ def test_parse_returns_a_new_normalised_request():
     ("messages", USER * 1000),
     ("max_tokens", 1), ("max_tokens", 1_000_000),
     ("temperature", 0), ("temperature", 100), ("temperature", 0.25),
-    ("top_p", 1), ("top_p", 1e-9), ("top_k", 0), ("top_k", 50),
+    ("top_p", 1), ("top_p", 1e-9), ("top_k", 0), ("top_k", 50), ("min_p", 0), ("min_p", 1), ("min_p", 0.05),
+    ("repetition_penalty", 1e-9), ("repetition_penalty", 1), ("repetition_penalty", 10),
+    ("presence_penalty", -2), ("presence_penalty", 2), ("frequency_penalty", -2), ("frequency_penalty", 2),
     ("seed", 0), ("seed", -5), ("seed", 2**64 - 1),
     ("draft", 0), ("draft", MAX_DRAFT), ("draft", DRAFT_AUTO), ("thinking", False),
     ("stop", []), ("stop", ["s" * 256] * 16),
@@ -298,6 +306,10 @@ BAD_FIELDS = [
         "temperature": [-0.1, 100.5, float("nan"), float("inf"), "0", None, True, False],
         "top_p": [0, 0.0, -1, 1.01, float("nan"), "1", None, True],
         "top_k": [-1, 1.0, "0", None, True, False],
+        "min_p": [-0.1, 1.01, float("nan"), float("inf"), "0", None, True],
+        "repetition_penalty": [0, -1, 10.5, float("nan"), float("inf"), "1", None, True],
+        "presence_penalty": [-2.1, 2.1, float("nan"), float("-inf"), "0", None, True],
+        "frequency_penalty": [-2.1, 2.1, float("nan"), float("inf"), "0", None, True],
         "seed": [1.0, "1", True, [1]],
         "draft": [-1, MAX_DRAFT + 1, 2.0, "2", "AUTO", None, True, False],
         "thinking": [1, 0, "true", None],
@@ -315,7 +327,8 @@ def test_bad_field_is_an_invalid_request_naming_it(op, field, fields):
     assert error.request_id == "r1"
 
 
-@pytest.mark.parametrize("field", ["max_tokens", "top_k", "seed", "draft", "temperature", "top_p"])
+@pytest.mark.parametrize("field", ["max_tokens", "top_k", "seed", "draft", "temperature", "top_p", "min_p",
+                                   "repetition_penalty", "presence_penalty", "frequency_penalty"])
 @pytest.mark.parametrize("value", [True, False])
 def test_bools_are_not_numbers(field, value):
     error = raises("invalid_request", parse_request, generate(**{field: value}))

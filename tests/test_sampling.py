@@ -8,7 +8,11 @@ Proven here, on synthetic distributions over a vocabulary of 6 tokens:
 - with p == q every draft is accepted and the bonus token follows q[1];
 - against a greedy target exactly the leading drafts equal to the argmax are accepted, and the next
   token is the argmax of the following row;
-- target_probs: temperature, top-k, top-p (hand-computed example), normalisation, greedy one-hot;
+- target_probs: temperature, min-p, top-k, top-p (hand-computed examples), normalisation, greedy one-hot;
+- penalties: per verified position, exactly (float64) what a loop over the rows computes, each row's
+  history holding the drafts before it; and with them MTP stays lossless: the first two tokens of a
+  speculative decode (k=2, drafts from an unpenalised p) are jointly distributed as plain decoding's,
+  while penalising every row with the history alone lands far from it;
 - seeded generators reproduce draws exactly; SamplingParams rejects invalid settings.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from daemon.engine.penalties import Penalties
 from daemon.engine.sampling import SamplingParams, choose, sample, target_probs, verify_drafts
 
 V = 6
@@ -170,8 +175,106 @@ def test_seeded_generators_reproduce_and_different_seeds_differ():
     assert a[0] != b[0] and a[1] != b[1]
 
 
+def test_min_p_keeps_tokens_at_least_min_p_times_the_top_one():
+    base = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    # 0.5 * 0.3 = 0.15 sits on the boundary in exact arithmetic; float32 logs may land either side, so 0.29
+    expect = {0.29: [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0], 0.5: [0.625, 0.375, 0, 0], 1.0: [1, 0, 0, 0],
+              0.05: [0.5, 0.3, 0.15, 0.05]}
+    for min_p, want in expect.items():
+        got = target_probs(base, SamplingParams(temperature=1.0, min_p=min_p))
+        # hand-computed fractions vs float32 (log, mask, softmax): a few ulps of values <= 1
+        assert torch.allclose(got, torch.tensor([want], dtype=torch.float32), rtol=0, atol=1e-6), min_p
+    # applied after temperature, as vLLM does: a hotter q keeps more tokens at the same min_p
+    hot = target_probs(base, SamplingParams(temperature=4.0, min_p=0.5))
+    assert (hot > 0).sum() == 4
+
+
+PROMPT = [3, 7, 7, 11]
+
+
+def loop_penalised(logits, prompt, history, following, params):
+    """The penalties row by row, token by token: row i after history + following[:len(following) - N + 1 + i]."""
+    rows = []
+    for i, row in enumerate(logits.clone()):
+        reply = history + following[:len(following) - len(logits) + 1 + i]
+        for token in set(prompt) | set(reply):
+            x = row[token]
+            row[token] = x / params.repetition_penalty if x > 0 else x * params.repetition_penalty
+        for token in set(reply):
+            row[token] = row[token] - params.frequency_penalty * reply.count(token)
+            row[token] = row[token] - params.presence_penalty
+        rows.append(row)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(repetition_penalty=1.3, presence_penalty=0.7, frequency_penalty=0.4),
+    SamplingParams(repetition_penalty=0.8, presence_penalty=-1.0, frequency_penalty=-0.3),
+    SamplingParams(frequency_penalty=2.0), SamplingParams(repetition_penalty=2.0)])
+def test_penalties_per_verified_position_equal_a_loop_exactly(params):
+    gen = torch.Generator().manual_seed(14)
+    vocab = 40
+    history, drafts = [5, 7, 5, 20], [20, 9, 5]
+    penalties = Penalties(params, PROMPT, vocab, torch.device("cpu"))
+    penalties.record(history[:1])
+    penalties.record(history[1:])
+    logits = torch.randn(len(drafts) + 1, vocab, generator=gen, dtype=torch.float64) * 3
+    got = penalties.apply(logits, torch.tensor(drafts))
+    # the same float64 operations on the same values in the same order: bit for bit
+    assert torch.equal(got, loop_penalised(logits, PROMPT, history, drafts, params))
+    assert not torch.equal(got[0], got[-1] - logits[-1] + logits[0])  # the rows' histories differ
+    # a drafter's single row after two chained drafts, on a reduced draft vocabulary of 30 ids
+    row = penalties.apply(logits[:1, :30], torch.tensor(drafts[:2]))
+    assert torch.equal(row, loop_penalised(logits[:1], PROMPT, history, drafts[:2], params)[:, :30])
+    unpenalised = Penalties(SamplingParams(), PROMPT, vocab, torch.device("cpu"))
+    unpenalised.record(history)
+    assert unpenalised.apply(logits, torch.tensor(drafts)) is logits
+
+
+def test_mtp_with_penalties_is_lossless_per_position():
+    """A looping model, blind to context but for the penalties: the same logits at every position. The
+    joint law of its first two tokens is q0(a) * q1(b | history + a), q1 moved by `a` through the
+    penalties. Drafts come from the unpenalised distribution, as an unpenalised drafter's would."""
+    raw = (torch.randn(1, V, generator=torch.Generator().manual_seed(15)) * 2).expand(4, V)
+    params = SamplingParams(temperature=1.0, min_p=0.02, repetition_penalty=1.5, presence_penalty=2.0,
+                            frequency_penalty=0.5)
+    unpenalised = target_probs(raw[:2], SamplingParams(temperature=1.0))
+
+    def history(*tokens):
+        penalties = Penalties(params, [0], V, torch.device("cpu"))
+        penalties.record(list(tokens))
+        return penalties
+
+    q0 = target_probs(history().apply(raw[:1]), params)[0]
+    joint = torch.stack([q0[a] * target_probs(history(a).apply(raw[1:2]), params)[0] for a in range(V)])
+
+    def first_two(trials, seed, per_position=True):
+        g = torch.Generator().manual_seed(seed)
+        pairs = []
+        for _ in range(trials):
+            penalties, emitted = history(), []
+            while len(emitted) < 2:
+                drafts = torch.multinomial(unpenalised, 1, generator=g)[:, 0]
+                rows = raw[:3]
+                logits = (penalties.apply(rows, drafts) if per_position else
+                          torch.cat([penalties.apply(row[None]) for row in rows]))
+                accepted, token = verify_drafts(drafts, unpenalised, target_probs(logits, params), g)
+                step = drafts[:accepted].tolist() + [token]
+                penalties.record(step)
+                emitted += step
+            pairs.append(emitted[0] * V + emitted[1])
+        emp = torch.bincount(torch.tensor(pairs), minlength=V * V).double() / trials
+        return 0.5 * float((emp - joint.flatten().double()).abs().sum())
+
+    # 36 cells: the expected TV of n draws is at most 0.5 * sqrt(2 / (pi n)) * sqrt(36) = 0.024 at n = 10000
+    assert first_two(10_000, seed=16) < 0.04
+    assert first_two(2_000, seed=17, per_position=False) > 0.2  # history-only penalties: measured 0.3
+
+
 @pytest.mark.parametrize("kwargs", [dict(temperature=-0.1), dict(top_k=-1), dict(top_p=0.0),
-                                    dict(top_p=-0.5), dict(top_p=1.01)])
+                                    dict(top_p=-0.5), dict(top_p=1.01), dict(min_p=-0.1), dict(min_p=1.5),
+                                    dict(repetition_penalty=0.0), dict(repetition_penalty=float("inf")),
+                                    dict(presence_penalty=float("nan")), dict(frequency_penalty=float("inf"))])
 def test_sampling_params_rejects_invalid(kwargs):
     with pytest.raises(ValueError):
         SamplingParams(**kwargs)

@@ -1,11 +1,13 @@
 """MTP speculative decoding is lossless: token-identical to plain decoding and to transformers, for
-every draft length, every accept pattern and every stop condition — and the rollback is exact."""
+every draft length, every accept pattern and every stop condition — and the rollback is exact. Greedy
+with repetition penalties too: the verify pass penalises each position with its own prefix."""
 
 import pytest
 import torch
 
 from daemon.engine.drafter import MTPDrafter
 from daemon.engine.options import GenerationOptions
+from daemon.engine.sampling import SamplingParams
 from daemon.engine.speculative import SpeculativeDecoder
 from daemon.tools.oracle_drafter import OracleDrafter
 from daemon.weights.loader import load_model
@@ -60,10 +62,38 @@ def test_mtp_output_equals_plain_and_transformers_for_every_k(tiny, models, name
         assert decode(model, prompt, 24, draft_k=2, draft_vocab=256) == plain
 
 
+PENALISED = SamplingParams(temperature=0.0, repetition_penalty=1.3, presence_penalty=0.8, frequency_penalty=0.4)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@torch.inference_mode()
+def test_greedy_with_penalties_mtp_equals_plain_for_every_k(tiny, models, name):
+    model, ref = models[name], reference_model(tiny[name])
+    changed = 0
+    for prompt in _prompts(tiny, name):
+        plain = decode(model, prompt, 24, sampling=PENALISED)
+        changed += plain != decode(model, prompt, 24)
+        for k in range(1, 4):
+            assert decode(model, prompt, 24, draft_k=k, sampling=PENALISED) == plain, f"k={k}"
+            # the tiny heads are random: an oracle drafter gets drafts accepted, wrong from slot step % (k+1)
+            # on, so later rows of a verify pass follow accepted drafts whose penalties they must count
+            oracle = OracleDrafter(model, len(prompt) + 32, prompt + plain,
+                                   errs=lambda step, slot: slot == step % (k + 1))
+            run = generation(model, prompt, 24, draft_k=k, drafter=oracle, sampling=PENALISED)
+            assert run.tokens() == plain, f"k={k}, oracle"
+            assert run.stats.accepted_per_position[-1] > 0  # every slot, the last included, was accepted
+        assert decode(model, prompt, 24, draft_k=2, draft_vocab=256, sampling=PENALISED) == plain
+        # the repetition penalty alone is transformers' (prompt and reply tokens, HF/vLLM semantics)
+        repetition = SamplingParams(repetition_penalty=1.3)
+        expected = ref.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False, repetition_penalty=1.3,
+                                eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+        assert decode(model, prompt, 24, sampling=repetition) == expected
+        assert decode(model, prompt, 24, draft_k=3, sampling=repetition) == expected
+    assert changed, "the penalties change some reply"
+
+
 @torch.inference_mode()
 def test_reduced_draft_vocabulary_drafts_only_the_first_ids(models):
-    from daemon.engine.sampling import SamplingParams
-
     model = models["qwen3.6-moe-tiny"]
     for params in (SamplingParams(), SamplingParams(temperature=1.0, seed=3)):
         drafter = MTPDrafter(model, 64, vocab=100)
@@ -191,8 +221,6 @@ def test_steps_mark_accepted_drafts_as_drafted(models):
 
 @torch.inference_mode()
 def test_seeded_sampling_is_reproducible_and_k_must_be_valid(models):
-    from daemon.engine.sampling import SamplingParams
-
     model = models["qwen3.6-dense-tiny"]
     prompt = random_ids(10, seed=26)[0].tolist()
     params = SamplingParams(temperature=0.8, top_p=0.9, top_k=50, seed=7)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from daemon.engine.penalties import Penalties
 from daemon.engine.sampling import SamplingParams, choose
 from daemon.model.text_model import QwenModel
 
@@ -57,19 +58,24 @@ class MTPDrafter:
         return token, F.pad(probs, (0, self.model.config.vocab_size - probs.shape[-1]))  # p = 0 outside
 
     @torch.inference_mode()
-    def propose(self, k: int, params: SamplingParams, generator: torch.Generator | None):
-        """k draft tokens [k], and the distributions [k, V] they were sampled from (None if greedy)."""
+    def propose(self, k: int, params: SamplingParams, generator: torch.Generator | None,
+                penalties: Penalties | None = None):
+        """k draft tokens [k], and the distributions [k, V] they were sampled from (None if greedy). With
+        `penalties` (the sequence's), each draft's logits are penalised as the target's will be, the drafts
+        before it included: closer to the target, so more drafts are accepted."""
         hidden, tokens, start = self._pending
         self._pending = None
         logits, out = self.model.mtp_forward(tokens, hidden, self.cache, start, vocab=self.vocab, last_only=True)
         position = start + tokens.shape[1]
-        drafts, probs = [], []
+        drafts = torch.empty(0, dtype=torch.long, device=logits.device)
+        probs = []
         for slot in range(k):
             if slot:  # chain: the last draft is the input, the MTP output the hidden
-                logits, out = self.model.mtp_forward(drafts[-1][None], out[:, -1:], self.cache, position,
+                logits, out = self.model.mtp_forward(drafts[-1:][None], out[:, -1:], self.cache, position,
                                                      vocab=self.vocab)
                 position += 1
-            token, dist = self.choose(logits[0, -1:], params, generator, slot)
-            drafts.append(token)
+            row = logits[0, -1:] if penalties is None else penalties.apply(logits[0, -1:], drafts)
+            token, dist = self.choose(row, params, generator, slot)
+            drafts = torch.cat((drafts, token))
             probs.append(dist)
-        return torch.cat(drafts), None if params.greedy else torch.cat(probs)
+        return drafts, None if params.greedy else torch.cat(probs)

@@ -1,17 +1,20 @@
 """Token choice: the target distribution q, and lossless verification of drafted tokens against it.
 
-q is the model's next-token distribution after temperature, top-k and top-p (temperature 0 means
-greedy: q is a point mass on the argmax). Every setting the protocol accepts gives a finite q: a
-temperature below GREEDY_BELOW decodes greedily (so dividing by it never overflows), and top-p always
-keeps the most likely token (a top_p that rounds to 0 in float32 is top-1). Drafts are verified by speculative rejection sampling: draft
+q is the model's next-token distribution after temperature, min-p, top-k and top-p, in vLLM's order
+(temperature 0 means greedy: q is a point mass on the argmax). The logits it starts from are already
+penalised for repetition (daemon/engine/penalties.py), so greedy is the argmax of the penalised logits.
+Every setting the protocol accepts gives a finite q: a temperature below GREEDY_BELOW decodes greedily
+(so dividing by it never overflows), and min-p, top-k and top-p always keep the most likely token (a
+top_p that rounds to 0 in float32 is top-1). Drafts are verified by speculative rejection sampling: draft
 x drawn from p is accepted with probability min(1, q(x)/p(x)); on rejection the token comes from
 norm(max(0, q − p)); after a full accept the bonus token comes from q. A greedy draft is a point mass
 p, so a greedy target accepts exactly while draft == argmax. The output is distributed exactly as q.
-Repetition penalty is not supported. All draws go through one seeded generator: runs are reproducible.
+All draws go through one seeded generator: runs are reproducible.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,9 +26,14 @@ GREEDY_BELOW = 1e-6
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """The defaults are the built-in ones: greedy, nothing filtered, no penalty."""
     temperature: float = 0.0
     top_k: int = 0  # 0: no limit
     top_p: float = 1.0
+    min_p: float = 0.0  # keep tokens at least min_p times as likely as the most likely one (0: all)
+    repetition_penalty: float = 1.0  # > 1 discourages tokens of the prompt and the reply (1: off)
+    presence_penalty: float = 0.0  # subtracted from the logit of every token the reply holds
+    frequency_penalty: float = 0.0  # subtracted once per occurrence in the reply
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -35,10 +43,21 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if not 0 < self.repetition_penalty < math.inf:
+            raise ValueError(f"repetition_penalty must be positive and finite, got {self.repetition_penalty}")
+        if not (math.isfinite(self.presence_penalty) and math.isfinite(self.frequency_penalty)):
+            raise ValueError("presence_penalty and frequency_penalty must be finite")
 
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW
+
+    @property
+    def penalised(self) -> bool:
+        """Whether any repetition, presence or frequency penalty is on."""
+        return self.repetition_penalty != 1 or self.presence_penalty != 0 or self.frequency_penalty != 0
 
 
 def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -47,6 +66,9 @@ def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     if params.greedy:
         return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
     logits = logits / params.temperature  # finite: temperature >= GREEDY_BELOW (softmax then shifts by the max)
+    if params.min_p > 0:  # p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p): the max always stays
+        floor = logits.amax(-1, keepdim=True) + math.log(params.min_p)
+        logits = logits.masked_fill(logits < floor, float("-inf"))
     if params.top_k and params.top_k < logits.shape[-1]:
         kth = logits.topk(params.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -18,6 +18,7 @@ import torch
 from daemon.engine.draft_policy import AdaptiveDraft, FixedDraft
 from daemon.engine.drafter import MTPDrafter
 from daemon.engine.options import GenerationOptions
+from daemon.engine.penalties import Penalties
 from daemon.engine.sampling import choose, target_probs, verify_drafts, verify_greedy
 from daemon.engine.state_cache import Snapshot
 from daemon.model.text_model import QwenModel
@@ -46,6 +47,7 @@ class SpeculativeDecoder:
         if sampling.seed is not None:
             self.generator = torch.Generator(model.output_device).manual_seed(sampling.seed)
         self.ids = list(prompt_ids)  # every token so far: the cache holds ids[:length], then `token`
+        self.penalties = Penalties(sampling, prompt_ids, model.config.vocab_size, model.output_device)
         self.length = 0
         self.token = -1
 
@@ -54,7 +56,12 @@ class SpeculativeDecoder:
         return self.cache.nbytes() + (self.drafter.cache.nbytes() if self.drafter else 0)
 
     def _choose(self, logits: torch.Tensor) -> int:
-        return int(choose(logits[None], self.sampling, self.generator)[0])
+        """The next token from the last position's logits [V]."""
+        return int(choose(self.penalties.apply(logits[None]), self.sampling, self.generator)[0])
+
+    def _emit(self, tokens: list[int]) -> None:
+        self.ids.extend(tokens)
+        self.penalties.record(tokens)
 
     def prefill(self, resume: Snapshot | None = None, boundary: int | None = None,
                 on_boundary: Callable[[Snapshot], object] | None = None) -> int:
@@ -82,7 +89,7 @@ class SpeculativeDecoder:
                 self._prefill_part(start, cut, boundary, on_boundary)
             start = cut
             yield cut
-        self.ids.append(self.token)
+        self._emit([self.token])
 
     def _prefill_part(self, start: int, cut: int, boundary: int | None,
                       on_boundary: Callable[[Snapshot], object] | None) -> None:
@@ -136,15 +143,16 @@ class SpeculativeDecoder:
             if self.drafter:  # keep the MTP cache complete for a later speculative step
                 self.drafter.extend(hidden, torch.tensor([[self.token]], device=self.model.device), self.length)
             self.length += 1
-            self.ids.append(self.token)
+            self._emit([self.token])
             return [self.token], 0
-        drafts, draft_probs = self.drafter.propose(k, self.sampling, self.generator)
+        drafts, draft_probs = self.drafter.propose(k, self.sampling, self.generator, self.penalties)
         verify_ids = torch.cat((torch.tensor([self.token], device=drafts.device), drafts))[None]
         logits, hidden = self.model(verify_ids, self.cache, self.length, keep_steps=True)
+        target = self.penalties.apply(logits[0], drafts)  # row i: penalised as if drafts[:i] were accepted
         if self.sampling.greedy:
-            accepted, following = verify_greedy(drafts, logits[0])
+            accepted, following = verify_greedy(drafts, target)
         else:
-            accepted, following = verify_drafts(drafts, draft_probs, target_probs(logits[0], self.sampling),
+            accepted, following = verify_drafts(drafts, draft_probs, target_probs(target, self.sampling),
                                                 self.generator)
         self.policy.update(k, accepted, time.perf_counter() - started)  # `accepted` synced the device
         if accepted < k:
@@ -154,5 +162,5 @@ class SpeculativeDecoder:
         self.drafter.extend(hidden[:, :accepted + 1], next_tokens, self.length)
         self.length += accepted + 1
         self.token = following
-        self.ids.extend(emitted)
+        self._emit(emitted)
         return emitted, k

@@ -19,11 +19,12 @@ import gc
 import threading
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from daemon.engine.sampling import SamplingParams
 from mtpchat.config import BUILTIN, Config, ModelSettings
 from mtpchat.protocol import ProtocolError
 
@@ -39,6 +40,7 @@ class ModelEntry:
     load_seconds: float = 0.0
     placement: object = None  # daemon.serve.placement.Placement, once planned
     context: int = 0  # tokens per stream: the configured context, capped at the model's limit
+    checkpoint_sampling: object = None  # daemon.weights.sampling_defaults.ModelSampling, once loaded
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def describe(self) -> dict:
@@ -50,8 +52,19 @@ class ModelEntry:
             info.update(placement=self.placement.describe(), context=self.context)
         if self.model is not None:
             info.update(device=str(self.model.device), dtype=str(self.model.dtype).removeprefix("torch."),
-                        mtp_head=self.model.mtp is not None)
+                        mtp_head=self.model.mtp is not None, sampling=self._effective_sampling(True),
+                        sampling_no_thinking=self._effective_sampling(False))
         return info
+
+    def sampling_defaults(self, thinking: bool) -> dict:
+        """The sampling settings a request that sets none gets (a resident model): config.toml's over the
+        checkpoint's; what neither gives stays SamplingParams' built-in default (greedy)."""
+        return {**self.checkpoint_sampling.defaults(thinking), **self.settings.sampling}
+
+    def _effective_sampling(self, thinking: bool) -> dict:
+        params = asdict(SamplingParams(**self.sampling_defaults(thinking)))
+        del params["seed"]
+        return params
 
 
 class ModelRegistry:
@@ -139,6 +152,8 @@ class ModelRegistry:
 
     def _load(self, entry: ModelEntry) -> None:
         from daemon.weights.chat_model import load_chat_model
+        from daemon.weights.checkpoint import resolve_checkpoint
+        from daemon.weights.sampling_defaults import checkpoint_sampling
 
         started = time.perf_counter()
         settings = entry.settings
@@ -152,6 +167,7 @@ class ModelRegistry:
                 entry.placement, dtype = self._plan(entry, path)
                 model, tokenizer = load_chat_model(path, dtype=dtype, placement=entry.placement,
                                                    progress=lambda fraction: setattr(entry, "progress", fraction))
+                entry.checkpoint_sampling = checkpoint_sampling(resolve_checkpoint(path))
         except Exception as exc:  # any failure is reported to clients; the daemon keeps serving
             entry.state, entry.error = "failed", f"{type(exc).__name__}: {exc}"
             return

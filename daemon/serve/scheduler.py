@@ -312,11 +312,12 @@ def fault(exc: Exception) -> str:
 
 def generation_options(request: GenerateRequest, entry: ModelEntry, prefill_chunk: int = 0) -> GenerationOptions:
     """The engine's options for a wire request on a model: the one place the two meet. A request that
-    leaves `draft` out gets the model's configured setting; a model without an MTP head decodes plainly."""
+    leaves `draft` out gets the model's configured setting; a model without an MTP head decodes plainly.
+    Each sampling setting comes from the request, else the model's defaults for its thinking mode."""
     draft = entry.settings.draft if request.draft is None else request.draft
     adaptive = draft == DRAFT_AUTO
     draft_k = (MAX_DRAFT if adaptive else draft) if entry.model.mtp is not None else 0
-    return GenerationOptions(max_tokens=request.max_tokens,
-                             sampling=SamplingParams(request.temperature, request.top_k, request.top_p, request.seed),
+    sampling = {**entry.sampling_defaults(request.thinking), **request.sampling}
+    return GenerationOptions(max_tokens=request.max_tokens, sampling=SamplingParams(**sampling, seed=request.seed),
                              draft_k=draft_k, adaptive=adaptive, draft_vocab=entry.settings.draft_vocab,
                              context=entry.context, stop=request.stop, prefill_chunk=prefill_chunk)

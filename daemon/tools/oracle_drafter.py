@@ -28,8 +28,8 @@ class OracleDrafter(MTPDrafter):
         super().extend(hidden, next_tokens, start)
         self._next_index = start + next_tokens.shape[1] + 1  # the last pair (h_i, t_i+1) predicts t_i+2
 
-    def propose(self, k, params, generator):
-        drafts = super().propose(k, params, generator)
+    def propose(self, k, params, generator, penalties=None):
+        drafts = super().propose(k, params, generator, penalties)
         self.steps += 1
         return drafts
 

