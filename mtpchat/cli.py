@@ -179,7 +179,9 @@ def _models(args: argparse.Namespace) -> int:
 
 def _model_line(model: dict) -> str:
     extra = f" — {model['error']}" if model["error"] else ""
-    return f"{'*' if model['default'] else ' '} {model['name']:<16} {model_state(model):<12} {model['path']}{extra}"
+    quantized = f" [{model['quantize']}]" if model.get("quantize", "none") != "none" else ""
+    return (f"{'*' if model['default'] else ' '} {model['name']:<16} {model_state(model):<12} {model['path']}"
+            f"{quantized}{extra}")
 
 
 ENGINE_COMMANDS = {"bench": "plain vs MTP decoding side by side, JSON out (runs mtpchatd bench)",

@@ -36,7 +36,8 @@ class ModelEntry:
         s = self.settings
         info = {"name": s.name, "path": s.path, "state": self.state, "progress": round(self.progress, 3),
                 "error": self.error, "draft": s.draft, "draft_vocab": s.draft_vocab,
-                "dtype": s.dtype, "device": s.device, "load_seconds": round(self.load_seconds, 3)}
+                "dtype": s.dtype, "device": s.device, "quantize": s.quantization.describe(),
+                "load_seconds": round(self.load_seconds, 3)}
         if self.placement is not None:
             info.update(placement=self.placement.describe(), context=self.context)
         if self.model is not None:
@@ -94,7 +95,7 @@ class ModelRegistry:
         budgets = device_budgets(self.max_memory, self._in_use(), self.states.budget)
         first = settings.devices[0] if settings.devices else ("cuda" if len(budgets) > 1 else "cpu")
         dtype = DTYPES[settings.dtype] if settings.dtype else default_dtype(torch.device(first))
-        footprint, entry.context = checkpoint_footprint(path, dtype, settings.context)
+        footprint, entry.context = checkpoint_footprint(path, dtype, settings.context, settings.quantization)
         return plan_placement(settings.name, footprint, budgets, settings.devices), dtype
 
     def _load(self, entry: ModelEntry) -> None:
@@ -111,7 +112,8 @@ class ModelRegistry:
                     path = builtin_checkpoint(path)
                 entry.placement, dtype = self._plan(entry, path)
                 model, tokenizer = load_chat_model(path, dtype=dtype, placement=entry.placement,
-                                                   progress=lambda fraction: setattr(entry, "progress", fraction))
+                                                   progress=lambda fraction: setattr(entry, "progress", fraction),
+                                                   quantization=settings.quantization)
         except Exception as exc:  # any failure is reported to clients; the daemon keeps serving
             entry.state, entry.error = "failed", f"{type(exc).__name__}: {exc}"
             return
