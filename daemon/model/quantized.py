@@ -129,11 +129,11 @@ class Int4Linear(nn.Module):
         self.packed.copy_(torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1))
         self.scales_and_zeros.copy_(torch.stack((scales, zeros), dim=-1).transpose(0, 1))
 
-    def forward(self, x: torch.Tensor, outputs: int | None = None) -> torch.Tensor:
-        """x [..., in] -> [..., out] (only the first `outputs` features, a multiple of 16, when given)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., in] -> [..., out]. (No first-outputs form as Linear and Int8Linear have: the packing
+        interleaves rows, and the lm_head, the one layer asked for it, is never int4.)"""
         flat = x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype)
-        out = torch._weight_int4pack_mm_for_cpu(flat, self.packed[:outputs], self.group,
-                                                self.scales_and_zeros[:, :outputs])
+        out = torch._weight_int4pack_mm_for_cpu(flat, self.packed, self.group, self.scales_and_zeros)
         return out.to(x.dtype).reshape(*x.shape[:-1], out.shape[-1])
 
     def dequantized(self) -> torch.Tensor:
