@@ -22,7 +22,7 @@ from pathlib import Path
 from mtpchat.client import BUSY, DOWN, DaemonClient, DaemonUnavailable, daemon_liveness, local_daemon_pid, start_daemon
 from mtpchat.config import format_size
 from mtpchat.paths import daemon_log, pid_file
-from mtpchat.protocol import DRAFT_AUTO, MAX_DRAFT
+from mtpchat.protocol import DRAFT_AUTO, MAX_DRAFT, QUANTIZE_CHOICES
 from mtpchat.status_text import model_state, placement_line, state_cache_line
 
 
@@ -39,6 +39,8 @@ def _ask(args: argparse.Namespace) -> int:
     fields = {"model": args.model, "messages": [{"role": "user", "content": prompt}], "system": args.system,
               "max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
               "top_k": args.top_k, "seed": args.seed, "thinking": not args.no_think, "stop": args.stop}
+    if args.quantize:
+        fields["quantize"] = args.quantize
     if args.no_mtp:
         fields["draft"] = 0
     elif args.draft is not None:
@@ -215,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--model", help="configured model name, checkpoint directory or Hugging Face repo id "
                                      "(default: the configured default)")
     ask.add_argument("--system", help="system prompt")
+    ask.add_argument("--quantize", choices=QUANTIZE_CHOICES,
+                     help="weight-only quantization of the model (default: its configured setting); another "
+                          "than that loads a variant of the model beside it")
     ask.add_argument("--max-tokens", type=int, default=128)
     ask.add_argument("--no-mtp", action="store_true", help="plain decoding (the same engine with k = 0)")
     ask.add_argument("--draft", choices=[*map(str, range(1, MAX_DRAFT + 1)), DRAFT_AUTO], metavar="K",

@@ -49,7 +49,7 @@ from pathlib import Path
 import tomllib
 
 from mtpchat.paths import config_dir
-from mtpchat.protocol import DRAFT_CHOICES
+from mtpchat.protocol import DRAFT_CHOICES, QUANTIZE_CHOICES
 
 BUILTIN = "builtin:"  # paths the daemon makes itself (daemon.weights.builtin_models)
 DEMO = "demo"
@@ -58,7 +58,6 @@ DEMO_PATH = "builtin:smollm2"  # resolved by the daemon to the converted demo ch
 TINY = "tiny"
 TINY_PATH = "builtin:tiny"  # resolved by the daemon to the tiny checkpoint it builds in the cache
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
-QUANTIZE_CHOICES = ("none", "int8", "int4")
 # int4 group sizes torch's kernel takes (of the 32..256 it accepts, the useful range). 32 by default:
 # GGUF's Q4_1 blocks are 32 wide (the demo maps onto it without re-quantizing), it divides every
 # hidden size we run (SmolLM2's 576 is not a multiple of 128), and it measured as fast as 64.

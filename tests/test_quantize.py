@@ -182,3 +182,15 @@ def test_quantization_is_described_for_status():
 def test_quantizing_onto_a_gpu_is_refused_before_reading_weights(tiny):
     with pytest.raises(ValueError, match="CPU only"):
         load_model(tiny["qwen3.6-dense-tiny"], device="cuda:0", quantization=Quantization("int8"))
+
+
+def test_asking_for_another_quantization_adds_a_variant_of_the_model():
+    from daemon.serve.registry import ModelRegistry
+    from mtpchat.config import Config
+
+    registry = ModelRegistry(Config({"m": ModelSettings("m", "/ckpt", quantize="int8", quantize_group=64)}, "m"))
+    assert registry.entry("m", None) is registry.entry("m", "int8") is registry.entries["m"]
+    variant = registry.entry("m", "int4")
+    assert variant is registry.entry(None, "int4") and variant.settings.name == "m@int4"
+    assert variant.settings.quantization == Quantization("int4", 64) and not variant.settings.load_at_start
+    assert variant.describe()["quantize"] == "int4 (group 64)"

@@ -9,6 +9,7 @@ what is missing, and the others keep serving. Unloading drops every reference an
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import threading
 import time
@@ -58,13 +59,22 @@ class ModelRegistry:
         # one load at a time: building on the meta device is a process-wide torch mode
         self._loading = threading.Lock()
 
-    def entry(self, name: str | None) -> ModelEntry | None:
+    def entry(self, name: str | None, quantize: str | None = None) -> ModelEntry | None:
         """A configured model by name; a checkpoint directory or hub repo id (anything with a '/') is
-        added on first use under its own name, so `ask --model PATH` works without configuration."""
+        added on first use under its own name, so `ask --model PATH` works without configuration. With
+        a `quantize` other than the model's own, a variant "NAME@METHOD" is added the same way (a
+        model of its own, loaded beside the configured one)."""
         name = name or self.default
         if name not in self.entries and "/" in name:
             self.entries[name] = ModelEntry(ModelSettings(name, name, load_at_start=False))
-        return self.entries.get(name)
+        entry = self.entries.get(name)
+        if entry is None or quantize is None or quantize == entry.settings.quantize:
+            return entry
+        variant = f"{entry.settings.name}@{quantize}"
+        if variant not in self.entries:
+            self.entries[variant] = ModelEntry(dataclasses.replace(entry.settings, name=variant, quantize=quantize,
+                                                                   load_at_start=False))
+        return self.entries[variant]
 
     def load(self, name: str) -> ModelEntry:
         """Start loading in the background (no-op when resident or already loading)."""

@@ -147,7 +147,7 @@ class DaemonServer:
         return f"unknown model {name!r}; configured: {', '.join(sorted(self.registry.entries))}"
 
     def _start_generation(self, identity: bytes, request: GenerateRequest) -> None:
-        entry = self.registry.entry(request.model)
+        entry = self.registry.entry(request.model, request.quantize)
         if entry is None:
             raise ProtocolError("unknown_model", self._unknown_model(request.model), request.id)
         if (identity, request.id) in self.generations:
