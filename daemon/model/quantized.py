@@ -30,13 +30,21 @@ with inner k-tiles) that no machine of this project's CI can test; the loader re
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from daemon.model.linear import Linear
 from daemon.model.mlp import RoutedExperts
-from mtpchat.config import Quantization
+
+
+class Quantization(Protocol):
+    """What to quantize how; `mtpchat.config.Quantization` is one (the model layer imports no config)."""
+    method: str  # "none" | "int8" | "int4", the trunk's linear layers
+    group: int  # int4: inputs per scale and zero point
+    mtp_method: str  # the MTP head's
 
 KERNEL_DTYPE = torch.bfloat16  # the only activation dtype torch's CPU weight-only kernels vectorise
 INT4_ROWS = 16  # the int4 CPU packing takes out_features in multiples of this
