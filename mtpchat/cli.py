@@ -22,7 +22,7 @@ from pathlib import Path
 from mtpchat.client import BUSY, DOWN, DaemonClient, DaemonUnavailable, daemon_liveness, local_daemon_pid, start_daemon
 from mtpchat.config import format_size
 from mtpchat.paths import daemon_log, pid_file
-from mtpchat.protocol import DRAFT_AUTO, MAX_DRAFT, SAMPLING_FIELDS
+from mtpchat.protocol import DRAFT_AUTO, MAX_DRAFT, QUANTIZE_CHOICES, SAMPLING_FIELDS
 from mtpchat.status_text import model_state, placement_line, state_cache_line
 
 
@@ -40,6 +40,8 @@ def _ask(args: argparse.Namespace) -> int:
               "max_tokens": args.max_tokens, "seed": args.seed, "thinking": not args.no_think, "stop": args.stop}
     # a sampling flag left out is left out of the request: the daemon then uses the model's default
     fields.update({name: getattr(args, name) for name in SAMPLING_FIELDS if getattr(args, name) is not None})
+    if args.quantize:
+        fields["quantize"] = args.quantize
     if args.no_mtp:
         fields["draft"] = 0
     elif args.draft is not None:
@@ -180,7 +182,9 @@ def _models(args: argparse.Namespace) -> int:
 
 def _model_line(model: dict) -> str:
     extra = f" — {model['error']}" if model["error"] else ""
-    return f"{'*' if model['default'] else ' '} {model['name']:<16} {model_state(model):<12} {model['path']}{extra}"
+    quantized = f" [{model['quantize']}]" if model.get("quantize", "none") != "none" else ""
+    return (f"{'*' if model['default'] else ' '} {model['name']:<16} {model_state(model):<12} {model['path']}"
+            f"{quantized}{extra}")
 
 
 ENGINE_COMMANDS = {"bench": "plain vs MTP decoding side by side, JSON out (runs mtpchatd bench)",
@@ -214,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--model", help="configured model name, checkpoint directory or Hugging Face repo id "
                                      "(default: the configured default)")
     ask.add_argument("--system", help="system prompt")
+    ask.add_argument("--quantize", choices=QUANTIZE_CHOICES,
+                     help="weight-only quantization of the model (default: its configured setting); another "
+                          "than that loads a variant of the model beside it")
     ask.add_argument("--max-tokens", type=int, default=128)
     ask.add_argument("--no-mtp", action="store_true", help="plain decoding (the same engine with k = 0)")
     ask.add_argument("--draft", choices=[*map(str, range(1, MAX_DRAFT + 1)), DRAFT_AUTO], metavar="K",

@@ -10,6 +10,9 @@ offline (loaded on request only). Pointing mtpchat at real models is a few lines
     path = "Qwen/Qwen3.6-27B"          # a repo id in the local Hugging Face cache, or a directory
     draft = 3                          # MTP draft tokens per step, or "auto"; 0 decodes plainly
     draft_vocab = 8192                 # optional: drafts among the first N token ids only (cheaper)
+    quantize = "int4"                  # weight-only "int8" or "int4" (CPU); default "none"
+    quantize_group = 128               # int4: inputs per scale, 32 (default), 64 or 128
+    quantize_mtp = "int8"              # the MTP head's own; default: as quantize
     [models.dense.sampling]            # optional: replaces the checkpoint's own sampling defaults
     temperature = 0.7                  # also top_p, top_k, min_p, repetition_penalty, presence_penalty,
     presence_penalty = 1.0             # frequency_penalty: the generate request's fields (docs/protocol.md)
@@ -60,7 +63,7 @@ from pathlib import Path
 import tomllib
 
 from mtpchat.paths import config_dir
-from mtpchat.protocol import DRAFT_CHOICES, SAMPLING_FIELDS, ProtocolError, sampling_fields
+from mtpchat.protocol import DRAFT_CHOICES, QUANTIZE_CHOICES, SAMPLING_FIELDS, ProtocolError, sampling_fields
 
 BUILTIN = "builtin:"  # paths the daemon makes itself (daemon.weights.builtin_models)
 DEMO = "demo"
@@ -69,6 +72,11 @@ DEMO_PATH = "builtin:smollm2"  # resolved by the daemon to the converted demo ch
 TINY = "tiny"
 TINY_PATH = "builtin:tiny"  # resolved by the daemon to the tiny checkpoint it builds in the cache
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+# int4 group sizes torch's kernel takes (of the 32..256 it accepts, the useful range). 32 by default:
+# GGUF's Q4_1 blocks are 32 wide (the demo maps onto it without re-quantizing), it divides every
+# hidden size we run (SmolLM2's 576 is not a multiple of 128), and it measured as fast as 64.
+QUANTIZE_GROUPS = (32, 64, 128)
+DEFAULT_QUANTIZE_GROUP = 32
 DEFAULT_CONTEXT = 32768
 DEFAULT_STATE_CACHE = 4 * 2**30
 DEFAULT_THEME = "mtpchat-dark"
@@ -92,6 +100,35 @@ def parse_size(value: int | str) -> int:
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """Weight-only quantization of one model: `method` for the trunk's linear layers (the lm_head
+    becomes int8 whenever it is not "none"), `group` inputs per int4 scale, and the MTP head's own
+    method (`mtp` None: as the trunk)."""
+    method: str = "none"
+    group: int = DEFAULT_QUANTIZE_GROUP
+    mtp: str | None = None
+
+    @property
+    def mtp_method(self) -> str:
+        return self.method if self.mtp is None else self.mtp
+
+    def describe(self) -> str:
+        """"none", "int8", "int4 (group 32)", "int4 (group 32), MTP head none"."""
+        def one(method: str) -> str:
+            return f"{method} (group {self.group})" if method == "int4" else method
+        head = "" if self.mtp_method == self.method else f", MTP head {one(self.mtp_method)}"
+        return one(self.method) + head
+
+    def __post_init__(self) -> None:
+        for field_name, value in (("quantize", self.method), ("quantize_mtp", self.mtp_method)):
+            if value not in QUANTIZE_CHOICES:
+                raise ValueError(f"{field_name} must be one of {', '.join(map(repr, QUANTIZE_CHOICES))}, got {value!r}")
+        if type(self.group) is not int or self.group not in QUANTIZE_GROUPS:
+            raise ValueError(f"quantize_group must be one of {', '.join(map(str, QUANTIZE_GROUPS))} (inputs per "
+                             f"int4 scale), got {self.group!r}")
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     name: str
     path: str
@@ -102,6 +139,13 @@ class ModelSettings:
     load_at_start: bool = True
     context: int = DEFAULT_CONTEXT
     sampling: dict = field(default_factory=dict)  # sampling defaults over the checkpoint's (SAMPLING_FIELDS)
+    quantize: str = "none"  # weight-only: "none" | "int8" | "int4" (see Quantization)
+    quantize_group: int = DEFAULT_QUANTIZE_GROUP
+    quantize_mtp: str | None = None  # the MTP head's own method; None: as quantize
+
+    @property
+    def quantization(self) -> Quantization:
+        return Quantization(self.quantize, self.quantize_group, self.quantize_mtp)
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -126,6 +170,10 @@ class ModelSettings:
         if self.dtype is not None and self.dtype not in DTYPE_NAMES:
             raise ValueError(f"model {self.name!r}: dtype must be one of {DTYPE_NAMES}, got {self.dtype!r}")
         self._check_sampling()
+        try:
+            Quantization(self.quantize, self.quantize_group, self.quantize_mtp)
+        except ValueError as exc:
+            raise ValueError(f"model {self.name!r}: {exc}") from None
 
     def _check_sampling(self) -> None:
         where = f"model {self.name!r}: [models.{self.name}.sampling]"

@@ -26,6 +26,7 @@ TERMINAL = ("done", "error", "cancelled")  # reply types that end a request
 MAX_DRAFT = 4  # the most tokens the MTP head drafts per step
 DRAFT_AUTO = "auto"  # the draft setting that picks k per step (adaptive, at most MAX_DRAFT)
 DRAFT_CHOICES = (*range(MAX_DRAFT + 1), DRAFT_AUTO)  # every draft setting; 0 decodes plainly
+QUANTIZE_CHOICES = ("none", "int8", "int4")  # weight-only quantization of a model (mtpchat.config.Quantization)
 
 # Stats keys, named as vLLM names its speculative-decoding metrics (docs/protocol.md, "stats map"):
 # the daemon writes them, clients read them.
@@ -222,6 +223,7 @@ class GenerateRequest(Request):
     frequency_penalty: float | None = None
     seed: int | None = None
     draft: int | str | None = None
+    quantize: str | None = None  # None (not sent): the model's configured quantization
     thinking: bool = True
     stop: tuple[str, ...] = ()
 
@@ -263,6 +265,9 @@ def _generate(request_id: str, message: dict) -> GenerateRequest:
     draft = get("draft", defaults.draft)
     if "draft" in message and draft != DRAFT_AUTO and not (_is_int(draft) and 0 <= draft <= MAX_DRAFT):
         raise _invalid("draft", f'must be an integer from 0 to {MAX_DRAFT} or "{DRAFT_AUTO}"')
+    quantize = get("quantize")
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise _invalid("quantize", f"must be one of {', '.join(map(repr, QUANTIZE_CHOICES))} or null")
     thinking = get("thinking", defaults.thinking)
     if not isinstance(thinking, bool):
         raise _invalid("thinking", "must be a boolean")
@@ -275,6 +280,7 @@ def _generate(request_id: str, message: dict) -> GenerateRequest:
         **sampling_fields(message),
         seed=seed,
         draft=draft,
+        quantize=quantize,
         thinking=thinking,
         stop=_stops(get("stop", [])),
     )

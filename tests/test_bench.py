@@ -68,3 +68,14 @@ def test_bench_command_prints_json(tiny, tmp_path):
     assert report["checkpoint"]["mtp"]["2"]["speedup"] > 0 and report["dtype"] == "float32"
     assert report["prompts"] == 2  # the two given, not the built-in ones
     assert report["checkpoint_draft_vocab"]["mtp_identical_to_plain"] is True
+
+
+def test_bench_command_measures_each_quantization(tiny, tmp_path):
+    env = dict(os.environ, MTPCHAT_HOME=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "daemon", "bench", "--model", str(tiny["qwen3.6-dense-tiny"]),
+                           "--draft", "1", "--prompt", "Hi", "--max-tokens", "6", "--quantize", "none,int4"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)["by_quantize"]
+    assert set(report) == {"none", "int4 (group 32)"}
+    assert all(part["checkpoint"]["mtp_identical_to_plain"] for part in report.values())

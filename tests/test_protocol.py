@@ -260,6 +260,7 @@ def test_parse_returns_a_new_normalised_request():
     ("presence_penalty", -2), ("presence_penalty", 2), ("frequency_penalty", -2), ("frequency_penalty", 2),
     ("seed", 0), ("seed", -5), ("seed", 2**64 - 1),
     ("draft", 0), ("draft", MAX_DRAFT), ("draft", DRAFT_AUTO), ("thinking", False),
+    ("quantize", "none"), ("quantize", "int8"), ("quantize", "int4"),
     ("stop", []), ("stop", ["s" * 256] * 16),
 ])
 def test_generate_accepts_edge_values(field, value):
@@ -313,6 +314,7 @@ BAD_FIELDS = [
         "seed": [1.0, "1", True, [1]],
         "draft": [-1, MAX_DRAFT + 1, 2.0, "2", "AUTO", None, True, False],
         "thinking": [1, 0, "true", None],
+        "quantize": ["int3", "INT8", 8, True],
         "stop": ["\n", None, {"a": 1}, ["s"] * 17],
     }.items() for value in values],
     *[("generate", "stop[0]", {"messages": USER, "stop": value}) for value in ([""], ["s" * 257], [1], [None])],

@@ -41,5 +41,6 @@ class Linear(nn.Linear):
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight)
+    def forward(self, x: torch.Tensor, outputs: int | None = None) -> torch.Tensor:
+        """x [..., in] -> [..., out], or only the first `outputs` features (a reduced draft vocabulary)."""
+        return linear(x, self.weight[:outputs])

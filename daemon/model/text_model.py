@@ -16,7 +16,7 @@ from daemon.model.attention import Attention
 from daemon.model.cache import AttentionCache, ModelCache
 from daemon.model.config import TextConfig
 from daemon.model.deltanet import GatedDeltaNet
-from daemon.model.linear import Linear, linear
+from daemon.model.linear import Linear
 from daemon.model.mlp import feed_forward
 from daemon.model.norms import rms_norm
 from daemon.model.precision import accumulation_dtype
@@ -86,7 +86,7 @@ class QwenModel(nn.Module):
     @property
     def output_device(self) -> torch.device:
         """Where logits, the final hidden states and the MTP head live (the last device of a split)."""
-        return self.lm_head.weight.device
+        return self.norm.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -167,4 +167,4 @@ class QwenModel(nn.Module):
         ctx = self._context(next_ids.shape[1], start, False, self.output_device)
         embeds = self.embed_tokens(next_ids.to(self.device)).to(self.output_device)
         out = self.mtp(embeds, hidden, cache, ctx)
-        return linear(out[:, -1:] if last_only else out, self.lm_head.weight[:vocab]), out
+        return self.lm_head(out[:, -1:] if last_only else out, vocab), out

@@ -3,7 +3,8 @@
 Budgets come from the devices present (a GPU's free memory less headroom for activations, the host's
 available memory for the CPU), capped by the user's `max_memory` per device, which counts what this
 daemon's resident models already hold there. A model's footprint is computed on the meta device from
-its config: exact weight bytes per part plus the cache of one stream at the model's context length.
+its config: exact weight bytes per part (quantized layers at their quantized size) plus the cache of
+one stream at the model's context length.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import torch
 
 from daemon.model.cache import ModelCache
 from daemon.model.config import TextConfig
+from daemon.model.quantized import quantize_modules
 from daemon.model.text_model import QwenModel
 from daemon.serve.placement import GPU_HEADROOM, DeviceBudget, Footprint
 from daemon.weights.checkpoint import CheckpointFiles, resolve_checkpoint
+from mtpchat.config import Quantization
 
 MAX_DRAFT_SLOTS = 5  # DeltaNet step slots of a (k+1)-token verify at the largest draft k (4)
 
@@ -59,13 +62,18 @@ def device_budgets(max_memory: dict[str, int], in_use: dict[str, int],
 
 
 def _bytes(*modules: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for module in modules for p in module.parameters())
+    """Parameters and buffers (a quantized layer's codes and scales are buffers)."""
+    return sum(t.numel() * t.element_size() for module in modules
+               for t in (*module.parameters(), *module.buffers()))
 
 
-def model_footprint(config: TextConfig, dtype: torch.dtype, with_mtp: bool, context: int) -> Footprint:
-    """Weights per part in `dtype`, each layer with its cache for `context` tokens (one stream)."""
+def model_footprint(config: TextConfig, dtype: torch.dtype, with_mtp: bool, context: int,
+                    quantization: Quantization = Quantization()) -> Footprint:
+    """Weights per part in `dtype` (quantized as `quantization` says), each layer with its cache for
+    `context` tokens (one stream)."""
     with torch.device("meta"):
         model = QwenModel(config, with_mtp=with_mtp).to(dtype)
+        quantize_modules(model, quantization)
         cache = ModelCache(config, context, max_steps=MAX_DRAFT_SLOTS, device="meta", dtype=dtype)
     layers = tuple(_bytes(layer) + layer_cache.nbytes() for layer, layer_cache in zip(model.layers, cache.layers))
     head = _bytes(model.norm, model.lm_head)
@@ -74,10 +82,12 @@ def model_footprint(config: TextConfig, dtype: torch.dtype, with_mtp: bool, cont
     return Footprint(_bytes(model.embed_tokens), layers, head)
 
 
-def checkpoint_footprint(checkpoint: str | Path, dtype: torch.dtype, context: int) -> tuple[Footprint, int]:
-    """What the checkpoint needs at `dtype` with one stream of up to `context` tokens (capped at the
-    model's own limit), and that limit."""
+def checkpoint_footprint(checkpoint: str | Path, dtype: torch.dtype, context: int,
+                         quantization: Quantization = Quantization()) -> tuple[Footprint, int]:
+    """What the checkpoint needs at `dtype` and `quantization` with one stream of up to `context` tokens
+    (capped at the model's own limit), and that limit."""
     directory = resolve_checkpoint(checkpoint)
     config = TextConfig.from_checkpoint(directory)
     context = min(context, config.max_position_embeddings)
-    return model_footprint(config, dtype, "mtp.fc.weight" in CheckpointFiles(directory), context), context
+    files = CheckpointFiles(directory)
+    return model_footprint(config, dtype, "mtp.fc.weight" in files, context, quantization), context

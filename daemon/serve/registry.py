@@ -15,6 +15,7 @@ is refused before it is added.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import threading
 import time
@@ -47,7 +48,8 @@ class ModelEntry:
         s = self.settings
         info = {"name": s.name, "path": s.path, "state": self.state, "progress": round(self.progress, 3),
                 "error": self.error, "draft": s.draft, "draft_vocab": s.draft_vocab,
-                "dtype": s.dtype, "device": s.device, "load_seconds": round(self.load_seconds, 3)}
+                "dtype": s.dtype, "device": s.device, "quantize": s.quantization.describe(),
+                "load_seconds": round(self.load_seconds, 3)}
         if self.placement is not None:
             info.update(placement=self.placement.describe(), context=self.context)
         if self.model is not None:
@@ -82,11 +84,22 @@ class ModelRegistry:
         # one load at a time: building on the meta device is a process-wide torch mode
         self._loading = threading.Lock()
 
-    def entry(self, name: str | None, in_use: Collection[str] = ()) -> ModelEntry | None:
+    def entry(self, name: str | None, in_use: Collection[str] = (), quantize: str | None = None) -> ModelEntry | None:
         """A configured model by name; a checkpoint directory or hub repo id (anything with a '/') is
         added on first use under its canonical name, so `ask --model PATH` works without configuration.
-        Raises ProtocolError when that is no checkpoint, or when every kept path model is streaming
-        (`in_use`: the names with generations)."""
+        With a `quantize` other than the model's own, a variant "NAME@METHOD" is added the same way (a
+        model of its own, loaded beside the configured one). Raises ProtocolError when the name is no
+        checkpoint, or when every kept path model is streaming (`in_use`: the names with generations)."""
+        entry = self._named(name or self.default, in_use)
+        if entry is None or quantize is None or quantize == entry.settings.quantize:
+            return entry
+        variant = f"{entry.settings.name}@{quantize}"
+        if variant not in self.entries:
+            self.entries[variant] = ModelEntry(dataclasses.replace(entry.settings, name=variant, quantize=quantize,
+                                                                   load_at_start=False))
+        return self.entries[variant]
+
+    def _named(self, name: str, in_use: Collection[str]) -> ModelEntry | None:
         name = name or self.default
         if name in self.configured or "/" not in name:
             return self.entries.get(name)
@@ -147,7 +160,7 @@ class ModelRegistry:
         budgets = device_budgets(self.max_memory, self._in_use(), self.states.budget)
         first = settings.devices[0] if settings.devices else ("cuda" if len(budgets) > 1 else "cpu")
         dtype = DTYPES[settings.dtype] if settings.dtype else default_dtype(torch.device(first))
-        footprint, entry.context = checkpoint_footprint(path, dtype, settings.context)
+        footprint, entry.context = checkpoint_footprint(path, dtype, settings.context, settings.quantization)
         return plan_placement(settings.name, footprint, budgets, settings.devices), dtype
 
     def _load(self, entry: ModelEntry) -> None:
@@ -166,7 +179,8 @@ class ModelRegistry:
                     path = builtin_checkpoint(path)
                 entry.placement, dtype = self._plan(entry, path)
                 model, tokenizer = load_chat_model(path, dtype=dtype, placement=entry.placement,
-                                                   progress=lambda fraction: setattr(entry, "progress", fraction))
+                                                   progress=lambda fraction: setattr(entry, "progress", fraction),
+                                                   quantization=settings.quantization)
                 entry.checkpoint_sampling = checkpoint_sampling(resolve_checkpoint(path))
         except Exception as exc:  # any failure is reported to clients; the daemon keeps serving
             entry.state, entry.error = "failed", f"{type(exc).__name__}: {exc}"

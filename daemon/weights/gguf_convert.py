@@ -6,6 +6,13 @@ dequantised values exactly, so nothing is lost twice), tokenizer files with the 
 (transformers builds the tokenizer from the GGUF's vocabulary) and generation_config.json. llama.cpp
 stores q_proj/k_proj rows permuted (each head's rotary halves interleaved, for its RoPE kernel); we
 undo that. The result loads through the ordinary loader, and transformers loads it too.
+
+Q4_1 tensors (blocks of 32 weights: float16 scale d and min m, w = d·q + m, q in 0..15) are also kept
+as shipped, in q4_1.safetensors beside the model (`<name>.q4_1_codes` uint8 [rows, cols/2] in ggml's
+nibble order, `.q4_1_d` and `.q4_1_m` float16 [rows, cols/32]): int4 at group 32 is the same form,
+so the loader maps them onto it without quantizing twice (daemon.model.quantized.q4_1_to_int4).
+Other GGUF types (the demo's Q8_0 embedding: 32 int8 with one scale, which per-channel int8 cannot
+express) are kept only dequantised.
 """
 
 from __future__ import annotations
@@ -27,6 +34,39 @@ LAYER_TENSORS = {
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
 TOP_TENSORS = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+Q4_1_FILE = "q4_1.safetensors"
+Q4_1_GROUP = 32  # weights per Q4_1 block
+Q4_1_BLOCK_BYTES = 20  # float16 d, float16 m, 16 bytes of codes
+
+
+def q4_1_names(weight_name: str) -> tuple[str, str, str]:
+    """Where the Q4_1 codes, scales and mins of the checkpoint tensor `weight_name` are stored."""
+    base = weight_name.removesuffix(".weight")
+    return f"{base}.q4_1_codes", f"{base}.q4_1_d", f"{base}.q4_1_m"
+
+
+def split_q4_1(blocks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A Q4_1 tensor's bytes [rows, cols/32·20] -> (codes bytes [rows, cols/2], d, m [rows, cols/32])."""
+    rows = blocks.shape[0]
+    blocks = torch.from_numpy(np.array(blocks)).reshape(rows, -1, Q4_1_BLOCK_BYTES)
+    d, m = (blocks[..., i:i + 2].contiguous().view(torch.float16)[..., 0] for i in (0, 2))
+    return blocks[..., 4:].reshape(rows, -1).contiguous(), d, m
+
+
+def unpack_q4_1_codes(codes: torch.Tensor) -> torch.Tensor:
+    """ggml's nibble order -> codes 0..15 [rows, cols]: in each block's 16 bytes, the low nibbles are
+    weights 0..15 and the high nibbles weights 16..31."""
+    rows = codes.shape[0]
+    blocks = codes.reshape(rows, -1, Q4_1_GROUP // 2)
+    return torch.cat((blocks & 0x0F, blocks >> 4), dim=-1).reshape(rows, -1)
+
+
+def read_q4_1(files, weight_name: str, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes 0..15 [rows, cols], d, m [rows, cols/32]) of a checkpoint tensor kept as Q4_1."""
+    rows, cols = shape
+    codes, d, m = q4_1_names(weight_name)
+    return (unpack_q4_1_codes(files.read(codes, (rows, cols // 2))), files.read(d, (rows, cols // Q4_1_GROUP)),
+            files.read(m, (rows, cols // Q4_1_GROUP)))
 
 
 class ConversionError(Exception):
@@ -89,11 +129,13 @@ def _hf_name(gguf_name: str) -> str:
     raise ConversionError(f"unexpected tensor {gguf_name!r} in a Llama GGUF file")
 
 
-def _tensors(reader, config: dict, progress: Callable[[float], None]) -> dict[str, torch.Tensor]:
+def _tensors(reader, config: dict, progress: Callable[[float], None]) -> tuple[dict, dict]:
+    """(float32 tensors by name, the Q4_1 tensors' codes, d and m by name), q/k rows unpermuted in both."""
+    from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
     heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
-    tensors = {}
+    tensors, q4_1 = {}, {}
     for done, tensor in enumerate(reader.tensors, start=1):
         try:
             values = torch.from_numpy(np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32))
@@ -101,11 +143,15 @@ def _tensors(reader, config: dict, progress: Callable[[float], None]) -> dict[st
             raise ConversionError(f"tensor {tensor.name!r} uses {tensor.tensor_type.name}, which gguf cannot "
                                   f"dequantise: {exc}") from None
         kind = tensor.name.split(".")[-2]
+        name = _hf_name(tensor.name)
+        parts = split_q4_1(tensor.data) if tensor.tensor_type == GGMLQuantizationType.Q4_1 else ()
         if kind in heads:
             values = unpermute_rows(values, heads[kind])
-        tensors[_hf_name(tensor.name)] = values
+            parts = tuple(unpermute_rows(part, heads[kind]) for part in parts)
+        tensors[name] = values
+        q4_1.update(zip(q4_1_names(name), parts))
         progress(done / len(reader.tensors))
-    return tensors
+    return tensors, q4_1
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path, progress: Callable[[float], None] = lambda fraction: None) -> Path:
@@ -123,7 +169,10 @@ def convert_gguf(gguf_path: Path, out_dir: Path, progress: Callable[[float], Non
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    save_file(_tensors(reader, config, progress), partial / "model.safetensors", metadata={"format": "pt"})
+    tensors, q4_1 = _tensors(reader, config, progress)
+    save_file(tensors, partial / "model.safetensors", metadata={"format": "pt"})
+    if q4_1:
+        save_file(q4_1, partial / Q4_1_FILE, metadata={"format": "pt"})
     (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"], "do_sample": False}
     (partial / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")

@@ -6,10 +6,14 @@ on CUDA unless told otherwise). Trunk tensors live under `model.language_model.`
 checkpoints and under `model.` in text-only ones; `lm_head.*` and `mtp.*` sit at the top. Routed
 experts are read fused (`experts.gate_up_proj`, the hub layout) or per expert
 (`experts.{i}.{gate,up,down}_proj.weight`, Qwen3.5's MTP layer and transformers' save_pretrained).
+With a `Quantization`, the quantized layers are swapped in while the model is still on the meta
+device (daemon.model.quantized), so their storage is allocated quantized, and each weight is
+quantized as it is read.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -17,9 +21,12 @@ from typing import Protocol
 import torch
 
 from daemon.model.config import TextConfig
+from daemon.model.linear import Linear
+from daemon.model.quantized import Int4Linear, Int8Linear, QuantizedExperts, q4_1_to_int4, quantize_modules
 from daemon.model.text_model import QwenModel
 from daemon.weights.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
-from mtpchat.config import DTYPE_NAMES
+from daemon.weights.gguf_convert import Q4_1_GROUP, q4_1_names, read_q4_1
+from mtpchat.config import DTYPE_NAMES, Quantization
 
 TRUNK_PREFIXES = ("model.language_model.", "model.")
 
@@ -68,11 +75,55 @@ def _read_experts(files: CheckpointFiles, name: str, shape: torch.Size) -> torch
     return torch.stack(per_expert)
 
 
+def _load_tensor(fill: Callable[[torch.Tensor], object], files: CheckpointFiles, name: str, shape: torch.Size) -> None:
+    if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+        fill(_read_experts(files, name, shape))
+    else:
+        fill(files.read(name, tuple(shape)))
+
+
+def _load_q4_1(layer: Int4Linear, files: CheckpointFiles, name: str) -> None:
+    layer.load_codes(*q4_1_to_int4(*read_q4_1(files, name, (layer.out_features, layer.in_features))))
+
+
+def _load_steps(model: QwenModel, files: CheckpointFiles, prefix: str, tie: bool, group: int):
+    """(weights, load) for every tensor the model takes from the checkpoint: its parameters, copied,
+    and its quantized layers, quantized as they are filled (or, for int4 at group 32 where the checkpoint
+    carries GGUF Q4_1 codes, given those codes as shipped)."""
+    def stored(name: str) -> str:
+        if tie and name == "lm_head.weight":
+            return prefix + "embed_tokens.weight"
+        return name if name.startswith(("mtp.", "lm_head.")) else prefix + name
+
+    for name, param in model.named_parameters():
+        if not (tie and name == "lm_head.weight"):  # a tied float lm_head is the embedding, set after
+            yield param.numel(), functools.partial(_load_tensor, param.copy_, files, stored(name), param.shape)
+    experts = ()  # names of QuantizedExperts, whose per-expert layers they fill themselves
+    for name, module in model.named_modules():
+        if name.startswith(experts):
+            continue
+        if isinstance(module, QuantizedExperts):
+            experts += (f"{name}.",)
+            for kind in ("gate_up_proj", "down_proj"):
+                layers = getattr(module, kind)
+                shape = torch.Size((len(layers), layers[0].out_features, layers[0].in_features))
+                yield shape.numel(), functools.partial(_load_tensor, functools.partial(module.load, kind), files,
+                                                       stored(f"{name}.{kind}"), shape)
+        elif isinstance(module, (Int8Linear, Int4Linear)):
+            source, shape = stored(f"{name}.weight"), torch.Size((module.out_features, module.in_features))
+            if isinstance(module, Int4Linear) and group == Q4_1_GROUP and q4_1_names(source)[0] in files:
+                yield shape.numel(), functools.partial(_load_q4_1, module, files, source)
+            else:
+                yield shape.numel(), functools.partial(_load_tensor, module.load, files, source, shape)
+
+
 def load_model(checkpoint: str | Path, *, device: torch.device | str | None = None,
                dtype: torch.dtype | None = None, placement: PartDevices | None = None,
-               progress: Callable[[float], None] | None = None) -> QwenModel:
-    """Onto one `device`, or split as `placement` says. progress, if given, is called with the
-    fraction of parameters loaded so far (0..1)."""
+               progress: Callable[[float], None] | None = None,
+               quantization: Quantization = Quantization()) -> QwenModel:
+    """Onto one `device`, or split as `placement` says, with `quantization`'s layers quantized as they
+    are read (peak memory: the quantized model plus one float tensor). progress, if given, is called
+    with the fraction of weights loaded so far (0..1)."""
     directory = resolve_checkpoint(checkpoint)
     config = TextConfig.from_checkpoint(directory)
     files = CheckpointFiles(directory)
@@ -80,30 +131,28 @@ def load_model(checkpoint: str | Path, *, device: torch.device | str | None = No
     dtype = dtype or default_dtype(device)
     prefix = _trunk_prefix(files)
     tie = config.tie_word_embeddings and "lm_head.weight" not in files
+    devices = {str(d) for d in (placement.layer_devices + (placement.head_device,) if placement else ())} | {str(device)}
+    if (quantization.method, quantization.mtp_method) != ("none", "none") and devices != {"cpu"}:
+        raise ValueError(f"quantize runs on the CPU only for now (asked for {', '.join(sorted(devices))}); "
+                         'set quantize = "none" for this model, or put it on the CPU')
 
     with torch.device("meta"):
         model = QwenModel(config, with_mtp="mtp.fc.weight" in files).to(dtype)
+        quantize_modules(model, quantization)
     if placement is None:
         model.to_empty(device=device)
     else:
         model.place(placement.embed_device, placement.layer_devices, placement.head_device, allocate=True)
-    total = sum(p.numel() for p in model.parameters())
-    done = 0
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            done += param.numel()
+        steps = list(_load_steps(model, files, prefix, tie, quantization.group))
+        total, done = sum(weights for weights, _ in steps), 0
+        for weights, load in steps:
+            load()
+            done += weights
             if progress is not None:
                 progress(done / total)
-            if tie and name == "lm_head.weight":
-                continue
-            stored = name if name.startswith(("mtp.", "lm_head.")) else prefix + name
-            if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
-                tensor = _read_experts(files, stored, param.shape)
-            else:
-                tensor = files.read(stored, tuple(param.shape))
-            param.copy_(tensor)
-    if tie:  # shared when on one device; a split model keeps a copy beside its head
-        embed = model.embed_tokens.weight
-        model.lm_head.weight = embed if embed.device == model.lm_head.weight.device else torch.nn.Parameter(
-            embed.to(model.lm_head.weight.device), requires_grad=False)
+    if tie and isinstance(model.lm_head, Linear):  # shared when on one device; a split model keeps a copy
+        embed, head_device = model.embed_tokens.weight, model.output_device
+        model.lm_head.weight = embed if embed.device == head_device else torch.nn.Parameter(
+            embed.to(head_device), requires_grad=False)
     return model.eval().requires_grad_(False)

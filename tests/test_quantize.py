@@ -1,0 +1,196 @@
+"""Weight-only quantization: each quantized layer multiplies by exactly the weight it claims (its
+dequantized reference), GGUF Q4_1 maps onto int4 without re-quantizing, the loader swaps the layers in,
+and MTP decoding of a quantized model is token-identical to plain decoding of the same model.
+
+Tolerances used below and why:
+- Weights are compared exactly: `dequantized()` is recomputed here from codes and scales.
+- A quantized matmul is compared with x @ dequantized().T where x is first rounded to bfloat16, as the
+  kernel rounds it (daemon.model.quantized: the only dtype its CPU kernels vectorise). What remains is
+  the kernel's bfloat16 output (a relative rounding of at most 2^-9) and the order of its float32 sums
+  (at most in_features · 2^-24 of sum |x|·|w|); the bar is that sum with the first term doubled.
+"""
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from daemon.model.linear import Linear
+from daemon.model.quantized import (
+    KERNEL_DTYPE,
+    Int4Linear,
+    Int8Linear,
+    QuantizedExperts,
+    int4_quantize,
+    q4_1_to_int4,
+)
+from daemon.serve.footprint import checkpoint_footprint
+from daemon.weights.gguf_convert import split_q4_1, unpack_q4_1_codes
+from daemon.weights.loader import load_model
+from mtpchat.config import ModelSettings, Quantization
+from tests.helpers import decode, generation, random_ids
+
+MODELS = ["qwen3.6-dense-tiny", "qwen3.6-moe-tiny"]
+BF16_ROUNDING = 2.0**-9
+
+
+def _layer(cls, weight: torch.Tensor, *args) -> torch.nn.Module:
+    with torch.device("meta"):
+        layer = cls(weight.shape[1], weight.shape[0], *args)
+    layer.to_empty(device="cpu")
+    layer.load(weight)
+    return layer
+
+
+def _per_weight(per_group: torch.Tensor, group: int) -> torch.Tensor:
+    return per_group.repeat_interleave(group, dim=1)
+
+
+def _assert_matmul_matches(layer, weight: torch.Tensor, x: torch.Tensor) -> None:
+    ref_weight = layer.dequantized()
+    x_kernel = x.to(KERNEL_DTYPE).float()
+    expected = x_kernel @ ref_weight.t()
+    magnitude = x_kernel.abs() @ ref_weight.abs().t()
+    bar = 2 * BF16_ROUNDING * expected.abs() + x.shape[-1] * 2.0**-24 * magnitude
+    out = layer(x)
+    assert out.dtype == x.dtype and out.shape == expected.shape
+    assert ((out - expected).abs() <= bar).all()
+    assert torch.equal(layer(x[:3]), out[:3])  # rows do not depend on how many are multiplied at once
+
+
+def test_int8_is_symmetric_per_channel_and_its_matmul_uses_that_weight():
+    weight = torch.randn(48, 96, generator=torch.Generator().manual_seed(0))
+    layer = _layer(Int8Linear, weight)
+    scales = layer.scales.float()
+    assert torch.equal(layer.dequantized(), layer.weight_int8.float() * scales[:, None])
+    # the nearest point of each row's grid: within half a step of the float weight
+    assert ((layer.dequantized() - weight).abs() <= scales[:, None] / 2 * (1 + 1e-6)).all()
+    _assert_matmul_matches(layer, weight, torch.randn(8, 96))
+    assert torch.equal(layer(torch.ones(2, 96), 16), layer(torch.ones(2, 96))[:, :16])  # a reduced draft vocabulary
+
+
+@pytest.mark.parametrize("group", [32, 64])
+def test_int4_groups_with_zero_points_and_its_matmul_uses_that_weight(group):
+    weight = torch.randn(32, 128, generator=torch.Generator().manual_seed(1)) + 0.3
+    codes, scales, zeros = int4_quantize(weight, group)
+    layer = _layer(Int4Linear, weight, group)
+    scale, zero = _per_weight(scales, group), _per_weight(zeros, group)
+    assert torch.equal(layer.dequantized(), (codes.float() - 8) * scale + zero)
+    # each weight within half a step of its group's grid; codes at the ends of a group's range can be
+    # clamped by the bfloat16 rounding of scale and zero, adding up to 8 scale roundings and one of the zero
+    bound = scale * (0.5 + 8 * BF16_ROUNDING) + zero.abs() * BF16_ROUNDING
+    assert ((layer.dequantized() - weight).abs() <= bound).all()
+    _assert_matmul_matches(layer, weight, torch.randn(8, 128))
+
+
+def _q4_1_bytes(rows: int, cols: int, seed: int) -> np.ndarray:
+    """A Q4_1 tensor as GGUF stores it: per block of 32, float16 d, float16 m, 16 bytes of nibbles."""
+    rng = np.random.default_rng(seed)
+    blocks = rows * cols // 32
+    d = (rng.random(blocks) * 0.05 + 0.001).astype(np.float16)
+    m = (rng.standard_normal(blocks) * 0.2).astype(np.float16)
+    nibbles = rng.integers(0, 256, (blocks, 16), dtype=np.uint8)
+    raw = np.concatenate([d.view(np.uint8).reshape(-1, 2), m.view(np.uint8).reshape(-1, 2), nibbles], axis=1)
+    return raw.reshape(rows, cols // 32 * 20)
+
+
+def test_q4_1_maps_onto_int4_group_32_exactly():
+    rows, cols = 32, 128
+    raw = _q4_1_bytes(rows, cols, seed=2)
+    shipped = torch.from_numpy(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_1).astype(np.float32))
+    codes, d, m = split_q4_1(raw)
+    codes, scales, zeros = q4_1_to_int4(unpack_q4_1_codes(codes), d, m)
+    # torch's kernel with float32 scales and zeros multiplies by exactly the shipped weights ...
+    packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+    scales_and_zeros = torch.stack((scales, zeros), dim=-1).transpose(0, 1).contiguous()
+    exact = torch._weight_int4pack_mm_for_cpu(torch.eye(cols), packed, 32, scales_and_zeros).t()
+    assert torch.equal(exact, shipped)
+    # ... and the layer keeps those codes, with scale and zero rounded to bfloat16 for its fast kernel
+    with torch.device("meta"):
+        layer = Int4Linear(cols, rows, 32)
+    layer.to_empty(device="cpu")
+    layer.load_codes(codes, scales, zeros)
+    scale, zero = (_per_weight(t.to(KERNEL_DTYPE).float(), 32) for t in (scales, zeros))
+    assert torch.equal(layer.dequantized(), (codes.float() - 8) * scale + zero)
+
+
+def test_loading_with_quantize_swaps_in_quantized_layers_and_footprint_counts_them(tiny):
+    path = tiny["qwen3.6-moe-tiny"]
+    model = load_model(path, device="cpu", quantization=Quantization("int4", 32, "int8"))
+    layer = model.layers[3]  # full attention
+    assert isinstance(layer.self_attn.q_proj, Int4Linear)
+    assert isinstance(model.layers[0].linear_attn.in_proj_qkv, Int4Linear)
+    assert isinstance(layer.mlp.experts, QuantizedExperts) and isinstance(layer.mlp.experts.down_proj[0], Int4Linear)
+    assert isinstance(layer.mlp.shared_expert.up_proj, Int4Linear)
+    # router, gates and DeltaNet's per-head projections stay in the compute dtype; lm_head is int8
+    assert isinstance(layer.mlp.gate, Linear) and isinstance(layer.mlp.shared_expert_gate, Linear)
+    assert isinstance(model.layers[0].linear_attn.in_proj_b, Linear)
+    assert isinstance(model.lm_head, Int8Linear)
+    assert isinstance(model.mtp.fc, Int8Linear) and isinstance(model.mtp.layers[0].mlp.experts.gate_up_proj[0], Int8Linear)
+    float_model = load_model(path, device="cpu")
+    # loaded values are the quantization of the checkpoint's weights
+    assert torch.equal(layer.self_attn.q_proj.dequantized(),
+                       _layer(Int4Linear, float_model.layers[3].self_attn.q_proj.weight, 32).dequantized())
+    # the plan counts exactly the bytes the quantized layers save (the cache part is the same in both)
+    planned = {q: _total(checkpoint_footprint(path, torch.float32, 64, q)[0])
+               for q in (Quantization(), Quantization("int4", 32, "int8"))}
+    held = {q: _held(m) for q, m in ((Quantization(), float_model), (Quantization("int4", 32, "int8"), model))}
+    assert planned[Quantization()] - planned[Quantization("int4", 32, "int8")] == (
+        held[Quantization()] - held[Quantization("int4", 32, "int8")])
+    assert held[Quantization("int4", 32, "int8")] < held[Quantization()] / 2
+
+
+def _total(footprint) -> int:
+    return footprint.embed + sum(footprint.layers) + footprint.head
+
+
+def _held(model) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("quantization", [Quantization("int8"), Quantization("int4"),
+                                          Quantization("int4", 64, "none")], ids=["int8", "int4", "int4-g64-mtp-none"])
+@torch.inference_mode()
+def test_mtp_decoding_of_a_quantized_model_equals_its_plain_decoding(tiny, name, quantization):
+    model = load_model(tiny[name], device="cpu", quantization=quantization)
+    prompt = random_ids(40, seed=5)[0].tolist()
+    plain = decode(model, prompt, 16)
+    for k in (1, 2, 3):
+        run = generation(model, prompt, 16, draft_k=k)
+        assert run.tokens() == plain, f"k={k}"
+        assert run.stats.drafts > 0
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"quantize": "int3"}, "quantize must be one of 'none', 'int8', 'int4'"),
+    ({"quantize": "int4", "quantize_group": 100}, "quantize_group must be one of 32, 64, 128"),
+    ({"quantize": "int4", "quantize_group": 32.0}, "quantize_group must be one of"),
+    ({"quantize_mtp": "fp8"}, "quantize_mtp must be one of"),
+])
+def test_bad_quantize_settings_fail_with_what_to_write(fields, message):
+    with pytest.raises(ValueError, match=f"model 'm': {message}"):
+        ModelSettings("m", "/ckpt", **fields)
+
+
+def test_quantization_is_described_for_status():
+    assert ModelSettings("m", "/ckpt").quantization.describe() == "none"
+    assert Quantization("int4", 64, "none").describe() == "int4 (group 64), MTP head none"
+    assert Quantization("int8").describe() == "int8"
+
+
+def test_quantizing_onto_a_gpu_is_refused_before_reading_weights(tiny):
+    with pytest.raises(ValueError, match="CPU only"):
+        load_model(tiny["qwen3.6-dense-tiny"], device="cuda:0", quantization=Quantization("int8"))
+
+
+def test_asking_for_another_quantization_adds_a_variant_of_the_model():
+    from daemon.serve.registry import ModelRegistry
+    from mtpchat.config import Config
+
+    registry = ModelRegistry(Config({"m": ModelSettings("m", "/ckpt", quantize="int8", quantize_group=64)}, "m"))
+    assert registry.entry("m") is registry.entry("m", quantize="int8") is registry.entries["m"]
+    variant = registry.entry("m", quantize="int4")
+    assert variant is registry.entry(None, quantize="int4") and variant.settings.name == "m@int4"
+    assert variant.settings.quantization == Quantization("int4", 64) and not variant.settings.load_at_start
+    assert variant.describe()["quantize"] == "int4 (group 64)"
