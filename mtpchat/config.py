@@ -40,12 +40,21 @@ The daemon's limits, all optional (defaults shown):
     prefill_chunk = 512        # prompt tokens per prefill step, interleaved with other streams' steps
     max_path_models = 2        # models loaded by path (not in this file) kept; the least recently used goes
 
+The daemon's OpenAI-compatible HTTP API (daemon/openai/), off unless `listen` is given (or `mtpchatd
+serve --openai ADDRESS`):
+
+    [openai]
+    listen = "127.0.0.1:8080"  # HOST:PORT with a literal IP; beyond loopback only with an API key
+    api_key_file = "~/.config/mtpchat/openai.key"  # one line; clients send `Authorization: Bearer KEY`
+    cors_origins = ["http://localhost:3000"]        # browser origins allowed (default: none)
+
 Saving the theme rewrites only the top-level `theme = …` line, so the user's comments and model
 tables stay as they wrote them.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
@@ -139,6 +148,55 @@ class DaemonLimits:
 
 
 @dataclass(frozen=True)
+class OpenAISettings:
+    """The HTTP API's address and key. A non-loopback address without a key would hand the daemon (every
+    model, every generation) to anyone who can reach the port, so it is refused here, at start."""
+    listen: str | None = None  # "HOST:PORT", "[::1]:PORT"; None: no HTTP API
+    api_key_file: str | None = None
+    cors_origins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+        if not all(isinstance(origin, str) for origin in self.cors_origins):
+            raise ValueError('[openai] cors_origins must be a list of origins, e.g. ["http://localhost:3000"]')
+        if self.api_key_file is not None and not isinstance(self.api_key_file, str):
+            raise ValueError(f"[openai] api_key_file must be a path, got {self.api_key_file!r}")
+        if self.listen is None:
+            return
+        host, _ = self.address
+        if not ipaddress.ip_address(host).is_loopback and self.api_key_file is None:
+            raise ValueError(f"[openai] listen = {self.listen!r} is not loopback: give an api_key_file "
+                             "(or --openai-api-key-file), or listen on 127.0.0.1 and use an ssh tunnel")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) of `listen`; ValueError saying how to write it."""
+        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", str(self.listen))
+        host, port = (match[1] or match[3], int(match[2] or match[4])) if match else (None, 0)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            host = None
+        if host is None or not 0 < port < 65536:
+            raise ValueError(f"[openai] listen = {self.listen!r}: write HOST:PORT with a literal IP address, "
+                             'e.g. "127.0.0.1:8080" or "[::1]:8080"')
+        return host, port
+
+    def api_key(self) -> str | None:
+        """The key clients must send, read from `api_key_file` (None: no key asked)."""
+        if self.api_key_file is None:
+            return None
+        path = Path(self.api_key_file).expanduser()
+        try:
+            key = path.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"[openai] api_key_file: cannot read {path}: {exc.strerror}") from None
+        if not key:
+            raise ValueError(f"[openai] api_key_file: {path} is empty; write the key on one line")
+        return key
+
+
+@dataclass(frozen=True)
 class Config:
     models: dict[str, ModelSettings] = field(default_factory=lambda: {
         DEMO: ModelSettings(DEMO, DEMO_PATH, draft="auto", draft_vocab=DEMO_DRAFT_VOCAB),
@@ -151,6 +209,7 @@ class Config:
     theme: str = DEFAULT_THEME  # the TUI's theme, by name
     keys: dict[str, str] = field(default_factory=dict)  # the TUI's key overrides: binding id -> keys
     daemon: DaemonLimits = DaemonLimits()
+    openai: OpenAISettings = OpenAISettings()
 
     def __post_init__(self) -> None:
         if self.default not in self.models:
@@ -178,7 +237,8 @@ def load_config() -> Config:
                   "state_cache_by_device": {d: parse_size(f["state_cache"]) for d, f in devices.items()
                                             if "state_cache" in f},
                   "theme": raw.get("theme", DEFAULT_THEME), "keys": raw.get("keys", {}),
-                  "daemon": DaemonLimits(**raw.get("daemon", {}))}
+                  "daemon": DaemonLimits(**raw.get("daemon", {})),
+                  "openai": OpenAISettings(**raw.get("openai", {}))}
         if not models:
             return Config(**common)
         return Config(models, raw.get("default", next(iter(models))), **common)

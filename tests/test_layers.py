@@ -22,6 +22,7 @@ ALLOWED = {
     "daemon/serve": {"daemon.model", "daemon.engine", "daemon.weights", "daemon.serve", "mtpchat.config",
                      "mtpchat.paths", "mtpchat.protocol", "mtpchat.curve", "mtpchat"},
     "daemon/tools": {"daemon", "mtpchat.config", "mtpchat.paths", "mtpchat.protocol", "mtpchat.client"},
+    "daemon/openai": {"daemon.openai", "mtpchat.config", "mtpchat.protocol", "mtpchat.curve"},  # a wire client
 }
 OURS = ("mtpchat", "daemon")
 
