@@ -21,6 +21,15 @@ offline (loaded on request only). Pointing mtpchat at real models is a few lines
     [state_cache]
     budget = "4GiB"                    # per device: saved turn states, so follow-ups prefill only new text
 
+A model may be served by another engine over the OpenAI HTTP API (vLLM, SGLang, llama-server, another
+mtpchatd) instead of a checkpoint (daemon/serve/remote_engine.py):
+
+    [models.remote]
+    engine = "openai"
+    url = "http://gpu-box:8000/v1"
+    model = "Qwen/Qwen3.6-27B"         # the model id the remote serves
+    api_key_file = "~/.config/mtpchat/remote.key"   # optional
+
 Every model in the file loads at daemon start unless it says `load_at_start = false`. Without a
 `device`, the daemon plans placement when it loads a model (see daemon/serve/placement.py): a GPU of its
 own when one has room, else its layers split across GPUs, else the CPU when there is no GPU.
@@ -94,16 +103,37 @@ def parse_size(value: int | str) -> int:
     return int(float(match[1]) * UNITS[match[2].lower()])
 
 
+ENGINES = ("local", "openai")  # our own engine on a checkpoint; a remote OpenAI-compatible server
+
+
+def read_key_file(path: str | None, what: str) -> str | None:
+    """The key held in the file `path` (None: no file given), for the error messages `what` names."""
+    if path is None:
+        return None
+    file = Path(path).expanduser()
+    try:
+        key = file.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{what} api_key_file: cannot read {file}: {exc.strerror}") from None
+    if not key:
+        raise ValueError(f"{what} api_key_file: {file} is empty; write the key on one line")
+    return key
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     name: str
-    path: str
+    path: str = ""  # checkpoint directory, hub repo id or builtin:…; a local engine's only
     dtype: str | None = None
     draft: int | str = 2
     draft_vocab: int | None = None  # draft among the first N token ids only (cheaper drafts; None: all)
     device: str | tuple[str, ...] | None = None
     load_at_start: bool = True
     context: int = DEFAULT_CONTEXT
+    engine: str = "local"
+    url: str | None = None  # engine "openai": the server's base URL, ending in /v1
+    model: str | None = None  # engine "openai": the model id the server serves
+    api_key_file: str | None = None  # engine "openai": sent as `Authorization: Bearer`
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -112,7 +142,18 @@ class ModelSettings:
             return ()
         return (self.device,) if isinstance(self.device, str) else tuple(self.device)
 
+    def api_key(self) -> str | None:
+        return read_key_file(self.api_key_file, f"model {self.name!r}:")
+
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"model {self.name!r}: engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.engine == "local" and not (isinstance(self.path, str) and self.path):
+            raise ValueError(f"model {self.name!r}: give the checkpoint's path (or engine = \"openai\" with a url)")
+        if self.engine == "openai" and not (isinstance(self.url, str) and re.match(r"https?://[^/]+", self.url)
+                                            and isinstance(self.model, str) and self.model):
+            raise ValueError(f"model {self.name!r}: engine \"openai\" needs url = \"http://HOST:PORT/v1\" and "
+                             "model = the id the server serves")
         if isinstance(self.device, list):
             object.__setattr__(self, "device", tuple(self.device))
         if not (self.device is None or isinstance(self.device, str)
@@ -183,17 +224,8 @@ class OpenAISettings:
         return host, port
 
     def api_key(self) -> str | None:
-        """The key clients must send, read from `api_key_file` (None: no key asked)."""
-        if self.api_key_file is None:
-            return None
-        path = Path(self.api_key_file).expanduser()
-        try:
-            key = path.read_text().strip()
-        except OSError as exc:
-            raise ValueError(f"[openai] api_key_file: cannot read {path}: {exc.strerror}") from None
-        if not key:
-            raise ValueError(f"[openai] api_key_file: {path} is empty; write the key on one line")
-        return key
+        """The key clients must send (None: no key asked)."""
+        return read_key_file(self.api_key_file, "[openai]")
 
 
 @dataclass(frozen=True)
