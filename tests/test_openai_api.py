@@ -18,6 +18,7 @@ import urllib.request
 import openai
 import pytest
 
+from daemon.openai.mapping import wire_error
 from mtpchat.client import DaemonClient
 from tests.helpers import running_daemon, start_daemon_process, wait_until, write_tiny_config
 
@@ -218,3 +219,10 @@ def test_a_non_loopback_address_without_a_key_stops_the_start(home):
     process = start_daemon_process(home, "--openai", f"0.0.0.0:{free_port()}")
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 1 and "api_key_file" in output
+
+
+@pytest.mark.parametrize("code, status", [("busy", 429), ("unknown_model", 404), ("prompt_too_long", 400),
+                                          ("model_not_ready", 503), ("shutdown", 503), ("internal", 500)])
+def test_daemon_errors_map_to_http_statuses(code, status):
+    error = wire_error({"type": "error", "code": code, "message": "m"})
+    assert error.status == status and set(error.body()["error"]) == {"message", "type", "param", "code"}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import traceback
 
 import zmq.asyncio
 from starlette.applications import Starlette
@@ -71,6 +72,9 @@ def create_app(context: zmq.asyncio.Context, endpoint: str, api_key: str | None 
                 return JSONResponse(exc.body(), exc.status, headers)
             except (DaemonGone, ProtocolError) as exc:
                 return JSONResponse(APIError(502, f"mtpchatd: {exc}", "server_error").body(), 502)
+            except Exception as exc:  # a bug here: an OpenAI-shaped 500, its traceback to the daemon's log
+                traceback.print_exc()
+                return JSONResponse(APIError(500, f"{type(exc).__name__}: {exc}", "server_error").body(), 500)
         return guarded
 
     async def models(request: Request) -> Response:
