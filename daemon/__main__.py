@@ -6,7 +6,8 @@ configured models in the background and serves until SIGTERM/SIGINT, then cancel
 memory and removes its socket. `mtpchatd inspect CHECKPOINT` loads a checkpoint and reports what the
 engine would run — how a user checks that a downloaded Qwen3.5/3.6 checkpoint is usable.
 `mtpchatd bench` and `mtpchatd train-head` are the engine-side tools (daemon/tools/commands.py);
-`mtpchatd keys` creates CURVE keys for listening beyond loopback.
+`mtpchatd keys` creates CURVE keys for listening beyond loopback. `--openai ADDRESS` also serves an
+OpenAI-compatible HTTP API (daemon/openai/) from the same process.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import dataclasses
     import os
     import signal
 
@@ -87,7 +89,10 @@ def _serve(args: argparse.Namespace) -> int:
         os.unlink(socket_path)  # we hold the lock, so whoever made it is dead
     try:
         config = load_config()
-    except ValueError as exc:
+        openai = dataclasses.replace(config.openai, listen=args.openai or config.openai.listen,
+                                     api_key_file=args.openai_api_key_file or config.openai.api_key_file)
+        gateway = _gateway(openai, endpoint)
+    except (ValueError, OSError) as exc:
         print(f"mtpchatd: {exc}", file=sys.stderr)
         return 1
     registry = ModelRegistry(config)
@@ -104,14 +109,31 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print(f"mtpchatd {os.getpid()} listening on {endpoint}{' (CURVE)' if curve else ''}", flush=True)
+    if gateway is not None:
+        gateway.start()
+        print(f"mtpchatd: OpenAI-compatible API on {gateway.url}", flush=True)
     try:
         server.serve_forever()
     finally:
+        if gateway is not None:
+            gateway.stop()  # after the daemon ended its streams, so HTTP clients hear why
         if socket_path and os.path.exists(socket_path):
             os.unlink(socket_path)
         pid_file().unlink(missing_ok=True)
         print("mtpchatd stopped", flush=True)
     return 0
+
+
+def _gateway(settings, endpoint: str):
+    """The OpenAI-compatible API when configured (None otherwise), its port bound."""
+    if settings.listen is None:
+        return None
+    from daemon.openai.gateway import Gateway
+
+    try:
+        return Gateway(settings, endpoint)
+    except OSError as exc:
+        raise OSError(f"cannot serve the OpenAI API on {settings.listen}: {exc.strerror}") from None
 
 
 def _take_lock(lock, patience_s: float = 1.0) -> bool:
@@ -146,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", help="run the daemon in the foreground (the default)")
     serve.add_argument("--listen", help="endpoint, e.g. tcp://127.0.0.1:5555 (default: ipc socket in the runtime dir)")
+    serve.add_argument("--openai", metavar="HOST:PORT",
+                       help="also serve an OpenAI-compatible HTTP API there, e.g. 127.0.0.1:8080 "
+                            "(default: [openai] listen in config.toml)")
+    serve.add_argument("--openai-api-key-file", metavar="PATH",
+                       help="a file holding the key HTTP clients must send (needed beyond loopback)")
     serve.set_defaults(run=_serve)
     inspect = commands.add_parser("inspect", help="load a checkpoint and report what the engine runs")
     inspect.add_argument("checkpoint", help="checkpoint directory or Hugging Face repo id (offline cache)")

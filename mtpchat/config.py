@@ -30,6 +30,15 @@ offline (loaded on request only). Pointing mtpchat at real models is a few lines
 A request's sampling fields come first, then the model's [sampling] table, then the checkpoint's
 generation_config.json (and, with thinking off, its card's non-thinking values: Qwen3.5/3.6), then greedy.
 
+A model may be served by another engine over the OpenAI HTTP API (vLLM, SGLang, llama-server, another
+mtpchatd) instead of a checkpoint (daemon/serve/remote_engine.py):
+
+    [models.remote]
+    engine = "openai"
+    url = "http://gpu-box:8000/v1"
+    model = "Qwen/Qwen3.6-27B"         # the model id the remote serves
+    api_key_file = "~/.config/mtpchat/remote.key"   # optional
+
 Every model in the file loads at daemon start unless it says `load_at_start = false`. Without a
 `device`, the daemon plans placement when it loads a model (see daemon/serve/placement.py): a GPU of its
 own when one has room, else its layers split across GPUs, else the CPU when there is no GPU.
@@ -49,12 +58,21 @@ The daemon's limits, all optional (defaults shown):
     prefill_chunk = 512        # prompt tokens per prefill step, interleaved with other streams' steps
     max_path_models = 2        # models loaded by path (not in this file) kept; the least recently used goes
 
+The daemon's OpenAI-compatible HTTP API (daemon/openai/), off unless `listen` is given (or `mtpchatd
+serve --openai ADDRESS`):
+
+    [openai]
+    listen = "127.0.0.1:8080"  # HOST:PORT with a literal IP; beyond loopback only with an API key
+    api_key_file = "~/.config/mtpchat/openai.key"  # one line; clients send `Authorization: Bearer KEY`
+    cors_origins = ["http://localhost:3000"]        # browser origins allowed (default: none)
+
 Saving the theme rewrites only the top-level `theme = …` line, so the user's comments and model
 tables stay as they wrote them.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
@@ -99,6 +117,23 @@ def parse_size(value: int | str) -> int:
     return int(float(match[1]) * UNITS[match[2].lower()])
 
 
+ENGINES = ("local", "openai")  # our own engine on a checkpoint; a remote OpenAI-compatible server
+
+
+def read_key_file(path: str | None, what: str) -> str | None:
+    """The key held in the file `path` (None: no file given), for the error messages `what` names."""
+    if path is None:
+        return None
+    file = Path(path).expanduser()
+    try:
+        key = file.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{what} api_key_file: cannot read {file}: {exc.strerror}") from None
+    if not key:
+        raise ValueError(f"{what} api_key_file: {file} is empty; write the key on one line")
+    return key
+
+
 @dataclass(frozen=True)
 class Quantization:
     """Weight-only quantization of one model: `method` for the trunk's linear layers (the lm_head
@@ -131,7 +166,7 @@ class Quantization:
 @dataclass(frozen=True)
 class ModelSettings:
     name: str
-    path: str
+    path: str = ""  # checkpoint directory, hub repo id or builtin:…; a local engine's only
     dtype: str | None = None
     draft: int | str = 2
     draft_vocab: int | None = None  # draft among the first N token ids only (cheaper drafts; None: all)
@@ -146,6 +181,10 @@ class ModelSettings:
     @property
     def quantization(self) -> Quantization:
         return Quantization(self.quantize, self.quantize_group, self.quantize_mtp)
+    engine: str = "local"
+    url: str | None = None  # engine "openai": the server's base URL, ending in /v1
+    model: str | None = None  # engine "openai": the model id the server serves
+    api_key_file: str | None = None  # engine "openai": sent as `Authorization: Bearer`
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -154,7 +193,18 @@ class ModelSettings:
             return ()
         return (self.device,) if isinstance(self.device, str) else tuple(self.device)
 
+    def api_key(self) -> str | None:
+        return read_key_file(self.api_key_file, f"model {self.name!r}:")
+
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"model {self.name!r}: engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.engine == "local" and not (isinstance(self.path, str) and self.path):
+            raise ValueError(f"model {self.name!r}: give the checkpoint's path (or engine = \"openai\" with a url)")
+        if self.engine == "openai" and not (isinstance(self.url, str) and re.match(r"https?://[^/]+", self.url)
+                                            and isinstance(self.model, str) and self.model):
+            raise ValueError(f"model {self.name!r}: engine \"openai\" needs url = \"http://HOST:PORT/v1\" and "
+                             "model = the id the server serves")
         if isinstance(self.device, list):
             object.__setattr__(self, "device", tuple(self.device))
         if not (self.device is None or isinstance(self.device, str)
@@ -207,6 +257,46 @@ class DaemonLimits:
 
 
 @dataclass(frozen=True)
+class OpenAISettings:
+    """The HTTP API's address and key. A non-loopback address without a key would hand the daemon (every
+    model, every generation) to anyone who can reach the port, so it is refused here, at start."""
+    listen: str | None = None  # "HOST:PORT", "[::1]:PORT"; None: no HTTP API
+    api_key_file: str | None = None
+    cors_origins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+        if not all(isinstance(origin, str) for origin in self.cors_origins):
+            raise ValueError('[openai] cors_origins must be a list of origins, e.g. ["http://localhost:3000"]')
+        if self.api_key_file is not None and not isinstance(self.api_key_file, str):
+            raise ValueError(f"[openai] api_key_file must be a path, got {self.api_key_file!r}")
+        if self.listen is None:
+            return
+        host, _ = self.address
+        if not ipaddress.ip_address(host).is_loopback and self.api_key_file is None:
+            raise ValueError(f"[openai] listen = {self.listen!r} is not loopback: give an api_key_file "
+                             "(or --openai-api-key-file), or listen on 127.0.0.1 and use an ssh tunnel")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) of `listen`; ValueError saying how to write it."""
+        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", str(self.listen))
+        host, port = (match[1] or match[3], int(match[2] or match[4])) if match else (None, 0)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            host = None
+        if host is None or not 0 < port < 65536:
+            raise ValueError(f"[openai] listen = {self.listen!r}: write HOST:PORT with a literal IP address, "
+                             'e.g. "127.0.0.1:8080" or "[::1]:8080"')
+        return host, port
+
+    def api_key(self) -> str | None:
+        """The key clients must send (None: no key asked)."""
+        return read_key_file(self.api_key_file, "[openai]")
+
+
+@dataclass(frozen=True)
 class Config:
     models: dict[str, ModelSettings] = field(default_factory=lambda: {
         DEMO: ModelSettings(DEMO, DEMO_PATH, draft="auto", draft_vocab=DEMO_DRAFT_VOCAB),
@@ -219,6 +309,7 @@ class Config:
     theme: str = DEFAULT_THEME  # the TUI's theme, by name
     keys: dict[str, str] = field(default_factory=dict)  # the TUI's key overrides: binding id -> keys
     daemon: DaemonLimits = DaemonLimits()
+    openai: OpenAISettings = OpenAISettings()
 
     def __post_init__(self) -> None:
         if self.default not in self.models:
@@ -246,7 +337,8 @@ def load_config() -> Config:
                   "state_cache_by_device": {d: parse_size(f["state_cache"]) for d, f in devices.items()
                                             if "state_cache" in f},
                   "theme": raw.get("theme", DEFAULT_THEME), "keys": raw.get("keys", {}),
-                  "daemon": DaemonLimits(**raw.get("daemon", {}))}
+                  "daemon": DaemonLimits(**raw.get("daemon", {})),
+                  "openai": OpenAISettings(**raw.get("openai", {}))}
         if not models:
             return Config(**common)
         return Config(models, raw.get("default", next(iter(models))), **common)

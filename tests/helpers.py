@@ -168,12 +168,12 @@ def start_daemon_process(home, *args) -> subprocess.Popen:
 
 
 @contextlib.contextmanager
-def running_daemon(home, names):
-    """A `mtpchatd` process for `home` with the models `names` resident; stopped at the end (exit 0)
-    unless the test stopped it itself."""
+def running_daemon(home, names, *args):
+    """A `mtpchatd` process for `home` (`mtpchatd serve *args`) with the models `names` resident; stopped at
+    the end (exit 0) unless the test stopped it itself."""
     from mtpchat.client import DaemonClient
 
-    process = start_daemon_process(home)
+    process = start_daemon_process(home, *args)
     with DaemonClient(timeout_s=30) as client:
         client.request("hello")
         wait_resident(client, names)

@@ -3,7 +3,7 @@ state cache budgets, and a clear error naming the file for every mistake."""
 
 import pytest
 
-from mtpchat.config import DEFAULT_STATE_CACHE, DEMO, TINY, format_size, load_config, parse_size
+from mtpchat.config import DEFAULT_STATE_CACHE, DEMO, TINY, OpenAISettings, format_size, load_config, parse_size
 from mtpchat.paths import config_dir
 
 
@@ -79,3 +79,24 @@ def test_sizes_round_trip_in_the_units_people_use():
     for bad in ("-1", "1 parsec", -5, True):
         with pytest.raises(ValueError):
             parse_size(bad)
+
+
+def test_openai_table_is_read_and_a_key_is_required_beyond_loopback(tmp_path):
+    assert load_config().openai == OpenAISettings()  # no [openai]: no HTTP API
+    write('[openai]\nlisten = "127.0.0.1:8080"\ncors_origins = ["http://localhost:3000"]\n')
+    settings = load_config().openai
+    assert settings.address == ("127.0.0.1", 8080) and settings.api_key() is None
+    assert settings.cors_origins == ("http://localhost:3000",)
+    assert OpenAISettings("[::1]:8080").address == ("::1", 8080)
+    for bad in ('listen = "0.0.0.0:8080"', 'listen = "localhost:8080"', 'listen = "127.0.0.1:99999"',
+                'listen = "[::1]"', 'cors_origins = [1]', 'bogus = 1'):
+        write(f"[openai]\n{bad}\n")
+        with pytest.raises(ValueError, match="config.toml"):
+            load_config()
+    key = tmp_path / "openai.key"
+    key.write_text("sk-local\n")
+    write(f'[openai]\nlisten = "0.0.0.0:8080"\napi_key_file = "{key}"\n')
+    assert load_config().openai.api_key() == "sk-local"
+    key.write_text("\n")
+    with pytest.raises(ValueError, match="empty"):
+        load_config().openai.api_key()

@@ -17,11 +17,13 @@ ALLOWED = {
     "mtpchat": {"mtpchat"},
     "daemon/model": {"daemon.model"},
     "daemon/engine": {"daemon.model", "daemon.engine", "mtpchat.protocol"},
-    "daemon/weights": {"daemon.model", "daemon.weights", "daemon.tiny", "mtpchat.config", "mtpchat.paths"},
+    "daemon/weights": {"daemon.model", "daemon.weights", "daemon.tiny", "mtpchat.config", "mtpchat.paths",
+                       "mtpchat.protocol"},  # the one validator of sampling values, for generation_config.json
     "daemon/tiny": {"daemon.tiny"},
     "daemon/serve": {"daemon.model", "daemon.engine", "daemon.weights", "daemon.serve", "mtpchat.config",
                      "mtpchat.paths", "mtpchat.protocol", "mtpchat.curve", "mtpchat"},
     "daemon/tools": {"daemon", "mtpchat.config", "mtpchat.paths", "mtpchat.protocol", "mtpchat.client"},
+    "daemon/openai": {"daemon.openai", "mtpchat.config", "mtpchat.protocol", "mtpchat.curve"},  # a wire client
 }
 OURS = ("mtpchat", "daemon")
 

@@ -10,7 +10,8 @@ A model named by path or repo id instead of a configured name is added on first 
 canonical name (one directory spelled three ways is one model), and at most `max_path_models` of
 those are kept: the least recently used one not streaming is unloaded and forgotten to make room, so
 neither memory nor `status` grows with every name a client tries. A name that is not a checkpoint
-is refused before it is added.
+is refused before it is added. A model served by a remote engine (`engine = "openai"`,
+daemon/serve/remote_engine.py) has nothing to load: it is resident at once.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class ModelEntry:
                 "error": self.error, "draft": s.draft, "draft_vocab": s.draft_vocab,
                 "dtype": s.dtype, "device": s.device, "quantize": s.quantization.describe(),
                 "load_seconds": round(self.load_seconds, 3)}
+        if s.engine != "local":
+            info.update(engine=s.engine, url=s.url, remote_model=s.model)
         if self.placement is not None:
             info.update(placement=self.placement.describe(), context=self.context)
         if self.model is not None:
@@ -136,6 +139,9 @@ class ModelRegistry:
         entry = self.entries[name]
         with self._lock:
             if entry.state in ("loading", "resident"):
+                return entry
+            if entry.settings.engine != "local":
+                entry.state = "resident"
                 return entry
             entry.state, entry.error, entry.progress, entry.placement = "loading", "", 0.0, None
             entry._thread = threading.Thread(target=self._load, args=(entry,), name=f"load-{name}", daemon=True)

@@ -31,6 +31,7 @@ from daemon.engine.reply import ReplyStream, render_prompt, turn_boundary
 from daemon.engine.sampling import SamplingParams
 from daemon.engine.state_cache import PromptReuse
 from daemon.serve.registry import ModelEntry, ModelRegistry
+from daemon.serve.remote_engine import RemoteStream
 from mtpchat.config import DaemonLimits
 from mtpchat.protocol import (
     DRAFT_AUTO,
@@ -131,6 +132,8 @@ class Scheduler:
                     if generation is not None and not self._stopping:
                         try:
                             self._advance(key, generation)
+                        except ProtocolError as exc:  # a remote engine's refusal, in the wire's terms
+                            self._end(key, error_reply(key[1], exc.code, exc.message))
                         except Exception as exc:
                             self._fail(key, exc)
         finally:
@@ -209,6 +212,9 @@ class Scheduler:
     def _open_stream(self, generation: ClientStream) -> None:
         request, entry = generation.request, generation.entry
         messages = list(request.messages)
+        if entry.settings.engine == "openai":
+            generation.stream = RemoteStream(entry.settings, messages, request)
+            return
         if request.system:
             messages.insert(0, {"role": "system", "content": request.system})
         prompt = render_prompt(entry.tokenizer, messages, request.thinking)

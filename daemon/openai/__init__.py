@@ -1,0 +1,1 @@
+"""An OpenAI-compatible HTTP API for mtpchatd, built as a client of its wire protocol."""

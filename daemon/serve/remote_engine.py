@@ -1,0 +1,207 @@
+"""A model served by another engine over the OpenAI HTTP API: vLLM, SGLang, llama-server, another mtpchatd.
+
+A config entry with `engine = "openai"` names a URL and the remote model instead of a checkpoint
+(mtpchat.config.ModelSettings); the registry marks it resident at once and the scheduler steps a
+`RemoteStream` where it would step a local `ReplyStream`. The HTTP stream is read on a thread of its
+own, so a slow remote never holds the engine thread: each step takes what arrived, waiting at most
+STEP_WAIT_S. Cancelling shuts the connection, which ends the remote generation (servers cancel on
+disconnect). Remote HTTP errors become the wire's error codes (RemoteError).
+
+Only what the remote reports is passed on: text (no token ids — the OpenAI API gives none), usage, and
+speculative-decoding figures where the server gives them — another mtpchatd's `mtp` field, or
+llama-server's `timings` (`draft_n`, `draft_n_accepted`); otherwise those stats are absent, not zero.
+The time to first token is measured here.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import queue
+import socket
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+
+from daemon.engine.reply import Piece
+from mtpchat.config import ModelSettings
+from mtpchat.protocol import (
+    ACCEPTANCE_RATE,
+    ACCEPTED_TOKENS,
+    CACHED_TOKENS,
+    DECODE_TOK_S,
+    DRAFTED_TOKENS,
+    GENERATED_TOKENS,
+    PREFILL_TOK_S,
+    PROMPT_TOKENS,
+    STATS,
+    TIME_TO_FIRST_TOKEN_S,
+    GenerateRequest,
+    ProtocolError,
+)
+
+STEP_WAIT_S = 0.02  # the longest one engine step waits for the remote
+CONNECT_TIMEOUT_S = 30.0
+FINISH = {"length": "length"}  # every other remote finish reason ends the turn: "stop"
+END = object()
+
+
+class RemoteError(ProtocolError):
+    """The remote engine refused or failed; `code` is the wire's error code."""
+
+
+@dataclass
+class RemoteStats:
+    """The stats the remote reported, under wire keys; `as_dict` leaves out what it did not report."""
+    known: dict = field(default_factory=dict)
+
+    def as_dict(self, keys=STATS) -> dict:
+        return {key: self.known[key] for key in keys if key in self.known}
+
+
+@dataclass
+class RemoteResult:
+    stats: RemoteStats = field(default_factory=RemoteStats)
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)  # the OpenAI API reports none
+    finish_reason: str = ""
+
+
+class RemoteStream:
+    """Iterate to get text Pieces (token None), as the scheduler does a ReplyStream; `close` cancels."""
+
+    def __init__(self, settings: ModelSettings, messages: list[dict], request: GenerateRequest):
+        self.url = urllib.parse.urlsplit(settings.url)
+        self.name = settings.name
+        self.result = RemoteResult()
+        self._pieces: queue.Queue = queue.Queue()
+        self._socket: socket.socket | None = None
+        self._closed = False
+        self._started = time.perf_counter()
+        body = request_body(settings.model, messages, request)
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if (key := settings.api_key()) is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        threading.Thread(target=self._read, args=(json.dumps(body), headers), name=f"remote-{self.name}",
+                         daemon=True).start()
+
+    def __iter__(self) -> RemoteStream:
+        return self
+
+    def __next__(self) -> Piece:
+        try:
+            item = self._pieces.get(timeout=STEP_WAIT_S)
+        except queue.Empty:
+            return Piece(None, False, "")
+        if isinstance(item, Exception):
+            raise item
+        if item is END:
+            raise StopIteration
+        self.result.text += item
+        self.result.stats.known.setdefault(TIME_TO_FIRST_TOKEN_S, time.perf_counter() - self._started)
+        return Piece(None, False, item)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._socket is not None:
+            try:
+                self._socket.shutdown(socket.SHUT_RDWR)  # wakes the reader; the remote sees a disconnect
+            except OSError:
+                pass
+        if not self.result.finish_reason:
+            self.result.finish_reason = "cancelled"
+
+    # --- the reader thread ---------------------------------------------------------------------
+    def _read(self, body: str, headers: dict) -> None:
+        kind = http.client.HTTPSConnection if self.url.scheme == "https" else http.client.HTTPConnection
+        connection = kind(self.url.hostname, self.url.port, timeout=CONNECT_TIMEOUT_S)
+        try:
+            connection.connect()
+            connection.sock.settimeout(None)  # a long prefill is silence, not failure; close() ends it
+            self._socket = connection.sock
+            if self._closed:
+                return
+            connection.request("POST", f"{self.url.path.rstrip('/')}/chat/completions", body, headers)
+            response = connection.getresponse()
+            if response.status != 200:
+                raise remote_error(self.name, response.status, response.read())
+            for line in response:
+                if line.startswith(b"data:") and self._event(line[5:].strip()):
+                    break
+            self._pieces.put(END)
+        except RemoteError as exc:
+            self._pieces.put(exc)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            if not self._closed:
+                self._pieces.put(RemoteError("model_not_ready", f"remote engine of {self.name!r} at "
+                                                                f"{self.url.geturl()}: {exc}"))
+        finally:
+            connection.close()
+
+    def _event(self, data: bytes) -> bool:
+        """Take one server-sent event; True at the end of the stream."""
+        if data == b"[DONE]":
+            return True
+        event = json.loads(data)
+        if "error" in event:
+            raise RemoteError("internal", f"remote engine of {self.name!r}: {event['error'].get('message')}")
+        for choice in event.get("choices") or []:
+            if text := (choice.get("delta") or {}).get("content"):
+                self._pieces.put(text)
+            if choice.get("finish_reason"):
+                self.result.finish_reason = FINISH.get(choice["finish_reason"], "stop")
+        self.result.stats.known.update(remote_stats(event))
+        return False
+
+
+def request_body(model: str, messages: list[dict], request: GenerateRequest) -> dict:
+    """The chat completions request for a wire generate (the remote applies its own chat template)."""
+    if request.system:
+        messages = [{"role": "system", "content": request.system}, *messages]
+    body = {"model": model, "messages": messages, "max_tokens": request.max_tokens, "stream": True,
+            "stream_options": {"include_usage": True},
+            # the sampling fields the request sets (top_k, min_p, repetition_penalty: vLLM, SGLang,
+            # llama-server and mtpchatd read them); the others are the remote's model defaults
+            **request.sampling}
+    if request.seed is not None:
+        body["seed"] = request.seed
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if not request.thinking:
+        body["chat_template_kwargs"] = {"enable_thinking": False}
+    return body
+
+
+def remote_stats(event: dict) -> dict:
+    """Wire stats from what a chunk reports: `usage`, another mtpchatd's `mtp`, llama-server's `timings`."""
+    stats = dict(event.get("mtp") or {})
+    stats.pop(TIME_TO_FIRST_TOKEN_S, None)  # measured here, where the client waits
+    if usage := event.get("usage"):
+        stats[PROMPT_TOKENS], stats[GENERATED_TOKENS] = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if (cached := (usage.get("prompt_tokens_details") or {}).get("cached_tokens")) is not None:
+            stats[CACHED_TOKENS] = cached
+    timings = event.get("timings") or {}
+    if "draft_n" in timings and "draft_n_accepted" in timings:
+        stats[DRAFTED_TOKENS], stats[ACCEPTED_TOKENS] = timings["draft_n"], timings["draft_n_accepted"]
+        if timings["draft_n"]:
+            stats[ACCEPTANCE_RATE] = timings["draft_n_accepted"] / timings["draft_n"]
+    for ours, theirs in ((DECODE_TOK_S, "predicted_per_second"), (PREFILL_TOK_S, "prompt_per_second")):
+        if theirs in timings:
+            stats[ours] = timings[theirs]
+    return {key: value for key, value in stats.items() if value is not None}
+
+
+def remote_error(name: str, status: int, body: bytes) -> RemoteError:
+    """An HTTP error of the remote as the wire's error: its request errors are the client's, its refusals
+    (key, model, availability) make the model not ready, its overload is `busy`."""
+    try:
+        error = json.loads(body)["error"]
+        error = error if isinstance(error, dict) else {"message": str(error)}
+    except (ValueError, TypeError, KeyError):
+        error = {"message": body[:300].decode(errors="replace")}
+    message = error.get("message")
+    code = "prompt_too_long" if error.get("code") == "context_length_exceeded" else (
+        "invalid_request" if status == 400 else "busy" if status == 429
+        else "model_not_ready" if status in (401, 403, 404, 503) else "internal")
+    return RemoteError(code, f"remote engine of {name!r} answered {status}: {message}")
