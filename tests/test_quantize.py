@@ -194,3 +194,19 @@ def test_asking_for_another_quantization_adds_a_variant_of_the_model():
     assert variant is registry.entry(None, quantize="int4") and variant.settings.name == "m@int4"
     assert variant.settings.quantization == Quantization("int4", 64) and not variant.settings.load_at_start
     assert variant.describe()["quantize"] == "int4 (group 64)"
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_a_verify_gives_each_position_the_bits_a_decode_step_gives_it(demo, method):
+    """What makes MTP token-identical to plain decoding under quantization: the quantized layers round
+    their inputs to bfloat16, so a last-bit difference between a multi-token verify and 1-token decode
+    steps would become a visible one; the verify's attention runs row by row, as decode does."""
+    model = load_model(demo, quantization=Quantization(method))
+    prompt = torch.tensor([random_ids(20, seed=4, vocab=model.config.vocab_size).flatten().tolist()])
+    verify_cache, decode_cache = model.new_cache(32), model.new_cache(32)
+    with torch.inference_mode():
+        model(prompt[:, :16], verify_cache, 0)
+        model(prompt[:, :16], decode_cache, 0)
+        together, _ = model(prompt[:, 16:], verify_cache, 16)
+        one_by_one = torch.cat([model(prompt[:, i:i + 1], decode_cache, i)[0] for i in range(16, 20)], dim=1)
+    assert torch.equal(together, one_by_one)

@@ -4,6 +4,13 @@ Qwen3.5/3.6 (every 4th trunk layer and the MTP layer): q_proj emits [query | gat
 get a per-head zero-centred RMSNorm and partial RoPE; the output is scaled by sigmoid(gate) before
 o_proj. Llama: no gate, no q/k norm, RoPE over the whole head. Qwen3: Llama plus plain q/k norms.
 Keys/values go to the layer's cache, and queries attend over the first `kv_len` slots under a causal mask.
+
+The few query rows of a verify step (2..ROW_BY_ROW tokens, one sequence) attend one row at a time,
+each exactly as the 1-token decode step at its position would (same shapes, same kernel): so every
+verified position gets the bits plain decoding gets there. One multi-row attention call is as right
+but rounds differently, and where the weights are quantized the layers' bfloat16 inputs turn that
+last-bit difference into a visible one (daemon/model/quantized.py): MTP decoding would then leave
+plain decoding's tokens at near-ties. The per-row calls cost a few small kernels per layer.
 """
 
 import torch
@@ -16,6 +23,8 @@ from daemon.model.linear import Linear
 from daemon.model.norms import rms_norm
 from daemon.model.rope import apply_rotary
 from daemon.model.step_context import StepContext
+
+ROW_BY_ROW = 8  # query rows up to which attention runs row by row, as decode steps do (see above)
 
 
 class Attention(nn.Module):
@@ -50,11 +59,20 @@ class Attention(nn.Module):
         cache.reserve(ctx.kv_len)
         cache.write(ctx.positions, key, value)
         keys, values = cache.window(ctx.kv_len)
-        out = F.scaled_dot_product_attention(
-            query.transpose(1, 2), keys.to(query.dtype), values.to(query.dtype),
-            attn_mask=ctx.mask, enable_gqa=self.num_heads != self.num_kv_heads,
-        )
+        queries, keys, values = query.transpose(1, 2), keys.to(query.dtype), values.to(query.dtype)
+        if 1 < length <= ROW_BY_ROW and batch == 1 and ctx.mask.dim() == 2:
+            first = ctx.kv_len - length  # keys row i sees: [0, first + i]
+            out = torch.cat([self._attend(queries[:, :, i:i + 1].contiguous(), keys[:, :, :first + i + 1],
+                                          values[:, :, :first + i + 1], ctx.mask[i:i + 1, :first + i + 1])
+                             for i in range(length)], dim=2)
+        else:
+            out = self._attend(queries, keys, values, ctx.mask)
         out = out.transpose(1, 2).reshape(batch, length, -1)
         if self.gated:
             out = out * torch.sigmoid(gate.reshape(batch, length, -1))
         return self.o_proj(out)
+
+    def _attend(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask,
+                                              enable_gqa=self.num_heads != self.num_kv_heads)
