@@ -1,6 +1,6 @@
 """The chat view under a stream it does not control: Markdown split at awkward places renders the same
 as a full render, the view follows the bottom until the user scrolls up, thinking goes into its
-block, and the reply is in the store while it is still streaming."""
+block, the reply is in the store while it is still streaming, and the user's own text is shown as typed."""
 
 from __future__ import annotations
 
@@ -95,3 +95,15 @@ async def test_closing_the_app_mid_reply_keeps_the_partial_as_interrupted(tmp_pa
     store = type(app.chat.store)()
     reply = store.messages(1)[-1]
     assert (reply.status, reply.error, reply.text) == ("interrupted", "the app was closed", "Some words. " * 5)
+
+
+async def test_the_users_own_message_is_shown_as_typed_not_as_markdown(tmp_path):
+    typed = "Keep **these** stars\n- one\n- two\nright after the list\n\n# not a heading"
+    app = ScriptedApp(tmp_path, "ok")
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, typed)
+        app.release(1, step=2)
+        await wait_until(pilot, lambda: app.chat.reply is None)
+        mine = app.query_one(ChatView).views()[0]
+        assert not mine.query(Markdown)
+        assert str(mine.query_one(".answer").render()) == typed
