@@ -10,7 +10,7 @@ from textual.widgets import Markdown
 
 from mtpchat.tui.app import MtpChatApp
 from mtpchat.tui.chat_view import ChatView
-from mtpchat.tui.streaming import Outcome
+from mtpchat.tui.streaming import Outcome, terminal_outcome
 from tests.test_tui_app import send, wait_until
 from tests.test_tui_snapshots import SIZE
 
@@ -107,3 +107,22 @@ async def test_the_users_own_message_is_shown_as_typed_not_as_markdown(tmp_path)
         mine = app.query_one(ChatView).views()[0]
         assert not mine.query(Markdown)
         assert str(mine.query_one(".answer").render()) == typed
+
+
+class ShutdownApp(ScriptedApp):
+    """The daemon stops mid-reply: one chunk, then its `shutdown` error."""
+
+    def reply_source(self, feed, fields) -> None:
+        feed.add_chunk({"text": "Once upon", "stats": {"generated_tokens": 2}})
+        feed.finish(terminal_outcome({"type": "error", "code": "shutdown", "message": "the daemon is shutting down"}))
+
+
+async def test_a_daemon_shutting_down_mid_reply_leaves_it_interrupted(tmp_path):
+    app = ShutdownApp(tmp_path, "")
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "Tell me a story")
+        await wait_until(pilot, lambda: app.chat.reply is None)
+        reply = app.chat.store.messages(app.chat.conversation_id)[-1]
+        assert (reply.status, reply.text) == ("interrupted", "Once upon")
+        footer = str(app.query_one(ChatView).views()[-1].query_one(".message-footer").render())
+        assert "interrupted (mtpchatd shut down)" in footer and "error" not in footer
