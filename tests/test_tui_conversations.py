@@ -1,10 +1,12 @@
 """Conversation actions without a daemon: what a request carries (system prompt, thinking, history),
-rename, delete with confirmation, a message typed while the daemon is away, and a store that fails
-(a full disk on Enter, a failing disk mid-reply, an empty file at start)."""
+rename, delete with confirmation, a message typed while the daemon is away or still starting, thinking
+shown only for models with a thinking mode, the palette's help lines, and a store that fails (a full disk
+on Enter, a failing disk mid-reply, an empty file at start)."""
 
 from __future__ import annotations
 
 import sqlite3
+from types import SimpleNamespace
 
 from textual.widgets import Button
 
@@ -12,9 +14,10 @@ from mtpchat.paths import data_dir
 from mtpchat.store import Store, default_path
 from mtpchat.tui.app import MtpChatApp
 from mtpchat.tui.chat_view import ChatView
+from mtpchat.tui.connection import DaemonState
 from mtpchat.tui.prompt_input import PromptInput
 from mtpchat.tui.screens import ConfirmScreen, TextPrompt
-from tests.test_tui_app import send, wait_until
+from tests.test_tui_app import screen_text, send, wait_until
 from tests.test_tui_snapshots import SIZE
 from tests.test_tui_streaming_view import ScriptedApp
 
@@ -76,7 +79,8 @@ async def test_delete_asks_first(tmp_path):
         assert app.chat.conversation_id == doomed  # the newest opens
         await pilot.press("f8")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
-        app.screen.query_one("#no", Button).press()
+        assert app.focused.id == "no"  # Enter right away keeps everything
+        await pilot.press("enter")
         await wait_until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
         assert [c.id for c in app.chat.store.conversations()] == [doomed, keep]
         await pilot.press("f8")
@@ -95,6 +99,71 @@ async def test_a_message_typed_while_the_daemon_is_away_stays_in_the_box(tmp_pat
         await pilot.pause(0.1)
         assert app.query_one(PromptInput).text == "hello?" and app.chat.store.conversations() == []
         assert any("Not sent" == n.title for n in app._notifications)
+
+
+class StartingApp(ScriptedApp):
+    """A scripted reply source behind the real connection logic, with daemon states the test posts."""
+
+    daemon_ready = MtpChatApp.daemon_ready
+
+    def __init__(self, tmp_path, text: str):
+        super().__init__(tmp_path, text)
+        self.monitor = SimpleNamespace(start=lambda: None, stop=lambda: None, poke=lambda: None)
+
+
+DEMO = {"name": "demo", "state": "resident", "default": True, "path": "builtin:smollm2"}
+
+
+async def test_a_message_sent_while_the_daemon_starts_is_queued_and_sent_when_it_answers(tmp_path):
+    app = StartingApp(tmp_path, "Hello!")
+    async with app.run_test(size=SIZE) as pilot:
+        app.post_message(DaemonState("starting", detail="starting mtpchatd…"))
+        await wait_until(pilot, lambda: app.connection[0] == "starting")
+        app.query_one(PromptInput).text = "Are you there?"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: notices(app, "Queued"))
+        assert [m.text for m in app.chat.store.messages(app.chat.conversation_id)] == ["Are you there?"]
+        assert app.query_one(PromptInput).text == "" and not hasattr(app, "fields")  # shown, not yet asked
+        app.post_message(DaemonState("connected", {"pid": 1, "models": [DEMO]}))
+        await wait_until(pilot, lambda: hasattr(app, "fields"))
+        app.release(10, step=10)
+        await wait_until(pilot, lambda: app.chat.reply is None)
+        assert app.fields["messages"] == [{"role": "user", "content": "Are you there?"}]
+        assert [m.text for m in app.chat.store.messages(app.chat.conversation_id)] == ["Are you there?", "Hello!"]
+
+
+async def test_thinking_is_shown_only_for_a_model_whose_template_has_a_thinking_mode(tmp_path):
+    qwen = tmp_path / "qwen"
+    qwen.mkdir()
+    (qwen / "tokenizer_config.json").write_text('{"chat_template": "{% if enable_thinking is false %}…"}')
+    models = [DEMO, {"name": "qwen", "state": "resident", "default": False, "path": str(qwen)}]
+    store = Store()
+    store.create_conversation("On the demo")
+    store.close()
+    app = StartingApp(tmp_path, "")
+    async with app.run_test(size=SIZE) as pilot:
+        app.post_message(DaemonState("connected", {"pid": 1, "models": models}))
+        await wait_until(pilot, lambda: app.connection[0] == "connected")
+        await pilot.pause()
+        assert "On the demo" in str(app.query_one("#topbar").render())
+        assert "thinking" not in str(app.query_one("#topbar").render())
+        await pilot.press("f7")
+        assert app.chat.conversation().thinking is True  # nothing to switch
+        assert any("demo has no thinking mode" in n.message for n in app._notifications)
+        app.chat.pick_model("qwen")
+        await pilot.pause()
+        assert "thinking on" in str(app.query_one("#topbar").render())
+
+
+async def test_the_palette_says_what_each_command_does(tmp_path):
+    app = MtpChatApp(f"ipc://{tmp_path}/none.sock", autostart=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+p")
+        await pilot.press(*"Copy the reply")
+        await pilot.pause(0.5)
+        shown = screen_text(app)
+        assert "Copies the focused (or last) reply to the terminal's clipboard · f4" in shown
+        assert "action: " not in shown
 
 
 async def test_no_app_key_is_taken_by_the_message_box(tmp_path):

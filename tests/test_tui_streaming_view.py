@@ -1,6 +1,7 @@
 """The chat view under a stream it does not control: Markdown split at awkward places renders the same
 as a full render, the view follows the bottom until the user scrolls up, thinking goes into its
-block, the reply is in the store while it is still streaming, and the user's own text is shown as typed."""
+block, the reply is in the store while it is still streaming (and interrupted when the daemon shuts down), the
+user's own text is shown as typed, and a slow rate keeps its decimal."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 
 from textual.widgets import Markdown
 
+from mtpchat.store import Store
 from mtpchat.tui.app import MtpChatApp
 from mtpchat.tui.chat_view import ChatView
 from mtpchat.tui.streaming import Outcome, terminal_outcome
@@ -126,3 +128,17 @@ async def test_a_daemon_shutting_down_mid_reply_leaves_it_interrupted(tmp_path):
         assert (reply.status, reply.text) == ("interrupted", "Once upon")
         footer = str(app.query_one(ChatView).views()[-1].query_one(".message-footer").render())
         assert "interrupted (mtpchatd shut down)" in footer and "error" not in footer
+
+
+async def test_a_slow_reply_shows_its_rate_with_a_decimal(tmp_path):
+    store = Store()
+    conversation = store.create_conversation("Slow", "dense")
+    store.add_message(conversation, "user", "hi")
+    reply = store.add_message(conversation, "assistant", "", "streaming", "dense")
+    store.update_message(reply, text="Hello", status="complete", stats={"decode_tok_s": 1.43, "generated_tokens": 5})
+    store.close()
+    app = MtpChatApp(f"ipc://{tmp_path}/none.sock", autostart=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert str(app.query_one(ChatView).views()[-1].query_one(".message-footer").render()) == "1.4 tok/s · 5 tokens"
+        assert "│ 1.4 tok/s │" in str(app.query_one("#stats").render())

@@ -52,6 +52,8 @@ class HelpScreen(Dialog):
 
 
 class ConfirmScreen(Dialog):
+    AUTO_FOCUS = "#no"  # Enter on a dialog that just opened must not destroy anything
+
     def __init__(self, question: str):
         super().__init__()
         self.question = question

@@ -40,10 +40,15 @@ def acceptance_bars(per_position: list[float]) -> str:
     return "".join(BARS[round(max(0.0, min(1.0, rate)) * (len(BARS) - 1))] for rate in per_position)
 
 
+def tok_s(rate: float) -> str:
+    """'96 tok/s', and with a decimal below 10 so that a slow reply does not read '1 tok/s' for 1.4."""
+    return f"{rate:.1f} tok/s" if rate < 10 else f"{rate:.0f} tok/s"
+
+
 def _numbers(stats: dict, short: bool) -> list[str]:
     parts = []
     if (rate := stats.get(DECODE_TOK_S)) is not None:
-        parts.append(f"{rate:.0f} tok/s")
+        parts.append(tok_s(rate))
     if (tokens := stats.get(GENERATED_TOKENS)) is not None:
         parts.append(f"{tokens} {'tok' if short else 'tokens'}")
     if stats.get(DRAFT_K):
@@ -68,7 +73,7 @@ def _extra(stats: dict) -> list[str]:
         if key in KNOWN or not isinstance(value, (int, float)) or isinstance(value, bool):
             continue
         if key.endswith("_tok_s"):
-            parts.append(f"{key.removesuffix('_tok_s').replace('_', ' ')} {value:.0f} tok/s")
+            parts.append(f"{key.removesuffix('_tok_s').replace('_', ' ')} {tok_s(value)}")
         elif key.endswith("_s"):
             parts.append(f"{key.removesuffix('_s').replace('_', ' ')} {value:.3g} s")
         else:
