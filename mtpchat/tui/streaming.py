@@ -5,8 +5,8 @@ worker and feeds chunk and terminal messages into a `ReplyFeed`. The feed tells 
 something arrives and then stays quiet until the screen drains it, so the screen takes whatever piled
 up while it was rendering in one batch: the render rate is independent of the token rate. The daemon
 reader polls in short slices so that a cancel goes out at once and a daemon that dies mid-reply is
-noticed (`interrupted`, as is one that shuts down mid-reply) instead of waited on; one busy with another client's prefill is waited for
-(mtpchat.client.DeathWatch, the same check `mtpchat ask` makes).
+noticed (`interrupted`, as is one that shuts down mid-reply) instead of waited on; one busy with
+another client's prefill is waited for (mtpchat.client.DeathWatch, the same check `mtpchat ask` makes).
 """
 
 from __future__ import annotations
