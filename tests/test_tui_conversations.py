@@ -16,7 +16,7 @@ from mtpchat.tui.app import MtpChatApp
 from mtpchat.tui.chat_view import ChatView
 from mtpchat.tui.connection import DaemonState
 from mtpchat.tui.prompt_input import PromptInput
-from mtpchat.tui.screens import ConfirmScreen, TextPrompt
+from mtpchat.tui.screens import ConfirmScreen, TextEditor, TextPrompt
 from tests.test_tui_app import screen_text, send, wait_until
 from tests.test_tui_snapshots import SIZE
 from tests.test_tui_streaming_view import ScriptedApp
@@ -42,11 +42,16 @@ def notices(app, title: str) -> list:
 
 
 async def answer_prompt(pilot, key: str, value: str) -> None:
+    """Open a one-line prompt (Enter saves) or an editor (ctrl+s saves) with `key` and save `value`."""
     await pilot.press(key)
-    await wait_until(pilot, lambda: isinstance(pilot.app.screen, TextPrompt))
-    pilot.app.screen.query_one("#prompt-value").value = value
-    await pilot.press("enter")
-    await wait_until(pilot, lambda: not isinstance(pilot.app.screen, TextPrompt))
+    await wait_until(pilot, lambda: isinstance(pilot.app.screen, (TextPrompt, TextEditor)))
+    if isinstance(pilot.app.screen, TextPrompt):
+        pilot.app.screen.query_one("#prompt-value").value = value
+        await pilot.press("enter")
+    else:
+        pilot.app.screen.query_one("#editor-text").text = value
+        await pilot.press("ctrl+s")
+    await wait_until(pilot, lambda: not isinstance(pilot.app.screen, (TextPrompt, TextEditor)))
 
 
 async def test_system_prompt_thinking_and_history_go_into_the_request(tmp_path):
@@ -164,6 +169,33 @@ async def test_the_palette_says_what_each_command_does(tmp_path):
         shown = screen_text(app)
         assert "Copies the focused (or last) reply to the terminal's clipboard · f4" in shown
         assert "action: " not in shown
+
+
+def inside(inner, outer) -> bool:
+    return (outer.x <= inner.x and inner.right <= outer.right and outer.y <= inner.y
+            and inner.bottom <= outer.bottom)
+
+
+async def test_editing_a_long_multi_line_message_stays_inside_its_dialog(tmp_path):
+    typed = "\n".join(f"line {n}: " + "many words " * 12 for n in range(30))
+    store = Store()
+    conversation = store.create_conversation("Long")
+    store.add_message(conversation, "user", typed)
+    store.close()
+    app = ScriptedApp(tmp_path, "ok")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+g")
+        await wait_until(pilot, lambda: isinstance(app.screen, TextEditor))
+        await pilot.pause()
+        editor, panel = app.screen.query_one("#editor-text"), app.screen.query_one(".panel")
+        assert editor.text == typed
+        assert inside(editor.region, panel.region) and inside(panel.region, app.screen.region)
+        assert inside(app.screen.query_one(".hint").region, panel.region)  # the hint is not pushed out
+        await pilot.press("ctrl+j")  # the editor takes new lines; ctrl+s saves
+        editor.insert("edited")
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: app.chat.conversation_id != conversation)
+        assert app.chat.store.messages(app.chat.conversation_id)[0].text == typed + "edited"
 
 
 async def test_no_app_key_is_taken_by_the_message_box(tmp_path):

@@ -31,7 +31,7 @@ from mtpchat.tui.chat_view import code_blocks
 from mtpchat.tui.connection import ConnectionMonitor, DaemonState
 from mtpchat.tui.model_switcher import ModelSwitcher
 from mtpchat.tui.prompt_input import PromptInput
-from mtpchat.tui.screens import ConfirmScreen, HelpScreen, StatsScreen, TextPrompt
+from mtpchat.tui.screens import ConfirmScreen, HelpScreen, StatsScreen, TextEditor, TextPrompt
 from mtpchat.tui.sidebar import Sidebar
 from mtpchat.tui.streaming import ReplyFeed, read_daemon_reply
 from mtpchat.tui.themes import load_themes
@@ -229,7 +229,7 @@ class MtpChatApp(App):
             return
         if not self.daemon_ready():
             return self.tell_not_sent()
-        text = await self.push_screen_wait(TextPrompt("Edit the message; the reply continues in a copy "
+        text = await self.push_screen_wait(TextEditor("Edit the message; the reply continues in a copy "
                                                       "of this conversation (the original is kept)", view.text))
         if text and text.strip():
             await self.chat.fork(view.message_id, text)
@@ -248,7 +248,7 @@ class MtpChatApp(App):
     async def action_system_prompt(self) -> None:
         conversation = self.chat.conversation()
         current = conversation.system_prompt if conversation is not None else ""
-        text = await self.push_screen_wait(TextPrompt("System prompt for this conversation (empty: none)", current))
+        text = await self.push_screen_wait(TextEditor("System prompt for this conversation (empty: none)", current))
         if text is not None:
             self.chat.change(system_prompt=text.strip())
             self.notify("System prompt saved")
