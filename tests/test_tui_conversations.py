@@ -1,6 +1,6 @@
 """Conversation actions without a daemon: what a request carries (system prompt, thinking, history),
 rename, delete with confirmation, a message typed while the daemon is away or still starting, thinking
-shown only for models with a thinking mode, the palette's help lines, and a store that fails (a full disk
+shown only for models with a thinking mode, the palette's help lines, search, and a store that fails (a full disk
 on Enter, a failing disk mid-reply, an empty file at start)."""
 
 from __future__ import annotations
@@ -272,3 +272,38 @@ async def test_an_edited_message_the_store_cannot_take_goes_to_a_recovery_file(t
         (copy,) = data_dir().glob("unsent-*.txt")
         assert copy.read_text() == "edited" and app.chat.conversation_id == original and app.chat.reply is None
         assert f"Your edited message was not sent; a copy is in {copy}." in notices(app, "Not sent")[0].message
+
+
+async def test_search_reaches_its_results_with_down_highlights_the_match_and_opens_at_the_hit(tmp_path):
+    store = Store()
+    trip = store.create_conversation("Trip")
+    store.add_message(trip, "user", "Plan a trip to [Paris] in spring")
+    hit = store.add_message(trip, "assistant", "", "complete", "dense")
+    store.update_message(hit, text="Paris in April: the chestnut trees bloom.", status="complete")
+    for n in range(12):
+        store.add_message(trip, "user", f"follow-up {n}\n" + "more words here\n" * 4)
+    store.create_conversation("Newer")
+    store.close()
+    app = MtpChatApp(f"ipc://{tmp_path}/none.sock", autostart=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+f", *"chestnut", "down")
+        results = app.query_one("#conversations")
+        assert app.focused is results and results.highlighted == 0
+        label = results.get_option_at_index(0).prompt
+        assert "[" not in label.plain and "chestnut" in label.plain
+        assert any(label.plain[span.start:span.end] == "chestnut" and "reverse" in str(span.style)
+                   for span in label.spans)
+        search = app.query_one("#search")
+        search.value = "paris"
+        await pilot.pause(0.1)
+        labels = [results.get_option_at_index(i).prompt.plain for i in range(results.option_count)]
+        assert any("Plan a trip to [Paris] in spring" in label for label in labels)  # the user's own brackets
+        search.value = "chestnut"
+        search.focus()
+        await pilot.press("enter", "enter")
+        await wait_until(pilot, lambda: app.chat.conversation_id == trip)
+        await pilot.pause(0.2)
+        chat = app.query_one(ChatView)
+        view = next(v for v in chat.views() if v.message_id == hit)
+        assert app.focused is view and chat.max_scroll_y > 0
+        assert chat.scroll_offset.y <= view.virtual_region.y < chat.scroll_offset.y + chat.size.height

@@ -199,7 +199,7 @@ class MtpChatApp(App):
 
     async def on_sidebar_opened(self, event: Sidebar.Opened) -> None:
         if not self.chat.replying():
-            await self.chat.open(event.conversation_id)
+            await self.chat.open(event.conversation_id, event.message_id)
 
     def action_cancel(self) -> None:
         if not self.chat.cancel_reply():

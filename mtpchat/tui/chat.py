@@ -101,10 +101,11 @@ class Chat(Vertical):
             self.post_message(self.Changed())
         return self.conversation_id
 
-    async def open(self, conversation_id: int | None) -> None:
+    async def open(self, conversation_id: int | None, at_message: int | None = None) -> None:
+        """Show a conversation (None: a new one) at its end, or at `at_message` (a search hit)."""
         self.conversation_id = conversation_id
         messages = self.store.messages(conversation_id) if conversation_id is not None else []
-        await self.query_one(ChatView).show(messages, self.token_view)
+        await self.query_one(ChatView).show(messages, self.token_view, at_message)
         replies = [m for m in messages if m.role == "assistant" and m.stats]
         if replies:
             self.query_one(StatsBar).show(replies[-1].stats, replies[-1].model, streaming=False)

@@ -140,11 +140,19 @@ class MessageView(Vertical, can_focus=True):
 class ChatView(VerticalScroll):
     """The messages of the open conversation, pinned to the bottom while a reply streams."""
 
-    async def show(self, messages: list[Message], token_view: bool) -> None:
+    async def show(self, messages: list[Message], token_view: bool, at_message: int | None = None) -> None:
+        """Show `messages` from the bottom, or with the one whose id is `at_message` at the top, focused."""
         await self.remove_children()
-        await self.mount_all([MessageView(m, token_view) for m in messages])
-        self.scroll_end(animate=False, immediate=True)
-        self.anchor()
+        views = [MessageView(m, token_view) for m in messages]
+        await self.mount_all(views)
+        hit = next((view for view in views if view.message_id == at_message), None)
+        if hit is None:
+            self.scroll_end(animate=False, immediate=True)
+            self.anchor()
+            return
+        self.release_anchor()
+        hit.focus(scroll_visible=False)
+        self.call_after_refresh(self.scroll_to_widget, hit, animate=False, top=True)
 
     async def add(self, message: Message, token_view: bool) -> MessageView:
         view = MessageView(message, token_view)
