@@ -2,9 +2,10 @@
 
 Layout: a top bar (connection state, conversation, model, thinking) that is always visible, the
 conversation list with search on the left, the chat in the middle, the live MTP stats bar and the
-message box at the bottom. Every action has a binding id (overridable under [keys] in config.toml),
-appears in the command palette (ctrl+p) and on the F1 screen. The app owns no inference: it talks
-to mtpchatd through the wire protocol and keeps everything said in the SQLite store.
+message box at the bottom. Every action (tui/actions.py) has a binding id (overridable under [keys]
+in config.toml), appears in the command palette (ctrl+p) and on the F1 screen. The app owns no
+inference: it talks to mtpchatd through the wire protocol and keeps everything said in the SQLite
+store. A message sent while mtpchatd is still starting is shown and its reply asked for once it answers.
 
 The app holds what is app-wide (connection, daemon status, keys, theme, dialogs); the chat column
 (`Chat`, tui/chat.py) owns the conversation, the model choice, the reply in flight and the store, and
