@@ -42,8 +42,12 @@ STOPPED_AT = {"length": "the reply stopped at the --max-tokens limit ({max_token
 
 def _reply_room(client: DaemonClient, model: str | None) -> int:
     """The most tokens a reply can have: the model's context as the daemon reports it (`context` in the
-    `models` reply), or ASK_MAX_TOKENS when it does not (yet) say."""
-    for entry in client.request("models").get("models", []):
+    `models` reply), or ASK_MAX_TOKENS when it does not (yet) say, or does not answer at once."""
+    try:
+        models = client.request("models", timeout_ms=2000).get("models", [])
+    except DaemonUnavailable:  # the generate request that follows finds out what is wrong, and says it
+        return ASK_MAX_TOKENS
+    for entry in models:
         if (entry["name"] == model or entry.get("path") == model or (model is None and entry.get("default"))) \
                 and entry.get("context"):
             return entry["context"]
