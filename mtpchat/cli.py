@@ -2,7 +2,8 @@
 
 `mtpchat` alone opens the TUI (mtpchat/tui; `--ssh user@host` runs it against a remote daemon);
 `mtpchat ask PROMPT` streams one reply through the daemon (starting it in the background when none
-answers); `mtpchat daemon start|stop|status`, `mtpchat models [list|load|unload]` manage it;
+answers), as long as the model's context allows unless --max-tokens says less, and says on stderr when
+the reply stopped at that limit; `mtpchat daemon start|stop|status`, `mtpchat models [list|load|unload]` manage it;
 `mtpchat bench` and `mtpchat train-head` are spellings of `mtpchatd bench|train-head`: this process
 hands them to the daemon's command line (a new interpreter) and never imports `daemon`, so the client
 stays torch-free.
@@ -34,6 +35,25 @@ def _ensure_daemon(args) -> None:
     start_daemon(args.endpoint, progress=_progress if sys.stderr.isatty() else lambda text: None)
 
 
+ASK_MAX_TOKENS = 4096  # when the daemon does not say the model's context (not yet placed)
+STOPPED_AT = {"length": "the reply stopped at the --max-tokens limit ({max_tokens} tokens); raise it for more",
+              "context": "the reply stopped because the model's context is full; a shorter prompt leaves more room"}
+
+
+def _reply_room(client: DaemonClient, model: str | None) -> int:
+    """The most tokens a reply can have: the model's context as the daemon reports it (`context` in the
+    `models` reply), or ASK_MAX_TOKENS when it does not (yet) say, or does not answer at once."""
+    try:
+        models = client.request("models", timeout_ms=2000).get("models", [])
+    except DaemonUnavailable:  # the generate request that follows finds out what is wrong, and says it
+        return ASK_MAX_TOKENS
+    for entry in models:
+        if (entry["name"] == model or entry.get("path") == model or (model is None and entry.get("default"))) \
+                and entry.get("context"):
+            return entry["context"]
+    return ASK_MAX_TOKENS
+
+
 def _ask(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     fields = {"model": args.model, "messages": [{"role": "user", "content": prompt}], "system": args.system,
@@ -49,6 +69,7 @@ def _ask(args: argparse.Namespace) -> int:
     try:
         _ensure_daemon(args)
         with DaemonClient(args.endpoint) as client:
+            fields["max_tokens"] = fields["max_tokens"] or _reply_room(client, args.model)
             final = None
             for message in client.generate(**fields):
                 if message["type"] == "chunk" and not args.json:
@@ -69,17 +90,26 @@ def _ask(args: argparse.Namespace) -> int:
         print(json.dumps({key: final.get(key) for key in keys}))
     else:
         print()
+    if final["type"] == "done" and final.get("finish_reason") in STOPPED_AT:
+        print(f"mtpchat: {STOPPED_AT[final['finish_reason']].format(max_tokens=fields['max_tokens'])}",
+              file=sys.stderr)
     return 0
 
 
 def _daemon(args: argparse.Namespace) -> int:
     if args.action == "start":
+        running = daemon_liveness(args.endpoint) != DOWN
         try:
             _ensure_daemon(args)
+            with DaemonClient(args.endpoint) as client:
+                pid = client.request("hello")["pid"]
         except DaemonUnavailable as exc:
             print(f"mtpchat: {exc}", file=sys.stderr)
             return 1
-        return _daemon_status(args) if args.json else 0
+        if args.json:
+            return _daemon_status(args)
+        print(f"mtpchatd {'was already running' if running else 'started'} (pid {pid})")
+        return 0
     if args.action == "stop":
         return _daemon_stop(args)
     return _daemon_status(args)
@@ -168,6 +198,8 @@ def _models(args: argparse.Namespace) -> int:
                 answer = client.request("models")
             else:
                 answer = client.request(args.action, model=args.name)
+                if args.action == "load" and answer["type"] == "ok":
+                    answer = _wait_loaded(client, answer["model"])
     except DaemonUnavailable as exc:
         print(f"mtpchat: {exc}", file=sys.stderr)
         return 1
@@ -177,7 +209,26 @@ def _models(args: argparse.Namespace) -> int:
     if args.action == "list":
         for model in answer["models"]:
             print(_model_line(model))
+    elif args.action == "unload":
+        print(f"{answer['model']} unloaded")
     return 0
+
+
+def _wait_loaded(client: DaemonClient, name: str, poll_s: float = 0.2) -> dict:
+    """Follow a load the daemon accepted until the model is resident (said on stdout) or failed (an error)."""
+    told = False
+    while True:
+        model = next((m for m in client.request("models")["models"] if m["name"] == name), None)
+        if model is not None and model["state"] == "resident":
+            print(f"{name} resident")
+            return {"type": "ok"}
+        if model is None or model["state"] != "loading":  # failed, or unloaded meanwhile by another client
+            why = (model["error"] or f"it is {model['state']}") if model else "it is no longer listed"
+            return {"type": "error", "message": f"{name} did not load: {why}"}
+        if not told:
+            print(f"loading {name}…", file=sys.stderr, flush=True)
+            told = True
+        time.sleep(poll_s)
 
 
 def _model_line(model: dict) -> str:
@@ -221,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--quantize", choices=QUANTIZE_CHOICES,
                      help="weight-only quantization of the model (default: its configured setting); another "
                           "than that loads a variant of the model beside it")
-    ask.add_argument("--max-tokens", type=int, default=128)
+    ask.add_argument("--max-tokens", type=int, help="most tokens in the reply (default: as many as the model's "
+                     f"context leaves, or {ASK_MAX_TOKENS} when the daemon does not report it); a reply that stops "
+                     "there says so on stderr")
     ask.add_argument("--no-mtp", action="store_true", help="plain decoding (the same engine with k = 0)")
     ask.add_argument("--draft", choices=[*map(str, range(1, MAX_DRAFT + 1)), DRAFT_AUTO], metavar="K",
                      help=f"MTP draft tokens per step, 1..{MAX_DRAFT}, or {DRAFT_AUTO} (adaptive); default: the "

@@ -112,12 +112,15 @@ class Message:
     error: str
 
 
+MATCH_START, MATCH_END = "\x02", "\x03"  # around the matching words of a snippet: characters no message has
+
+
 @dataclass(frozen=True)
 class SearchHit:
     conversation_id: int
     message_id: int
     title: str
-    snippet: str
+    snippet: str  # the message around the match, the matching words between MATCH_START and MATCH_END
 
 
 def default_path() -> Path:
@@ -314,10 +317,10 @@ class Store:
             return []
         match = " ".join('"' + word.replace('"', '""') + '"' for word in words) + "*"
         rows = self.db.execute(
-            "SELECT m.conversation_id, m.id, c.title, snippet(messages_fts, 0, '[', ']', '…', 12) AS snippet "
+            "SELECT m.conversation_id, m.id, c.title, snippet(messages_fts, 0, ?, ?, '…', 12) AS snippet "
             "FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid "
             "JOIN conversations c ON c.id = m.conversation_id "
-            "WHERE messages_fts MATCH ? ORDER BY rank LIMIT ?", (match, limit))
+            "WHERE messages_fts MATCH ? ORDER BY rank LIMIT ?", (MATCH_START, MATCH_END, match, limit))
         return [SearchHit(*row) for row in rows]
 
     @_guarded

@@ -1,4 +1,5 @@
-"""The command line as a user runs it: real processes, the default demo model, JSON out."""
+"""The command line as a user runs it: real processes, the default demo model, JSON out; and `ask`'s
+reply length against a stand-in daemon client."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import torch
 
 from daemon.engine.sampling import SamplingParams
 from daemon.weights.loader import load_model
+from mtpchat import cli
 from tests.helpers import chat_prompt, decode
 
 
@@ -59,7 +61,9 @@ def test_ask_streams_text_with_the_default_demo_model(home):
     done = _run("mtpchat.cli", "ask", "What is the capital of France?", "--max-tokens", "12", home=home)
     assert done.returncode == 0, done.stderr
     assert "Paris" in done.stdout
+    told = "the reply stopped at the --max-tokens limit (12 tokens)" in done.stderr
     done = _run("mtpchat.cli", "ask", "What is the capital of France?", "--max-tokens", "12", "--json", home=home)
+    assert told == (json.loads(done.stdout)["finish_reason"] == "length")
     stats = json.loads(done.stdout)["stats"]
     assert stats["draft_k"] == 4 and stats["drafts"] > 0  # MTP-decoded (adaptive k up to 4), with the trained head
     status = json.loads(_run("mtpchat.cli", "daemon", "status", "--json", home=home).stdout)
@@ -67,9 +71,12 @@ def test_ask_streams_text_with_the_default_demo_model(home):
     assert status["models"][0]["state"] == "resident" and status["active_streams"] == 0
     listed = _run("mtpchat.cli", "models", home=home).stdout
     assert "demo" in listed and "resident" in listed
-    assert _run("mtpchat.cli", "models", "unload", "demo", home=home).returncode == 0
+    unloaded = _run("mtpchat.cli", "models", "unload", "demo", home=home)
+    assert unloaded.returncode == 0 and unloaded.stdout == "demo unloaded\n"
     demo_line = [line for line in _run("mtpchat.cli", "models", "list", home=home).stdout.splitlines() if "demo" in line]
     assert "unloaded" in demo_line[0]
+    loaded = _run("mtpchat.cli", "models", "load", "demo", home=home)
+    assert loaded.returncode == 0 and loaded.stdout == "demo resident\n" and "loading demo…" in loaded.stderr
 
 
 def test_ask_with_a_missing_checkpoint_fails_clearly(home):
@@ -81,11 +88,63 @@ def test_ask_with_a_missing_checkpoint_fails_clearly(home):
 
 def test_daemon_start_status_stop(home):
     assert _run("mtpchat.cli", "daemon", "status", home=home).returncode == 3
-    assert _run("mtpchat.cli", "daemon", "start", home=home).returncode == 0
+    started = _run("mtpchat.cli", "daemon", "start", home=home)
+    assert started.returncode == 0 and started.stdout.startswith("mtpchatd started (pid ")
+    again = _run("mtpchat.cli", "daemon", "start", home=home)
+    assert again.returncode == 0 and again.stdout.startswith("mtpchatd was already running (pid ")
     status = _run("mtpchat.cli", "daemon", "status", home=home)
     assert status.returncode == 0 and "demo" in status.stdout
-    assert _run("mtpchat.cli", "daemon", "stop", home=home).returncode == 0
+    stopped = _run("mtpchat.cli", "daemon", "stop", home=home)
+    assert stopped.returncode == 0 and stopped.stdout.startswith("mtpchatd (pid ") and "stopped" in stopped.stdout
     assert _run("mtpchat.cli", "daemon", "status", home=home).returncode == 3
+
+
+class StandInClient:
+    """A daemon client that answers `models` with `models` and every generate with one chunk and a done."""
+
+    def __init__(self, models: list[dict], finish_reason: str):
+        self.models, self.finish_reason, self.generated = models, finish_reason, []
+
+    def __call__(self, endpoint=None):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def request(self, op, **fields):
+        return {"type": "models", "models": self.models}
+
+    def generate(self, **fields):
+        self.generated.append(fields)
+        yield {"type": "chunk", "text": "The sea is"}
+        yield {"type": "done", "text": "The sea is", "finish_reason": self.finish_reason}
+
+
+@pytest.mark.parametrize("models, finish_reason, max_tokens, told", [
+    ([{"name": "demo", "default": True, "context": 8192}], "context", 8192, "the model's context is full"),
+    ([{"name": "demo", "default": True}], "length", cli.ASK_MAX_TOKENS,  # not placed yet: no context reported
+     f"the reply stopped at the --max-tokens limit ({cli.ASK_MAX_TOKENS} tokens)"),
+    ([{"name": "demo", "default": True, "context": 8192}], "stop", 8192, None),
+])
+def test_ask_replies_as_long_as_the_context_allows_and_says_when_it_stopped_short(
+        models, finish_reason, max_tokens, told, monkeypatch, capsys):
+    client = StandInClient(models, finish_reason)
+    monkeypatch.setattr(cli, "DaemonClient", client)
+    monkeypatch.setattr(cli, "_ensure_daemon", lambda args: None)
+    assert cli.main(["ask", "Tell me about the sea"]) == 0
+    out, err = capsys.readouterr()
+    assert client.generated[0]["max_tokens"] == max_tokens and out == "The sea is\n"
+    assert (told in err) if told else err == ""
+    assert "default: as many as the model's context leaves, or 4096" in " ".join(cli_help(capsys).split())
+
+
+def cli_help(capsys) -> str:
+    with pytest.raises(SystemExit):
+        cli.main(["ask", "--help"])
+    return capsys.readouterr().out
 
 
 def test_mtpchatd_inspect_reports_the_checkpoint(tiny, tmp_path):

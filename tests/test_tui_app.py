@@ -20,7 +20,7 @@ from mtpchat.tui.app import MtpChatApp
 from mtpchat.tui.chat_view import ChatView
 from mtpchat.tui.model_switcher import ModelSwitcher
 from mtpchat.tui.prompt_input import PromptInput
-from mtpchat.tui.screens import HelpScreen, StatsScreen, TextPrompt
+from mtpchat.tui.screens import HelpScreen, StatsScreen, TextEditor
 from tests.helpers import start_daemon_process, stop_process, wait_resident, write_tiny_config
 
 SIZE = (110, 36)
@@ -195,9 +195,9 @@ async def test_edit_forks_the_conversation_and_history_recalls_inputs(shared_dae
         await exchange(pilot, "first")
         original = app.chat.conversation_id
         await pilot.press("ctrl+g")
-        await wait_until(pilot, lambda: isinstance(app.screen, TextPrompt))
-        app.screen.query_one("#prompt-value").value = "first, edited"
-        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, TextEditor))
+        app.screen.query_one("#editor-text").text = "first, edited"
+        await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: app.chat.conversation_id != original)
         await reply_done(pilot)
         assert [m.text for m in app.chat.store.messages(app.chat.conversation_id)][0] == "first, edited"

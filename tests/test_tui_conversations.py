@@ -1,10 +1,12 @@
 """Conversation actions without a daemon: what a request carries (system prompt, thinking, history),
-rename, delete with confirmation, a message typed while the daemon is away, and a store that fails
-(a full disk on Enter, a failing disk mid-reply, an empty file at start)."""
+rename, delete with confirmation, a message typed while the daemon is away or still starting, thinking
+shown only for models with a thinking mode, the palette's help lines, search, and a store that fails (a full disk
+on Enter, a failing disk mid-reply, an empty file at start)."""
 
 from __future__ import annotations
 
 import sqlite3
+from types import SimpleNamespace
 
 from textual.widgets import Button
 
@@ -12,9 +14,10 @@ from mtpchat.paths import data_dir
 from mtpchat.store import Store, default_path
 from mtpchat.tui.app import MtpChatApp
 from mtpchat.tui.chat_view import ChatView
+from mtpchat.tui.connection import DaemonState
 from mtpchat.tui.prompt_input import PromptInput
-from mtpchat.tui.screens import ConfirmScreen, TextPrompt
-from tests.test_tui_app import send, wait_until
+from mtpchat.tui.screens import ConfirmScreen, TextEditor, TextPrompt
+from tests.test_tui_app import screen_text, send, wait_until
 from tests.test_tui_snapshots import SIZE
 from tests.test_tui_streaming_view import ScriptedApp
 
@@ -39,11 +42,16 @@ def notices(app, title: str) -> list:
 
 
 async def answer_prompt(pilot, key: str, value: str) -> None:
+    """Open a one-line prompt (Enter saves) or an editor (ctrl+s saves) with `key` and save `value`."""
     await pilot.press(key)
-    await wait_until(pilot, lambda: isinstance(pilot.app.screen, TextPrompt))
-    pilot.app.screen.query_one("#prompt-value").value = value
-    await pilot.press("enter")
-    await wait_until(pilot, lambda: not isinstance(pilot.app.screen, TextPrompt))
+    await wait_until(pilot, lambda: isinstance(pilot.app.screen, (TextPrompt, TextEditor)))
+    if isinstance(pilot.app.screen, TextPrompt):
+        pilot.app.screen.query_one("#prompt-value").value = value
+        await pilot.press("enter")
+    else:
+        pilot.app.screen.query_one("#editor-text").text = value
+        await pilot.press("ctrl+s")
+    await wait_until(pilot, lambda: not isinstance(pilot.app.screen, (TextPrompt, TextEditor)))
 
 
 async def test_system_prompt_thinking_and_history_go_into_the_request(tmp_path):
@@ -76,7 +84,8 @@ async def test_delete_asks_first(tmp_path):
         assert app.chat.conversation_id == doomed  # the newest opens
         await pilot.press("f8")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
-        app.screen.query_one("#no", Button).press()
+        assert app.focused.id == "no"  # Enter right away keeps everything
+        await pilot.press("enter")
         await wait_until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
         assert [c.id for c in app.chat.store.conversations()] == [doomed, keep]
         await pilot.press("f8")
@@ -95,6 +104,98 @@ async def test_a_message_typed_while_the_daemon_is_away_stays_in_the_box(tmp_pat
         await pilot.pause(0.1)
         assert app.query_one(PromptInput).text == "hello?" and app.chat.store.conversations() == []
         assert any("Not sent" == n.title for n in app._notifications)
+
+
+class StartingApp(ScriptedApp):
+    """A scripted reply source behind the real connection logic, with daemon states the test posts."""
+
+    daemon_ready = MtpChatApp.daemon_ready
+
+    def __init__(self, tmp_path, text: str):
+        super().__init__(tmp_path, text)
+        self.monitor = SimpleNamespace(start=lambda: None, stop=lambda: None, poke=lambda: None)
+
+
+DEMO = {"name": "demo", "state": "resident", "default": True, "path": "builtin:smollm2"}
+
+
+async def test_a_message_sent_while_the_daemon_starts_is_queued_and_sent_when_it_answers(tmp_path):
+    app = StartingApp(tmp_path, "Hello!")
+    async with app.run_test(size=SIZE) as pilot:
+        app.post_message(DaemonState("starting", detail="starting mtpchatd…"))
+        await wait_until(pilot, lambda: app.connection[0] == "starting")
+        app.query_one(PromptInput).text = "Are you there?"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: notices(app, "Queued"))
+        assert [m.text for m in app.chat.store.messages(app.chat.conversation_id)] == ["Are you there?"]
+        assert app.query_one(PromptInput).text == "" and not hasattr(app, "fields")  # shown, not yet asked
+        app.post_message(DaemonState("connected", {"pid": 1, "models": [DEMO]}))
+        await wait_until(pilot, lambda: hasattr(app, "fields"))
+        app.release(10, step=10)
+        await wait_until(pilot, lambda: app.chat.reply is None)
+        assert app.fields["messages"] == [{"role": "user", "content": "Are you there?"}]
+        assert [m.text for m in app.chat.store.messages(app.chat.conversation_id)] == ["Are you there?", "Hello!"]
+
+
+async def test_thinking_is_shown_only_for_a_model_whose_template_has_a_thinking_mode(tmp_path):
+    qwen = tmp_path / "qwen"
+    qwen.mkdir()
+    (qwen / "tokenizer_config.json").write_text('{"chat_template": "{% if enable_thinking is false %}…"}')
+    models = [DEMO, {"name": "qwen", "state": "resident", "default": False, "path": str(qwen)}]
+    store = Store()
+    store.create_conversation("On the demo")
+    store.close()
+    app = StartingApp(tmp_path, "")
+    async with app.run_test(size=SIZE) as pilot:
+        app.post_message(DaemonState("connected", {"pid": 1, "models": models}))
+        await wait_until(pilot, lambda: app.connection[0] == "connected")
+        await pilot.pause()
+        assert "On the demo" in str(app.query_one("#topbar").render())
+        assert "thinking" not in str(app.query_one("#topbar").render())
+        await pilot.press("f7")
+        assert app.chat.conversation().thinking is True  # nothing to switch
+        assert any("demo has no thinking mode" in n.message for n in app._notifications)
+        app.chat.pick_model("qwen")
+        await pilot.pause()
+        assert "thinking on" in str(app.query_one("#topbar").render())
+
+
+async def test_the_palette_says_what_each_command_does(tmp_path):
+    app = MtpChatApp(f"ipc://{tmp_path}/none.sock", autostart=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+p")
+        await pilot.press(*"Copy the reply")
+        await pilot.pause(0.5)
+        shown = screen_text(app)
+        assert "Copies the focused (or last) reply to the terminal's clipboard · f4" in shown
+        assert "action: " not in shown
+
+
+def inside(inner, outer) -> bool:
+    return (outer.x <= inner.x and inner.right <= outer.right and outer.y <= inner.y
+            and inner.bottom <= outer.bottom)
+
+
+async def test_editing_a_long_multi_line_message_stays_inside_its_dialog(tmp_path):
+    typed = "\n".join(f"line {n}: " + "many words " * 12 for n in range(30))
+    store = Store()
+    conversation = store.create_conversation("Long")
+    store.add_message(conversation, "user", typed)
+    store.close()
+    app = ScriptedApp(tmp_path, "ok")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+g")
+        await wait_until(pilot, lambda: isinstance(app.screen, TextEditor))
+        await pilot.pause()
+        editor, panel = app.screen.query_one("#editor-text"), app.screen.query_one(".panel")
+        assert editor.text == typed
+        assert inside(editor.region, panel.region) and inside(panel.region, app.screen.region)
+        assert inside(app.screen.query_one(".hint").region, panel.region)  # the hint is not pushed out
+        await pilot.press("ctrl+j")  # the editor takes new lines; ctrl+s saves
+        editor.insert("edited")
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: app.chat.conversation_id != conversation)
+        assert app.chat.store.messages(app.chat.conversation_id)[0].text == typed + "edited"
 
 
 async def test_no_app_key_is_taken_by_the_message_box(tmp_path):
@@ -171,3 +272,38 @@ async def test_an_edited_message_the_store_cannot_take_goes_to_a_recovery_file(t
         (copy,) = data_dir().glob("unsent-*.txt")
         assert copy.read_text() == "edited" and app.chat.conversation_id == original and app.chat.reply is None
         assert f"Your edited message was not sent; a copy is in {copy}." in notices(app, "Not sent")[0].message
+
+
+async def test_search_reaches_its_results_with_down_highlights_the_match_and_opens_at_the_hit(tmp_path):
+    store = Store()
+    trip = store.create_conversation("Trip")
+    store.add_message(trip, "user", "Plan a trip to [Paris] in spring")
+    hit = store.add_message(trip, "assistant", "", "complete", "dense")
+    store.update_message(hit, text="Paris in April: the chestnut trees bloom.", status="complete")
+    for n in range(12):
+        store.add_message(trip, "user", f"follow-up {n}\n" + "more words here\n" * 4)
+    store.create_conversation("Newer")
+    store.close()
+    app = MtpChatApp(f"ipc://{tmp_path}/none.sock", autostart=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+f", *"chestnut", "down")
+        results = app.query_one("#conversations")
+        assert app.focused is results and results.highlighted == 0
+        label = results.get_option_at_index(0).prompt
+        assert "[" not in label.plain and "chestnut" in label.plain
+        assert any(label.plain[span.start:span.end] == "chestnut" and "reverse" in str(span.style)
+                   for span in label.spans)
+        search = app.query_one("#search")
+        search.value = "paris"
+        await pilot.pause(0.1)
+        labels = [results.get_option_at_index(i).prompt.plain for i in range(results.option_count)]
+        assert any("Plan a trip to [Paris] in spring" in label for label in labels)  # the user's own brackets
+        search.value = "chestnut"
+        search.focus()
+        await pilot.press("enter", "enter")
+        await wait_until(pilot, lambda: app.chat.conversation_id == trip)
+        await pilot.pause(0.2)
+        chat = app.query_one(ChatView)
+        view = next(v for v in chat.views() if v.message_id == hit)
+        assert app.focused is view and chat.max_scroll_y > 0
+        assert chat.scroll_offset.y <= view.virtual_region.y < chat.scroll_offset.y + chat.size.height

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from mtpchat.store import MIGRATIONS, Store, StoreError
+from mtpchat.store import MATCH_END, MATCH_START, MIGRATIONS, Store, StoreError
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_search_finds_words_across_conversations_and_treats_syntax_as_text(store
     second = store.create_conversation("Code")
     store.add_message(second, "assistant", 'Use "quotes" AND (parentheses) in python')
     assert [(h.conversation_id, h.title) for h in store.search("deep")] == [(first, "Oceans")]
-    assert "[deep]" in store.search("deep sea")[0].snippet
+    assert f"{MATCH_START}deep{MATCH_END}" in store.search("deep sea")[0].snippet
     assert [h.conversation_id for h in store.search("pyth")] == [second]  # prefix on the last word
     assert [h.conversation_id for h in store.search('"quotes" AND (')] == [second]
     assert store.search("nothing-like-this") == [] and store.search("   ") == []

@@ -1,6 +1,7 @@
 """The chat view under a stream it does not control: Markdown split at awkward places renders the same
 as a full render, the view follows the bottom until the user scrolls up, thinking goes into its
-block, and the reply is in the store while it is still streaming."""
+block, the reply is in the store while it is still streaming (and interrupted when the daemon shuts down), the
+user's own text is shown as typed, and a slow rate keeps its decimal."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import threading
 
 from textual.widgets import Markdown
 
+from mtpchat.store import Store
 from mtpchat.tui.app import MtpChatApp
 from mtpchat.tui.chat_view import ChatView
-from mtpchat.tui.streaming import Outcome
+from mtpchat.tui.streaming import Outcome, terminal_outcome
 from tests.test_tui_app import send, wait_until
 from tests.test_tui_snapshots import SIZE
 
@@ -95,3 +97,48 @@ async def test_closing_the_app_mid_reply_keeps_the_partial_as_interrupted(tmp_pa
     store = type(app.chat.store)()
     reply = store.messages(1)[-1]
     assert (reply.status, reply.error, reply.text) == ("interrupted", "the app was closed", "Some words. " * 5)
+
+
+async def test_the_users_own_message_is_shown_as_typed_not_as_markdown(tmp_path):
+    typed = "Keep **these** stars\n- one\n- two\nright after the list\n\n# not a heading"
+    app = ScriptedApp(tmp_path, "ok")
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, typed)
+        app.release(1, step=2)
+        await wait_until(pilot, lambda: app.chat.reply is None)
+        mine = app.query_one(ChatView).views()[0]
+        assert not mine.query(Markdown)
+        assert str(mine.query_one(".answer").render()) == typed
+
+
+class ShutdownApp(ScriptedApp):
+    """The daemon stops mid-reply: one chunk, then its `shutdown` error."""
+
+    def reply_source(self, feed, fields) -> None:
+        feed.add_chunk({"text": "Once upon", "stats": {"generated_tokens": 2}})
+        feed.finish(terminal_outcome({"type": "error", "code": "shutdown", "message": "the daemon is shutting down"}))
+
+
+async def test_a_daemon_shutting_down_mid_reply_leaves_it_interrupted(tmp_path):
+    app = ShutdownApp(tmp_path, "")
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "Tell me a story")
+        await wait_until(pilot, lambda: app.chat.reply is None)
+        reply = app.chat.store.messages(app.chat.conversation_id)[-1]
+        assert (reply.status, reply.text) == ("interrupted", "Once upon")
+        footer = str(app.query_one(ChatView).views()[-1].query_one(".message-footer").render())
+        assert "interrupted (mtpchatd shut down)" in footer and "error" not in footer
+
+
+async def test_a_slow_reply_shows_its_rate_with_a_decimal(tmp_path):
+    store = Store()
+    conversation = store.create_conversation("Slow", "dense")
+    store.add_message(conversation, "user", "hi")
+    reply = store.add_message(conversation, "assistant", "", "streaming", "dense")
+    store.update_message(reply, text="Hello", status="complete", stats={"decode_tok_s": 1.43, "generated_tokens": 5})
+    store.close()
+    app = MtpChatApp(f"ipc://{tmp_path}/none.sock", autostart=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert str(app.query_one(ChatView).views()[-1].query_one(".message-footer").render()) == "1.4 tok/s · 5 tokens"
+        assert "│ 1.4 tok/s │" in str(app.query_one("#stats").render())

@@ -2,9 +2,10 @@
 
 Layout: a top bar (connection state, conversation, model, thinking) that is always visible, the
 conversation list with search on the left, the chat in the middle, the live MTP stats bar and the
-message box at the bottom. Every action has a binding id (overridable under [keys] in config.toml),
-appears in the command palette (ctrl+p) and on the F1 screen. The app owns no inference: it talks
-to mtpchatd through the wire protocol and keeps everything said in the SQLite store.
+message box at the bottom. Every action (tui/actions.py) has a binding id (overridable under [keys]
+in config.toml), appears in the command palette (ctrl+p) and on the F1 screen. The app owns no
+inference: it talks to mtpchatd through the wire protocol and keeps everything said in the SQLite
+store. A message sent while mtpchatd is still starting is shown and its reply asked for once it answers.
 
 The app holds what is app-wide (connection, daemon status, keys, theme, dialogs); the chat column
 (`Chat`, tui/chat.py) owns the conversation, the model choice, the reply in flight and the store, and
@@ -25,50 +26,26 @@ from textual.widgets import Footer, Static
 from mtpchat.client import DaemonClient, DaemonUnavailable
 from mtpchat.config import DEFAULT_THEME, load_config, save_theme
 from mtpchat.store import Store
+from mtpchat.tui.actions import ACTIONS, FOOTER
 from mtpchat.tui.chat import Chat
 from mtpchat.tui.chat_view import code_blocks
 from mtpchat.tui.connection import ConnectionMonitor, DaemonState
 from mtpchat.tui.model_switcher import ModelSwitcher
 from mtpchat.tui.prompt_input import PromptInput
-from mtpchat.tui.screens import ConfirmScreen, HelpScreen, StatsScreen, TextPrompt
+from mtpchat.tui.screens import ConfirmScreen, HelpScreen, StatsScreen, TextEditor, TextPrompt
 from mtpchat.tui.sidebar import Sidebar
 from mtpchat.tui.streaming import ReplyFeed, read_daemon_reply
 from mtpchat.tui.themes import load_themes
-from mtpchat.tui.top_bar import top_bar
+from mtpchat.tui.top_bar import has_thinking_mode, top_bar
 
-# (keys, action, description, binding id); the palette lists every action, keys or not. Keys avoid
-# what the message box (TextArea) already uses: ctrl+a/e/k/u/w/x/c/v/z/y.
-ACTIONS = [
-    ("escape", "cancel", "Stop the reply (keeps what arrived)", "cancel"),
-    ("ctrl+n", "new_conversation", "New conversation", "new_conversation"),
-    ("ctrl+o", "switch_model", "Switch model", "switch_model"),
-    ("ctrl+r", "regenerate", "Regenerate the last reply", "regenerate"),
-    ("ctrl+g", "edit_message", "Edit a message and continue (in a copy)", "edit_message"),
-    ("ctrl+t", "toggle_token_view", "Token view: draft-accepted vs verifier tokens", "token_view"),
-    ("f4", "copy_message", "Copy the reply (OSC 52)", "copy_message"),
-    ("f5", "copy_code", "Copy the reply's last code block (OSC 52)", "copy_code"),
-    ("ctrl+f", "search", "Search all messages", "search"),
-    ("ctrl+b", "toggle_sidebar", "Show/hide the conversation list", "toggle_sidebar"),
-    ("f2", "rename", "Rename the conversation", "rename"),
-    ("f3", "stats_panel", "Stats: conversation and daemon", "stats_panel"),
-    ("f6", "system_prompt", "System prompt of the conversation", "system_prompt"),
-    ("f7", "toggle_thinking", "Thinking on/off for the conversation", "toggle_thinking"),
-    ("f8", "delete_conversation", "Delete the conversation", "delete_conversation"),
-    ("ctrl+s", "export_markdown", "Export the conversation as Markdown", "export_markdown"),
-    (None, "export_json", "Export the conversation as JSON", "export_json"),
-    ("f9", "start_daemon", "Start mtpchatd", "start_daemon"),
-    ("f1,question_mark", "help", "Help: keys and their binding ids", "help"),
-]
-FOOTER = {"cancel": "Stop", "new_conversation": "New", "switch_model": "Model", "token_view": "Tokens",
-          "stats_panel": "Stats", "help": "Help"}  # binding id -> short label in the footer
+ON_ITS_WAY = ("connecting", "starting", "busy")  # daemon states in which a message is queued, not refused
 
 
 class MtpChatApp(App):
     CSS = (files("mtpchat.tui") / "app.tcss").read_text()  # package data: found in a wheel as in a checkout
     TITLE = "mtpchat"
-    BINDINGS = [Binding(keys, action, FOOTER.get(binding_id, description), show=binding_id in FOOTER,
-                        id=binding_id, tooltip=description)
-                for keys, action, description, binding_id in ACTIONS if keys]
+    BINDINGS = [Binding(a.keys, a.action, FOOTER.get(a.binding_id, a.title), show=a.binding_id in FOOTER,
+                        id=a.binding_id, tooltip=a.help) for a in ACTIONS if a.keys]
 
     def __init__(self, endpoint: str | None = None, autostart: bool = True, store: Store | None = None,
                  max_tokens: int = 2048, connection_note: str = ""):
@@ -108,7 +85,7 @@ class MtpChatApp(App):
             wanted = fallback
         self.theme = wanted
         self.theme_changed_signal.subscribe(self, lambda theme: save_theme(theme.name))
-        unknown = set(self.config.keys) - {binding_id for *_, binding_id in ACTIONS}
+        unknown = set(self.config.keys) - {a.binding_id for a in ACTIONS}
         if unknown:
             self.notify(f"[keys] in config.toml: unknown binding ids {sorted(unknown)}; see F1", severity="warning")
         self.set_keymap({k: v for k, v in self.config.keys.items() if k not in unknown})
@@ -134,35 +111,50 @@ class MtpChatApp(App):
         elif outcome.error and outcome.error != "cancelled":
             self.notify(f"{outcome.error}; the partial reply is kept", title="Reply interrupted", severity="warning")
 
-    def on_daemon_state(self, event: DaemonState) -> None:
+    async def on_daemon_state(self, event: DaemonState) -> None:
         if not self.is_running:  # a report that arrived while the app shuts down
             return
         self.connection = (event.state, event.detail)
+        if event.state == "offline" and self.chat.queued is not None:
+            self.chat.queued = None
+            self.notify(f"{event.detail}; your message is kept: {self._keys_of('regenerate')} asks for its reply "
+                        "once mtpchatd runs", title="Not sent", severity="warning")
         if event.status is not None:
             self.daemon_status = event.status
             self.chat.daemon_default = self.default_model()
         if isinstance(self.screen, ModelSwitcher) and event.status:
             self.screen.refresh_models(event.status["models"])
         self.refresh_topbar()
+        if event.state == "connected":
+            await self.chat.send_queued()
 
     def daemon_ready(self) -> bool:
-        """Whether a message can go out now; if not, the user is told why and keeps their text."""
+        """Whether a request can go out now (tests with a stand-in reply source say yes)."""
+        return self.connection[0] == "connected"
+
+    def tell_not_sent(self) -> None:
+        """Why nothing went out (the user keeps their text)."""
         state, detail = self.connection
-        if state == "connected":
-            return True
         hint = f"; press {self._keys_of('start_daemon')} to start it" if state == "offline" else ""
         self.notify(f"{detail}{hint}. Your message is still in the box.", title="Not sent", severity="warning")
-        return False
 
     def default_model(self) -> str | None:
         models = (self.daemon_status or {}).get("models", [])
         return next((m["name"] for m in models if m.get("default")), None)
 
+    def thinking_mode(self) -> bool:
+        """Whether the conversation's model has a thinking mode (True while the daemon has not said which
+        model that is)."""
+        name = self.chat.model() or self.default_model()
+        models = (self.daemon_status or {}).get("models", [])
+        path = next((m.get("path", "") for m in models if m["name"] == name), None)
+        return path is None or has_thinking_mode(path)
+
     def refresh_topbar(self) -> None:
         model = self.chat.model() or f"{self.default_model() or 'default'} (default)"
         self.query_one("#topbar", Static).update(top_bar(self.connection, self.daemon_status, self.connection_note,
                                                          model, self.chat.conversation(),
-                                                         self._keys_of("start_daemon")))
+                                                         self._keys_of("start_daemon"), self.thinking_mode()))
 
     def action_start_daemon(self) -> None:
         self.connection = ("starting", "starting mtpchatd…")
@@ -195,12 +187,20 @@ class MtpChatApp(App):
 
     # --- sending and replies ------------------------------------------------------------------
     async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
-        if not self.chat.replying() and self.daemon_ready():
+        if self.chat.replying():
+            return
+        if self.daemon_ready():
             await self.chat.send(event.text)
+        elif self.connection[0] in ON_ITS_WAY:
+            await self.chat.send(event.text, reply=False)
+            self.notify("mtpchatd is not answering yet; the reply is asked for as soon as it does",
+                        title="Queued")
+        else:
+            self.tell_not_sent()
 
     async def on_sidebar_opened(self, event: Sidebar.Opened) -> None:
         if not self.chat.replying():
-            await self.chat.open(event.conversation_id)
+            await self.chat.open(event.conversation_id, event.message_id)
 
     def action_cancel(self) -> None:
         if not self.chat.cancel_reply():
@@ -217,6 +217,8 @@ class MtpChatApp(App):
             self.notify("Nothing to regenerate")
         elif self.daemon_ready():
             await self.chat.regenerate()
+        else:
+            self.tell_not_sent()
 
     @work(exclusive=True, group="dialog")
     async def action_edit_message(self) -> None:
@@ -224,9 +226,11 @@ class MtpChatApp(App):
         if view is None:
             self.notify("No message to edit")
             return
-        if self.chat.replying("Wait for the reply or press Esc") or not self.daemon_ready():
+        if self.chat.replying("Wait for the reply or press Esc"):
             return
-        text = await self.push_screen_wait(TextPrompt("Edit the message; the reply continues in a copy "
+        if not self.daemon_ready():
+            return self.tell_not_sent()
+        text = await self.push_screen_wait(TextEditor("Edit the message; the reply continues in a copy "
                                                       "of this conversation (the original is kept)", view.text))
         if text and text.strip():
             await self.chat.fork(view.message_id, text)
@@ -245,12 +249,15 @@ class MtpChatApp(App):
     async def action_system_prompt(self) -> None:
         conversation = self.chat.conversation()
         current = conversation.system_prompt if conversation is not None else ""
-        text = await self.push_screen_wait(TextPrompt("System prompt for this conversation (empty: none)", current))
+        text = await self.push_screen_wait(TextEditor("System prompt for this conversation (empty: none)", current))
         if text is not None:
             self.chat.change(system_prompt=text.strip())
             self.notify("System prompt saved")
 
     def action_toggle_thinking(self) -> None:
+        if not self.thinking_mode():
+            self.notify(f"{self.chat.model() or self.default_model()} has no thinking mode; nothing to switch")
+            return
         conversation = self.chat.conversation()
         thinking = not conversation.thinking if conversation is not None else False
         self.chat.change(thinking=thinking)
@@ -316,14 +323,14 @@ class MtpChatApp(App):
         self.push_screen(StatsScreen(status, replies))
 
     def _keys_of(self, binding_id: str) -> str:
-        default = next(keys for keys, *_, bid in ACTIONS if bid == binding_id)
+        default = next(a.keys for a in ACTIONS if a.binding_id == binding_id)
         return self.config.keys.get(binding_id, default) or "palette only"
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen([(self._keys_of(bid), description, bid)
-                                     for _, _, description, bid in ACTIONS]))
+        self.push_screen(HelpScreen([(self._keys_of(a.binding_id), a.title, a.binding_id) for a in ACTIONS]))
 
     def get_system_commands(self, screen):
         yield from super().get_system_commands(screen)
-        for _, action, description, _ in ACTIONS:
-            yield SystemCommand(description, f"action: {action}", getattr(self, f"action_{action}"))
+        for a in ACTIONS:
+            keys = self._keys_of(a.binding_id)
+            yield SystemCommand(a.title, f"{a.help} · {keys}", getattr(self, f"action_{a.action}"))

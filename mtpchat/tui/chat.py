@@ -69,6 +69,7 @@ class Chat(Vertical):
         self.model_choice: str | None = None  # for new conversations: the last model picked
         self.daemon_default: str | None = None  # the daemon's default model, named on replies without one
         self.reply: ActiveReply | None = None
+        self.queued: int | None = None  # a conversation whose reply waits for the daemon to answer
         self.token_view = False
         self._saver: Timer | None = None  # saves the streaming reply every SAVE_S
         self.render_lags: list[float] = []  # seconds from a chunk's arrival to its render (scripts/bench_tui.py)
@@ -100,10 +101,11 @@ class Chat(Vertical):
             self.post_message(self.Changed())
         return self.conversation_id
 
-    async def open(self, conversation_id: int | None) -> None:
+    async def open(self, conversation_id: int | None, at_message: int | None = None) -> None:
+        """Show a conversation (None: a new one) at its end, or at `at_message` (a search hit)."""
         self.conversation_id = conversation_id
         messages = self.store.messages(conversation_id) if conversation_id is not None else []
-        await self.query_one(ChatView).show(messages, self.token_view)
+        await self.query_one(ChatView).show(messages, self.token_view, at_message)
         replies = [m for m in messages if m.role == "assistant" and m.stats]
         if replies:
             self.query_one(StatsBar).show(replies[-1].stats, replies[-1].model, streaming=False)
@@ -158,7 +160,9 @@ class Chat(Vertical):
             self.notify(warning, severity="warning")
         return self.reply is not None
 
-    async def send(self, text: str) -> None:
+    async def send(self, text: str, reply: bool = True) -> None:
+        """Store and show the user's message, then ask for the reply; with reply=False the reply is
+        queued (`queued`) until `send_queued` (the daemon is still starting)."""
         try:
             self._store_user_message(text)  # stored before it is sent
         except StoreError as exc:
@@ -168,7 +172,18 @@ class Chat(Vertical):
         prompt.remember(text)
         prompt.text = ""
         await self.query_one(ChatView).add(self.store.messages(self.conversation_id)[-1], self.token_view)
+        if reply:
+            await self.start_reply()
+        else:
+            self.queued = self.conversation_id
+
+    async def send_queued(self) -> bool:
+        """Ask for the queued reply, if its conversation is still the open one; whether one was asked for."""
+        queued, self.queued = self.queued, None
+        if queued is None or queued != self.conversation_id or self.reply is not None:
+            return False
         await self.start_reply()
+        return True
 
     def _store_user_message(self, text: str) -> None:
         if self.conversation_id is None:  # the conversation and its first message, in one transaction

@@ -4,7 +4,8 @@ A streaming reply grows by batches (see streaming.py): the answer is appended to
 widget (Textual re-parses only the last block), thinking goes into a collapsed block, and when the
 reply ends one full render puts every code block and table right. The view stays pinned to the
 bottom while a reply streams until the user scrolls up (Textual's anchor). The token view shows the
-same reply coloured by provenance: accepted MTP draft tokens vs tokens the verifier produced.
+same reply coloured by provenance: accepted MTP draft tokens vs tokens the verifier produced. The
+user's own messages are shown as typed (plain text, line breaks kept), never read as Markdown.
 """
 
 from __future__ import annotations
@@ -55,20 +56,24 @@ class MessageView(Vertical, can_focus=True):
 
     def compose(self):
         yield Static(self._title(), classes="message-title")
+        if self.role == "user":
+            yield Static(Text(self.text), classes="answer")
+            return
         yield Collapsible(Static("", classes="thinking-text"), title="Thinking", collapsed=True, classes="thinking")
         yield Markdown("", classes="answer")
         yield Static("", classes="tokens")
         yield Static("", classes="message-footer")
 
     async def on_mount(self) -> None:
-        await self._render_text(full=True)
-        self._render_footer()
+        if self.role == "assistant":
+            await self._render_text(full=True)
+            self._render_footer()
 
     def _title(self) -> str:
         return "You" if self.role == "user" else f"Assistant · {self.model or 'default model'}"
 
     async def _render_text(self, full: bool) -> None:
-        thinking, answer = split_thinking(self.text) if self.role == "assistant" else (None, self.text)
+        thinking, answer = split_thinking(self.text)
         block = self.query_one(".thinking", Collapsible)
         block.display = thinking is not None
         if thinking is not None:
@@ -85,7 +90,7 @@ class MessageView(Vertical, can_focus=True):
     def _render_tokens(self) -> None:
         tokens = self.query_one(".tokens", Static)
         markdown = self.query_one(".answer", Markdown)
-        show = self.token_view and self.role == "assistant"
+        show = self.token_view
         tokens.display, markdown.display = show, not show
         if show:
             theme = self.app.current_theme
@@ -95,7 +100,6 @@ class MessageView(Vertical, can_focus=True):
 
     def _render_footer(self) -> None:
         footer = self.query_one(".message-footer", Static)
-        footer.display = self.role == "assistant"
         parts = [footer_line(self.stats)] if self.stats else []
         if self.status == "streaming":
             parts.append("streaming…")
@@ -129,17 +133,26 @@ class MessageView(Vertical, can_focus=True):
 
     def set_token_view(self, on: bool) -> None:
         self.token_view = on
-        self._render_tokens()
+        if self.role == "assistant":
+            self._render_tokens()
 
 
 class ChatView(VerticalScroll):
     """The messages of the open conversation, pinned to the bottom while a reply streams."""
 
-    async def show(self, messages: list[Message], token_view: bool) -> None:
+    async def show(self, messages: list[Message], token_view: bool, at_message: int | None = None) -> None:
+        """Show `messages` from the bottom, or with the one whose id is `at_message` at the top, focused."""
         await self.remove_children()
-        await self.mount_all([MessageView(m, token_view) for m in messages])
-        self.scroll_end(animate=False, immediate=True)
-        self.anchor()
+        views = [MessageView(m, token_view) for m in messages]
+        await self.mount_all(views)
+        hit = next((view for view in views if view.message_id == at_message), None)
+        if hit is None:
+            self.scroll_end(animate=False, immediate=True)
+            self.anchor()
+            return
+        self.release_anchor()
+        hit.focus(scroll_visible=False)
+        self.call_after_refresh(self.scroll_to_widget, hit, animate=False, top=True)
 
     async def add(self, message: Message, token_view: bool) -> MessageView:
         view = MessageView(message, token_view)

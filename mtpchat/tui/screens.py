@@ -1,4 +1,5 @@
-"""Modal screens: help (every key, with its binding id), confirm, a text prompt, and the stats panel.
+"""Modal screens: help (every key, with its binding id), confirm, a one-line text prompt, a multi-line
+text editor, and the stats panel.
 
 Each returns its answer through `dismiss` (None when the user backs out with Esc), so the app's
 actions read as plain `await self.push_screen_wait(...)` calls.
@@ -13,7 +14,7 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Static
+from textual.widgets import Button, Input, Static, TextArea
 
 from mtpchat.config import format_size
 from mtpchat.protocol import (
@@ -52,6 +53,8 @@ class HelpScreen(Dialog):
 
 
 class ConfirmScreen(Dialog):
+    AUTO_FOCUS = "#no"  # Enter on a dialog that just opened must not destroy anything
+
     def __init__(self, question: str):
         super().__init__()
         self.question = question
@@ -67,7 +70,7 @@ class ConfirmScreen(Dialog):
 
 
 class TextPrompt(Dialog):
-    """One line of text: a title, a system prompt, a search, an edited message."""
+    """One line of text: a conversation's title."""
 
     def __init__(self, title: str, value: str = ""):
         super().__init__()
@@ -81,6 +84,29 @@ class TextPrompt(Dialog):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value)
+
+
+class TextEditor(Dialog):
+    """Text that may run to many lines (an edited message, a system prompt), wrapped inside the dialog;
+    Enter is a new line there, so ctrl+s saves."""
+
+    BINDINGS = Dialog.BINDINGS + [Binding("ctrl+s", "save", "Save", show=False)]
+
+    def __init__(self, title: str, value: str = ""):
+        super().__init__()
+        self.title_text, self.value = title, value
+
+    def compose(self):
+        with Vertical(classes="panel wide editor"):
+            yield Static(self.title_text, classes="title")
+            yield TextArea(self.value, soft_wrap=True, id="editor-text")
+            yield Static("ctrl+s saves, Esc cancels", classes="hint")
+
+    def on_mount(self) -> None:
+        self.query_one(TextArea).move_cursor(self.query_one(TextArea).document.end)
+
+    def action_save(self) -> None:
+        self.dismiss(self.query_one(TextArea).text)
 
 
 def _value(value) -> str:

@@ -7,6 +7,7 @@ daemon does not send is left out rather than shown as zero, and keys this client
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.widgets import Static
 
@@ -40,45 +41,58 @@ def acceptance_bars(per_position: list[float]) -> str:
     return "".join(BARS[round(max(0.0, min(1.0, rate)) * (len(BARS) - 1))] for rate in per_position)
 
 
-def _numbers(stats: dict, short: bool) -> list[str]:
-    parts = []
+def tok_s(rate: float) -> str:
+    """'96 tok/s', and with a decimal below 10 so that a slow reply does not read '1 tok/s' for 1.4."""
+    return f"{rate:.1f} tok/s" if rate < 10 else f"{rate:.0f} tok/s"
+
+
+def _numbers(stats: dict, short: bool) -> dict[str, str]:
+    """Stats key -> its words, in the order shown."""
+    parts = {}
     if (rate := stats.get(DECODE_TOK_S)) is not None:
-        parts.append(f"{rate:.0f} tok/s")
+        parts[DECODE_TOK_S] = tok_s(rate)
     if (tokens := stats.get(GENERATED_TOKENS)) is not None:
-        parts.append(f"{tokens} {'tok' if short else 'tokens'}")
+        parts[GENERATED_TOKENS] = f"{tokens} {'tok' if short else 'tokens'}"
     if stats.get(DRAFT_K):
         if (accepted := stats.get(ACCEPTANCE_RATE)) is not None:
-            parts.append(f"accepted {accepted:.0%}" if short else f"{accepted:.0%} draft accepted")
+            parts[ACCEPTANCE_RATE] = f"accepted {accepted:.0%}" if short else f"{accepted:.0%} draft accepted"
         if (length := stats.get(MEAN_ACCEPTANCE_LENGTH)) is not None:
-            parts.append(f"len {length:.2f}" if short else f"{length:.2f} tokens/step")
+            parts[MEAN_ACCEPTANCE_LENGTH] = f"len {length:.2f}" if short else f"{length:.2f} tokens/step"
     elif DRAFT_K in stats:
-        parts.append("plain decoding")
+        parts[DRAFT_K] = "plain decoding"
     return parts
 
 
 def footer_line(stats: dict) -> str:
     """'96 tok/s · 214 tokens · 82% draft accepted' — the final numbers of one reply."""
-    return " · ".join(_numbers(stats, short=False))
+    return " · ".join(_numbers(stats, short=False).values())
 
 
-def _extra(stats: dict) -> list[str]:
+def _extra(stats: dict) -> dict[str, str]:
     """Numeric stats without a place of their own, named from their keys (`_tok_s` and `_s` read as units)."""
-    parts = []
+    parts = {}
     for key, value in stats.items():
         if key in KNOWN or not isinstance(value, (int, float)) or isinstance(value, bool):
             continue
         if key.endswith("_tok_s"):
-            parts.append(f"{key.removesuffix('_tok_s').replace('_', ' ')} {value:.0f} tok/s")
+            parts[key] = f"{key.removesuffix('_tok_s').replace('_', ' ')} {tok_s(value)}"
         elif key.endswith("_s"):
-            parts.append(f"{key.removesuffix('_s').replace('_', ' ')} {value:.3g} s")
+            parts[key] = f"{key.removesuffix('_s').replace('_', ' ')} {value:.3g} s"
         else:
-            parts.append(f"{key.replace('_', ' ')} {value:.3g}" if isinstance(value, float)
-                         else f"{key.replace('_', ' ')} {value}")
+            parts[key] = (f"{key.replace('_', ' ')} {value:.3g}" if isinstance(value, float)
+                          else f"{key.replace('_', ' ')} {value}")
     return parts
 
 
-def stats_text(stats: dict, model: str | None, streaming: bool) -> Text:
-    """The bar, compact: '● live dense k=3 │ 96 tok/s │ 214 tok │ accepted 82% │ len 2.46 │ ▇▅▃'."""
+SEPARATOR = " │ "
+KEPT_LONGEST = (DECODE_TOK_S, ACCEPTANCE_RATE, DRAFT_K, GENERATED_TOKENS, MEAN_ACCEPTANCE_LENGTH,
+                ACCEPTANCE_PER_POSITION)  # in a narrow bar, every other item goes first (the last listed first)
+
+
+def stats_text(stats: dict, model: str | None, streaming: bool, width: int | None = None) -> Text:
+    """The bar, compact: '● live dense k=3 │ 96 tok/s │ 214 tok │ accepted 82% │ len 2.46 │ ▇▅▃'.
+    Within `width` cells, the items that do not fit are left out, least important first (KEPT_LONGEST),
+    so that an item is shown whole or not at all."""
     text = Text()
     text.append("● live " if streaming else "last reply ", style="bold" if streaming else "dim")
     text.append(model or "default model", style="bold")
@@ -86,19 +100,40 @@ def stats_text(stats: dict, model: str | None, streaming: bool) -> Text:
         text.append(f" k={stats[DRAFT_K]}")
     parts = _numbers(stats, short=True)
     if stats.get(DRAFT_K) and stats.get(ACCEPTANCE_PER_POSITION):
-        parts.append(f"per position {acceptance_bars(stats[ACCEPTANCE_PER_POSITION])}")
-    for part in parts + _extra(stats):
-        text.append(" │ ", style="dim")
+        parts[ACCEPTANCE_PER_POSITION] = f"per position {acceptance_bars(stats[ACCEPTANCE_PER_POSITION])}"
+    parts.update(_extra(stats))
+    by_importance = sorted(parts, key=lambda k: KEPT_LONGEST.index(k) if k in KEPT_LONGEST else len(KEPT_LONGEST))
+    def too_wide() -> bool:
+        return text.cell_len + sum(len(SEPARATOR) + cell_len(part) for part in parts.values()) > width
+
+    while width is not None and parts and too_wide():
+        del parts[by_importance.pop()]
+    for part in parts.values():
+        text.append(SEPARATOR, style="dim")
         text.append(part)
     return text
 
 
 class StatsBar(Static):
-    """One line: model, draft k, tok/s, acceptance, per-position bars — live while a reply streams."""
+    """One line: model, draft k, tok/s, acceptance, per-position bars — live while a reply streams; what
+    does not fit the bar's width is left out (and put back when it widens)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._shown: tuple[dict, str | None, bool] | None = None  # the stats, model and streaming shown
 
     def show(self, stats: dict, model: str | None, streaming: bool) -> None:
-        self.update(stats_text(stats, model, streaming))
+        self._shown = (stats, model, streaming)
+        self._fit()
 
     def show_idle(self, model: str | None) -> None:
+        self._shown = None
         self.update(Text.assemble(("model ", "dim"), (model or "default model", "bold"),
                                   ("  — stats appear here while a reply streams", "dim")))
+
+    def on_resize(self) -> None:
+        self._fit()
+
+    def _fit(self) -> None:
+        if self._shown is not None:
+            self.update(stats_text(*self._shown, width=self.content_size.width or None))

@@ -5,8 +5,8 @@ worker and feeds chunk and terminal messages into a `ReplyFeed`. The feed tells 
 something arrives and then stays quiet until the screen drains it, so the screen takes whatever piled
 up while it was rendering in one batch: the render rate is independent of the token rate. The daemon
 reader polls in short slices so that a cancel goes out at once and a daemon that dies mid-reply is
-noticed (`interrupted`) instead of waited on; one busy with another client's prefill is waited for
-(mtpchat.client.DeathWatch, the same check `mtpchat ask` makes).
+noticed (`interrupted`, as is one that shuts down mid-reply) instead of waited on; one busy with
+another client's prefill is waited for (mtpchat.client.DeathWatch, the same check `mtpchat ask` makes).
 """
 
 from __future__ import annotations
@@ -96,6 +96,8 @@ def terminal_outcome(message: dict) -> Outcome:
                        text=None if message.get("truncated") else message.get("text"))
     if kind == "cancelled":
         return Outcome("interrupted", "cancelled")
+    if message.get("code") == "shutdown":  # the daemon stopped mid-reply: what arrived is kept, as for a crash
+        return Outcome("interrupted", "mtpchatd shut down")
     return Outcome("error", f"{message.get('message', 'unknown error')} ({message.get('code', 'error')})")
 
 
