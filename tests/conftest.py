@@ -12,6 +12,7 @@ import inspect
 import pytest
 
 from daemon.tiny.qwen_checkpoints import build_all
+from daemon.tiny.quantized_checkpoints import build_quantized
 from daemon.tiny.text_checkpoints import build_all_text
 
 _PARITY: list[tuple[str, float]] = []
@@ -21,6 +22,13 @@ _PARITY: list[tuple[str, float]] = []
 def tiny(tmp_path_factory):
     """name -> checkpoint directory for every variant in daemon.tiny.qwen_checkpoints.VARIANTS."""
     return build_all(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture(scope="session")
+def tiny_quantized(tmp_path_factory):
+    """name -> directory for every shipped-quantized variant in daemon.tiny.quantized_checkpoints.VARIANTS
+    and its dequantized twin (name + "-dequantized")."""
+    return build_quantized(tmp_path_factory.mktemp("quantized_checkpoints"))
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,18 @@
 """Placement plans over declared device capacities, model footprints against what loading really
 takes, and the split execution path (layers on several devices, activations handed over) on CPU."""
 
+import functools
+
 import pytest
 import torch
 
 from daemon.model.config import TextConfig
-from daemon.serve.footprint import MAX_DRAFT_SLOTS, checkpoint_footprint, device_budgets
-from daemon.serve.placement import DeviceBudget, Footprint, PlacementError, plan_placement
+from daemon.serve.footprint import MAX_DRAFT_SLOTS, checkpoint_footprint, device_budgets, model_footprint
+from daemon.serve.placement import GPU_HEADROOM, DeviceBudget, Footprint, PlacementError, plan_placement
+from daemon.tools.real_shapes import shape_config
 from daemon.weights.loader import load_model
+from mtpchat.config import Quantization, format_size
+from mtpchat.status_text import placement_line
 from tests.helpers import decode, random_ids
 
 GIB = 2**30
@@ -119,3 +124,60 @@ def test_a_split_model_computes_exactly_what_the_whole_one_does(tiny, variant):
     prompt = ids[0, :20].tolist()
     plain = decode(whole, prompt, 24)
     assert decode(split, prompt, 24, draft_k=3) == plain
+
+
+# Both real models resident on two 32 GiB cards (README "Both models on two 32 GB cards"): footprints
+# from the real Qwen3.6 shapes on the meta device (quantized layers at their quantized bytes, bf16
+# embedding, lm_head int8 whenever the trunk is quantized, bf16 MTP head, one 32k-token stream's caches),
+# budgets as device_budgets makes them from 32 GiB free per card (GPU_HEADROOM kept for activations).
+# The 27B is planned first (config order), the 35B-A3B into what is left.
+CARD = int(32 * GIB * GPU_HEADROOM)
+REAL_CONTEXT = 32768
+
+
+@functools.cache
+def real_footprint(shape: str, method: str) -> Footprint:
+    return model_footprint(shape_config(shape), torch.bfloat16, True, REAL_CONTEXT, Quantization(method, 128, "none"))
+
+
+def plan_both(dense: str, moe: str) -> list[list[str]]:
+    """`mtpchat daemon status`'s placement lines for each model, 27B then 35B-A3B."""
+    budgets = [DeviceBudget("cpu", 200 * GIB), DeviceBudget("cuda:0", CARD), DeviceBudget("cuda:1", CARD)]
+    lines = []
+    for shape, method in (("qwen3.6-27b", dense), ("qwen3.6-35b-a3b", moe)):
+        plan = plan_placement(shape, real_footprint(shape, method), budgets)
+        assert all(nbytes <= b.free for b in budgets for d, nbytes in plan.bytes_by_device.items() if d == b.name)
+        budgets = after(budgets, plan)
+        lines.append([placement_line(part) for part in plan.describe()])
+    return lines
+
+
+def test_real_footprints_at_32k_context():
+    totals = {(shape, method): format_size(real_footprint(shape, method).total)
+              for shape in ("qwen3.6-27b", "qwen3.6-35b-a3b") for method in ("none", "int8", "int4")}
+    assert totals == {("qwen3.6-27b", "none"): "53.87 GiB", ("qwen3.6-27b", "int8"): "30.04 GiB",
+                      ("qwen3.6-27b", "int4"): "19.41 GiB", ("qwen3.6-35b-a3b", "none"): "67.18 GiB",
+                      ("qwen3.6-35b-a3b", "int8"): "35.46 GiB", ("qwen3.6-35b-a3b", "int4"): "20.72 GiB"}
+
+
+def test_both_models_fit_two_32gb_cards_at_int8_plus_int4_or_int4_plus_int4():
+    assert plan_both("int8", "int4") == [
+        ["cuda:0   layers 0-63 + embedding          27.94 GiB", "cuda:1   head                             2.10 GiB"],
+        ["cuda:1   layers 0-39 + embedding + head   20.72 GiB"]]
+    assert plan_both("int4", "int4") == [
+        ["cuda:0   layers 0-63 + embedding + head   19.41 GiB"],
+        ["cuda:1   layers 0-39 + embedding + head   20.72 GiB"]]
+    assert plan_both("int4", "int8") == [
+        ["cuda:0   layers 0-63 + embedding + head   19.41 GiB"],
+        ["cuda:0   layers 0-9 + embedding           9.03 GiB", "cuda:1   layers 10-39 + head              26.43 GiB"]]
+
+
+@pytest.mark.parametrize("dense, moe, message", [
+    ("none", "none", r"'qwen3.6-35b-a3b' needs 67\.18 GiB but only cuda:0 128\.58 MiB, cuda:1 3\.60 GiB can be used: "
+                     r"63\.45 GiB missing"),
+    ("int8", "int8", r"'qwen3.6-35b-a3b' needs 35\.46 GiB but only cuda:0 879\.85 MiB, cuda:1 26\.70 GiB can be "
+                     r"used: 7\.90 GiB missing"),
+])
+def test_bf16_or_int8_for_both_is_refused_naming_the_missing_memory(dense, moe, message):
+    with pytest.raises(PlacementError, match=message):
+        plan_both(dense, moe)

@@ -102,7 +102,10 @@ class Int8Linear(nn.Module):
         return self.scales.device
 
     def load(self, weight: torch.Tensor) -> None:
-        codes, scales = int8_quantize(weight)
+        self.load_codes(*int8_quantize(weight))
+
+    def load_codes(self, codes: torch.Tensor, scales: torch.Tensor) -> None:
+        """codes int8 [out, in]; scales [out] (rounded to KERNEL_DTYPE): w = codes·scale."""
         self.weight_int8.copy_(codes)
         self.scales.copy_(scales)
 

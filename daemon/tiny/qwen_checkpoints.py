@@ -12,6 +12,7 @@ layer), GQA, partial RoPE. Weights are random (seeded), scaled so logits are cle
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -112,8 +113,14 @@ def _save_sharded(tensors: dict[str, torch.Tensor], out_dir: Path) -> None:
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def build_checkpoint(out_dir: Path, kind: str = "dense", mtp_layout: str = "fused", seed: int = 0) -> Path:
-    """Write a tiny `kind` ("dense" | "moe") checkpoint with its MTP head to out_dir."""
+# tensors -> (tensors as written, config.json's quantization_config or None)
+Convert = Callable[[dict[str, torch.Tensor]], tuple[dict[str, torch.Tensor], dict | None]]
+
+
+def build_checkpoint(out_dir: Path, kind: str = "dense", mtp_layout: str = "fused", seed: int = 0,
+                     convert: Convert | None = None) -> Path:
+    """Write a tiny `kind` ("dense" | "moe") checkpoint with its MTP head to out_dir; `convert` rewrites
+    its tensors first (daemon.tiny.quantized_checkpoints: the layouts that ship quantized)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     special = build_tokenizer(out_dir, vocab_size=VOCAB)
@@ -127,11 +134,16 @@ def build_checkpoint(out_dir: Path, kind: str = "dense", mtp_layout: str = "fuse
     tensors = {k: v.clone() for k, v in model.state_dict().items()}
     _randomize(tensors, generator)
     tensors.update(_mtp_tensors(Layer, config.text_config, kind == "moe", mtp_layout, generator))
+    quantization_config = None
+    if convert is not None:
+        tensors, quantization_config = convert(tensors)
     _save_sharded(tensors, out_dir)
 
     raw = config.to_dict()
     raw["architectures"] = [Model.__name__]
     raw["text_config"].update(mtp_num_hidden_layers=1, mtp_use_dedicated_embeddings=False)
+    if quantization_config is not None:
+        raw["quantization_config"] = quantization_config
     (out_dir / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
     generation = {"eos_token_id": [special["<|im_end|>"], special["<|endoftext|>"]],
                   "pad_token_id": special["<|endoftext|>"], "do_sample": False}

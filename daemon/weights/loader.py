@@ -8,7 +8,10 @@ experts are read fused (`experts.gate_up_proj`, the hub layout) or per expert
 (`experts.{i}.{gate,up,down}_proj.weight`, Qwen3.5's MTP layer and transformers' save_pretrained).
 With a `Quantization`, the quantized layers are swapped in while the model is still on the meta
 device (daemon.model.quantized), so their storage is allocated quantized, and each weight is
-quantized as it is read.
+quantized as it is read. Checkpoints shipped quantized (Qwen FP8, compressed-tensors pack-quantized:
+daemon.weights.prequantized) are read dequantized, one tensor at a time, except where their codes are
+already what our kernel multiplies by (4-bit at our int4 group, 8-bit per channel): those are taken as
+shipped, like GGUF's Q4_1 codes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from daemon.model.quantized import Int4Linear, Int8Linear, QuantizedExperts, q4_
 from daemon.model.text_model import QwenModel
 from daemon.weights.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
 from daemon.weights.gguf_convert import Q4_1_GROUP, q4_1_names, read_q4_1
+from daemon.weights.prequantized import PackedCodes, QuantizedCheckpointFiles, open_checkpoint
 from mtpchat.config import DTYPE_NAMES, Quantization
 
 TRUNK_PREFIXES = ("model.language_model.", "model.")
@@ -86,6 +90,53 @@ def _load_q4_1(layer: Int4Linear, files: CheckpointFiles, name: str) -> None:
     layer.load_codes(*q4_1_to_int4(*read_q4_1(files, name, (layer.out_features, layer.in_features))))
 
 
+def _packed(files: CheckpointFiles, name: str, shape: tuple[int, int] | None = None) -> PackedCodes | None:
+    return files.packed(name, shape) if isinstance(files, QuantizedCheckpointFiles) else None
+
+
+def _load_shipped(layer: Int8Linear | Int4Linear, packed: PackedCodes | None) -> bool:
+    """Give `layer` the shipped codes where its kernel multiplies by exactly w = codes·scale: 4-bit
+    symmetric at the layer's group is torch's int4 form with codes q + 8 and zero 0 (w = (q+8-8)·s + 0),
+    8-bit per channel is Int8Linear's own. Scales are rounded to the kernels' bfloat16 (exact for the
+    bfloat16 scales these checkpoints store). False: the caller dequantizes and quantizes again."""
+    if packed is None:
+        return False
+    if isinstance(layer, Int4Linear) and packed.bits == 4 and packed.group == layer.group:
+        scales = packed.scales.float()
+        layer.load_codes((packed.codes + 8).to(torch.uint8), scales, torch.zeros_like(scales))
+        return True
+    if isinstance(layer, Int8Linear) and packed.bits == 8 and packed.group == layer.in_features:
+        layer.load_codes(packed.codes, packed.scales[:, 0])
+        return True
+    return False
+
+
+def _load_linear(layer: Int8Linear | Int4Linear, files: CheckpointFiles, name: str, shape: torch.Size) -> None:
+    if not _load_shipped(layer, _packed(files, name, tuple(shape))):
+        layer.load(files.read(name, tuple(shape)))
+
+
+def _joined(parts: list[PackedCodes | None]) -> PackedCodes | None:
+    """gate and up stacked as one gate_up weight, when both are packed alike."""
+    if None in parts or len({(p.bits, p.group) for p in parts}) != 1:
+        return None
+    return PackedCodes(torch.cat([p.codes for p in parts]), torch.cat([p.scales for p in parts]), parts[0].bits)
+
+
+def _load_experts(experts: QuantizedExperts, kind: str, files: CheckpointFiles, name: str, shape: torch.Size) -> None:
+    """The fused tensor when the checkpoint has it, else expert by expert (shipped codes where they fit)."""
+    if name in files:
+        experts.load(kind, files.read(name, tuple(shape)))
+        return
+    base = name.rsplit(".", 1)[0]
+    parts = ("gate_proj", "up_proj") if kind == "gate_up_proj" else ("down_proj",)
+    for expert, layer in enumerate(getattr(experts, kind)):
+        names = [f"{base}.{expert}.{part}.weight" for part in parts]
+        if not _load_shipped(layer, _joined([_packed(files, n) for n in names])):
+            part_shape = (layer.out_features // len(parts), layer.in_features)
+            layer.load(torch.cat([files.read(n, part_shape) for n in names]))
+
+
 def _load_steps(model: QwenModel, files: CheckpointFiles, prefix: str, tie: bool, group: int):
     """(weights, load) for every tensor the model takes from the checkpoint: its parameters, copied,
     and its quantized layers, quantized as they are filled (or, for int4 at group 32 where the checkpoint
@@ -107,14 +158,14 @@ def _load_steps(model: QwenModel, files: CheckpointFiles, prefix: str, tie: bool
             for kind in ("gate_up_proj", "down_proj"):
                 layers = getattr(module, kind)
                 shape = torch.Size((len(layers), layers[0].out_features, layers[0].in_features))
-                yield shape.numel(), functools.partial(_load_tensor, functools.partial(module.load, kind), files,
-                                                       stored(f"{name}.{kind}"), shape)
+                yield shape.numel(), functools.partial(_load_experts, module, kind, files, stored(f"{name}.{kind}"),
+                                                       shape)
         elif isinstance(module, (Int8Linear, Int4Linear)):
             source, shape = stored(f"{name}.weight"), torch.Size((module.out_features, module.in_features))
             if isinstance(module, Int4Linear) and group == Q4_1_GROUP and q4_1_names(source)[0] in files:
                 yield shape.numel(), functools.partial(_load_q4_1, module, files, source)
             else:
-                yield shape.numel(), functools.partial(_load_tensor, module.load, files, source, shape)
+                yield shape.numel(), functools.partial(_load_linear, module, files, source, shape)
 
 
 def load_model(checkpoint: str | Path, *, device: torch.device | str | None = None,
@@ -126,7 +177,7 @@ def load_model(checkpoint: str | Path, *, device: torch.device | str | None = No
     with the fraction of weights loaded so far (0..1)."""
     directory = resolve_checkpoint(checkpoint)
     config = TextConfig.from_checkpoint(directory)
-    files = CheckpointFiles(directory)
+    files = open_checkpoint(directory)
     device = torch.device(placement.embed_device if placement else device or default_device())
     dtype = dtype or default_dtype(device)
     prefix = _trunk_prefix(files)
