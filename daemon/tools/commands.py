@@ -1,4 +1,4 @@
-"""`mtpchatd bench` and `mtpchatd train-head`: the engine-side commands, run in this process.
+"""`mtpchatd bench`, `quality` and `train-head`: the engine-side commands, run in this process.
 
 `mtpchat bench` / `mtpchat train-head` are the same commands spelled on the client, which hands them
 here without importing torch. Both load a model by configured name (the built-in `demo` and `tiny`
@@ -112,6 +112,33 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quality(args: argparse.Namespace) -> int:
+    """Each --quantize method against the unquantized model on the same held-out replies (JSON out)."""
+    import torch
+
+    from daemon.tools.quant_quality import compare, reference_replies, reply_log_probs
+    from daemon.tools.train_head import chat_prompts
+    from daemon.weights.chat_model import load_chat_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    checkpoint = _local_checkpoint(args.model)
+    reference, tokenizer = load_chat_model(checkpoint, device="cpu")
+    every = chat_prompts()
+    texts = every[::max(1, len(every) // args.prompts)][:args.prompts]  # spread over every topic and task
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                             tokenize=True, enable_thinking=False, return_dict=False) for text in texts]
+    sequences = reference_replies(reference, prompts, args.max_tokens)
+    expected = [reply_log_probs(reference, seq, len(p)) for seq, p in zip(sequences, prompts, strict=True)]
+    report = {"model": str(checkpoint), "prompts": len(prompts), "max_tokens": args.max_tokens, "by_quantize": {}}
+    for quantization in _quantizations(args):
+        model, _ = load_chat_model(checkpoint, device="cpu", quantization=quantization)
+        got = [reply_log_probs(model, seq, len(p)) for seq, p in zip(sequences, prompts, strict=True)]
+        report["by_quantize"][quantization.describe()] = compare(expected, got)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _train_head(args: argparse.Namespace) -> int:
     import dataclasses
     import shlex
@@ -143,7 +170,7 @@ def _train_head(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands) -> None:
-    """Register `bench` and `train-head` on mtpchatd's subcommand parser."""
+    """Register `bench`, `quality` and `train-head` on mtpchatd's subcommand parser."""
     bench = commands.add_parser("bench", help="plain vs MTP decoding side by side, JSON out")
     bench.add_argument("--model", help="configured model name, checkpoint directory or repo id (default: the default model)")
     bench.add_argument("--shape", choices=["qwen3.6-27b", "qwen3.6-35b-a3b"],
@@ -176,6 +203,17 @@ def add_commands(commands) -> None:
                        help="also compare the same request through the daemon (starting it if needed)")
     bench.add_argument("--endpoint", help="with --daemon: the daemon endpoint (default: the ipc socket)")
     bench.set_defaults(run=_bench)
+    quality = commands.add_parser("quality", help="what quantization costs: top-1 agreement and KL of next-token "
+                                                  "distributions against the unquantized model, JSON out")
+    quality.add_argument("--model", help="configured model name, checkpoint directory or repo id")
+    quality.add_argument("--quantize", metavar="METHODS", default="int8,int4",
+                         help=f"comma list of {','.join(QUANTIZE_CHOICES)} (default int8,int4)")
+    quality.add_argument("--quantize-group", type=int, default=DEFAULT_QUANTIZE_GROUP)
+    quality.add_argument("--quantize-mtp", choices=QUANTIZE_CHOICES)
+    quality.add_argument("--prompts", type=int, default=24, help="held-out prompts, spread over the built-in set")
+    quality.add_argument("--max-tokens", type=int, default=64, help="reply tokens per prompt")
+    quality.add_argument("--threads", type=int, help="torch CPU threads")
+    quality.set_defaults(run=_quality)
     train = commands.add_parser("train-head", help="train an MTP head for a checkpoint without one (self-distillation)")
     train.add_argument("--model", help="configured model name, checkpoint directory or repo id (default: the default model)")
     train.add_argument("--out", help="where mtp_head.safetensors goes (default: beside the checkpoint)")
