@@ -254,21 +254,14 @@ def _cancel(request_id: str, message: dict) -> CancelRequest:
 
 def _generate(request_id: str, message: dict) -> GenerateRequest:
     get = message.get
-    defaults = GenerateRequest
     model = get("model")
     system = get("system")
     if system is not None and not isinstance(system, str):
         raise _invalid("system", "must be a string or null")
-    seed = get("seed")
-    if seed is not None and not _is_int(seed):
-        raise _invalid("seed", "must be an integer or null")
-    draft = get("draft", defaults.draft)
-    if "draft" in message and draft != DRAFT_AUTO and not (_is_int(draft) and 0 <= draft <= MAX_DRAFT):
-        raise _invalid("draft", f'must be an integer from 0 to {MAX_DRAFT} or "{DRAFT_AUTO}"')
     quantize = get("quantize")
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise _invalid("quantize", f"must be one of {', '.join(map(repr, QUANTIZE_CHOICES))} or null")
-    thinking = get("thinking", defaults.thinking)
+    thinking = get("thinking", GenerateRequest.thinking)
     if not isinstance(thinking, bool):
         raise _invalid("thinking", "must be a boolean")
     return GenerateRequest(
@@ -276,14 +269,31 @@ def _generate(request_id: str, message: dict) -> GenerateRequest:
         messages=_messages(get("messages")),
         model=None if model is None else _model_name(model),
         system=system,
-        max_tokens=_int_in("max_tokens", get("max_tokens", defaults.max_tokens), 1, _MAX_TOKENS),
-        **sampling_fields(message),
-        seed=seed,
-        draft=draft,
+        **reply_settings(message),
         quantize=quantize,
         thinking=thinking,
         stop=_stops(get("stop", [])),
     )
+
+
+def reply_settings(fields: dict) -> dict:
+    """The settings of a reply among `fields` (the sampling fields, `draft`, `max_tokens`, `seed`), checked
+    (absent ones left out; a null seed too); a bad one raises ProtocolError("invalid_request", "<field>:
+    <problem>"). A generate request and a conversation's saved settings (the TUI's settings dialog) both go
+    through here, so the dialog refuses what the daemon would."""
+    checked = sampling_fields(fields)
+    if "draft" in fields:
+        draft = fields["draft"]
+        if draft != DRAFT_AUTO and not (_is_int(draft) and 0 <= draft <= MAX_DRAFT):
+            raise _invalid("draft", f'must be an integer from 0 to {MAX_DRAFT} or "{DRAFT_AUTO}"')
+        checked["draft"] = draft
+    if "max_tokens" in fields:
+        checked["max_tokens"] = _int_in("max_tokens", fields["max_tokens"], 1, _MAX_TOKENS)
+    if fields.get("seed") is not None:
+        if not _is_int(fields["seed"]):
+            raise _invalid("seed", "must be an integer or null")
+        checked["seed"] = fields["seed"]
+    return checked
 
 
 def sampling_fields(fields: dict) -> dict:
@@ -316,6 +326,7 @@ _SAMPLING_CHECKS = {
     "frequency_penalty": _in_range(-_MAX_ADDITIVE_PENALTY, _MAX_ADDITIVE_PENALTY),
 }
 SAMPLING_FIELDS = tuple(_SAMPLING_CHECKS)  # every setting a model default may give and a request may override
+REPLY_SETTINGS = (*SAMPLING_FIELDS, "draft", "max_tokens", "seed")  # what reply_settings() checks
 
 
 _PARSERS = {

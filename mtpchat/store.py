@@ -86,6 +86,9 @@ MIGRATIONS = [
         INSERT INTO messages_fts(rowid, text) VALUES (new.id, new.text);
     END;
     """,
+    # a conversation's reply settings (mtpchat.protocol.reply_settings: sampling, draft, max_tokens, seed)
+    # as a JSON map, only those the user set; thinking keeps its own column (F7 flips it on its own)
+    "ALTER TABLE conversations ADD COLUMN settings TEXT NOT NULL DEFAULT '{}'",
 ]
 
 
@@ -97,6 +100,7 @@ class Conversation:
     model: str | None
     thinking: bool
     updated: float
+    settings: dict  # the reply settings the user set; the others are the model's (or the app's) defaults
 
 
 @dataclass(frozen=True)
@@ -215,11 +219,12 @@ class Store:
     # --- conversations ---------------------------------------------------------------------------
     @_guarded
     def create_conversation(self, title: str, model: str | None = None, system_prompt: str = "",
-                            thinking: bool = True) -> int:
+                            thinking: bool = True, settings: dict | None = None) -> int:
         now = time.time()
         cursor = self.db.execute(
-            "INSERT INTO conversations (title, system_prompt, model, thinking, created, updated) "
-            "VALUES (?, ?, ?, ?, ?, ?)", (title, system_prompt, model, int(thinking), now, now))
+            "INSERT INTO conversations (title, system_prompt, model, thinking, settings, created, updated) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", (title, system_prompt, model, int(thinking), json.dumps(settings or {}),
+                                             now, now))
         return cursor.lastrowid
 
     @_guarded
@@ -245,9 +250,11 @@ class Store:
 
     @_guarded
     def update_conversation(self, conversation_id: int, **fields) -> None:
-        allowed = {"title", "system_prompt", "model", "thinking"}
+        allowed = {"title", "system_prompt", "model", "thinking", "settings"}
         if not fields or not set(fields) <= allowed:
             raise ValueError(f"can only update {sorted(allowed)}, got {sorted(fields)}")
+        if "settings" in fields:
+            fields["settings"] = json.dumps(fields["settings"])
         assignments = ", ".join(f"{name} = ?" for name in fields)
         self.db.execute(f"UPDATE conversations SET {assignments}, updated = ? WHERE id = ?",
                         (*fields.values(), time.time(), conversation_id))
@@ -292,7 +299,7 @@ class Store:
         source = self.conversation(conversation_id)
         with self._transaction():
             fork = self.create_conversation(f"{source.title} (edited)", source.model, source.system_prompt,
-                                            source.thinking)
+                                            source.thinking, source.settings)
             self.db.execute(
                 "INSERT INTO messages (conversation_id, role, text, status, model, stats, pieces, error, created) "
                 "SELECT ?, role, text, status, model, stats, pieces, error, created FROM messages "
@@ -330,7 +337,7 @@ class Store:
                      "error": m.error} for m in self.messages(conversation_id)]
         return json.dumps({"title": conversation.title, "system_prompt": conversation.system_prompt,
                            "model": conversation.model, "thinking": conversation.thinking,
-                           "messages": messages}, indent=2, ensure_ascii=False)
+                           "settings": conversation.settings, "messages": messages}, indent=2, ensure_ascii=False)
 
     @_guarded
     def export_markdown(self, conversation_id: int) -> str:
@@ -348,7 +355,7 @@ class Store:
 
 def _conversation(row: sqlite3.Row) -> Conversation:
     return Conversation(row["id"], row["title"], row["system_prompt"], row["model"], bool(row["thinking"]),
-                        row["updated"])
+                        row["updated"], json.loads(row["settings"]))
 
 
 def _message(row: sqlite3.Row) -> Message:

@@ -68,6 +68,7 @@ async def test_system_prompt_thinking_and_history_go_into_the_request(tmp_path):
         await send(pilot, "second")
         app.release(1, step=2)
         await wait_until(pilot, lambda: app.chat.reply is None)
+        assert isinstance(app.fields.pop("seed"), int)  # a new one per request: tests/test_tui_settings.py
         assert app.fields == {"model": "moe", "system": "Answer in French.", "thinking": False, "max_tokens": 2048,
                               "messages": [{"role": "user", "content": "first"},
                                            {"role": "user", "content": "second"}]}

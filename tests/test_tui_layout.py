@@ -12,6 +12,7 @@ from mtpchat.tui.app import MtpChatApp
 from mtpchat.tui.connection import DaemonState
 from mtpchat.tui.model_switcher import ModelSwitcher
 from mtpchat.tui.screens import StatsScreen
+from mtpchat.tui.settings_dialog import SettingsDialog, summary
 from mtpchat.tui.sidebar import Sidebar
 from mtpchat.tui.stats_bar import SEPARATOR, stats_text
 from tests.test_tui_app import wait_until
@@ -34,6 +35,8 @@ STATUS = {"pid": 4242, "version": "0.1.0", "uptime_s": 12.0, "endpoint": "ipc://
           "state_cache": {"states": 3, "hits": 7, "misses": 2, "devices": [], "budget_per_device": 4e9},
           "active_streams": 0, "queued_streams": 0}
 
+SETTINGS = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "presence_penalty": 1.5}
+
 
 def inside(inner, outer) -> bool:
     return outer.x <= inner.x and inner.right <= outer.right and outer.y <= inner.y and inner.bottom <= outer.bottom
@@ -49,7 +52,7 @@ def whole_items(shown: str, full: str) -> bool:
 async def test_dialogs_sidebar_and_bars_fit_the_screen(size, tmp_path):
     store = Store()
     conversation = store.create_conversation("A conversation about the sea, its tides and its lighthouses",
-                                             "qwen3.6-27b")
+                                             "qwen3.6-27b", settings=SETTINGS)
     store.add_message(conversation, "user", "Tell me about the sea")
     reply = store.add_message(conversation, "assistant", "", "streaming", "qwen3.6-27b")
     store.update_message(reply, text="The sea…", status="complete", stats=STATS)
@@ -64,8 +67,15 @@ async def test_dialogs_sidebar_and_bars_fit_the_screen(size, tmp_path):
         bar = app.query_one("#stats")
         shown = str(bar.render())
         assert len(shown) <= bar.content_size.width and "accepted 67%" in shown
-        assert whole_items(shown, stats_text(STATS, "qwen3.6-27b", streaming=False).plain)
-        for key, screen in (("f3", StatsScreen), ("ctrl+o", ModelSwitcher)):
+        assert whole_items(shown, stats_text(STATS, "qwen3.6-27b", streaming=False, settings=summary(SETTINGS)).plain)
+        if size[0] == 80:  # beside the list, tok/s and acceptance come first; the whole width has room for both
+            assert summary(SETTINGS) not in shown
+            await pilot.press("ctrl+b")
+            await pilot.pause(0.2)
+            shown = str(bar.render())
+            assert "accepted 67%" in shown and len(shown) <= bar.content_size.width
+        assert summary(SETTINGS) in shown
+        for key, screen in (("f3", StatsScreen), ("ctrl+o", ModelSwitcher), ("f12", SettingsDialog)):
             await pilot.press(key)
             await wait_until(pilot, lambda: isinstance(app.screen, screen))
             await pilot.pause(0.2)

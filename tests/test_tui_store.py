@@ -34,6 +34,22 @@ def test_schema_version_wal_and_refusal_of_a_newer_schema(tmp_path):
         Store(path)
 
 
+def test_a_version_1_store_gains_empty_settings_and_keeps_its_conversations(tmp_path):
+    path = tmp_path / "c.sqlite3"
+    db = sqlite3.connect(path)  # a store as the previous mtpchat left it: no settings column
+    db.executescript(f"{MIGRATIONS[0]}; PRAGMA user_version = 1;")
+    db.execute("INSERT INTO conversations (title, model, thinking, created, updated) VALUES ('old', 'moe', 0, 1, 1)")
+    db.commit()
+    db.close()
+    store = Store(path)
+    (old,) = store.conversations()
+    assert (old.title, old.model, old.thinking, old.settings) == ("old", "moe", False, {})
+    store.update_conversation(old.id, settings={"temperature": 0.7, "draft": "auto"})
+    assert store.conversation(old.id).settings == {"temperature": 0.7, "draft": "auto"}
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 2
+    store.close()
+
+
 def test_a_reply_left_streaming_is_interrupted_on_reopen_with_its_text(tmp_path):
     path = tmp_path / "c.sqlite3"
     store = Store(path)
@@ -65,7 +81,7 @@ def test_search_finds_words_across_conversations_and_treats_syntax_as_text(store
 
 
 def test_fork_keeps_the_original_and_delete_cascades(store):
-    conversation = store.create_conversation("Trip", "moe", "be brief", thinking=False)
+    conversation = store.create_conversation("Trip", "moe", "be brief", thinking=False, settings={"top_k": 20})
     first = store.add_message(conversation, "user", "first question")
     store.add_message(conversation, "assistant", "first answer")
     second = store.add_message(conversation, "user", "second question")
@@ -74,8 +90,8 @@ def test_fork_keeps_the_original_and_delete_cascades(store):
     assert [m.text for m in store.messages(fork)] == ["first question", "first answer", "edited question"]
     assert [m.text for m in store.messages(conversation)][-1] == "second answer"
     forked = store.conversation(fork)
-    assert (forked.title, forked.model, forked.system_prompt, forked.thinking) == ("Trip (edited)", "moe",
-                                                                                    "be brief", False)
+    assert (forked.title, forked.model, forked.system_prompt, forked.thinking, forked.settings) == (
+        "Trip (edited)", "moe", "be brief", False, {"top_k": 20})
     store.delete_messages_from(conversation, second)
     assert [m.id for m in store.messages(conversation)][0] == first and len(store.messages(conversation)) == 2
     store.delete_conversation(conversation)
@@ -95,6 +111,7 @@ def test_export_markdown_and_json_carry_status_model_and_stats(store):
     assert "## Assistant (dense) — interrupted\n\nBlue and wide" in markdown
     exported = json.loads(store.export_json(conversation))
     assert exported["system_prompt"] == "You are terse." and exported["model"] == "dense"
+    assert exported["settings"] == {}
     assert exported["messages"][1] == {"role": "assistant", "text": "Blue and wide", "status": "interrupted",
                                        "model": "dense", "stats": {"decode_tok_s": 50.0}, "error": "cancelled"}
 

@@ -46,6 +46,9 @@ ACTIONS = [
            "stats_panel"),
     Action("f6", "system_prompt", "System prompt of the conversation",
            "Sets the instructions the model gets before this conversation", "system_prompt"),
+    Action("f12", "settings", "Settings of the conversation: sampling, draft, length, seed",
+           "Temperature, top-p/k, min-p, penalties, draft k, max tokens, seed and thinking for this "
+           "conversation; empty fields take the model's defaults", "settings"),
     Action("f7", "toggle_thinking", "Thinking on/off for the conversation",
            "Lets the model think before it answers, or asks it to answer at once (models with a thinking mode)",
            "toggle_thinking"),

@@ -33,6 +33,7 @@ from mtpchat.tui.connection import ConnectionMonitor, DaemonState
 from mtpchat.tui.model_switcher import ModelSwitcher
 from mtpchat.tui.prompt_input import PromptInput
 from mtpchat.tui.screens import ConfirmScreen, HelpScreen, StatsScreen, TextEditor, TextPrompt
+from mtpchat.tui.settings_dialog import SettingsDialog, placeholders
 from mtpchat.tui.sidebar import Sidebar
 from mtpchat.tui.streaming import ReplyFeed, read_daemon_reply
 from mtpchat.tui.themes import load_themes
@@ -253,6 +254,20 @@ class MtpChatApp(App):
         if text is not None:
             self.chat.change(system_prompt=text.strip())
             self.notify("System prompt saved")
+
+    @work(exclusive=True, group="dialog")
+    async def action_settings(self) -> None:
+        conversation = self.chat.conversation()
+        thinking = conversation.thinking if conversation is not None else True
+        name = self.chat.model() or self.default_model()
+        model = next((m for m in (self.daemon_status or {}).get("models", []) if m["name"] == name), None)
+        answer = await self.push_screen_wait(SettingsDialog(
+            conversation.settings if conversation is not None else {}, thinking if self.thinking_mode() else None,
+            placeholders(model, thinking, self.chat.max_tokens)))
+        if answer is not None:
+            settings, thinking = answer
+            self.chat.change(settings=settings, **({"thinking": thinking} if thinking is not None else {}))
+            self.notify("Settings saved for this conversation")
 
     def action_toggle_thinking(self) -> None:
         if not self.thinking_mode():

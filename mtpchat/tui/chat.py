@@ -34,6 +34,7 @@ from mtpchat.store import Conversation, Message, Store, StoreError
 from mtpchat.tui.chat_view import ChatView, MessageView
 from mtpchat.tui.prompt_input import PromptInput
 from mtpchat.tui.replying import SAVE_S, ActiveReply, ReplyUpdated, request_fields
+from mtpchat.tui.settings_dialog import summary
 from mtpchat.tui.stats_bar import StatsBar
 from mtpchat.tui.streaming import Outcome, ReplyFeed
 
@@ -107,6 +108,7 @@ class Chat(Vertical):
         messages = self.store.messages(conversation_id) if conversation_id is not None else []
         await self.query_one(ChatView).show(messages, self.token_view, at_message)
         replies = [m for m in messages if m.role == "assistant" and m.stats]
+        self._show_settings()
         if replies:
             self.query_one(StatsBar).show(replies[-1].stats, replies[-1].model, streaming=False)
         else:
@@ -114,9 +116,14 @@ class Chat(Vertical):
         self.post_message(self.Changed())
 
     def change(self, **fields) -> None:
-        """Change the open conversation's title, system_prompt or thinking (creating it if needed)."""
+        """Change the open conversation's title, system_prompt, thinking or settings (creating it if needed)."""
         self.store.update_conversation(self.ensure_conversation(), **fields)
+        self._show_settings()
         self.post_message(self.Changed())
+
+    def _show_settings(self) -> None:
+        conversation = self.conversation()
+        self.query_one(StatsBar).show_settings(summary(conversation.settings) if conversation is not None else "")
 
     def pick_model(self, name: str) -> None:
         self.model_choice = name

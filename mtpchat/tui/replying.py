@@ -11,6 +11,7 @@ that piled up in one go.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 
 from textual.message import Message
@@ -41,9 +42,12 @@ class ActiveReply:
 
 
 def request_fields(store: Store, conversation_id: int, max_tokens: int) -> dict:
-    """The generate request for the next reply in a conversation: its model, settings and history."""
+    """The generate request for the next reply in a conversation: its model, settings and history.
+    `max_tokens` is the app's, unless the conversation sets its own. A conversation that pins no seed
+    gets a new one per request, so a regenerated reply is sampled anew (temperature 0 is greedy anyway)."""
     conversation = store.conversation(conversation_id)
     history = [{"role": m.role, "content": m.text} for m in store.messages(conversation_id)
                if m.status != "error" and m.text]
     return {"model": conversation.model, "messages": history, "system": conversation.system_prompt or None,
-            "thinking": conversation.thinking, "max_tokens": max_tokens}
+            "thinking": conversation.thinking, "max_tokens": max_tokens, "seed": secrets.randbits(31),
+            **conversation.settings}

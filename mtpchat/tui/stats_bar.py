@@ -85,12 +85,14 @@ def _extra(stats: dict) -> dict[str, str]:
 
 
 SEPARATOR = " │ "
-KEPT_LONGEST = (DECODE_TOK_S, ACCEPTANCE_RATE, DRAFT_K, GENERATED_TOKENS, MEAN_ACCEPTANCE_LENGTH,
+SETTINGS = "settings"  # the item of the conversation's own settings ("T0.7 p0.8"), next to the model
+KEPT_LONGEST = (DECODE_TOK_S, ACCEPTANCE_RATE, DRAFT_K, SETTINGS, GENERATED_TOKENS, MEAN_ACCEPTANCE_LENGTH,
                 ACCEPTANCE_PER_POSITION)  # in a narrow bar, every other item goes first (the last listed first)
 
 
-def stats_text(stats: dict, model: str | None, streaming: bool, width: int | None = None) -> Text:
-    """The bar, compact: '● live dense k=3 │ 96 tok/s │ 214 tok │ accepted 82% │ len 2.46 │ ▇▅▃'.
+def stats_text(stats: dict, model: str | None, streaming: bool, width: int | None = None, settings: str = "") -> Text:
+    """The bar, compact: '● live dense k=3 │ T0.7 k20 │ 96 tok/s │ 214 tok │ accepted 82% │ len 2.46 │ ▇▅▃'
+    (`settings`: those the conversation sets, in short).
     Within `width` cells, the items that do not fit are left out, least important first (KEPT_LONGEST),
     so that an item is shown whole or not at all."""
     text = Text()
@@ -98,7 +100,8 @@ def stats_text(stats: dict, model: str | None, streaming: bool, width: int | Non
     text.append(model or "default model", style="bold")
     if DRAFT_K in stats:
         text.append(f" k={stats[DRAFT_K]}")
-    parts = _numbers(stats, short=True)
+    parts = {SETTINGS: settings} if settings else {}
+    parts.update(_numbers(stats, short=True))
     if stats.get(DRAFT_K) and stats.get(ACCEPTANCE_PER_POSITION):
         parts[ACCEPTANCE_PER_POSITION] = f"per position {acceptance_bars(stats[ACCEPTANCE_PER_POSITION])}"
     parts.update(_extra(stats))
@@ -121,19 +124,28 @@ class StatsBar(Static):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._shown: tuple[dict, str | None, bool] | None = None  # the stats, model and streaming shown
+        self._idle_model: str | None = None  # the model named while no stats are shown
+        self.settings = ""  # the conversation's own settings, in short (settings_dialog.summary)
 
     def show(self, stats: dict, model: str | None, streaming: bool) -> None:
         self._shown = (stats, model, streaming)
         self._fit()
 
     def show_idle(self, model: str | None) -> None:
-        self._shown = None
-        self.update(Text.assemble(("model ", "dim"), (model or "default model", "bold"),
-                                  ("  — stats appear here while a reply streams", "dim")))
+        self._shown, self._idle_model = None, model
+        self._fit()
+
+    def show_settings(self, settings: str) -> None:
+        self.settings = settings
+        self._fit()
 
     def on_resize(self) -> None:
         self._fit()
 
     def _fit(self) -> None:
         if self._shown is not None:
-            self.update(stats_text(*self._shown, width=self.content_size.width or None))
+            self.update(stats_text(*self._shown, width=self.content_size.width or None, settings=self.settings))
+        else:
+            self.update(Text.assemble(("model ", "dim"), (self._idle_model or "default model", "bold"),
+                                      (f" {self.settings}" if self.settings else ""),
+                                      ("  — stats appear here while a reply streams", "dim")))
