@@ -86,4 +86,6 @@ def test_llama_server_timings_give_acceptance_and_nothing_is_invented():
     assert remote_stats({"choices": [{"delta": {"content": "x"}}]}) == {}
     assert remote_error("m", 429, b'{"error": {"message": "slow down"}}').code == "busy"
     assert remote_error("m", 400, b'{"error": {"code": "context_length_exceeded"}}').code == "prompt_too_long"
+    llama_server = b'{"error": {"code": 400, "type": "exceed_context_size_error", "message": "too long"}}'
+    assert remote_error("m", 400, llama_server).code == "prompt_too_long"
     assert remote_error("m", 500, b"<html>oops").code == "internal"

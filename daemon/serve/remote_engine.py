@@ -193,15 +193,17 @@ def remote_stats(event: dict) -> dict:
 
 
 def remote_error(name: str, status: int, body: bytes) -> RemoteError:
-    """An HTTP error of the remote as the wire's error: its request errors are the client's, its refusals
-    (key, model, availability) make the model not ready, its overload is `busy`."""
+    """An HTTP error of the remote as the wire's error: its request errors are the client's (a prompt beyond
+    the context: OpenAI's `context_length_exceeded` code, llama-server's `exceed_context_size_error` type),
+    its refusals (key, model, availability) make the model not ready, its overload is `busy`."""
     try:
         error = json.loads(body)["error"]
         error = error if isinstance(error, dict) else {"message": str(error)}
     except (ValueError, TypeError, KeyError):
         error = {"message": body[:300].decode(errors="replace")}
     message = error.get("message")
-    code = "prompt_too_long" if error.get("code") == "context_length_exceeded" else (
+    too_long = error.get("code") == "context_length_exceeded" or error.get("type") == "exceed_context_size_error"
+    code = "prompt_too_long" if too_long else (
         "invalid_request" if status == 400 else "busy" if status == 429
         else "model_not_ready" if status in (401, 403, 404, 503) else "internal")
     return RemoteError(code, f"remote engine of {name!r} answered {status}: {message}")
