@@ -87,3 +87,18 @@ def test_steps_compile_fullgraph_and_equal_eager(models, name):
                 assert_scaled_close(actual, expected, name_)
             else:
                 assert torch.equal(actual, expected), name_
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 5])
+def test_moe_gathers_experts_without_a_loop_equal_to_the_loop(models, tokens, monkeypatch):
+    """Decode (1 token) and verify (k+1 <= 5) gather the chosen experts' weights: one batched matmul and
+    no host sync; the per-expert loop (what long prefills take) is the reference. float64: only the
+    order of the same sums differs (FLOAT64_RTOL)."""
+    from daemon.model import mlp
+
+    moe = models["qwen3.6-moe-tiny"].layers[0].mlp
+    x = torch.randn(1, tokens, moe.gate.in_features, dtype=torch.float64, generator=torch.Generator().manual_seed(tokens))
+    with torch.inference_mode():
+        gathered = moe(x)
+        monkeypatch.setattr(mlp, "GATHER_MAX_PAIRS", 0)
+        assert_scaled_close(gathered, moe(x), f"{tokens} tokens")
