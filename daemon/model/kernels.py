@@ -33,11 +33,11 @@ def has_conv_kernel(x: torch.Tensor) -> bool:
     return x.is_cuda and causal_conv1d_update is not None
 
 
-def delta_rule(q, k, v, g, beta, state, *, use_kernel: bool = True):
+def delta_rule(q, k, v, g, beta, state):
     """The gated delta rule without per-token states (delta_rule.py's contract: heads before time,
     `state` updated in place), by fla's kernels when they import and the inputs are on CUDA."""
     short = q.shape[2] <= RECURRENT_MAX_TOKENS
-    if not (use_kernel and has_delta_rule_kernel(q)):
+    if not has_delta_rule_kernel(q):
         rule = recurrent_delta_rule if short else chunked_delta_rule
         return rule(q, k, v, g, beta, state)
     kernel = fused_recurrent_gated_delta_rule if short else chunk_gated_delta_rule
