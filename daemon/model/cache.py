@@ -20,8 +20,17 @@ from daemon.model.config import TextConfig
 from daemon.model.precision import accumulation_dtype
 
 
+def _tensors(cache) -> list[torch.Tensor]:
+    return [t for t in vars(cache).values() if isinstance(t, torch.Tensor)]
+
+
 def _nbytes(cache) -> int:
-    return sum(t.numel() * t.element_size() for t in vars(cache).values() if isinstance(t, torch.Tensor))
+    return sum(t.numel() * t.element_size() for t in _tensors(cache))
+
+
+def _zero(cache) -> None:
+    for tensor in _tensors(cache):
+        tensor.zero_()
 
 
 @dataclass
@@ -72,6 +81,9 @@ class AttentionCache:
     def nbytes(self) -> int:
         return _nbytes(self)
 
+    def zero_(self) -> None:
+        _zero(self)
+
 
 @dataclass
 class DeltaNetCache:
@@ -84,10 +96,15 @@ class DeltaNetCache:
     def max_steps(self) -> int:
         return self.state_steps.shape[0]
 
-    def restore_step(self, step: int) -> None:
-        """Continue from the state recorded after token `step` of the last multi-token forward."""
-        self.conv.copy_(self.conv_steps[step])
-        self.state.copy_(self.state_steps[step])
+    def restore_step(self, step: int | torch.Tensor) -> None:
+        """Continue from the state recorded after token `step` of the last multi-token forward; `step`
+        may be a device tensor [1] (a captured step's rollback: no host synchronisation)."""
+        if isinstance(step, torch.Tensor):
+            self.conv.copy_(self.conv_steps.index_select(0, step)[0])
+            self.state.copy_(self.state_steps.index_select(0, step)[0])
+        else:
+            self.conv.copy_(self.conv_steps[step])
+            self.state.copy_(self.state_steps[step])
 
     def capture(self, length: int) -> tuple[torch.Tensor, ...]:
         """A copy of the state after the last token in the cache (`length` is implied by it)."""
@@ -101,6 +118,9 @@ class DeltaNetCache:
     def nbytes(self) -> int:
         return _nbytes(self)
 
+    def zero_(self) -> None:
+        _zero(self)
+
 
 class ModelCache:
     """Per-layer caches of the trunk, in layer order, each on its layer's device (`device` may be one
@@ -110,6 +130,7 @@ class ModelCache:
                  device: torch.device | str | list = "cpu", dtype: torch.dtype = torch.float32,
                  initial_len: int | None = None):
         devices = device if isinstance(device, list) else [device] * len(config.layer_types)
+        self.capacity = max_len
         self.layers: list[AttentionCache | DeltaNetCache] = []
         conv_dim = 2 * config.linear_num_key_heads * config.linear_key_head_dim + (
             config.linear_num_value_heads * config.linear_value_head_dim
@@ -133,6 +154,10 @@ class ModelCache:
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self.layers)
 
+    def zero_(self) -> None:
+        for layer in self.layers:
+            layer.zero_()
+
     def capture(self, length: int) -> list[tuple[torch.Tensor, ...]]:
         """Every layer's state for the first `length` positions (the cache must hold exactly those)."""
         return [layer.capture(length) for layer in self.layers]
@@ -141,7 +166,11 @@ class ModelCache:
         for layer, state in zip(self.layers, captured, strict=True):
             layer.restore(state)
 
-    def restore_step(self, step: int) -> None:
+    def is_full(self) -> bool:
+        """Whether every attention buffer already holds `capacity` positions (what fixed shapes need)."""
+        return all(layer.keys.shape[2] == self.capacity for layer in self.layers if isinstance(layer, AttentionCache))
+
+    def restore_step(self, step: int | torch.Tensor) -> None:
         for layer in self.layers:
             if isinstance(layer, DeltaNetCache):
                 layer.restore_step(step)

@@ -4,7 +4,8 @@ in_proj_qkv feeds a depthwise causal conv1d (kernel 4) + SiLU whose window conti
 q and k are L2-normalised and their heads repeated to the value heads; beta = sigmoid(b) and
 g = −exp(A_log)·softplus(a + dt_bias) drive the gated delta rule; a gated RMSNorm with silu(z) and
 out_proj finish. Long inputs use the chunked rule, short ones the recurrent rule, which can record
-the state (and conv window) after every token for rollback after speculative verification.
+the state (and conv window) after every token for rollback after speculative verification. Where
+CUDA kernels are installed, prefill and plain decode use them (see kernels.py).
 """
 
 import torch
@@ -13,14 +14,12 @@ from torch.nn import functional as F
 
 from daemon.model.cache import DeltaNetCache
 from daemon.model.config import TextConfig
-from daemon.model.delta_rule import chunked_delta_rule, recurrent_delta_rule
+from daemon.model import kernels
+from daemon.model.delta_rule import recurrent_delta_rule
 from daemon.model.linear import Linear
 from daemon.model.norms import GatedRMSNorm
 from daemon.model.precision import accumulation_dtype
 from daemon.model.step_context import StepContext
-
-# Inputs up to this length take the recurrent rule: fewer kernels than a padded 64-token chunk.
-RECURRENT_MAX_TOKENS = 8
 
 
 def _l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -51,6 +50,8 @@ class GatedDeltaNet(nn.Module):
 
     def _causal_conv(self, mixed: torch.Tensor, cache: DeltaNetCache, keep_steps: bool) -> torch.Tensor:
         """Depthwise conv over [cached window | new inputs]; mixed is [B, conv_dim, T]."""
+        if not keep_steps and mixed.shape[-1] <= kernels.RECURRENT_MAX_TOKENS and kernels.has_conv_kernel(mixed):
+            return kernels.conv_update(mixed, cache.conv, self.conv1d.weight[:, 0, :])
         window = torch.cat((cache.conv, mixed.to(cache.conv.dtype)), dim=-1)
         width = cache.conv.shape[-1]
         if keep_steps:
@@ -58,7 +59,7 @@ class GatedDeltaNet(nn.Module):
             steps = window.unfold(-1, width, 1)[:, :, 1:].permute(2, 0, 1, 3)
             cache.conv_steps[: steps.shape[0]].copy_(steps)
         cache.conv.copy_(window[:, :, -width:])
-        if mixed.shape[-1] <= RECURRENT_MAX_TOKENS:  # a few taps per channel: cheaper than a conv call
+        if mixed.shape[-1] <= kernels.RECURRENT_MAX_TOKENS:  # a few taps per channel: cheaper than a conv call
             taps = window.unfold(-1, width + 1, 1)  # [B, conv_dim, T, kernel]
             return F.silu((taps * self.conv1d.weight[:, None, 0, :]).sum(-1))
         return F.silu(F.conv1d(window, self.conv1d.weight, groups=window.shape[1]))
@@ -81,11 +82,10 @@ class GatedDeltaNet(nn.Module):
         v = v.reshape(batch, length, self.num_v_heads, self.v_dim).to(acc).transpose(1, 2)
         beta = torch.sigmoid(self.in_proj_b(x)).to(acc).transpose(1, 2)
         g = (-self.A_log.to(acc).exp() * F.softplus(self.in_proj_a(x).to(acc) + self.dt_bias.to(acc))).transpose(1, 2)
-        if ctx.keep_steps or length <= RECURRENT_MAX_TOKENS:
-            steps = cache.state_steps if ctx.keep_steps else None
-            out = recurrent_delta_rule(q, k, v, g, beta, cache.state, steps)
+        if ctx.keep_steps:  # only the torch rule records the state after every token
+            out = recurrent_delta_rule(q, k, v, g, beta, cache.state, cache.state_steps)
         else:
-            out = chunked_delta_rule(q, k, v, g, beta, cache.state)
+            out = kernels.delta_rule(q, k, v, g, beta, cache.state)
         out = out.transpose(1, 2).to(x.dtype)  # [B, T, v_heads, v_dim]
         z = self.in_proj_z(x).view(batch, length, self.num_v_heads, self.v_dim)
         return self.out_proj(self.norm(out, z).reshape(batch, length, -1))

@@ -130,13 +130,23 @@ class QwenModel(nn.Module):
         return AttentionCache.allocate(batch, c.num_key_value_heads, max_len, c.head_dim, self.output_device,
                                        self.dtype, initial_len)
 
-    def _context(self, length: int, start: int, keep_steps: bool, device: torch.device,
+    def _context(self, positions: torch.Tensor, kv_len: int, keep_steps: bool, device: torch.device,
                  key_mask: torch.Tensor | None = None) -> StepContext:
-        positions = torch.arange(start, start + length, device=device)
         if key_mask is not None:
             key_mask = key_mask.to(device)
-        return StepContext.build(positions, start + length, self.rotary_frequencies(device), self.dtype,
+        return StepContext.build(positions.to(device), kv_len, self.rotary_frequencies(device), self.dtype,
                                  keep_steps, key_mask)
+
+    def _trunk(self, input_ids: torch.Tensor, cache: ModelCache, positions: torch.Tensor, kv_len: int,
+               keep_steps: bool, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """The trunk over new tokens at `positions` -> hidden [B, T, H] after the final norm."""
+        x = self.embed_tokens(input_ids.to(self.device))
+        for device, indices in self.segments or [(self.device, range(len(self.layers)))]:
+            x = x.to(device)  # a split model hands activations from card to card here
+            ctx = self._context(positions, kv_len, keep_steps, device, key_mask)
+            for i in indices:
+                x = self.layers[i](x, cache.layers[i], ctx)
+        return self.norm(x.to(self.output_device))
 
     def forward(self, input_ids: torch.Tensor, cache: ModelCache, start: int, *, keep_steps: bool = False,
                 last_only: bool = False, key_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,14 +157,20 @@ class QwenModel(nn.Module):
         state after every new token (see `ModelCache.restore_step`). `key_mask` [B, cache length] hides
         cache slots per row (see `StepContext.build`): batched decoding of left-padded prompts.
         """
-        x = self.embed_tokens(input_ids.to(self.device))
-        for device, indices in self.segments or [(self.device, range(len(self.layers)))]:
-            x = x.to(device)  # a split model hands activations from card to card here
-            ctx = self._context(input_ids.shape[1], start, keep_steps, device, key_mask)
-            for i in indices:
-                x = self.layers[i](x, cache.layers[i], ctx)
-        hidden = self.norm(x.to(self.output_device))
+        length = input_ids.shape[1]
+        positions = torch.arange(start, start + length, device=self.device)
+        hidden = self._trunk(input_ids, cache, positions, start + length, keep_steps, key_mask)
         return self.lm_head(hidden[:, -1:] if last_only else hidden), hidden
+
+    def forward_at(self, input_ids: torch.Tensor, cache: ModelCache, positions: torch.Tensor, *,
+                   keep_steps: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed-shape form of `forward` for captured steps: `positions` [T] is a device tensor and
+        attention reads the caches' whole capacity, masked by position, so nothing depends on a Python
+        int that changes from step to step. The caches must be allocated at full capacity."""
+        if not cache.is_full():
+            raise ValueError("a fixed-shape step needs caches allocated at full capacity (no initial_len)")
+        hidden = self._trunk(input_ids, cache, positions, cache.capacity, keep_steps, None)
+        return self.lm_head(hidden), hidden
 
     def mtp_forward(self, next_ids: torch.Tensor, hidden: torch.Tensor, cache: AttentionCache, start: int, *,
                     vocab: int | None = None, last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,9 +178,21 @@ class QwenModel(nn.Module):
 
         With `vocab`, logits cover token ids [0, vocab) only: a reduced draft vocabulary; with
         `last_only`, only the last pair's (a long prompt's pairs would need prompt × vocab floats)."""
+        positions = torch.arange(start, start + next_ids.shape[1], device=self.output_device)
+        out = self._mtp(next_ids, hidden, cache, positions, start + next_ids.shape[1])
+        return self.lm_head(out[:, -1:] if last_only else out, vocab), out
+
+    def mtp_forward_at(self, next_ids: torch.Tensor, hidden: torch.Tensor, cache: AttentionCache,
+                       positions: torch.Tensor, *, vocab: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed-shape form of `mtp_forward` (see `forward_at`): positions [T] a device tensor."""
+        if cache.keys.shape[2] != cache.max_len:
+            raise ValueError("a fixed-shape step needs the MTP cache allocated at full capacity")
+        out = self._mtp(next_ids, hidden, cache, positions, cache.max_len)
+        return self.lm_head(out, vocab), out
+
+    def _mtp(self, next_ids, hidden, cache: AttentionCache, positions: torch.Tensor, kv_len: int) -> torch.Tensor:
         if self.mtp is None:
             raise RuntimeError("this checkpoint has no MTP head (no mtp.* tensors)")
-        ctx = self._context(next_ids.shape[1], start, False, self.output_device)
+        ctx = self._context(positions, kv_len, False, self.output_device)
         embeds = self.embed_tokens(next_ids.to(self.device)).to(self.output_device)
-        out = self.mtp(embeds, hidden, cache, ctx)
-        return self.lm_head(out[:, -1:] if last_only else out, vocab), out
+        return self.mtp(embeds, hidden, cache, ctx)

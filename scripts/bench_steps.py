@@ -1,0 +1,59 @@
+"""Eager vs torch.compile'd fixed-shape steps on the CPU: compile time, and step medians of alternating runs.
+
+Usage: PYTHONPATH=. python scripts/bench_steps.py [--shape qwen3.6-27b --layers 4 --vocab 32768] [--k 3]
+Without --shape, the tiny checkpoints (built in a temporary directory). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+import torch
+
+from daemon.engine.step_runner import StepRunner
+from daemon.tools.real_shapes import random_model, shape_config
+from daemon.tools.step_timing import alternating_medians
+
+
+def _models(args) -> dict[str, torch.nn.Module]:
+    if args.shape:
+        config = shape_config(args.shape, args.layers, args.vocab)
+        return {args.shape: random_model(config, "cpu", torch.float32)}
+    from daemon.tiny.qwen_checkpoints import build_all
+    from daemon.weights.loader import load_model
+
+    paths = build_all(tempfile.mkdtemp())
+    return {name: load_model(paths[name], device="cpu", dtype=torch.float32)
+            for name in ("qwen3.6-dense-tiny", "qwen3.6-moe-tiny")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--shape")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=32768)
+    parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    report = {}
+    for name, model in _models(args).items():
+        prompt = list(range(1, 33))
+        eager = StepRunner(model, 128, args.k)
+        started = time.perf_counter()
+        compiled = StepRunner(model, 128, args.k, compile=True)
+        entry = {"compile_s": time.perf_counter() - started}
+        for step in ("decode", "verify", "draft"):
+            medians = alternating_medians({"eager": eager, "compiled": compiled}, step, prompt, args.rounds)
+            entry[step] = {label: round(seconds * 1e3, 3) for label, seconds in medians.items()} | {
+                "speedup": round(medians["eager"] / medians["compiled"], 2)}
+        report[name] = entry
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

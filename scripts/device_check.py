@@ -1,0 +1,234 @@
+"""Every GPU-only check of the captured-step path in one run (< 8 minutes on one H200), as one JSON file.
+
+Random weights made on the GPU, nothing downloaded; runs on torch >= 2.11 with CUDA (no
+flash-linear-attention needed). Sections of the report:
+- parity: bf16 eager steps vs CUDA-graph replays of the same steps (token ids of greedy decoding, k=0..3).
+- fidelity: bf16 MTP decoding teacher-forced through the plain model — every emitted token is the
+  argmax or within FIDELITY_GAP nats of it — and its exact-match rate against plain bf16 decoding.
+- shapes: at the Qwen3.6-27B and 35B-A3B text shapes (full width; layers cut only by --layers):
+  plain decode tok/s eager and captured, bandwidth utilisation, verify (k=1..4) and draft step cost
+  relative to a 1-token step, oracle-drafter speed-ups at 60-90% acceptance, MTP's extra memory.
+- kernels: whether fla / causal-conv1d imported (tests/test_kernels.py checks them where they do).
+- quantized: int8/int4 have no CUDA kernels in this project yet: reported as not built.
+`--dry-run` runs the same code on the CPU at tiny shapes in float32 in seconds (tests/test_device_check.py).
+
+Usage: python scripts/device_check.py --out $OUT/device_check.json [--dry-run] [--layers-27b N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import time
+
+import torch
+
+from daemon.engine.step_runner import CapturedDecoder, StepRunner
+from daemon.model import kernels
+from daemon.model.config import TextConfig
+from daemon.tools.real_shapes import SHAPES, random_model
+from daemon.tools.step_timing import synchronize, time_step
+
+HBM_BYTES_PER_S = 4.8e12  # H200 peak HBM bandwidth
+# bf16 logits of magnitude up to 16 are stored in steps of 1/16; a 1-token decode and a (k+1)-token
+# verify run different kernels, which move a logit by a few such steps: 0.25 nats is 4 steps. A real
+# error (wrong position, state or mask) emits tokens several nats below the argmax.
+FIDELITY_GAP = 0.25
+RATES = (0.6, 0.7, 0.8, 0.9)
+TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+            vocab_size=1024, moe_intermediate_size=32, shared_expert_intermediate_size=32)
+TINY_MOE = dict(num_experts=8, num_experts_per_tok=2)
+
+
+def config_for(shape: str, tiny: bool, layers: int | None) -> TextConfig:
+    raw = dict(SHAPES[shape])
+    if tiny:
+        raw.update(TINY, num_hidden_layers=4, **(TINY_MOE if "num_experts" in raw else {}))
+    elif layers:
+        raw["num_hidden_layers"] = layers
+    return TextConfig.from_dict(raw)
+
+
+def peaked_model(config: TextConfig, device, dtype) -> torch.nn.Module:
+    """Random weights with an lm_head scaled so logits have std ~3 (random_model's 0.02 gives near-flat
+    logits, where every token is a near-tie and greedy fidelity means nothing)."""
+    model = random_model(config, device, dtype)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(3.0 / (0.02 * math.sqrt(config.hidden_size)))
+    return model
+
+
+def make_runner(model, capacity: int, k: int, captured: bool) -> StepRunner:
+    """Captured: CUDA graphs on CUDA; on the CPU (dry run) the same runner replays eager steps."""
+    return StepRunner(model, capacity, k, capture=captured and model.device.type == "cuda")
+
+
+def greedy(runner: StepRunner, prompt: list[int], tokens: int) -> list[int]:
+    decoder = CapturedDecoder(runner, prompt)
+    out = [decoder.prefill()]
+    while len(out) < tokens:
+        out += decoder.step(tokens - len(out))[0]
+    return out[:tokens]
+
+
+def check_parity(model, prompt: list[int], tokens: int) -> dict:
+    report = {}
+    for k in range(4):
+        eager = greedy(make_runner(model, len(prompt) + tokens + 8, k, False), prompt, tokens)
+        captured = greedy(make_runner(model, len(prompt) + tokens + 8, k, True), prompt, tokens)
+        report[f"k{k}"] = {"identical": eager == captured,
+                           "first_difference": next((i for i, (a, b) in enumerate(zip(eager, captured)) if a != b), None)}
+    return report
+
+
+@torch.inference_mode()
+def check_fidelity(model, prompt: list[int], tokens: int) -> dict:
+    capacity = len(prompt) + tokens + 8
+    plain = greedy(make_runner(model, capacity, 0, True), prompt, tokens)
+    report = {"gap_nats": FIDELITY_GAP}
+    for k in (1, 3):
+        mtp = greedy(make_runner(model, capacity, k, True), prompt, tokens)
+        ids = torch.tensor([prompt + mtp], device=model.device)
+        logits, _ = model(ids, model.new_cache(ids.shape[1]), 0)
+        logprobs = logits[0, len(prompt) - 1:-1].float().log_softmax(-1)
+        emitted = torch.tensor(mtp, device=model.device)
+        gaps = logprobs.max(-1).values - logprobs.gather(-1, emitted[:, None])[:, 0]
+        same = next((i for i, (a, b) in enumerate(zip(plain, mtp)) if a != b), tokens)
+        report[f"k{k}"] = {"all_within_gap": bool((gaps <= FIDELITY_GAP).all()),
+                           "argmax_rate": float((gaps == 0).float().mean()), "max_gap": float(gaps.max()),
+                           "exact_match_rate": sum(a == b for a, b in zip(plain, mtp)) / tokens,
+                           "identical_prefix": same}
+    return report
+
+
+def bytes_per_token(model, cache_bytes: int) -> int:
+    """Weights a plain decode step reads (no embedding table: one row; MoE: top-k of the experts), plus
+    its caches (a fixed-shape step reads the attention buffers' whole capacity)."""
+    config, total = model.config, cache_bytes
+    for name, param in model.named_parameters():
+        if name.startswith(("mtp.", "embed_tokens")):
+            continue
+        share = config.num_experts_per_tok / config.num_experts if ".mlp.experts." in name else 1.0
+        total += param.numel() * param.element_size() * share
+    return int(total)
+
+
+def oracle(runner: StepRunner, prompt: list[int], truth: list[int] | None, rate: float, tokens: int) -> dict:
+    """Speculative decoding whose drafts are `truth` (prompt + continuation), each wrong with chance
+    1 - rate; truth None: every draft wrong (what the verifier alone picks, at this k's shapes)."""
+    rng, k = random.Random(0), runner.k
+    runner.prefill(prompt)
+    out, drafted, accepted = [int(runner.buffers.token)], 0, 0
+    synchronize(runner.model.device)
+    started = time.perf_counter()
+    while len(out) < tokens + 1:
+        position = len(prompt) + len(out)  # the index in prompt + out of the token after `token`
+        drafts = []
+        for slot in range(k):
+            right = truth is not None and position + slot < len(truth) and rng.random() < rate
+            drafts.append(truth[position + slot] if right else 0)
+        runner.buffers.drafts[:k].copy_(torch.tensor(drafts))
+        runner.run("verify")
+        emitted = runner.read()
+        drafted, accepted, out = drafted + k, accepted + len(emitted) - 1, out + emitted
+    synchronize(runner.model.device)
+    seconds = time.perf_counter() - started
+    return {"tokens": prompt + out, "tok_s": (len(out) - 1) / seconds,
+            "acceptance_rate": accepted / drafted}
+
+
+@torch.inference_mode()
+def check_shape(shape: str, tiny: bool, layers: int | None, device, dtype, tokens: int, reps: int) -> dict:
+    config = config_for(shape, tiny, layers)
+    model = random_model(config, device, dtype)
+    report = {"layers": config.num_hidden_layers, "hidden": config.hidden_size}
+    prompt = list(range(1, 65))
+    capacity = len(prompt) + tokens + 16
+    plain = {label: make_runner(model, capacity, 0, captured) for label, captured in (("eager", False), ("captured", True))}
+    one_token = {}
+    for label, runner in plain.items():
+        one_token[label] = statistics.median(time_step(runner, "decode", prompt, reps))
+        report[f"decode_tok_s_{label}"] = 1 / one_token[label]
+    per_token = bytes_per_token(model, plain["captured"].cache.nbytes())
+    report["bytes_per_token"] = per_token
+    report["bandwidth_utilisation"] = per_token / one_token["captured"] / HBM_BYTES_PER_S
+    del plain
+    report["verify_cost"], report["oracle"] = {}, {}
+    for k in range(1, 5):
+        runner = make_runner(model, capacity, k, True)
+        report["verify_cost"][f"k{k}"] = statistics.median(time_step(runner, "verify", prompt, reps)) / one_token["captured"]
+        if k == 2:  # one chained MTP step
+            report["draft_step_cost"] = statistics.median(time_step(runner, "draft", prompt, reps)) / one_token["captured"]
+        if k == 3:
+            truth = oracle(runner, prompt, None, 0.0, tokens)["tokens"]
+            for rate in RATES:
+                run = oracle(runner, prompt, truth, rate, tokens)
+                report["oracle"][f"{rate:.0%}"] = {"speedup": run["tok_s"] * one_token["captured"],
+                                                   "acceptance_rate": run["acceptance_rate"],
+                                                   "same_tokens": run["tokens"] == truth}
+        del runner
+    report["mtp_extra_bytes"] = {f"{n // 1024}k": mtp_extra_bytes(model, n) for n in (4096, 32768)}
+    return report
+
+
+def mtp_extra_bytes(model, capacity: int, k: int = 3) -> dict:
+    """What MTP adds at `capacity` positions: the head's weights, its KV cache, the DeltaNet step slots."""
+    with torch.inference_mode():
+        runner = StepRunner(model, capacity, k, capture=False)
+    slots = sum(layer.conv_steps.nbytes + layer.state_steps.nbytes for layer in runner.cache.layers
+                if hasattr(layer, "state_steps"))
+    weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n.startswith("mtp."))
+    return {"head_weights": weights, "mtp_kv_cache": runner.mtp_cache.nbytes(), "deltanet_step_slots": slots,
+            "total": weights + runner.mtp_cache.nbytes() + slots}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, seconds")
+    parser.add_argument("--layers-27b", type=int, help="cut Qwen3.6-27B to this many layers (multiple of 4)")
+    parser.add_argument("--layers-35b", type=int, help="cut Qwen3.6-35B-A3B to this many layers")
+    args = parser.parse_args(argv)
+    threads = torch.get_num_threads()
+    if args.dry_run:
+        torch.set_num_threads(1)  # tiny ops: threads only add waiting, worst on a loaded machine
+    try:
+        return run_checks(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_checks(args) -> dict:
+    dry = args.dry_run
+    device = torch.device("cpu" if dry else "cuda")
+    dtype = torch.float32 if dry else torch.bfloat16  # the CPU's bf16 kernels would make the dry run slow
+    tokens, reps = (12, 2) if dry else (128, 20)
+    started = time.perf_counter()
+    report = {"device": "cpu (dry run)" if dry else torch.cuda.get_device_name(), "torch": torch.__version__,
+              "kernels": {"fla": kernels.chunk_gated_delta_rule is not None,
+                          "causal_conv1d": kernels.causal_conv1d_update is not None},
+              "quantized": {"int8": "not built (CPU kernels only)", "int4": "not built (CPU kernels only)"}}
+    tiny = peaked_model(config_for("qwen3.6-35b-a3b", True, None), device, dtype)
+    prompt = list(range(1, 17))
+    report["parity"] = check_parity(tiny, prompt, tokens)
+    report["fidelity"] = check_fidelity(tiny, prompt, tokens)
+    del tiny
+    report["shapes"] = {}
+    for shape, layers in (("qwen3.6-27b", args.layers_27b), ("qwen3.6-35b-a3b", args.layers_35b)):
+        report["shapes"][shape] = check_shape(shape, dry, layers, device, dtype, tokens, reps)
+        if device.type == "cuda":
+            report["shapes"][shape]["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+    report["seconds"] = time.perf_counter() - started
+    with open(args.out, "w") as out:
+        json.dump(report, out, indent=1)
+    return report
+
+
+if __name__ == "__main__":
+    main()
