@@ -60,7 +60,7 @@ class Attention(nn.Module):
         cache.write(ctx.positions, key, value)
         keys, values = cache.window(ctx.kv_len)
         queries, keys, values = query.transpose(1, 2), keys.to(query.dtype), values.to(query.dtype)
-        if 1 < length <= ROW_BY_ROW and batch == 1 and ctx.mask.dim() == 2:
+        if ctx.decode_rows and 1 < length <= ROW_BY_ROW and batch == 1 and ctx.mask.dim() == 2:
             first = ctx.kv_len - length  # keys row i sees: [0, first + i]
             out = torch.cat([self._attend(queries[:, :, i:i + 1].contiguous(), keys[:, :, :first + i + 1],
                                           values[:, :, :first + i + 1], ctx.mask[i:i + 1, :first + i + 1])

@@ -19,10 +19,15 @@ class StepContext:
     sin: torch.Tensor
     mask: torch.Tensor  # [T, kv_len] (or [B, 1, T, kv_len] with a key mask) bool, True where a query may attend
     keep_steps: bool  # record DeltaNet state after every new token
+    # the keys end at the last query (the eager forms): a few query rows may attend one at a time, each
+    # exactly as a 1-token decode step would (daemon/model/attention.py); fixed-shape steps read a whole
+    # cache under a mask instead
+    decode_rows: bool = False
 
     @classmethod
     def build(cls, positions: torch.Tensor, kv_len: int, inv_freq: torch.Tensor, dtype: torch.dtype,
-              keep_steps: bool = False, key_mask: torch.Tensor | None = None) -> "StepContext":
+              keep_steps: bool = False, key_mask: torch.Tensor | None = None,
+              decode_rows: bool = False) -> "StepContext":
         """key_mask [B, >= kv_len] bool: False for cache slots no query of that row may see (left padding
         of a batch of prompts); a query still sees its own slot, so a padding row never has zero keys."""
         cos, sin = rotary_tables(positions, inv_freq, dtype)
@@ -30,4 +35,4 @@ class StepContext:
         mask = slots[None, :] <= positions[:, None]
         if key_mask is not None:
             mask = mask & (key_mask[:, None, None, :kv_len] | (slots[None, :] == positions[:, None]))
-        return cls(positions, kv_len, cos, sin, mask, keep_steps)
+        return cls(positions, kv_len, cos, sin, mask, keep_steps, decode_rows)

@@ -131,19 +131,20 @@ class QwenModel(nn.Module):
                                        self.dtype, initial_len)
 
     def _context(self, positions: torch.Tensor, kv_len: int, keep_steps: bool, device: torch.device,
-                 key_mask: torch.Tensor | None = None) -> StepContext:
+                 key_mask: torch.Tensor | None = None, decode_rows: bool = False) -> StepContext:
         if key_mask is not None:
             key_mask = key_mask.to(device)
         return StepContext.build(positions.to(device), kv_len, self.rotary_frequencies(device), self.dtype,
-                                 keep_steps, key_mask)
+                                 keep_steps, key_mask, decode_rows)
 
     def _trunk(self, input_ids: torch.Tensor, cache: ModelCache, positions: torch.Tensor, kv_len: int,
-               keep_steps: bool, key_mask: torch.Tensor | None) -> torch.Tensor:
-        """The trunk over new tokens at `positions` -> hidden [B, T, H] after the final norm."""
+               keep_steps: bool, key_mask: torch.Tensor | None, decode_rows: bool = False) -> torch.Tensor:
+        """The trunk over new tokens at `positions` -> hidden [B, T, H] after the final norm (`decode_rows`:
+        see StepContext)."""
         x = self.embed_tokens(input_ids.to(self.device))
         for device, indices in self.segments or [(self.device, range(len(self.layers)))]:
             x = x.to(device)  # a split model hands activations from card to card here
-            ctx = self._context(positions, kv_len, keep_steps, device, key_mask)
+            ctx = self._context(positions, kv_len, keep_steps, device, key_mask, decode_rows)
             for i in indices:
                 x = self.layers[i](x, cache.layers[i], ctx)
         return self.norm(x.to(self.output_device))
@@ -159,7 +160,7 @@ class QwenModel(nn.Module):
         """
         length = input_ids.shape[1]
         positions = torch.arange(start, start + length, device=self.device)
-        hidden = self._trunk(input_ids, cache, positions, start + length, keep_steps, key_mask)
+        hidden = self._trunk(input_ids, cache, positions, start + length, keep_steps, key_mask, decode_rows=True)
         return self.lm_head(hidden[:, -1:] if last_only else hidden), hidden
 
     def forward_at(self, input_ids: torch.Tensor, cache: ModelCache, positions: torch.Tensor, *,
