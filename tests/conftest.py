@@ -14,6 +14,7 @@ import pytest
 from daemon.tiny.qwen_checkpoints import build_all
 from daemon.tiny.quantized_checkpoints import build_quantized
 from daemon.tiny.text_checkpoints import build_all_text
+from tests.helpers import write_tiny_config
 
 _PARITY: list[tuple[str, float]] = []
 
@@ -35,6 +36,15 @@ def tiny_quantized(tmp_path_factory):
 def tiny_text(tmp_path_factory):
     """name -> checkpoint directory for the plain-transformer variants (Llama, Qwen3) without MTP heads."""
     return build_all_text(tmp_path_factory.mktemp("text_checkpoints"))
+
+
+@pytest.fixture
+def home(tmp_path, tiny, monkeypatch):
+    """An MTPCHAT_HOME whose config.toml has the tiny `dense` (default) and `moe` models."""
+    home = tmp_path / "h"
+    write_tiny_config(home, tiny)
+    monkeypatch.setenv("MTPCHAT_HOME", str(home))
+    return home
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ def test_no_file_means_the_demo_model_and_default_budgets():
     config = load_config()
     assert list(config.models) == [DEMO, TINY] and config.default == DEMO
     assert config.models[DEMO].draft_vocab == 8192 and config.models[DEMO].draft == "auto"  # measured best (README)
+    assert config.models[DEMO].quantization.describe() == "int4 (group 32)"  # its shipped precision (README)
     assert not config.models[TINY].load_at_start  # built on request only
     assert config.max_memory == {} and config.state_cache == DEFAULT_STATE_CACHE
 

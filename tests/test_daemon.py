@@ -28,18 +28,9 @@ from tests.helpers import (
     start_daemon_process,
     stop_process,
     wait_resident,
-    write_tiny_config,
 )
 
 MESSAGES = [{"role": "user", "content": "Hello there"}]
-
-
-@pytest.fixture
-def home(tmp_path, tiny, monkeypatch):
-    home = tmp_path / "h"
-    write_tiny_config(home, tiny)
-    monkeypatch.setenv("MTPCHAT_HOME", str(home))
-    return home
 
 
 @pytest.fixture

@@ -26,14 +26,6 @@ MESSAGES = [{"role": "user", "content": "Hello there"}]
 KEY = "sk-test-0123456789"
 
 
-@pytest.fixture
-def home(tmp_path, tiny, monkeypatch):
-    home = tmp_path / "h"
-    write_tiny_config(home, tiny)
-    monkeypatch.setenv("MTPCHAT_HOME", str(home))
-    return home
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory, tiny):
     """One daemon with the API for the tests that need no special start: (home, base URL)."""

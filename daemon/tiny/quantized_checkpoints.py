@@ -105,18 +105,26 @@ def int_groups(weight: torch.Tensor, bits: int, group: int | None) -> tuple[torc
     return codes.reshape(rows, cols), scales, twin
 
 
+def _converted(tensors: dict, store, twin: bool) -> dict:
+    """Every tensor, with each one a release quantizes replaced by what `store(name, tensor)` writes for
+    it — or, for the twin, by the float weight those stored values stand for (store's last item)."""
+    out = {}
+    for name, tensor in _per_expert(tensors).items():
+        if not _quantized(name, tensor):
+            out[name] = tensor
+            continue
+        stored, dequantized = store(name, tensor)
+        out.update({name: dequantized} if twin else stored)
+    return out
+
+
 def _fp8_convert(twin: bool):
+    def store(name, tensor):
+        fp8, scale_inv, dequantized = fp8_blocks(tensor)
+        return {name: fp8, name.removesuffix(".weight") + ".weight_scale_inv": scale_inv}, dequantized
+
     def convert(tensors):
-        out = {}
-        for name, tensor in _per_expert(tensors).items():
-            if not _quantized(name, tensor):
-                out[name] = tensor
-                continue
-            fp8, scale_inv, dequantized = fp8_blocks(tensor)
-            if twin:
-                out[name] = dequantized
-            else:
-                out[name], out[name.removesuffix(".weight") + ".weight_scale_inv"] = fp8, scale_inv
+        out = _converted(tensors, store, twin)
         kept = sorted({name.removesuffix(".weight") for name in out
                        if name.startswith(TRUNK) and KEPT_FLOAT.match(name)})
         config = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
@@ -128,27 +136,20 @@ def _fp8_convert(twin: bool):
 
 
 def _packed_convert(bits: int, group: int | None, twin: bool):
+    def store(name, tensor):
+        codes, scales, dequantized = int_groups(tensor, bits, group)
+        base = name.removesuffix(".weight")
+        return {f"{base}.weight_packed": pack_int32(codes, bits), f"{base}.weight_scale": scales,
+                f"{base}.weight_shape": torch.tensor(tensor.shape, dtype=torch.int64)}, dequantized
+
     def convert(tensors):
-        out = {}
-        for name, tensor in _per_expert(tensors).items():
-            if not _quantized(name, tensor):
-                out[name] = tensor
-                continue
-            codes, scales, dequantized = int_groups(tensor, bits, group)
-            base = name.removesuffix(".weight")
-            if twin:
-                out[name] = dequantized
-            else:
-                out[f"{base}.weight_packed"] = pack_int32(codes, bits)
-                out[f"{base}.weight_scale"] = scales
-                out[f"{base}.weight_shape"] = torch.tensor(tensor.shape, dtype=torch.int64)
         weights = {"num_bits": bits, "type": "int", "symmetric": True, "dynamic": False, "observer": "minmax",
                    "strategy": "group" if group else "channel", "group_size": group}
         config = {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
                   "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": None,
                                                 "output_activations": None, "format": "pack-quantized"}},
                   "ignore": PACKED_IGNORE}
-        return out, None if twin else config
+        return _converted(tensors, store, twin), None if twin else config
     return convert
 
 
