@@ -35,7 +35,7 @@ async def main():
         app.theme = "mtpchat-light"
         await pilot.pause()
         topbar = app.query_one("#topbar")
-        assert topbar.styles.height.value == 1 and app.query_one("#sidebar").styles.width.value == 32  # app.tcss
+        assert topbar.styles.height.value == 1 and app.query_one("#sidebar").styles.max_width.value == 32  # app.tcss
     print("ok", app.theme, mtpchat.__file__)
 
 asyncio.run(main())
