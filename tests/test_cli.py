@@ -58,11 +58,12 @@ def test_ask_json_is_the_engines_greedy_reply(tiny, home):
 
 
 def test_ask_streams_text_with_the_default_demo_model(home):
-    done = _run("mtpchat.cli", "ask", "What is the capital of France?", "--max-tokens", "12", home=home)
+    greedy = ["--max-tokens", "12", "--temperature", "0"]  # the demo samples by default: greedy repeats itself
+    done = _run("mtpchat.cli", "ask", "What is the capital of France?", *greedy, home=home)
     assert done.returncode == 0, done.stderr
     assert "Paris" in done.stdout
     told = "the reply stopped at the --max-tokens limit (12 tokens)" in done.stderr
-    done = _run("mtpchat.cli", "ask", "What is the capital of France?", "--max-tokens", "12", "--json", home=home)
+    done = _run("mtpchat.cli", "ask", "What is the capital of France?", *greedy, "--json", home=home)
     assert told == (json.loads(done.stdout)["finish_reason"] == "length")
     stats = json.loads(done.stdout)["stats"]
     assert stats["draft_k"] == 4 and stats["drafts"] > 0  # MTP-decoded (adaptive k up to 4), with the trained head
