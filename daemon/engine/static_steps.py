@@ -67,10 +67,14 @@ def verify_step(model: QwenModel, cache: ModelCache, mtp_cache: AttentionCache |
     positions = buffers.length + torch.arange(k + 1, device=buffers.length.device)
     logits, hidden = model.forward_at(ids, cache, positions, keep_steps=k > 0)
     target = logits[0].argmax(-1)  # [k + 1]
-    # Drafts accepted while each equals the argmax before it; cumprod zeroes everything after a miss.
-    accepted = (buffers.drafts[:k] == target[:k]).long().cumprod(0).sum(0, keepdim=True)
     if k:
+        # Drafts accepted while each equals the argmax before it; cumprod zeroes everything after a miss.
+        accepted = (buffers.drafts[:k] == target[:k]).long().cumprod(0).sum(0, keepdim=True)
         cache.restore_step(accepted)  # the state after the last kept token: no replay
+    else:
+        # A literal zero, not the sum over no drafts: torch 2.13's inductor miscompiles the decode step
+        # with that empty reduction (the emitted token stops following the input; test_static_steps).
+        accepted = torch.zeros(1, dtype=torch.long, device=target.device)
     buffers.accepted.copy_(accepted)
     buffers.emitted.copy_(target)
     buffers.token.copy_(target.index_select(0, accepted))

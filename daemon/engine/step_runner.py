@@ -32,6 +32,8 @@ class StepRunner:
         self.model, self.capacity, self.k = model, capacity, k
         self.capture = model.device.type == "cuda" if capture is None else capture
         with torch.inference_mode():
+            for device in {*model.layer_devices(), model.output_device}:
+                model.rotary_frequencies(device)  # made once here, not inside the first traced step
             self.cache = model.new_cache(capacity, max_steps=k + 1 if k else 0)
             self.mtp_cache = model.new_mtp_cache(capacity) if k else None
             self.buffers = StepBuffers.allocate(model, k)
