@@ -23,8 +23,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts.ping_latency import machine  # noqa: E402
+
 BUILD = ROOT.parent / "shared" / "peer" / "build-llamacpp.sh"
-FLAGS_OF_INTEREST = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
 MTPCHAT = {"fp32": "none", "int4": "int4"}  # precision -> mtpchatd bench --quantize
 LLAMA = {"fp32": "smollm2-135m-f32.gguf", "int4": "smollm2-135m-q4_1.gguf"}
 
@@ -58,13 +61,6 @@ def summary(samples: list[float]) -> dict:
             "max": round(max(samples), 2), "runs": len(samples)}
 
 
-def cpu() -> dict:
-    info = Path("/proc/cpuinfo").read_text().splitlines()
-    model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), []))
-    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in FLAGS_OF_INTEREST if f in flags]}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -87,7 +83,7 @@ def main() -> int:
     ratios = {f"{mode} {precision} t{t} / llama.cpp": round(
         table[f"mtpchat {mode} {precision} t{t}"]["median"] / table[f"llama.cpp {precision} t{t}"]["median"], 3)
         for t in threads for precision in precisions for mode in ("plain", "mtp")}
-    print(json.dumps({"cpu": cpu(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+    print(json.dumps({"cpu": machine(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
                       "tok_s": table, "ratios": ratios}, indent=2))
     return 0
 

@@ -1,7 +1,8 @@
 """Eager vs torch.compile'd fixed-shape steps on the CPU: compile time, and step medians of alternating runs.
 
-Usage: PYTHONPATH=. python scripts/bench_steps.py [--shape qwen3.6-27b --layers 4 --vocab 32768] [--k 3]
-Without --shape, the tiny checkpoints (built in a temporary directory). Prints one JSON object.
+Usage: PYTHONPATH=. python scripts/bench_steps.py [--shape qwen3.6-27b --layers 4 --vocab 32768 | --demo]
+       [--quantize none,int4] [--k 3]
+Without --shape or --demo, the tiny checkpoints (built in a temporary directory). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ from daemon.tools.step_timing import alternating_medians
 
 
 def _models(args) -> dict[str, torch.nn.Module]:
+    if args.demo:
+        from daemon.weights.demo_model import demo_checkpoint
+        from daemon.weights.loader import load_model
+        from mtpchat.config import Quantization
+
+        return {f"demo-{method}": load_model(demo_checkpoint(), device="cpu", dtype=torch.float32,
+                                             quantization=Quantization(method, 32))
+                for method in args.quantize.split(",")}
     if args.shape:
         config = shape_config(args.shape, args.layers, args.vocab)
         return {args.shape: random_model(config, "cpu", torch.float32)}
@@ -33,6 +42,8 @@ def _models(args) -> dict[str, torch.nn.Module]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shape")
+    parser.add_argument("--demo", action="store_true", help="the demo model (its MTP head) instead")
+    parser.add_argument("--quantize", default="none,int4", help="--demo: the precisions to measure")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=32768)
     parser.add_argument("--k", type=int, default=3)

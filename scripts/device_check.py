@@ -29,7 +29,7 @@ import torch
 from daemon.engine.step_runner import CapturedDecoder, StepRunner
 from daemon.model import kernels
 from daemon.model.config import TextConfig
-from daemon.tools.real_shapes import SHAPES, random_model
+from daemon.tools.real_shapes import SHAPES, random_model, shape_config
 from daemon.tools.step_timing import synchronize, time_step
 
 HBM_BYTES_PER_S = 4.8e12  # H200 peak HBM bandwidth
@@ -45,12 +45,9 @@ TINY_MOE = dict(num_experts=8, num_experts_per_tok=2)
 
 
 def config_for(shape: str, tiny: bool, layers: int | None) -> TextConfig:
-    raw = dict(SHAPES[shape])
     if tiny:
-        raw.update(TINY, num_hidden_layers=4, **(TINY_MOE if "num_experts" in raw else {}))
-    elif layers:
-        raw["num_hidden_layers"] = layers
-    return TextConfig.from_dict(raw)
+        return shape_config(shape, 4, overrides={**TINY, **(TINY_MOE if "num_experts" in SHAPES[shape] else {})})
+    return shape_config(shape, layers)
 
 
 def peaked_model(config: TextConfig, device, dtype) -> torch.nn.Module:
@@ -68,11 +65,7 @@ def make_runner(model, capacity: int, k: int, captured: bool) -> StepRunner:
 
 
 def greedy(runner: StepRunner, prompt: list[int], tokens: int) -> list[int]:
-    decoder = CapturedDecoder(runner, prompt)
-    out = [decoder.prefill()]
-    while len(out) < tokens:
-        out += decoder.step(tokens - len(out))[0]
-    return out[:tokens]
+    return CapturedDecoder(runner, prompt).decode(tokens)
 
 
 def check_parity(model, prompt: list[int], tokens: int) -> dict:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mtpchat.client import DaemonClient, start_daemon  # noqa: E402
 from mtpchat.protocol import TERMINAL  # noqa: E402
-from scripts.ping_latency import machine  # noqa: E402
+from scripts.ping_latency import machine, nearest_rank_ms  # noqa: E402
 
 
 def rss_bytes(pid: int) -> int:
@@ -92,11 +92,6 @@ def worker(seed: int, args, tally: Tally) -> None:
         client.close()
 
 
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1) if ordered else 0.0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
@@ -134,8 +129,8 @@ def main() -> int:
             "streams_left_when_idle": status["active_streams"] + status.get("queued_streams", 0),
             "rss_mib": {"before": round(before / 2**20, 1), "after": round(after / 2**20, 1),
                         "idle": round(rss_bytes(pid) / 2**20, 1)},
-            "first_chunk_ms": {"p50": percentile(tally.first_chunk_s, 0.5), "p99": percentile(tally.first_chunk_s, 0.99),
-                               "max": percentile(tally.first_chunk_s, 1.0)},
+            "first_chunk_ms": {label: nearest_rank_ms(tally.first_chunk_s, q)
+                               for label, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))},
         }, indent=2))
     return 0
 

@@ -29,7 +29,7 @@ class Gate:
     def __init__(self, model):
         self.calls: list[int] = []
         self.hold = False
-        self.entered, self.release = threading.Event(), threading.Event()
+        self.entered, self.release, self.left = threading.Event(), threading.Event(), threading.Event()
         forward = model.forward
 
         def gated(input_ids, *args, **kwargs):
@@ -37,6 +37,7 @@ class Gate:
             if self.hold:
                 self.entered.set()
                 self.release.wait(HOLD_S)
+                self.left.set()
             return forward(input_ids, *args, **kwargs)
 
         model.forward = gated
@@ -106,7 +107,7 @@ def test_hello_status_models_and_cancel_are_answered_while_a_forward_runs(serve)
         assert _next(client, "m")["models"][0]["state"] == "resident"
         _send(client, "c", "cancel", target="g")
         assert _next(client, "c") == {"v": 1, "id": "c", "type": "ok", "cancelled": True}
-        assert not gate.release.is_set()  # all of it answered with the forward still held
+        assert not gate.left.is_set()  # all of it answered with the forward still held
     finally:
         gate.release.set()
     assert _terminal(client, "g")["type"] == "cancelled"

@@ -29,4 +29,6 @@ def test_teacher_forced_positions_are_the_reply_and_a_quantized_model_is_close(t
     # the reference's own greedy reply is its argmax at every reply position
     assert all(e.argmax(-1).tolist() == seq[len(p):] for e, seq, p in zip(expected, sequences, prompts))
     result = compare(expected, [reply_log_probs(quantized, seq, len(p)) for seq, p in zip(sequences, prompts)])
-    assert result["positions"] == 12 and 0 < result["mean_kl_nats"] < 0.05  # int8: close, not identical
+    # int8 is close, not identical: measured mean KL 0.0095 nats on this tiny model (any CPU: the rounding
+    # is the weights', not the kernels'); 0.05 leaves 5x for that and still catches a broken quantizer
+    assert result["positions"] == 12 and 0 < result["mean_kl_nats"] < 0.05

@@ -24,15 +24,6 @@ def models(tiny):
     return {name: load_model(tiny[name], device="cpu", dtype=torch.float64) for name in MODELS}
 
 
-def captured_tokens(runner: StepRunner, prompt: list[int], max_tokens: int) -> list[int]:
-    decoder = CapturedDecoder(runner, prompt)
-    tokens = [decoder.prefill()]
-    while len(tokens) < max_tokens:
-        emitted, _ = decoder.step(max_tokens - len(tokens))
-        tokens += emitted
-    return tokens
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_forward_at_equals_forward(models, name):
     model = models[name]
@@ -55,7 +46,7 @@ def test_runner_tokens_equal_speculative_decoder(tiny, models, name):
         runner = StepRunner(model, CAPACITY, k)
         for prompt in prompts:
             expected = decode(model, prompt, TOKENS, draft_k=k)
-            assert captured_tokens(runner, prompt, TOKENS) == expected, f"k={k}"
+            assert CapturedDecoder(runner, prompt).decode(TOKENS) == expected, f"k={k}"
 
 
 def test_runner_refuses_caches_that_grow(models):

@@ -88,7 +88,7 @@ async def test_a_bad_value_is_named_under_its_field_and_nothing_is_saved(tmp_pat
         assert field(dialog, "top_p").has_class("-invalid") and app.focused is field(dialog, "top_p")
         await pilot.press("escape")
         await wait_until(pilot, lambda: not isinstance(app.screen, SettingsDialog))
-        assert app.chat.conversation() is None or app.chat.conversation().settings == {}
+        assert app.chat.store.conversations() == []  # nothing was saved, not even a new conversation
 
 
 def test_typed_values_go_through_the_protocol_check():

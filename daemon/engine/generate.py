@@ -117,6 +117,7 @@ class Generation:
                 if drafted:
                     stats.record_verification(drafted, len(tokens) - 1)
         finally:
+            stats.state_bytes = decoder.state_bytes()  # again: attention caches grow as the reply does
             stats.peak_memory_bytes = _peak_memory(model.device)
             if reuse is not None and consistent:  # also when the consumer stopped early (a cancel)
                 reuse.save(decoder.snapshot())

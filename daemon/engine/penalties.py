@@ -49,10 +49,13 @@ class Penalties:
             following = torch.empty(0, dtype=torch.long, device=logits.device)
         extra = following.shape[0]
         assert extra >= rows - 1, "every row but the first follows a token of `following`"
-        # step j adds following[j-1]; the running sums from step M+1-N on are the rows' extra counts
-        steps = torch.zeros(extra + 1, vocab, dtype=torch.int32, device=logits.device)
-        steps[torch.arange(1, extra + 1, device=logits.device), following] = 1
-        counts = (self.counts[:vocab] + steps.cumsum(0, dtype=torch.int32)[extra + 1 - rows:]).to(logits.dtype)
+        if extra:
+            # step j adds following[j-1]; the running sums from step M+1-N on are the rows' extra counts
+            steps = torch.zeros(extra + 1, vocab, dtype=torch.int32, device=logits.device)
+            steps[torch.arange(1, extra + 1, device=logits.device), following] = 1
+            counts = (self.counts[:vocab] + steps.cumsum(0, dtype=torch.int32)[extra + 1 - rows:]).to(logits.dtype)
+        else:  # one row right after the recorded history: every plain decode step
+            counts = self.counts[:vocab].to(logits.dtype)[None]
         present = counts > 0
         if params.repetition_penalty != 1:
             scaled = torch.where(logits > 0, logits / params.repetition_penalty, logits * params.repetition_penalty)

@@ -63,10 +63,9 @@ class SpeculativeDecoder:
         self.ids.extend(tokens)
         self.penalties.record(tokens)
 
-    def prefill(self, resume: Snapshot | None = None, boundary: int | None = None,
-                on_boundary: Callable[[Snapshot], object] | None = None) -> int:
-        """Run the prompt in one go (see `prefill_chunks`); return the first generated token."""
-        for _ in self.prefill_chunks(resume, boundary, on_boundary):
+    def prefill(self) -> int:
+        """Run the whole prompt in one go (see `prefill_chunks`); return the first generated token."""
+        for _ in self.prefill_chunks():
             pass
         return self.token
 

@@ -108,6 +108,13 @@ class CapturedDecoder:
         self.length = len(self.prompt_ids)
         return int(self.runner.buffers.token)
 
+    def decode(self, max_tokens: int) -> list[int]:
+        """Prefill, then step until `max_tokens` tokens (no stop tokens: benchmarks and checks)."""
+        tokens = [self.prefill()]
+        while len(tokens) < max_tokens:
+            tokens += self.step(max_tokens - len(tokens))[0]
+        return tokens
+
     def step(self, max_tokens: int) -> tuple[list[int], int]:
         """Emit 1..min(k+1, max_tokens) tokens; also return how many drafts were verified."""
         k = self.runner.k

@@ -45,6 +45,10 @@ class AttentionCache:
         return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype),
                    max_len)
 
+    def is_full(self) -> bool:
+        """Whether it already holds all `max_len` positions (what fixed-shape steps need)."""
+        return self.keys.shape[2] == self.max_len
+
     def reserve(self, length: int) -> None:
         """Make positions [0, length) writable: grow to twice the size (at least `length`, at most max_len)."""
         allocated = self.keys.shape[2]
@@ -168,7 +172,7 @@ class ModelCache:
 
     def is_full(self) -> bool:
         """Whether every attention buffer already holds `capacity` positions (what fixed shapes need)."""
-        return all(layer.keys.shape[2] == self.capacity for layer in self.layers if isinstance(layer, AttentionCache))
+        return all(layer.is_full() for layer in self.layers if isinstance(layer, AttentionCache))
 
     def restore_step(self, step: int | torch.Tensor) -> None:
         for layer in self.layers:

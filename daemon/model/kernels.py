@@ -4,8 +4,8 @@ flash-linear-attention (`fla`) fuses the gated delta rule (a recurrent kernel fo
 chunked one for prefill) and causal-conv1d the depthwise conv's decode update. Both are CUDA only
 and optional: the torch path in delta_rule.py / deltanet.py is the reference and runs everywhere.
 Neither kernel records the state after every token, so a verify step (`keep_steps`) always takes
-the torch path; these serve prefill and plain decode. `device_check` and tests/test_kernels.py
-compare them with the torch path wherever they import.
+the torch path; these serve prefill and plain decode. tests/test_kernels.py compares them with the
+torch path wherever they import; `device_check` reports whether they did.
 """
 
 import torch

@@ -14,12 +14,10 @@ as slow), against 177 µs for float32 F.linear. So the kernels are fed bfloat16 
 are kept in bfloat16 (the kernel takes no other mix) whatever the model's compute dtype; outputs go
 back to it, and everything outside these matmuls (norms, attention, DeltaNet state, the embedding)
 stays in it. The cost is the bfloat16 rounding of the kernel's inputs, outputs and scales (relative
-2^-9), well below the 4- or 8-bit rounding of the weights themselves. It also means MTP decoding of
-a quantized model is token-identical to its plain decoding only up to near-ties, as for bfloat16 on
-a GPU (DESIGN.md §4): the kernels give each row the same result however many rows they multiply, but
-the float32 parts around them (attention over a (k+1)-token verify vs one token) differ in the last
-bits, and a bfloat16 rounding can turn that into a different token where two logits are within it.
-The tiny test models (peaked logits) decode identically; on the demo model the first runs differed.
+2^-9), well below the 4- or 8-bit rounding of the weights themselves. MTP decoding of a quantized
+model stays token-identical to its plain decoding: the kernels give each row the same result however
+many rows they multiply, and a verify's attention runs its query rows one at a time, each exactly as a
+1-token decode step (daemon/model/attention.py), so no bfloat16 rounding sees different inputs.
 
 What is left in the compute dtype: matrices the int4 kernel cannot take (out_features not a multiple
 of 16, in_features not a multiple of the group) and the small gates whose outputs are softmaxed or

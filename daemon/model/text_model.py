@@ -186,7 +186,7 @@ class QwenModel(nn.Module):
     def mtp_forward_at(self, next_ids: torch.Tensor, hidden: torch.Tensor, cache: AttentionCache,
                        positions: torch.Tensor, *, vocab: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The fixed-shape form of `mtp_forward` (see `forward_at`): positions [T] a device tensor."""
-        if cache.keys.shape[2] != cache.max_len:
+        if not cache.is_full():
             raise ValueError("a fixed-shape step needs the MTP cache allocated at full capacity")
         out = self._mtp(next_ids, hidden, cache, positions, cache.max_len)
         return self.lm_head(out, vocab), out

@@ -103,7 +103,6 @@ class ModelRegistry:
         return self.entries[variant]
 
     def _named(self, name: str, in_use: Collection[str]) -> ModelEntry | None:
-        name = name or self.default
         if name in self.configured or "/" not in name:
             return self.entries.get(name)
         name = canonical_checkpoint_name(name)

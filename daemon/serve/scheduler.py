@@ -57,8 +57,8 @@ Key = tuple[bytes, str]  # (client identity, request id): one generation
 
 @dataclass
 class ClientStream:
-    """One client's generate request being served: who asked, the engine's reply, what is not yet sent."""
-    identity: bytes
+    """One client's generate request being served (who asked is its key's): the engine's reply, what is
+    not yet sent."""
     request: GenerateRequest
     entry: ModelEntry | None = None
     stream: ReplyStream | None = None
@@ -132,7 +132,7 @@ class Scheduler:
                     if generation is not None and not self._stopping:
                         try:
                             self._advance(key, generation)
-                        except ProtocolError as exc:  # a remote engine's refusal, in the wire's terms
+                        except ProtocolError as exc:  # a refused request or a remote engine's refusal, in the wire's terms
                             self._end(key, error_reply(key[1], exc.code, exc.message))
                         except Exception as exc:
                             self._fail(key, exc)
@@ -171,7 +171,7 @@ class Scheduler:
 
     def _start(self, identity: bytes, request: GenerateRequest) -> None:
         key = (identity, request.id)
-        self.generations[key] = generation = ClientStream(identity, request)
+        self.generations[key] = generation = ClientStream(request)
         try:
             entry = self.registry.entry(request.model, self._models_in_use(), request.quantize)
         except ProtocolError as exc:
@@ -237,11 +237,7 @@ class Scheduler:
                 return
             if entry.state != "resident":
                 return  # still loading: wait
-            try:
-                self._open_stream(generation)
-            except ProtocolError as exc:
-                self._end(key, error_reply(generation.request.id, exc.code, exc.message))
-                return
+            self._open_stream(generation)  # a ProtocolError ends it in `_run`, as any step's does
         piece = next(generation.stream, None)
         if piece is not None:
             generation.text.append(piece.text)

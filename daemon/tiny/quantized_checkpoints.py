@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from daemon.tiny.qwen_checkpoints import build_checkpoint
+from daemon.tiny.qwen_checkpoints import build_checkpoint, split_experts
 
 FP8_BLOCK = 128
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max
@@ -45,20 +45,16 @@ PACKED_IGNORE = ["lm_head", "re:.*mtp.*", "re:.*visual.*", "re:.*mlp.gate$", "re
 def _per_expert(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The trunk's fused experts written one tensor per expert and projection, as the FP8 and
     compressed-tensors releases have them (the MTP layer keeps its fused bf16 tensors)."""
-    out = {}
-    for name, tensor in tensors.items():
-        if name.startswith(TRUNK) and name.endswith("experts.gate_up_proj"):
+    out = {name: tensor for name, tensor in tensors.items() if not _fused_trunk_experts(name)}
+    for name in filter(_fused_trunk_experts, tensors):
+        if name.endswith(".gate_up_proj"):
             base = name.removesuffix(".gate_up_proj")
-            for expert, weight in enumerate(tensor):
-                gate, up = weight.chunk(2)
-                out[f"{base}.{expert}.gate_proj.weight"], out[f"{base}.{expert}.up_proj.weight"] = gate, up
-        elif name.startswith(TRUNK) and name.endswith("experts.down_proj"):
-            base = name.removesuffix(".down_proj")
-            for expert, weight in enumerate(tensor):
-                out[f"{base}.{expert}.down_proj.weight"] = weight
-        else:
-            out[name] = tensor
+            out.update(split_experts(base, tensors[name], tensors[f"{base}.down_proj"]))
     return out
+
+
+def _fused_trunk_experts(name: str) -> bool:
+    return name.startswith(TRUNK) and name.endswith(("experts.gate_up_proj", "experts.down_proj"))
 
 
 def _quantized(name: str, tensor: torch.Tensor) -> bool:

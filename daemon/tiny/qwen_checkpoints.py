@@ -84,13 +84,20 @@ def _mtp_tensors(layer_class, text_config, moe: bool, layout: str, generator) ->
     _randomize(tensors, generator)
     if moe and layout == "per_expert":
         base = "mtp.layers.0.mlp.experts"
-        gate_up, down = tensors.pop(f"{base}.gate_up_proj"), tensors.pop(f"{base}.down_proj")
-        for e in range(gate_up.shape[0]):
-            gate, up = gate_up[e].chunk(2)
-            tensors[f"{base}.{e}.gate_proj.weight"] = gate.contiguous()
-            tensors[f"{base}.{e}.up_proj.weight"] = up.contiguous()
-            tensors[f"{base}.{e}.down_proj.weight"] = down[e].contiguous()
+        tensors.update(split_experts(base, tensors.pop(f"{base}.gate_up_proj"), tensors.pop(f"{base}.down_proj")))
     return tensors
+
+
+def split_experts(base: str, gate_up: torch.Tensor, down: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Fused experts [E, 2I, H] and [E, H, I] as one tensor per expert and projection under `base`
+    ("...mlp.experts"), the per-expert layout of Qwen3.5's and of the FP8 / compressed-tensors releases."""
+    out = {}
+    for e in range(gate_up.shape[0]):
+        gate, up = gate_up[e].chunk(2)
+        out[f"{base}.{e}.gate_proj.weight"] = gate.contiguous()
+        out[f"{base}.{e}.up_proj.weight"] = up.contiguous()
+        out[f"{base}.{e}.down_proj.weight"] = down[e].contiguous()
+    return out
 
 
 def _save_sharded(tensors: dict[str, torch.Tensor], out_dir: Path) -> None:

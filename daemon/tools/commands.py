@@ -79,9 +79,7 @@ def _bench(args: argparse.Namespace) -> int:
             model, tokenizer = load_chat_model(checkpoint, device=str(device),
                                                dtype=DTYPES[args.dtype] if args.dtype else None,
                                                quantization=quantization)
-            prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                                     tokenize=True, enable_thinking=False, return_dict=False)
-                       for p in args.prompt or bench.BENCH_PROMPTS[:args.prompts]]
+            prompts = _user_prompts(tokenizer, args.prompt or bench.BENCH_PROMPTS[:args.prompts])
             report.update(model=str(checkpoint), prompts=len(prompts))
             if args.conversation:
                 from daemon.tools.bench_conversation import bench_conversation
@@ -112,6 +110,13 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text as one user turn, rendered with the chat template, thinking off."""
+    from daemon.engine.reply import render_prompt
+
+    return [render_prompt(tokenizer, [{"role": "user", "content": text}], enable_thinking=False) for text in texts]
+
+
 def _quality(args: argparse.Namespace) -> int:
     """Each --quantize method against the unquantized model on the same held-out replies (JSON out)."""
     import torch
@@ -126,8 +131,7 @@ def _quality(args: argparse.Namespace) -> int:
     reference, tokenizer = load_chat_model(checkpoint, device="cpu")
     every = chat_prompts()
     texts = every[::max(1, len(every) // args.prompts)][:args.prompts]  # spread over every topic and task
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                             tokenize=True, enable_thinking=False, return_dict=False) for text in texts]
+    prompts = _user_prompts(tokenizer, texts)
     sequences = reference_replies(reference, prompts, args.max_tokens)
     expected = [reply_log_probs(reference, seq, len(p)) for seq, p in zip(sequences, prompts, strict=True)]
     report = {"model": str(checkpoint), "prompts": len(prompts), "max_tokens": args.max_tokens, "by_quantize": {}}

@@ -28,7 +28,9 @@ SHAPES = {
 }
 
 
-def shape_config(name: str, layers: int | None = None, vocab: int | None = None) -> TextConfig:
+def shape_config(name: str, layers: int | None = None, vocab: int | None = None,
+                 overrides: dict | None = None) -> TextConfig:
+    """The named shape, cut to `layers` (a multiple of 4) and `vocab`, with any other fields overridden."""
     if name not in SHAPES:
         raise ValueError(f"unknown shape {name!r}; known: {', '.join(SHAPES)}")
     raw = dict(SHAPES[name])
@@ -38,7 +40,7 @@ def shape_config(name: str, layers: int | None = None, vocab: int | None = None)
         raw["num_hidden_layers"] = layers
     if vocab:
         raw["vocab_size"] = vocab
-    return TextConfig.from_dict(raw)
+    return TextConfig.from_dict({**raw, **(overrides or {})})
 
 
 @torch.no_grad()

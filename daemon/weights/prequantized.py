@@ -114,9 +114,9 @@ class QuantizedCheckpointFiles(CheckpointFiles):
     """CheckpointFiles whose `read` dequantizes FP8 and packed weights (float32), and which hands packed
     codes over as shipped (`packed`)."""
 
-    def __init__(self, directory: Path, method: str, fp8_block: tuple[int, int] = FP8_BLOCK):
+    def __init__(self, directory: Path, fp8_block: tuple[int, int] = FP8_BLOCK):
         super().__init__(directory)
-        self.method, self.fp8_block = method, fp8_block
+        self.fp8_block = fp8_block
 
     def __contains__(self, name: str) -> bool:
         return super().__contains__(name) or (name.endswith(".weight") and super().__contains__(name + "_packed"))
@@ -163,9 +163,9 @@ def open_checkpoint(directory: Path) -> CheckpointFiles:
         return CheckpointFiles(directory)
     method = config.get("quant_method")
     if method == FP8:
-        return QuantizedCheckpointFiles(directory, FP8, _check_fp8(config))
+        return QuantizedCheckpointFiles(directory, _check_fp8(config))
     if method == PACKED:
         _check_packed(config)
-        return QuantizedCheckpointFiles(directory, PACKED)
+        return QuantizedCheckpointFiles(directory)
     raise CheckpointError(f"{directory} is quantized with {method!r}, which mtpchatd cannot read; use the "
                           "bf16, FP8 (quant_method 'fp8') or compressed-tensors pack-quantized release")

@@ -5,7 +5,7 @@ Read as vLLM reads them: the sampling keys of generation_config.json (SAMPLING_F
 there (Qwen3.6: temperature 0.6, top_p 0.95, top_k 20) and recommend other ones on their model cards for
 instruct (non-thinking) mode, which no file carries: QWEN_INSTRUCT holds those, applied when a request
 turns thinking off. A value the protocol would refuse is left out, and the daemon's log says so. The
-daemon puts config.toml's settings and the request's over these (daemon/serve/registry.py, server.py).
+daemon puts config.toml's settings and the request's over these (daemon/serve/scheduler.py).
 """
 
 from __future__ import annotations
