@@ -85,7 +85,7 @@ def summarize(runs: list[DecodeStats]) -> dict:
     }
 
 
-def _with_ratios(plain: dict, by_variant: dict) -> dict:
+def with_ratios(plain: dict, by_variant: dict) -> dict:
     for summary in by_variant.values():
         summary["speedup"] = summary[DECODE_TOK_S] / plain[DECODE_TOK_S]
         summary["extra_state_bytes"] = summary[STATE_BYTES] - plain[STATE_BYTES]
@@ -105,7 +105,7 @@ def bench_checkpoint(model: QwenModel, prompts: list[list[int]], max_tokens: int
             tokens, stats = _run(model, prompt, max_tokens, variant, sampling, draft_vocab=draft_vocab)
             runs[variant].append(stats)
             identical &= tokens == plain_tokens
-    result = _with_ratios(summarize(runs[0]), {v: summarize(runs[v]) for v in variants})
+    result = with_ratios(summarize(runs[0]), {v: summarize(runs[v]) for v in variants})
     if sampling.greedy:
         result["mtp_identical_to_plain"] = identical
     return result
@@ -140,7 +140,7 @@ def bench_oracle(model: QwenModel, prompt: list[int], max_tokens: int, ks: list[
             drafter = OracleDrafter(model, len(truth) + max(ks) + 1, truth,
                                     errs=lambda step, slot: rng.random() >= rate, vocab=draft_vocab)
             by_variant[variant] = summarize([_run(model, prompt, max_tokens, variant, greedy, drafter)[1]])
-        results[f"{rate:.2f}"] = _with_ratios(summarize(plain_runs), by_variant)
+        results[f"{rate:.2f}"] = with_ratios(summarize(plain_runs), by_variant)
     return results
 
 

@@ -1,4 +1,4 @@
-"""`mtpchatd bench`, `quality` and `train-head`: the engine-side commands, run in this process.
+"""`mtpchatd bench`, `quality`, `loops` and `train-head`: the engine-side commands, run in this process.
 
 `mtpchat bench` / `mtpchat train-head` are the same commands spelled on the client, which hands them
 here without importing torch. Both load a model by configured name (the built-in `demo` and `tiny`
@@ -12,7 +12,7 @@ import json
 import sys
 
 from mtpchat.client import DaemonClient, start_daemon
-from mtpchat.config import BUILTIN, DEFAULT_QUANTIZE_GROUP, DTYPE_NAMES, Quantization, load_config
+from mtpchat.config import BUILTIN, DEFAULT_QUANTIZE_GROUP, DTYPE_NAMES, ModelSettings, Quantization, load_config
 from mtpchat.protocol import MAX_DRAFT, QUANTIZE_CHOICES
 
 
@@ -20,14 +20,19 @@ def _progress(text: str) -> None:
     print(text, end="", file=sys.stderr, flush=True)
 
 
+def _model_settings(model: str | None) -> ModelSettings:
+    """The settings of `--model` (default: the default model): a configured model's (the built-in `demo`
+    and `tiny` included); anything else is a directory or repo id, with the settings the daemon gives one."""
+    config = load_config()
+    return config.models.get(model or config.default) or ModelSettings(model, model, load_at_start=False)
+
+
 def _local_checkpoint(model: str | None):
-    """What an in-process command (bench, train-head) loads for `--model`: a configured model name (the
-    built-in `demo` and `tiny` included) means its path, anything else is a directory or repo id."""
+    """What an in-process command (bench, train-head, ...) loads for `--model`: the settings' path, a
+    built-in one made on first use."""
     from daemon.weights.builtin_models import builtin_checkpoint
 
-    config = load_config()
-    settings = config.models.get(model or config.default)
-    path = settings.path if settings else model
+    path = _model_settings(model).path
     return builtin_checkpoint(path, progress=_progress) if path.startswith(BUILTIN) else path
 
 
@@ -35,9 +40,7 @@ def _quantizations(args: argparse.Namespace) -> list[Quantization]:
     """What `bench --quantize a,b` measures: each method with --quantize-group / --quantize-mtp (default
     group 32, the head as the trunk); without --quantize, the configured model's own setting."""
     if not args.quantize:
-        config = load_config()
-        settings = config.models.get(args.model or config.default)
-        return [settings.quantization if settings else Quantization()]
+        return [_model_settings(args.model).quantization]
     try:
         return [Quantization(method, args.quantize_group, args.quantize_mtp) for method in args.quantize.split(",")]
     except ValueError as exc:
@@ -143,6 +146,37 @@ def _quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loops(args: argparse.Namespace) -> int:
+    """Loop share greedy vs the model's sampling defaults, and MTP under those defaults (JSON out)."""
+    import torch
+
+    from daemon.serve.registry import ModelEntry
+    from daemon.tools.loop_rate import measure_loops
+    from daemon.tools.train_head import held_out_prompts
+    from daemon.weights.chat_model import load_chat_model
+    from daemon.weights.checkpoint import resolve_checkpoint
+    from daemon.weights.loader import DTYPES
+    from daemon.weights.sampling_defaults import checkpoint_sampling
+
+    if args.prompts < 1 or args.seeds < 1:
+        raise SystemExit("mtpchatd: --prompts and --seeds must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = _model_settings(args.model)
+    checkpoint = resolve_checkpoint(_local_checkpoint(args.model))
+    model, tokenizer = load_chat_model(checkpoint, dtype=DTYPES[settings.dtype] if settings.dtype else None,
+                                       quantization=settings.quantization)
+    # the model as the daemon holds it once resident (daemon/serve/registry.py `_load`)
+    entry = ModelEntry(settings, state="resident", model=model, tokenizer=tokenizer,
+                       context=min(settings.context, model.config.max_position_embeddings),
+                       checkpoint_sampling=checkpoint_sampling(checkpoint))
+    report = {"model": str(checkpoint), "quantize": settings.quantization.describe(),
+              "dtype": str(model.dtype).removeprefix("torch.")}
+    report |= measure_loops(entry, held_out_prompts(checkpoint)[:args.prompts], args.max_tokens, args.seeds)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _train_head(args: argparse.Namespace) -> int:
     import dataclasses
     import shlex
@@ -174,7 +208,7 @@ def _train_head(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands) -> None:
-    """Register `bench`, `quality` and `train-head` on mtpchatd's subcommand parser."""
+    """Register `bench`, `quality`, `loops` and `train-head` on mtpchatd's subcommand parser."""
     bench = commands.add_parser("bench", help="plain vs MTP decoding side by side, JSON out")
     bench.add_argument("--model", help="configured model name, checkpoint directory or repo id (default: the default model)")
     bench.add_argument("--shape", choices=["qwen3.6-27b", "qwen3.6-35b-a3b"],
@@ -218,6 +252,15 @@ def add_commands(commands) -> None:
     quality.add_argument("--max-tokens", type=int, default=64, help="reply tokens per prompt")
     quality.add_argument("--threads", type=int, help="torch CPU threads")
     quality.set_defaults(run=_quality)
+    loops = commands.add_parser("loops", help="share of replies stuck in a repeated n-gram loop, greedy vs the "
+                                              "model's sampling defaults, and MTP's speed-up under those, JSON out")
+    loops.add_argument("--model", help="configured model name, checkpoint directory or repo id (default: the default model)")
+    loops.add_argument("--prompts", type=int, default=16,
+                       help="how many of the held-out chat prompts of the model's MTP head (60 for the demo)")
+    loops.add_argument("--max-tokens", type=int, default=200, help="reply tokens per prompt at most")
+    loops.add_argument("--seeds", type=int, default=2, help="seeds per prompt (0, 1, ...)")
+    loops.add_argument("--threads", type=int, help="torch CPU threads")
+    loops.set_defaults(run=_loops)
     train = commands.add_parser("train-head", help="train an MTP head for a checkpoint without one (self-distillation)")
     train.add_argument("--model", help="configured model name, checkpoint directory or repo id (default: the default model)")
     train.add_argument("--out", help="where mtp_head.safetensors goes (default: beside the checkpoint)")

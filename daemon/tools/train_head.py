@@ -43,6 +43,7 @@ from daemon.model.text_model import MTPHead, QwenModel
 from daemon.weights.checkpoint import HEAD_FILE
 
 TOP_K = 32  # the trunk's distribution is kept as its top-k tokens (renormalised)
+HEAD_RECORD = "mtp_head.json"  # beside HEAD_FILE: what the head was trained from and how
 
 TOPICS = [
     "the ocean", "black holes", "photosynthesis", "the French Revolution", "Python lists", "binary search",
@@ -95,6 +96,22 @@ class TrainSettings:
             raise ValueError(f"need 0 < held_out < prompts <= {len(chat_prompts())}")
         if min(self.max_new_tokens, self.generate_batch, self.steps, self.batch, self.eval_every, self.chain) <= 0:
             raise ValueError("max_new_tokens, generate_batch, steps, batch, eval_every and chain must be positive")
+
+
+def prompt_sample(settings: TrainSettings) -> list[str]:
+    """The seeded sample of the built-in prompts a run uses, in its order: the first `held_out` are
+    held out (a prompt whose reply is under 2 tokens is dropped, which only moves the split later)."""
+    texts = chat_prompts()
+    random.Random(settings.seed).shuffle(texts)
+    return texts[:settings.prompts]
+
+
+def held_out_prompts(checkpoint: Path) -> list[str]:
+    """The prompts the head beside `checkpoint` never trained on, from the settings its record holds
+    (the default settings when there is no record)."""
+    record = Path(checkpoint) / HEAD_RECORD
+    settings = TrainSettings(**json.loads(record.read_text())["settings"]) if record.exists() else TrainSettings()
+    return prompt_sample(settings)[:settings.held_out]
 
 
 def trunk_fingerprint(checkpoint: Path) -> str:
@@ -272,7 +289,7 @@ def save_head(head: MTPHead, out_dir: Path, record: dict) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {f"mtp.{name}": t.detach().to(torch.float16).contiguous().cpu() for name, t in head.state_dict().items()}
     save_file(tensors, out_dir / HEAD_FILE, metadata={"format": "pt"})
-    (out_dir / "mtp_head.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out_dir / HEAD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return out_dir / HEAD_FILE
 
 
@@ -295,9 +312,7 @@ def train_head(checkpoint: Path, out_dir: Path, work: Path, settings: TrainSetti
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    texts = chat_prompts()
-    random.Random(settings.seed).shuffle(texts)
-    texts = texts[:settings.prompts]
+    texts = prompt_sample(settings)
     prompts = [render_prompt(tokenizer, [{"role": "user", "content": t}], enable_thinking=False) for t in texts]
     model = load_model(checkpoint, device=None, dtype=torch.float32)
     replies = generate_replies(model, tokenizer.eos_token_id, prompts, settings, work, show)
