@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from daemon.engine.reply import Piece
@@ -126,9 +127,8 @@ class RemoteStream:
             response = connection.getresponse()
             if response.status != 200:
                 raise remote_error(self.name, response.status, response.read())
-            for line in response:
-                if line.startswith(b"data:") and self._event(line[5:].strip()):
-                    break
+            for event in sse_events(response):
+                self._event(event)
             self._pieces.put(END)
         except RemoteError as exc:
             self._pieces.put(exc)
@@ -139,11 +139,8 @@ class RemoteStream:
         finally:
             connection.close()
 
-    def _event(self, data: bytes) -> bool:
-        """Take one server-sent event; True at the end of the stream."""
-        if data == b"[DONE]":
-            return True
-        event = json.loads(data)
+    def _event(self, event: dict) -> None:
+        """Take one server-sent event."""
         if "error" in event:
             raise RemoteError("internal", f"remote engine of {self.name!r}: {event['error'].get('message')}")
         for choice in event.get("choices") or []:
@@ -152,7 +149,17 @@ class RemoteStream:
             if choice.get("finish_reason"):
                 self.result.finish_reason = FINISH.get(choice["finish_reason"], "stop")
         self.result.stats.known.update(remote_stats(event))
-        return False
+
+
+def sse_events(lines: Iterable[bytes]) -> Iterator[dict]:
+    """The JSON events of an OpenAI-style server-sent event stream, each as soon as its line arrives (a
+    reader that times them, scripts/bench_openai.py, relies on that); `data: [DONE]` ends it."""
+    for line in lines:
+        if line.startswith(b"data:"):
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                return
+            yield json.loads(data)
 
 
 def request_body(model: str, messages: list[dict], request: GenerateRequest) -> dict:
