@@ -58,7 +58,8 @@ from mtpchat.protocol import (  # noqa: E402
     GENERATED_TOKENS,
     PROMPT_TOKENS,
 )
-from scripts.bench_peer import build_llama, cpu, summary  # noqa: E402
+from scripts.bench_peer import build_llama, summary  # noqa: E402
+from mtpchat.machine import machine  # noqa: E402
 
 GGUF = "smollm2-135m-q4_1.gguf"  # the demo's shipped file, linked into the llama.cpp build's models/
 LLAMA = "llama-server"
@@ -248,7 +249,7 @@ def main() -> int:
         shutil.rmtree(work)
     commands = {"mtpchatd": shlex.join([f"{k}={v}" for k, v in daemon_env.items()] + daemon),
                 "mtpchatd config.toml": DAEMON_CONFIG, LLAMA: shlex.join(llama_server)}
-    print(json.dumps({"cpu": cpu(), "threads": args.threads, "rounds": args.rounds, "prompts": prompts,
+    print(json.dumps({"cpu": machine(), "threads": args.threads, "rounds": args.rounds, "prompts": prompts,
                       "max_tokens": args.max_tokens, "sampling": SAMPLING, "mtpchatd_demo": demo,
                       "load_average_before": load_before,
                       "load_average_after": os.getloadavg(), **report(results), "commands": commands}, indent=2))

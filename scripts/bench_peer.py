@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.ping_latency import machine  # noqa: E402
+from mtpchat.machine import machine  # noqa: E402
 
 BUILD = ROOT.parent / "shared" / "peer" / "build-llamacpp.sh"
 MTPCHAT = {"fp32": "none", "int4": "int4"}  # precision -> mtpchatd bench --quantize

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import threading
@@ -23,19 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mtpchat.client import DaemonClient, start_daemon  # noqa: E402
-
-
-# CPU flags that decide which kernels torch and ggml pick (benchmarks report them)
-FLAGS_OF_INTEREST = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
-
-
-def machine() -> dict:
-    """What a measurement ran on: CPU model, cores, the flags of interest, the load average now."""
-    info = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "unknown")
-    flags = set(next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), []))
-    return {"cpu": cpu, "cores": os.cpu_count(), "flags": [f for f in FLAGS_OF_INTEREST if f in flags],
-            "load_average": os.getloadavg()}
+from mtpchat.machine import machine  # noqa: E402
 
 
 def nearest_rank_ms(samples: list[float], q: float) -> float:

@@ -22,7 +22,8 @@ ALLOWED = {
     "daemon/tiny": {"daemon.tiny"},
     "daemon/serve": {"daemon.model", "daemon.engine", "daemon.weights", "daemon.serve", "mtpchat.config",
                      "mtpchat.paths", "mtpchat.protocol", "mtpchat.curve", "mtpchat"},
-    "daemon/tools": {"daemon", "mtpchat.config", "mtpchat.paths", "mtpchat.protocol", "mtpchat.client"},
+    "daemon/tools": {"daemon", "mtpchat.config", "mtpchat.paths", "mtpchat.protocol", "mtpchat.client",
+                     "mtpchat.machine"},
     "daemon/openai": {"daemon.openai", "mtpchat.config", "mtpchat.protocol", "mtpchat.curve"},  # a wire client
 }
 OURS = ("mtpchat", "daemon")

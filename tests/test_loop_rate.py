@@ -138,4 +138,4 @@ def test_loops_command_reports_what_its_replies_show(tiny, tmp_path):
     assert len(mtp["acceptance_per_position"]) == 2 and 1 <= mtp["mean_acceptance_length"] <= 3
     assert mtp["speedup"] > 0 and mtp["speedup_per_run"]["runs"] == 4
     assert mtp["speedup_per_run"]["min"] <= mtp["speedup_per_run"]["median"] <= mtp["speedup_per_run"]["max"]
-    assert set(report["machine"]) >= {"cpu", "load_average_before", "load_average_after"}
+    assert set(report["machine"]) >= {"cpu", "flags", "load_average", "load_average_after"}

@@ -13,6 +13,7 @@ import sys
 
 from mtpchat.client import DaemonClient, start_daemon
 from mtpchat.config import BUILTIN, DEFAULT_QUANTIZE_GROUP, DTYPE_NAMES, ModelSettings, Quantization, load_config
+from mtpchat.machine import machine
 from mtpchat.protocol import MAX_DRAFT, QUANTIZE_CHOICES
 
 
@@ -48,8 +49,6 @@ def _quantizations(args: argparse.Namespace) -> list[Quantization]:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import platform
-
     import torch
 
     from daemon.tools import bench
@@ -61,7 +60,7 @@ def _bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else default_device()
     ks = [int(k) for k in args.draft.split(",")]
-    report = {"device": str(device), "cpu": platform.processor() or platform.machine(),
+    report = {"device": str(device), "machine": machine(),
               "threads": torch.get_num_threads(), "torch": torch.__version__, "max_tokens": args.max_tokens,
               "draft_k": ks, "draft_vocab": args.draft_vocab}
     if args.shape:

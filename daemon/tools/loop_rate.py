@@ -31,11 +31,9 @@ loop. Counted on token ids, so it sees what the model repeats whatever the token
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -45,6 +43,7 @@ from daemon.engine.sampling import SamplingParams
 from daemon.serve.registry import ModelEntry
 from daemon.serve.scheduler import generation_options
 from daemon.tools.bench import summarize, with_ratios
+from mtpchat.machine import machine
 from mtpchat.protocol import SAMPLING_FIELDS, GenerateRequest
 
 MAX_PERIOD = 32  # longest repeated block looked for, in tokens
@@ -119,17 +118,9 @@ def _timing(entry: ModelEntry, plain: list[DecodeStats], mtp: list[DecodeStats])
     return result
 
 
-def _machine() -> dict:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
-    return {"cpu": model or platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "threads": torch.get_num_threads(), "load_average_before": os.getloadavg()}
-
-
 def measure_loops(entry: ModelEntry, texts: list[str], max_tokens: int, seeds: int) -> dict:
     """Per prompt and seed: greedy, then plain and MTP at the model's defaults (see the module docstring)."""
-    machine = _machine()
+    before = machine() | {"threads": torch.get_num_threads()}
 
     def request(text: str, seed: int, **fields) -> GenerateRequest:
         return GenerateRequest("loops", ({"role": "user", "content": text},), seed=seed, thinking=False,
@@ -158,6 +149,6 @@ def measure_loops(entry: ModelEntry, texts: list[str], max_tokens: int, seeds: i
         "loop_share": {mode: _share_looping(replies) for mode, replies in every.items()},
         "mtp_same_tokens_as_plain": sum(reply["same_tokens_as_plain"] for reply in every["mtp"]),
         "timing": _timing(entry, plain_runs, mtp_runs),
-        "machine": machine | {"load_average_after": os.getloadavg()},
+        "machine": before | {"load_average_after": os.getloadavg()},
         "by_prompt": by_prompt,
     }
