@@ -32,11 +32,30 @@ def test_high_acceptance_and_cheap_drafts_choose_long_drafts():
     assert max(set(chosen[-50:]), key=chosen[-50:].count) == 4
 
 
-def test_rejections_and_expensive_drafts_choose_short_drafts():
-    chosen = _drive(AdaptiveDraft(4), acceptance=0.2, seconds=lambda k: 1 + 0.3 * k)
-    late = chosen[-64:]
+def test_middling_acceptance_chooses_a_short_draft():
+    # E(1) / s(1) = 1.5 / 1.3 beats plain (1 / 1) and k = 2 (1.75 / 1.6)
+    # (a stretch of unlucky drafts can park it on plain steps until exploration corrects the estimate)
+    chosen = _drive(AdaptiveDraft(4), acceptance=0.5, seconds=lambda k: 1 + 0.3 * k, steps=400)
+    late = chosen[-100:]
     assert max(set(late), key=late.count) == 1
     assert late.count(4) <= len(late) // 16 + 1  # only the periodic exploration
+
+
+def test_drafts_that_do_not_pay_fall_back_to_plain_steps_and_keep_exploring():
+    # acceptance 0.2: E(1) / s(1) = 1.2 / 1.3 < 1, so plain steps (k = 0) are fastest
+    chosen = _drive(AdaptiveDraft(3), acceptance=0.2, seconds=lambda k: 1 + 0.3 * k, steps=320)
+    late = chosen[-160:]
+    assert late.count(0) >= len(late) * 3 // 4
+    assert {1, 2, 3} <= set(late)  # every drafting length is re-tried now and then: estimates stay fresh
+
+
+def test_plain_is_timed_after_every_drafting_length():
+    policy = AdaptiveDraft(2)
+    order = []
+    for _ in range(3):
+        order.append(policy.choose())
+        policy.update(order[-1], 0, 1.0)
+    assert order == [1, 2, 0]
 
 
 def test_fixed_policy_always_drafts_k():

@@ -3,9 +3,11 @@
 `FixedDraft` always drafts k. `AdaptiveDraft` picks, each step, the k ≤ k_max with the highest expected
 tokens per second: expected tokens E(k) = 1 + Σ_{j≤k} Π_{i≤j} c_i from the running conditional
 acceptance c_i of draft position i, over the measured seconds a step of k costs (draft steps plus the
-(k+1)-token verify, timed on the steps actually run). Counts decay so the policy follows the content
-(code drafts better than prose); every k is timed once at the start and `k_max` is re-tried every
-`explore_every` steps, so positions beyond the current k keep fresh estimates.
+(k+1)-token verify, timed on the steps actually run). k = 0 — a plain step — is a candidate too: where
+drafts are rarely accepted (sampling with penalties on a small model's head) drafting costs more than
+it gives, and "auto" must never be slower than no MTP. Counts decay so the policy follows the content
+(code drafts better than prose); every k is timed once at the start, and every `explore_every` steps
+the k run least recently is run again, so no estimate goes stale (k_max's acceptance included).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class AdaptiveDraft:
         self.accepted = [prior] * k_max
         self.reached = [1.0] * k_max
         self.seconds: dict[int, float] = {}
+        self.last_run: dict[int, int] = {}  # k -> the step it last ran at
         self.steps = 0
 
     def expected_tokens(self, k: int) -> float:
@@ -40,14 +43,15 @@ class AdaptiveDraft:
 
     def choose(self) -> int:
         untimed = [k for k in range(1, self.k_max + 1) if k not in self.seconds]
-        if untimed:
-            return untimed[0]
+        if untimed or 0 not in self.seconds:  # drafting lengths first: the head's first tokens are its best
+            return untimed[0] if untimed else 0
         if self.steps % self.explore_every == 0:
-            return self.k_max
+            return min(self.last_run, key=lambda k: (self.last_run[k], -k))
         return max(self.seconds, key=lambda k: self.expected_tokens(k) / self.seconds[k])
 
     def update(self, k: int, accepted: int, seconds: float) -> None:
         self.steps += 1
+        self.last_run[k] = self.steps
         for j in range(k):
             self.accepted[j] *= self.decay
             self.reached[j] *= self.decay

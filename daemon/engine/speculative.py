@@ -143,6 +143,7 @@ class SpeculativeDecoder:
                 self.drafter.extend(hidden, torch.tensor([[self.token]], device=self.model.device), self.length)
             self.length += 1
             self._emit([self.token])
+            self.policy.update(0, 0, time.perf_counter() - started)  # `_choose` synced the device
             return [self.token], 0
         drafts, draft_probs = self.drafter.propose(k, self.sampling, self.generator, self.penalties)
         verify_ids = torch.cat((torch.tensor([self.token], device=drafts.device), drafts))[None]
