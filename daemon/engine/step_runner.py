@@ -22,6 +22,15 @@ from daemon.model.text_model import QwenModel
 WARMUP_RUNS = 3  # CUDA graphs: eager runs on a side stream first, as torch.cuda.graphs' docs require
 
 
+def compile_options(device: torch.device) -> dict:
+    """Inductor options for the steps: on a CPU whose kernels dispatch at AVX2 (no AVX-512, or
+    ATEN_CPU_CAPABILITY=avx2), torch 2.13's vectorised code loses the draft step's write of its next
+    draft (tests/test_static_steps.py catches it), so there the steps compile to scalar loops."""
+    if device.type == "cpu" and torch.backends.cpu.get_cpu_capability() == "AVX2":
+        return {"cpp.simdlen": 1}
+    return {}
+
+
 class StepRunner:
     def __init__(self, model: QwenModel, capacity: int, k: int, *, compile: bool = False,
                  capture: bool | None = None, draft_vocab: int | None = None):
@@ -45,7 +54,8 @@ class StepRunner:
         if k > 1:
             steps["draft"] = functools.partial(draft_step, model, self.mtp_cache, self.buffers, k, vocab=draft_vocab)
         if compile:
-            steps = {name: torch.compile(fn, fullgraph=True) for name, fn in steps.items()}
+            steps = {name: torch.compile(fn, fullgraph=True, options=compile_options(model.device))
+                     for name, fn in steps.items()}
         self.steps: dict[str, Callable[[], None]] = {name: self._captured(fn) for name, fn in steps.items()}
         self.reset()
 
