@@ -80,6 +80,7 @@ def test_sampling_defaults_are_the_models_shown_and_applied_per_thinking_mode(da
         assert dense["sampling"] == {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
                                      "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
         assert dense["sampling_no_thinking"] == {**dense["sampling"], **QWEN_INSTRUCT}
+        assert dense["thinking_mode"] is True  # the tiny Qwen-style template reads enable_thinking
         done = _collect(client, model="dense", max_tokens=16, thinking=False, seed=3, top_k=5)[-1]
     model = load_model(path, device="cpu")
     stop = set(model.config.eos_token_ids)

@@ -40,7 +40,8 @@ def test_options_are_frozen():
 def _entry(draft=2, mtp=True, draft_vocab=None, context=4096, sampling=None, checkpoint=ModelSampling()):
     entry = ModelEntry(ModelSettings("m", "/m", draft=draft, draft_vocab=draft_vocab, sampling=sampling or {}),
                        state="resident", context=context,
-                       model=SimpleNamespace(mtp=object() if mtp else None, device="cpu", dtype="torch.float32"))
+                       model=SimpleNamespace(mtp=object() if mtp else None, device="cpu", dtype="torch.float32"),
+                       tokenizer=SimpleNamespace(chat_template=None))
     entry.checkpoint_sampling = checkpoint
     return entry
 
@@ -109,3 +110,13 @@ def test_checkpoint_defaults_are_generation_config_and_for_qwen_without_thinking
     assert llama.defaults(True) == llama.defaults(False) == {"temperature": 0.2, "top_p": 0.9}
     assert "min_p: must be at least 0 and at most 1; ignored" in capfd.readouterr().err
     assert checkpoint("qwen3") == ModelSampling()  # no generation_config.json: greedy
+
+
+def test_a_resident_model_says_whether_its_chat_template_has_a_thinking_mode():
+    """The TUI shows and toggles thinking only where the template reads `enable_thinking` (the demo's
+    SmolLM2 template does not); the daemon, which holds the tokenizer, says which."""
+    entry = _entry()
+    entry.tokenizer = SimpleNamespace(chat_template="{% if enable_thinking is false %}<think></think>{% endif %}")
+    assert entry.describe()["thinking_mode"] is True
+    entry.tokenizer = SimpleNamespace(chat_template="{{ messages[0]['content'] }}")
+    assert entry.describe()["thinking_mode"] is False

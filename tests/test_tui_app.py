@@ -286,7 +286,7 @@ async def test_the_app_starts_the_daemon_when_none_answers(tiny, tmp_path, monke
 
 async def test_stats_panel_shows_the_daemons_models_devices_and_unknown_fields(shared_daemon):
     app = MtpChatApp(shared_daemon, autostart=False)
-    async with app.run_test(size=(SIZE[0], 64)) as pilot:  # tall enough for every table of the panel
+    async with app.run_test(size=(SIZE[0], 80)) as pilot:  # tall enough for every table of the panel
         await connected(pilot)
         app.daemon_status = {**app.daemon_status, "cache_used_bytes": 12345}  # a field added by a newer daemon
         await pilot.press("f3")

@@ -117,7 +117,7 @@ class StartingApp(ScriptedApp):
         self.monitor = SimpleNamespace(start=lambda: None, stop=lambda: None, poke=lambda: None)
 
 
-DEMO = {"name": "demo", "state": "resident", "default": True, "path": "builtin:smollm2"}
+DEMO = {"name": "demo", "state": "resident", "default": True, "path": "builtin:smollm2", "thinking_mode": False}
 
 
 async def test_a_message_sent_while_the_daemon_starts_is_queued_and_sent_when_it_answers(tmp_path):
@@ -139,10 +139,7 @@ async def test_a_message_sent_while_the_daemon_starts_is_queued_and_sent_when_it
 
 
 async def test_thinking_is_shown_only_for_a_model_whose_template_has_a_thinking_mode(tmp_path):
-    qwen = tmp_path / "qwen"
-    qwen.mkdir()
-    (qwen / "tokenizer_config.json").write_text('{"chat_template": "{% if enable_thinking is false %}…"}')
-    models = [DEMO, {"name": "qwen", "state": "resident", "default": False, "path": str(qwen)}]
+    models = [DEMO, {"name": "qwen", "state": "resident", "default": False, "path": "/q", "thinking_mode": True}]
     store = Store()
     store.create_conversation("On the demo")
     store.close()

@@ -58,7 +58,8 @@ class ModelEntry:
         if self.model is not None:
             info.update(device=str(self.model.device), dtype=str(self.model.dtype).removeprefix("torch."),
                         mtp_head=self.model.mtp is not None, sampling=self._effective_sampling(True),
-                        sampling_no_thinking=self._effective_sampling(False))
+                        sampling_no_thinking=self._effective_sampling(False),
+                        thinking_mode="enable_thinking" in (self.tokenizer.chat_template or ""))
         return info
 
     def sampling_defaults(self, thinking: bool) -> dict:

@@ -37,7 +37,7 @@ from mtpchat.tui.settings_dialog import SettingsDialog, placeholders
 from mtpchat.tui.sidebar import Sidebar
 from mtpchat.tui.streaming import ReplyFeed, read_daemon_reply
 from mtpchat.tui.themes import load_themes
-from mtpchat.tui.top_bar import has_thinking_mode, top_bar
+from mtpchat.tui.top_bar import top_bar
 
 ON_ITS_WAY = ("connecting", "starting", "busy")  # daemon states in which a message is queued, not refused
 
@@ -144,12 +144,11 @@ class MtpChatApp(App):
         return next((m["name"] for m in models if m.get("default")), None)
 
     def thinking_mode(self) -> bool:
-        """Whether the conversation's model has a thinking mode (True while the daemon has not said which
-        model that is)."""
+        """Whether the conversation's model has a thinking mode, as the daemon reports it once the model
+        is resident (True until then, and for a model served by another engine: Qwen3.5/3.6 have one)."""
         name = self.chat.model() or self.default_model()
         models = (self.daemon_status or {}).get("models", [])
-        path = next((m.get("path", "") for m in models if m["name"] == name), None)
-        return path is None or has_thinking_mode(path)
+        return next((m.get("thinking_mode", True) for m in models if m["name"] == name), True)
 
     def refresh_topbar(self) -> None:
         model = self.chat.model() or f"{self.default_model() or 'default'} (default)"

@@ -4,38 +4,12 @@ model the conversation uses, which models are loading, and the conversation's ti
 
 from __future__ import annotations
 
-import json
-from functools import lru_cache
-from pathlib import Path
-
 from rich.text import Text
 
-from mtpchat.config import DEMO_PATH
 from mtpchat.status_text import model_state
 from mtpchat.store import Conversation
 
 STYLES = {"connected": "green", "starting": "yellow", "connecting": "yellow", "busy": "yellow", "offline": "red"}
-
-
-@lru_cache(maxsize=32)
-def has_thinking_mode(path: str) -> bool:
-    """Whether the chat template of the checkpoint at `path` (a model map's `path`) has a thinking mode,
-    i.e. reads `enable_thinking`. The daemon does not report it, so the template is read where it can be:
-    a local checkpoint directory (chat_template.jinja, or tokenizer_config.json's chat_template). The demo
-    (SmolLM2-135M-Instruct, converted by the daemon) has none. A template not readable here (a hub repo
-    id, a remote daemon's path) is taken to have one, as the Qwen3.5/3.6 models mtpchat is for do."""
-    if path == DEMO_PATH:
-        return False
-    directory = Path(path).expanduser()
-    try:
-        return "enable_thinking" in (directory / "chat_template.jinja").read_text()
-    except OSError:
-        pass
-    try:
-        template = json.loads((directory / "tokenizer_config.json").read_text()).get("chat_template")
-    except (OSError, ValueError, AttributeError):
-        return True
-    return True if template is None else "enable_thinking" in json.dumps(template)
 
 
 def top_bar(connection: tuple[str, str], status: dict | None, note: str, model: str,
