@@ -237,7 +237,7 @@ def main() -> int:
                     "--alias", "demo", "--host", "127.0.0.1", "--port", str(llama_port), "-c", "1024", "-np", "1",
                     "-t", str(args.threads), "--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "2",
                     "--spec-ngram-simple-size-m", "8"]
-    load_before = os.getloadavg()
+    before = machine()
     try:
         with server("mtpchatd", daemon, {**os.environ, **daemon_env}, work / "mtpchatd.log", daemon_port,
                     demo_resident), \
@@ -249,10 +249,9 @@ def main() -> int:
         shutil.rmtree(work)
     commands = {"mtpchatd": shlex.join([f"{k}={v}" for k, v in daemon_env.items()] + daemon),
                 "mtpchatd config.toml": DAEMON_CONFIG, LLAMA: shlex.join(llama_server)}
-    print(json.dumps({"cpu": machine(), "threads": args.threads, "rounds": args.rounds, "prompts": prompts,
-                      "max_tokens": args.max_tokens, "sampling": SAMPLING, "mtpchatd_demo": demo,
-                      "load_average_before": load_before,
-                      "load_average_after": os.getloadavg(), **report(results), "commands": commands}, indent=2))
+    print(json.dumps({"machine": before | {"load_average_after": os.getloadavg()}, "threads": args.threads,
+                      "rounds": args.rounds, "prompts": prompts, "max_tokens": args.max_tokens, "sampling": SAMPLING, "mtpchatd_demo": demo,
+                      **report(results), "commands": commands}, indent=2))
     return 0
 
 

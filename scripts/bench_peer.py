@@ -71,7 +71,7 @@ def main() -> int:
     threads = [int(t) for t in args.threads.split(",")]
     precisions = args.precisions.split(",")
     samples: dict[str, list[float]] = {}
-    load_before = os.getloadavg()
+    before = machine()
     for _ in range(args.rounds):  # interleaved: every engine and setting once per round
         for t in threads:
             for precision in precisions:
@@ -83,7 +83,7 @@ def main() -> int:
     ratios = {f"{mode} {precision} t{t} / llama.cpp": round(
         table[f"mtpchat {mode} {precision} t{t}"]["median"] / table[f"llama.cpp {precision} t{t}"]["median"], 3)
         for t in threads for precision in precisions for mode in ("plain", "mtp")}
-    print(json.dumps({"cpu": machine(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+    print(json.dumps({"machine": before | {"load_average_after": os.getloadavg()},
                       "tok_s": table, "ratios": ratios}, indent=2))
     return 0
 

@@ -17,6 +17,7 @@ import torch
 from daemon.engine.step_runner import StepRunner
 from daemon.tools.real_shapes import random_model, shape_config
 from daemon.tools.step_timing import alternating_medians
+from mtpchat.machine import machine
 
 
 def _models(args) -> dict[str, torch.nn.Module]:
@@ -51,7 +52,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    report = {}
+    # the machine, and the capability inductor's CPU code is generated for (step_runner.compile_options)
+    report = {"machine": machine() | {"cpu_capability": torch.backends.cpu.get_cpu_capability()}}
     for name, model in _models(args).items():
         prompt = list(range(1, 33))
         eager = StepRunner(model, 128, args.k)

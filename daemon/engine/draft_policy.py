@@ -5,7 +5,7 @@ tokens per second: expected tokens E(k) = 1 + Σ_{j≤k} Π_{i≤j} c_i from the
 acceptance c_i of draft position i, over the measured seconds a step of k costs (draft steps plus the
 (k+1)-token verify, timed on the steps actually run). k = 0 — a plain step — is a candidate too: where
 drafts are rarely accepted (sampling with penalties on a small model's head) drafting costs more than
-it gives, and "auto" must never be slower than no MTP. Counts decay so the policy follows the content
+it gives, and "auto" should then cost no more than its periodic exploration over no MTP. Counts decay so the policy follows the content
 (code drafts better than prose); every k is timed once at the start, and every `explore_every` steps
 the k run least recently is run again, so no estimate goes stale (k_max's acceptance included).
 """
@@ -43,10 +43,12 @@ class AdaptiveDraft:
 
     def choose(self) -> int:
         untimed = [k for k in range(1, self.k_max + 1) if k not in self.seconds]
-        if untimed or 0 not in self.seconds:  # drafting lengths first: the head's first tokens are its best
-            return untimed[0] if untimed else 0
+        if untimed:  # drafting lengths first: the head's first tokens are its best
+            return untimed[0]
+        if 0 not in self.seconds:
+            return 0
         if self.steps % self.explore_every == 0:
-            return min(self.last_run, key=lambda k: (self.last_run[k], -k))
+            return min(self.last_run, key=self.last_run.get)
         return max(self.seconds, key=lambda k: self.expected_tokens(k) / self.seconds[k])
 
     def update(self, k: int, accepted: int, seconds: float) -> None:

@@ -85,7 +85,7 @@ class Generation:
             torch.cuda.reset_peak_memory_stats(model.device)
         started = time.perf_counter()
         decoder = SpeculativeDecoder(model, prompt_ids, len(prompt_ids) + budget, options, drafter=drafter)
-        stats.state_bytes = decoder.state_bytes()
+        stats.state_bytes = decoder.state_bytes()  # live stats: what is allocated now, measured again at the end
         resume = reuse.lookup(prompt_ids, with_mtp=decoder.drafter is not None) if reuse else None
         stats.cached_tokens = len(resume.tokens) if resume else 0
         stats.prefill_tokens = len(prompt_ids) - stats.cached_tokens
@@ -117,7 +117,7 @@ class Generation:
                 if drafted:
                     stats.record_verification(drafted, len(tokens) - 1)
         finally:
-            stats.state_bytes = decoder.state_bytes()  # again: attention caches grow as the reply does
+            stats.state_bytes = decoder.state_bytes()  # attention caches grew as the reply did
             stats.peak_memory_bytes = _peak_memory(model.device)
             if reuse is not None and consistent:  # also when the consumer stopped early (a cancel)
                 reuse.save(decoder.snapshot())

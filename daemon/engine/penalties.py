@@ -45,9 +45,7 @@ class Penalties:
             return logits
         rows, vocab = logits.shape
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        if following is None:
-            following = torch.empty(0, dtype=torch.long, device=logits.device)
-        extra = following.shape[0]
+        extra = 0 if following is None else following.shape[0]
         assert extra >= rows - 1, "every row but the first follows a token of `following`"
         if extra:
             # step j adds following[j-1]; the running sums from step M+1-N on are the rows' extra counts

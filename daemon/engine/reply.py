@@ -40,6 +40,11 @@ def render_prompt(tokenizer, messages: list[dict], enable_thinking: bool = True)
                                          enable_thinking=enable_thinking, return_dict=False)
 
 
+def user_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text as one user turn, rendered for generation with thinking off (benchmarks, training)."""
+    return [render_prompt(tokenizer, [{"role": "user", "content": text}], enable_thinking=False) for text in texts]
+
+
 def turn_boundary(tokenizer, messages: list[dict], prompt: list[int]) -> int | None:
     """Where the conversation before this turn's assistant header ends in `prompt`, if the template
     renders it as a prefix: the point the next turn's prompt most likely shares (old assistant turns

@@ -43,6 +43,7 @@ class SpeculativeDecoder:
         initial = min(capacity, len(prompt_ids) + FIRST_REPLY_TOKENS)  # the caches grow from there as needed
         self.cache = model.new_cache(capacity, max_steps=draft_k + 1 if draft_k else 0, initial_len=initial)
         self.drafter = (drafter or MTPDrafter(model, capacity, options.draft_vocab, initial)) if draft_k else None
+        self.after_plain = False  # the last step was plain: the drafter holds pairs queued without drafting
         self.generator = None
         if sampling.seed is not None:
             self.generator = torch.Generator(model.output_device).manual_seed(sampling.seed)
@@ -139,12 +140,16 @@ class SpeculativeDecoder:
             logits, hidden = self.model(torch.tensor([[self.token]], device=self.model.device), self.cache,
                                         self.length)
             self.token = self._choose(logits[0, -1])
+            self.policy.update(0, 0, time.perf_counter() - started)  # `_choose` synced the device
             if self.drafter:  # keep the MTP cache complete for a later speculative step
                 self.drafter.extend(hidden, torch.tensor([[self.token]], device=self.model.device), self.length)
+                self.after_plain = True
             self.length += 1
             self._emit([self.token])
-            self.policy.update(0, 0, time.perf_counter() - started)  # `_choose` synced the device
             return [self.token], 0
+        if self.after_plain:  # the pairs plain steps queued: their MTP pass is theirs, not this step's cost
+            self.drafter.settle()
+            self.after_plain, started = False, time.perf_counter()
         drafts, draft_probs = self.drafter.propose(k, self.sampling, self.generator, self.penalties)
         verify_ids = torch.cat((torch.tensor([self.token], device=drafts.device), drafts))[None]
         logits, hidden = self.model(verify_ids, self.cache, self.length, keep_steps=True)

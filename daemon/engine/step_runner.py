@@ -24,8 +24,9 @@ WARMUP_RUNS = 3  # CUDA graphs: eager runs on a side stream first, as torch.cuda
 
 def compile_options(device: torch.device) -> dict:
     """Inductor options for the steps: on a CPU whose kernels dispatch at AVX2 (no AVX-512, or
-    ATEN_CPU_CAPABILITY=avx2), torch 2.13's vectorised code loses the draft step's write of its next
-    draft (tests/test_static_steps.py catches it), so there the steps compile to scalar loops."""
+    ATEN_CPU_CAPABILITY=avx2), torch 2.13's vectorised code for these steps is wrong — the draft step
+    loses its write of the next draft, and with that rewritten the verify step's tokens still differ
+    from eager (tests/test_static_steps.py catches both) — so there every step compiles to scalar loops."""
     if device.type == "cpu" and torch.backends.cpu.get_cpu_capability() == "AVX2":
         return {"cpp.simdlen": 1}
     return {}

@@ -211,21 +211,10 @@ class Scheduler:
 
     def _open_stream(self, generation: ClientStream) -> None:
         request, entry = generation.request, generation.entry
-        messages = list(request.messages)
         if entry.settings.engine == "openai":
-            generation.stream = RemoteStream(entry.settings, messages, request)
-            return
-        if request.system:
-            messages.insert(0, {"role": "system", "content": request.system})
-        prompt = render_prompt(entry.tokenizer, messages, request.thinking)
-        context = entry.context
-        if len(prompt) >= context:
-            raise ProtocolError("prompt_too_long", f"the prompt has {len(prompt)} tokens; {entry.settings.name} "
-                                                   f"takes at most {context - 1}")
-        boundary = turn_boundary(entry.tokenizer, messages, prompt)
-        reuse = PromptReuse(self.registry.states, entry.settings.name, boundary)
-        options = generation_options(request, entry, self.limits.prefill_chunk)
-        generation.stream = ReplyStream(entry.model, entry.tokenizer, prompt, options, reuse)
+            generation.stream = RemoteStream(entry.settings, list(request.messages), request)
+        else:
+            generation.stream = local_reply(request, entry, self.registry.states, self.limits.prefill_chunk)
 
     def _advance(self, key: Key, generation: ClientStream) -> None:
         """One step for this generation; flush its chunk when due; end it when done."""
@@ -310,6 +299,23 @@ def fault(exc: Exception) -> str:
     traceback.print_exception(exc, file=sys.stderr)
     sys.stderr.flush()
     return f"{type(exc).__name__}: {exc}"[:FAULT_MESSAGE_CHARS]
+
+
+def local_reply(request: GenerateRequest, entry: ModelEntry, states=None, prefill_chunk: int = 0) -> ReplyStream:
+    """A resident local model's reply to `request`: the system message, the chat template, the context
+    check (ProtocolError), the model's defaults under the request's settings; with `states` (a
+    StateCache), the prompt resumes from and saves into the conversation state cache."""
+    messages = list(request.messages)
+    if request.system:
+        messages.insert(0, {"role": "system", "content": request.system})
+    prompt = render_prompt(entry.tokenizer, messages, request.thinking)
+    if len(prompt) >= entry.context:
+        raise ProtocolError("prompt_too_long", f"the prompt has {len(prompt)} tokens; {entry.settings.name} "
+                                               f"takes at most {entry.context - 1}")
+    reuse = None
+    if states is not None:
+        reuse = PromptReuse(states, entry.settings.name, turn_boundary(entry.tokenizer, messages, prompt))
+    return ReplyStream(entry.model, entry.tokenizer, prompt, generation_options(request, entry, prefill_chunk), reuse)
 
 
 def generation_options(request: GenerateRequest, entry: ModelEntry, prefill_chunk: int = 0) -> GenerationOptions:

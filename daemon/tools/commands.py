@@ -28,12 +28,12 @@ def _model_settings(model: str | None) -> ModelSettings:
     return config.models.get(model or config.default) or ModelSettings(model, model, load_at_start=False)
 
 
-def _local_checkpoint(model: str | None):
-    """What an in-process command (bench, train-head, ...) loads for `--model`: the settings' path, a
-    built-in one made on first use."""
+def _local_checkpoint(model: str | None, settings: ModelSettings | None = None):
+    """What an in-process command (bench, train-head, ...) loads for `--model` (or given its `settings`):
+    the settings' path, a built-in one made on first use."""
     from daemon.weights.builtin_models import builtin_checkpoint
 
-    path = _model_settings(model).path
+    path = (settings or _model_settings(model)).path
     return builtin_checkpoint(path, progress=_progress) if path.startswith(BUILTIN) else path
 
 
@@ -51,6 +51,7 @@ def _quantizations(args: argparse.Namespace) -> list[Quantization]:
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
+    from daemon.engine.reply import user_prompts
     from daemon.tools import bench
     from daemon.tools.real_shapes import random_model, shape_config
     from daemon.weights.chat_model import load_chat_model
@@ -81,7 +82,7 @@ def _bench(args: argparse.Namespace) -> int:
             model, tokenizer = load_chat_model(checkpoint, device=str(device),
                                                dtype=DTYPES[args.dtype] if args.dtype else None,
                                                quantization=quantization)
-            prompts = _user_prompts(tokenizer, args.prompt or bench.BENCH_PROMPTS[:args.prompts])
+            prompts = user_prompts(tokenizer, args.prompt or bench.BENCH_PROMPTS[:args.prompts])
             report.update(model=str(checkpoint), prompts=len(prompts))
             if args.conversation:
                 from daemon.tools.bench_conversation import bench_conversation
@@ -112,17 +113,11 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _user_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Each text as one user turn, rendered with the chat template, thinking off."""
-    from daemon.engine.reply import render_prompt
-
-    return [render_prompt(tokenizer, [{"role": "user", "content": text}], enable_thinking=False) for text in texts]
-
-
 def _quality(args: argparse.Namespace) -> int:
     """Each --quantize method against the unquantized model on the same held-out replies (JSON out)."""
     import torch
 
+    from daemon.engine.reply import user_prompts
     from daemon.tools.quant_quality import compare, reference_replies, reply_log_probs
     from daemon.tools.train_head import chat_prompts
     from daemon.weights.chat_model import load_chat_model
@@ -133,7 +128,7 @@ def _quality(args: argparse.Namespace) -> int:
     reference, tokenizer = load_chat_model(checkpoint, device="cpu")
     every = chat_prompts()
     texts = every[::max(1, len(every) // args.prompts)][:args.prompts]  # spread over every topic and task
-    prompts = _user_prompts(tokenizer, texts)
+    prompts = user_prompts(tokenizer, texts)
     sequences = reference_replies(reference, prompts, args.max_tokens)
     expected = [reply_log_probs(reference, seq, len(p)) for seq, p in zip(sequences, prompts, strict=True)]
     report = {"model": str(checkpoint), "prompts": len(prompts), "max_tokens": args.max_tokens, "by_quantize": {}}
@@ -162,15 +157,15 @@ def _loops(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = _model_settings(args.model)
-    checkpoint = resolve_checkpoint(_local_checkpoint(args.model))
+    checkpoint = resolve_checkpoint(_local_checkpoint(args.model, settings))
     model, tokenizer = load_chat_model(checkpoint, dtype=DTYPES[settings.dtype] if settings.dtype else None,
                                        quantization=settings.quantization)
     # the model as the daemon holds it once resident (daemon/serve/registry.py `_load`)
     entry = ModelEntry(settings, state="resident", model=model, tokenizer=tokenizer,
                        context=min(settings.context, model.config.max_position_embeddings),
                        checkpoint_sampling=checkpoint_sampling(checkpoint))
-    report = {"model": str(checkpoint), "quantize": settings.quantization.describe(),
-              "dtype": str(model.dtype).removeprefix("torch.")}
+    described = entry.describe()
+    report = {"model": str(checkpoint), "quantize": described["quantize"], "dtype": described["dtype"]}
     report |= measure_loops(entry, held_out_prompts(checkpoint)[:args.prompts], args.max_tokens, args.seeds)
     print(json.dumps(report, indent=2))
     return 0

@@ -7,14 +7,14 @@ daemon/weights/demo_model.py) to stop that, and MTP under sampling is what the p
 numbers on both, on prompts the model's MTP head never trained on: the held-out part of its training
 prompt sample (daemon.tools.train_head.held_out_prompts), asked with thinking off.
 
-Every reply takes the daemon's own path: a wire request (no sampling field set, so the model's
-defaults apply) becomes the engine's options in daemon.serve.scheduler.generation_options — the
-model's configured draft setting and draft vocabulary, its sampling defaults for thinking off — and
-`ReplyStream` decodes it up to the stop token or `max_tokens`. Per prompt and seed: the greedy reply
-(every sampling field at the engine's built-in value: the argmax of the raw logits, at the model's
-draft setting), then the reply at the defaults decoded plain (draft 0)
-and with MTP, alternating as `mtpchatd bench` does (daemon/tools/bench.py); decode tok/s is timed by
-the generation itself, from the first token to the last.
+Every reply takes the daemon's own path, daemon.serve.scheduler.local_reply (without the conversation
+state cache): a wire request (no sampling field set, so the model's defaults apply) becomes the
+engine's options — the model's configured draft setting and draft vocabulary, its sampling defaults
+for thinking off — and `ReplyStream` decodes it up to the stop token or `max_tokens`. Per prompt and
+seed: the greedy reply (every sampling field at the engine's built-in value: the argmax of the raw
+logits, at the model's draft setting), then the reply at the defaults decoded plain (draft 0) and
+with MTP, alternating as `mtpchatd bench` does (daemon/tools/bench.py); decode tok/s is timed by the
+generation itself, from the first token to the last.
 
 Under sampling, MTP is lossless in distribution, not token for token: the same seed draws the same
 first token, but drafting and rejection sampling then use the generator's draws differently, so the
@@ -38,10 +38,9 @@ from dataclasses import dataclass
 import torch
 
 from daemon.engine.decode_stats import DecodeStats
-from daemon.engine.reply import ReplyStream, render_prompt
 from daemon.engine.sampling import SamplingParams
 from daemon.serve.registry import ModelEntry
-from daemon.serve.scheduler import generation_options
+from daemon.serve.scheduler import local_reply
 from daemon.tools.bench import summarize, with_ratios
 from mtpchat.machine import machine
 from mtpchat.protocol import SAMPLING_FIELDS, GenerateRequest
@@ -80,8 +79,7 @@ def find_loop(tokens: Sequence[int]) -> Loop | None:
 
 def _reply(entry: ModelEntry, request: GenerateRequest) -> tuple[list[int], DecodeStats]:
     """The reply's token ids (without the stop token) and stats, as the daemon would decode the request."""
-    prompt = render_prompt(entry.tokenizer, list(request.messages), request.thinking)
-    stream = ReplyStream(entry.model, entry.tokenizer, prompt, generation_options(request, entry))
+    stream = local_reply(request, entry)
     for _ in stream:
         pass
     return stream.result.token_ids, stream.result.stats
@@ -92,7 +90,8 @@ def _described(tokenizer, seed: int, tokens: list[int], stats: DecodeStats) -> d
     if loop is not None:
         loop = {"start": loop.start, "period": loop.period, "repeats": loop.repeats,
                 "text": tokenizer.decode(tokens[loop.start:loop.start + loop.period])}
-    return {"seed": seed, "tokens": tokens, "finish_reason": stats.finish_reason, "loop": loop}
+    return {"seed": seed, "tokens": tokens, "finish_reason": stats.finish_reason, "loop": loop,
+            "decode_tok_s": stats.decode_tok_s}
 
 
 def _spread(values: list[float]) -> dict:

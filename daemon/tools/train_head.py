@@ -296,7 +296,7 @@ def save_head(head: MTPHead, out_dir: Path, record: dict) -> Path:
 def train_head(checkpoint: Path, out_dir: Path, work: Path, settings: TrainSettings,
                show: Callable[[str], None] = lambda line: None, command: str = "") -> dict:
     """Run (or resume) every stage; write the head to `out_dir`; return the training record."""
-    from daemon.engine.reply import render_prompt
+    from daemon.engine.reply import user_prompts
     from daemon.weights.loader import load_model
 
     checkpoint, out_dir, work = Path(checkpoint), Path(out_dir), Path(work)
@@ -313,7 +313,7 @@ def train_head(checkpoint: Path, out_dir: Path, work: Path, settings: TrainSetti
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     texts = prompt_sample(settings)
-    prompts = [render_prompt(tokenizer, [{"role": "user", "content": t}], enable_thinking=False) for t in texts]
+    prompts = user_prompts(tokenizer, texts)
     model = load_model(checkpoint, device=None, dtype=torch.float32)
     replies = generate_replies(model, tokenizer.eos_token_id, prompts, settings, work, show)
     sequences = [(p + r, len(p)) for p, r in zip(prompts, replies) if len(r) >= 2]
