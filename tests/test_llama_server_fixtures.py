@@ -90,3 +90,56 @@ def test_a_prompt_beyond_the_context_is_prompt_too_long():
     with replaying(raw, 400, "application/json") as url, pytest.raises(RemoteError) as caught:
         read(url)
     assert caught.value.code == "prompt_too_long" and "llama" in str(caught.value)
+
+
+def test_a_quiet_remote_stream_never_holds_up_a_local_one_and_the_engine_waits_only_when_all_are_remote():
+    """Stepping a remote stream takes what has arrived without waiting; the engine's round waits for
+    commands (STEP_WAIT_S) only while every active stream is remote and none has a piece waiting."""
+    from types import SimpleNamespace
+
+    from daemon.serve.remote_engine import STEP_WAIT_S
+    from daemon.serve.scheduler import WAIT_S, Scheduler
+    from mtpchat.config import DaemonLimits
+
+    raw = (FIXTURES / "chat_stream_ngram.sse").read_bytes()
+    answer = threading.Event()
+
+    class Held(BaseHTTPRequestHandler):  # answers only once the test says so
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            answer.wait(30)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Held)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = ModelSettings("llama", engine="openai", url=f"http://127.0.0.1:{server.server_port}/v1",
+                                 model="smollm2")
+        remote = RemoteStream(settings, MESSAGES, GenerateRequest(id="t", messages=tuple(MESSAGES)))
+        assert not remote.ready and next(remote).text == ""  # nothing yet: an empty step, no wait
+        scheduler = Scheduler(None, None, "inproc://unused", DaemonLimits())
+        resident = SimpleNamespace(state="resident")
+        scheduler.generations = {(b"a", "r"): SimpleNamespace(entry=resident, stream=remote)}
+        assert scheduler._idle_wait() == STEP_WAIT_S  # only a quiet remote stream: poll it
+        scheduler.generations[(b"b", "l")] = SimpleNamespace(entry=resident, stream=iter(()))
+        assert scheduler._idle_wait() == 0  # a local stream can step: no waiting
+        del scheduler.generations[(b"b", "l")]
+        answer.set()
+        while not remote.ready:
+            threading.Event().wait(0.01)
+        assert scheduler._idle_wait() == 0  # a piece is waiting: take it now
+        scheduler.generations.clear()
+        assert scheduler._idle_wait() == WAIT_S  # nothing to step
+        text = "".join(piece.text for piece in remote)
+        assert text and remote.result.finish_reason == "stop"
+    finally:
+        answer.set()
+        server.shutdown()
+        server.server_close()

@@ -3,8 +3,8 @@
 A config entry with `engine = "openai"` names a URL and the remote model instead of a checkpoint
 (mtpchat.config.ModelSettings); the registry marks it resident at once and the scheduler steps a
 `RemoteStream` where it would step a local `ReplyStream`. The HTTP stream is read on a thread of its
-own, so a slow remote never holds the engine thread: each step takes what arrived, waiting at most
-STEP_WAIT_S. Cancelling shuts the connection, which ends the remote generation (servers cancel on
+own, so a slow remote never holds the engine thread: each step takes what arrived without waiting,
+and only while every active stream is remote and quiet does the engine wait (STEP_WAIT_S at most). Cancelling shuts the connection, which ends the remote generation (servers cancel on
 disconnect). Remote HTTP errors become the wire's error codes (RemoteError).
 
 Only what the remote reports is passed on: text (no token ids — the OpenAI API gives none), usage, and
@@ -42,7 +42,7 @@ from mtpchat.protocol import (
     ProtocolError,
 )
 
-STEP_WAIT_S = 0.02  # the longest one engine step waits for the remote
+STEP_WAIT_S = 0.02  # how long the engine waits for pieces when only remote streams are active
 CONNECT_TIMEOUT_S = 30.0
 FINISH = {"length": "length"}  # every other remote finish reason ends the turn: "stop"
 END = object()
@@ -90,9 +90,14 @@ class RemoteStream:
     def __iter__(self) -> RemoteStream:
         return self
 
+    @property
+    def ready(self) -> bool:
+        """Whether a piece (or the end, or an error) has arrived and not been taken."""
+        return not self._pieces.empty()
+
     def __next__(self) -> Piece:
         try:
-            item = self._pieces.get(timeout=STEP_WAIT_S)
+            item = self._pieces.get_nowait()  # never holds up local streams (the scheduler paces an idle loop)
         except queue.Empty:
             return Piece(None, False, "")
         if isinstance(item, Exception):

@@ -31,7 +31,7 @@ from daemon.engine.reply import ReplyStream, render_prompt, turn_boundary
 from daemon.engine.sampling import SamplingParams
 from daemon.engine.state_cache import PromptReuse
 from daemon.serve.registry import ModelEntry, ModelRegistry
-from daemon.serve.remote_engine import RemoteStream
+from daemon.serve.remote_engine import STEP_WAIT_S, RemoteStream
 from mtpchat.config import DaemonLimits
 from mtpchat.protocol import (
     DRAFT_AUTO,
@@ -141,19 +141,26 @@ class Scheduler:
                 self._end(key, error_reply(key[1], "shutdown", "the daemon is shutting down"))
             self.outbox.close()
 
-    def _runnable(self) -> bool:
-        return any(g.entry is None or g.entry.state in ("resident", "failed")
-                   for g in list(self.generations.values())[:self.limits.max_streams])
+    def _idle_wait(self) -> float:
+        """How long the engine may wait for a command before its next round: not at all while a local
+        stream can step or a remote one has pieces waiting; a remote stream's poll interval while only
+        remote streams are active and quiet (their pieces arrive on their own threads); WAIT_S while
+        nothing can step (models loading, no streams)."""
+        runnable = [g for g in list(self.generations.values())[:self.limits.max_streams]
+                    if g.entry is None or g.entry.state in ("resident", "failed")]
+        if any(not isinstance(g.stream, RemoteStream) or g.stream.ready for g in runnable):
+            return 0.0
+        return STEP_WAIT_S if runnable else WAIT_S
 
     def _take_commands(self) -> None:
-        """Every waiting command; when nothing can step, wait for one (or for a load to progress)."""
-        block = not self._runnable()
+        """Every waiting command; when no local stream can step, wait for one up to `_idle_wait`."""
+        wait = self._idle_wait()
         while True:
             try:
-                command = self.commands.get(block, WAIT_S) if block else self.commands.get_nowait()
+                command = self.commands.get(True, wait) if wait else self.commands.get_nowait()
             except queue.Empty:
                 return
-            block = False
+            wait = 0.0
             try:
                 command()
             except Exception as exc:  # a bug in a command: logged; the engine goes on
