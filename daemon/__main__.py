@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
 from daemon.tools.commands import add_commands
 from mtpchat.config import DTYPE_NAMES
+from mtpchat.paths import cache_dir
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -187,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in commands.choices and argv[0] not in ("-h", "--help"):
         argv = ["serve", *argv]  # `mtpchatd --listen X` is `mtpchatd serve --listen X`
     args = parser.parse_args(argv)
+    # torch.compile'd steps (a model's `compile = true`, `bench --compile`) keep their generated code
+    # under the user's cache dir: inductor's default, /tmp, is lost at reboot and compiling takes minutes
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
     return args.run(args)
 
 

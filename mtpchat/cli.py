@@ -234,8 +234,15 @@ def _wait_loaded(client: DaemonClient, name: str, poll_s: float = 0.2) -> dict:
 def _model_line(model: dict) -> str:
     extra = f" — {model['error']}" if model["error"] else ""
     quantized = f" [{model['quantize']}]" if model.get("quantize", "none") != "none" else ""
+    compiled = COMPILE_NOTES.get(model.get("compile", "off"), "")
+    if model.get("compile_error"):
+        compiled += f" ({model['compile_error']})"
     return (f"{'*' if model['default'] else ' '} {model['name']:<16} {model_state(model):<12} {model['path']}"
-            f"{quantized}{extra}")
+            f"{quantized}{compiled}{extra}")
+
+
+COMPILE_NOTES = {"compiling": " [compiling steps; eager meanwhile]", "on": " [compiled steps]",
+                 "failed": " [compile failed; eager]"}  # a model's `compile` state, as `models list` shows it
 
 
 ENGINE_COMMANDS = {"bench": "plain vs MTP decoding side by side, JSON out (runs mtpchatd bench)",

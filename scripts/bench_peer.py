@@ -9,7 +9,7 @@ engine and precision the median and range of tok/s over rounds, the ratios mtpch
 machine's load average before and after, and the CPU's flags that decide kernel choice. Not part of the
 test command: the build takes 15-35 minutes once.
 
-    .venv/bin/python scripts/bench_peer.py --rounds 3 --threads 1,2
+    .venv/bin/python scripts/bench_peer.py --rounds 3 --threads 1,2 [--compile]
 """
 
 from __future__ import annotations
@@ -45,11 +45,12 @@ def llama_tok_s(llama: Path, gguf: str, threads: int) -> float:
     return float(json.loads(result.stdout)[0]["avg_ts"])
 
 
-def mtpchat_tok_s(quantize: str, threads: int) -> dict:
-    """Plain and MTP decode tok/s of the demo (MTP output checked identical to plain by the bench)."""
+def mtpchat_tok_s(quantize: str, threads: int, compile: bool) -> dict:
+    """Plain and MTP decode tok/s of the demo (MTP output checked identical to plain by the bench); with
+    `compile`, its steps torch.compile'd first (not timed: the bench times decoding only)."""
     result = subprocess.run([sys.executable, "-m", "daemon", "bench", "--model", "demo", "--quantize", quantize,
                              "--quantize-group", "32", "--threads", str(threads), "--draft", "2",
-                             "--draft-vocab", "8192", "--max-tokens", "128"],
+                             "--draft-vocab", "8192", "--max-tokens", "128", *(["--compile"] if compile else [])],
                             check=True, capture_output=True, text=True, cwd=ROOT)
     report = json.loads(result.stdout)["checkpoint_draft_vocab"]
     assert report["mtp_identical_to_plain"], "MTP output differs from plain decoding"
@@ -66,6 +67,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--precisions", default="fp32,int4")
+    parser.add_argument("--compile", action="store_true", help="mtpchat with compiled steps (compile = true)")
     args = parser.parse_args()
     llama = build_llama()
     threads = [int(t) for t in args.threads.split(",")]
@@ -76,14 +78,14 @@ def main() -> int:
         for t in threads:
             for precision in precisions:
                 samples.setdefault(f"llama.cpp {precision} t{t}", []).append(llama_tok_s(llama, LLAMA[precision], t))
-                ours = mtpchat_tok_s(MTPCHAT[precision], t)
+                ours = mtpchat_tok_s(MTPCHAT[precision], t, args.compile)
                 for mode, value in ours.items():
                     samples.setdefault(f"mtpchat {mode} {precision} t{t}", []).append(value)
     table = {name: summary(values) for name, values in samples.items()}
     ratios = {f"{mode} {precision} t{t} / llama.cpp": round(
         table[f"mtpchat {mode} {precision} t{t}"]["median"] / table[f"llama.cpp {precision} t{t}"]["median"], 3)
         for t in threads for precision in precisions for mode in ("plain", "mtp")}
-    print(json.dumps({"machine": before | {"load_average_after": os.getloadavg()},
+    print(json.dumps({"machine": before | {"load_average_after": os.getloadavg()}, "compile": args.compile,
                       "tok_s": table, "ratios": ratios}, indent=2))
     return 0
 

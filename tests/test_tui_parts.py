@@ -211,3 +211,13 @@ esac
     config_dir().mkdir(parents=True)
     (config_dir() / "config.toml").write_text("theme = [")
     assert cli.main([]) == 1  # a broken config.toml: a message, not a traceback
+
+
+@pytest.mark.parametrize("compile_state, error, words", [
+    ("compiling", "", "[compiling steps; eager meanwhile]"), ("on", "", "[compiled steps]"),
+    ("failed", "InductorError: no C++ compiler", "[compile failed; eager] (InductorError: no C++ compiler)")])
+def test_models_list_says_how_a_model_steps(compile_state, error, words):
+    model = {"name": "m", "path": "/m", "default": False, "error": "", "state": "resident", "progress": 1.0,
+             "compile": compile_state, "compile_error": error}
+    assert _model_line(model).endswith(words)
+    assert "compil" not in _model_line(model | {"compile": "off", "compile_error": ""})

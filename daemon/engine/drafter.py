@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from daemon.engine.penalties import Penalties
 from daemon.engine.sampling import SamplingParams, choose
+from daemon.engine.step_functions import step_functions
 from daemon.model.text_model import QwenModel
 
 
@@ -23,6 +24,7 @@ class MTPDrafter:
         """vocab: draft only among token ids [0, vocab) — BPE ids are roughly in frequency order — which
         makes the MTP lm_head proportionally cheaper; verification still uses the full vocabulary."""
         self.model, self.vocab = model, vocab
+        self.forwards = step_functions(model)
         self.cache = model.new_mtp_cache(max_len, initial_len=initial_len)
         self._pending: tuple[torch.Tensor, torch.Tensor, int] | None = None
 
@@ -65,14 +67,13 @@ class MTPDrafter:
         before it included: closer to the target, so more drafts are accepted."""
         hidden, tokens, start = self._pending
         self._pending = None
-        logits, out = self.model.mtp_forward(tokens, hidden, self.cache, start, vocab=self.vocab, last_only=True)
+        logits, out = self.forwards.mtp(tokens, hidden, self.cache, start, vocab=self.vocab)
         position = start + tokens.shape[1]
         drafts = torch.empty(0, dtype=torch.long, device=logits.device)
         probs = []
         for slot in range(k):
             if slot:  # chain: the last draft is the input, the MTP output the hidden
-                logits, out = self.model.mtp_forward(drafts[-1:][None], out[:, -1:], self.cache, position,
-                                                     vocab=self.vocab)
+                logits, out = self.forwards.mtp(drafts[-1:][None], out[:, -1:], self.cache, position, vocab=self.vocab)
                 position += 1
             row = logits[0, -1:] if penalties is None else penalties.apply(logits[0, -1:], drafts)
             token, dist = self.choose(row, params, generator, slot)

@@ -21,6 +21,7 @@ from daemon.engine.options import GenerationOptions
 from daemon.engine.penalties import Penalties
 from daemon.engine.sampling import choose, target_probs, verify_drafts, verify_greedy
 from daemon.engine.state_cache import Snapshot
+from daemon.engine.step_functions import step_functions
 from daemon.model.text_model import QwenModel
 
 FIRST_REPLY_TOKENS = 256  # reply positions the caches hold at first; they double when a reply outgrows them
@@ -38,11 +39,13 @@ class SpeculativeDecoder:
         if draft_k and model.mtp is None and drafter is None:
             raise ValueError("this checkpoint has no MTP head: use plain decoding (draft k = 0)")
         self.model, self.prompt_ids, self.capacity = model, prompt_ids, capacity
+        self.forwards = step_functions(model)  # the model's decode and verify forwards, compiled or eager
         self.sampling = sampling = options.sampling
         self.policy = AdaptiveDraft(draft_k) if options.adaptive and draft_k else FixedDraft(draft_k)
         initial = min(capacity, len(prompt_ids) + FIRST_REPLY_TOKENS)  # the caches grow from there as needed
-        self.cache = model.new_cache(capacity, max_steps=draft_k + 1 if draft_k else 0, initial_len=initial)
-        self.drafter = (drafter or MTPDrafter(model, capacity, options.draft_vocab, initial)) if draft_k else None
+        with torch.inference_mode():  # inference tensors, as the steps that grow them make: one kind for compiled steps
+            self.cache = model.new_cache(capacity, max_steps=draft_k + 1 if draft_k else 0, initial_len=initial)
+            self.drafter = (drafter or MTPDrafter(model, capacity, options.draft_vocab, initial)) if draft_k else None
         self.after_plain = False  # the last step was plain: the drafter holds pairs queued without drafting
         self.generator = None
         if sampling.seed is not None:
@@ -111,6 +114,7 @@ class SpeculativeDecoder:
     def _tensor(self, ids: list[int]) -> torch.Tensor:
         return torch.tensor([ids], device=self.model.device)
 
+    @torch.inference_mode()
     def _restore(self, snapshot: Snapshot) -> int:
         """Load a snapshot's state; the position prefill continues from."""
         length = len(snapshot.tokens)
@@ -137,8 +141,8 @@ class SpeculativeDecoder:
         started = time.perf_counter()
         k = min(self.policy.choose(), max_tokens - 1, self.capacity - self.length - 1)
         if k <= 0:
-            logits, hidden = self.model(torch.tensor([[self.token]], device=self.model.device), self.cache,
-                                        self.length)
+            logits, hidden = self.forwards.trunk(torch.tensor([[self.token]], device=self.model.device), self.cache,
+                                              self.length)
             self.token = self._choose(logits[0, -1])
             self.policy.update(0, 0, time.perf_counter() - started)  # `_choose` synced the device
             if self.drafter:  # keep the MTP cache complete for a later speculative step
@@ -152,7 +156,7 @@ class SpeculativeDecoder:
             self.after_plain, started = False, time.perf_counter()
         drafts, draft_probs = self.drafter.propose(k, self.sampling, self.generator, self.penalties)
         verify_ids = torch.cat((torch.tensor([self.token], device=drafts.device), drafts))[None]
-        logits, hidden = self.model(verify_ids, self.cache, self.length, keep_steps=True)
+        logits, hidden = self.forwards.trunk(verify_ids, self.cache, self.length, keep_steps=True)
         target = self.penalties.apply(logits[0], drafts)  # row i: penalised as if drafts[:i] were accepted
         if self.sampling.greedy:
             accepted, following = verify_greedy(drafts, target)

@@ -170,6 +170,12 @@ class ModelCache:
         for layer, state in zip(self.layers, captured, strict=True):
             layer.restore(state)
 
+    def reserve(self, length: int) -> None:
+        """Make positions [0, length) writable in every attention layer (see AttentionCache.reserve)."""
+        for layer in self.layers:
+            if isinstance(layer, AttentionCache):
+                layer.reserve(length)
+
     def is_full(self) -> bool:
         """Whether every attention buffer already holds `capacity` positions (what fixed shapes need)."""
         return all(layer.is_full() for layer in self.layers if isinstance(layer, AttentionCache))

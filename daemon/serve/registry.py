@@ -11,7 +11,10 @@ canonical name (one directory spelled three ways is one model), and at most `max
 those are kept: the least recently used one not streaming is unloaded and forgotten to make room, so
 neither memory nor `status` grows with every name a client tries. A name that is not a checkpoint
 is refused before it is added. A model served by a remote engine (`engine = "openai"`,
-daemon/serve/remote_engine.py) has nothing to load: it is resident at once.
+daemon/serve/remote_engine.py) has nothing to load: it is resident at once. A model with `compile =
+true` is resident as soon as its weights are, serving with eager steps while a background thread
+compiles its decoding steps (minutes the first time on a small CPU); replies that start after that run
+the compiled ones (daemon/engine/step_functions.py).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 
 from daemon.engine.sampling import SamplingParams
 from mtpchat.config import BUILTIN, Config, ModelSettings
-from mtpchat.protocol import ProtocolError
+from mtpchat.protocol import MAX_DRAFT, ProtocolError
 
 
 @dataclass
@@ -43,13 +46,17 @@ class ModelEntry:
     placement: object = None  # daemon.serve.placement.Placement, once planned
     context: int = 0  # tokens per stream: the configured context, capped at the model's limit
     checkpoint_sampling: object = None  # daemon.weights.sampling_defaults.ModelSampling, once loaded
+    compile: str = "off"  # off | compiling (serving eagerly meanwhile) | on | failed (serving eagerly)
+    compile_error: str = ""
+    compile_seconds: float = 0.0
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def describe(self) -> dict:
         s = self.settings
         info = {"name": s.name, "path": s.path, "state": self.state, "progress": round(self.progress, 3),
                 "error": self.error, "draft": s.draft, "draft_vocab": s.draft_vocab,
-                "dtype": s.dtype, "device": s.device, "quantize": s.quantization.describe(),
+                "dtype": s.dtype, "device": s.device, "quantize": s.quantization.describe(), "compile": self.compile,
+                "compile_error": self.compile_error, "compile_seconds": round(self.compile_seconds, 1),
                 "load_seconds": round(self.load_seconds, 3)}
         if s.engine != "local":
             info.update(engine=s.engine, url=s.url, remote_model=s.model)
@@ -71,6 +78,9 @@ class ModelEntry:
         params = asdict(SamplingParams(**self.sampling_defaults(thinking)))
         del params["seed"]
         return params
+
+
+COMPILE_BACKEND = "inductor"  # torch.compile's, for `compile = true` (tests trace with "eager": seconds, not minutes)
 
 
 class ModelRegistry:
@@ -194,6 +204,26 @@ class ModelRegistry:
         entry.model, entry.tokenizer = model, tokenizer
         entry.load_seconds = time.perf_counter() - started
         entry.state = "resident"
+        if settings.compile:
+            entry.compile = "compiling"
+            threading.Thread(target=self._compile, args=(entry, model), name=f"compile-{settings.name}",
+                             daemon=True).start()
+
+    def _compile(self, entry: ModelEntry, model) -> None:
+        """Compile the model's decoding steps while it serves with eager ones; replies that start after
+        run compiled. A failure (no C++ compiler, an inductor error) leaves it serving eagerly, and says why."""
+        from daemon.engine.step_functions import compile_steps
+
+        started = time.perf_counter()
+        try:
+            compile_steps(model, MAX_DRAFT if model.mtp is not None else 0, (entry.settings.draft_vocab,),
+                          backend=COMPILE_BACKEND)
+            outcome, error = "on", ""
+        except Exception as exc:  # the model still serves, eagerly
+            outcome, error = "failed", f"{type(exc).__name__}: {exc}"
+        if entry.model is model:  # not unloaded meanwhile
+            entry.compile, entry.compile_error = outcome, error
+            entry.compile_seconds = time.perf_counter() - started
 
     def unload(self, name: str) -> ModelEntry:
         entry = self.entries[name]
@@ -202,6 +232,7 @@ class ModelRegistry:
         entry.model = entry.tokenizer = entry.placement = None
         self.states.drop_model(name)
         entry.state, entry.error, entry.progress = "unloaded", "", 0.0
+        entry.compile, entry.compile_error = "off", ""
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

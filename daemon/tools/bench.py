@@ -21,6 +21,7 @@ from daemon.engine.decode_stats import DecodeStats
 from daemon.engine.generate import Generation
 from daemon.engine.options import GenerationOptions
 from daemon.engine.sampling import SamplingParams
+from daemon.engine.step_functions import step_functions
 from daemon.model.text_model import QwenModel
 from daemon.tools.oracle_drafter import OracleDrafter
 from mtpchat.protocol import (
@@ -166,20 +167,20 @@ def step_costs(model: QwenModel, ks: list[int], context: int = 256, repeats: int
                draft_vocab: int | None = None) -> dict:
     """Seconds of a 1-token decode step, and the cost of the lm_head alone (one row), of a (k+1)-token
     verify and of one MTP draft step (full vocabulary, and `draft_vocab` if given) relative to it, at
-    `context` tokens of history."""
-    device = model.device
+    `context` tokens of history — through the model's step functions, so compiled ones when compiled."""
+    device, steps = model.device, step_functions(model)
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (1, context + max(ks) + 1), generator=torch.Generator().manual_seed(0)).to(device)
     cache = model.new_cache(ids.shape[1], max_steps=max(ks) + 1)
     _, hidden = model(ids[:, :context], cache, 0, last_only=True)
-    one = _median_seconds(lambda: model(ids[:, context:context + 1], cache, context), device, repeats)
+    one = _median_seconds(lambda: steps.trunk(ids[:, context:context + 1], cache, context), device, repeats)
     mtp_cache = model.new_mtp_cache(ids.shape[1])
     def draft_cost(vocab):
-        return _median_seconds(lambda: model.mtp_forward(ids[:, :1], hidden[:, -1:], mtp_cache, context, vocab=vocab),
+        return _median_seconds(lambda: steps.mtp(ids[:, :1], hidden[:, -1:], mtp_cache, context, vocab=vocab),
                                device, repeats) / one
 
     verify = {
-        str(k): _median_seconds(lambda: model(ids[:, context:context + k + 1], cache, context, keep_steps=True),
+        str(k): _median_seconds(lambda: steps.trunk(ids[:, context:context + k + 1], cache, context, keep_steps=True),
                                 device, repeats) / one
         for k in ks
     }

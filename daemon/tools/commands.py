@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from mtpchat.client import DaemonClient, start_daemon
 from mtpchat.config import BUILTIN, DEFAULT_QUANTIZE_GROUP, DTYPE_NAMES, ModelSettings, Quantization, load_config
@@ -83,7 +84,14 @@ def _bench(args: argparse.Namespace) -> int:
                                                dtype=DTYPES[args.dtype] if args.dtype else None,
                                                quantization=quantization)
             prompts = user_prompts(tokenizer, args.prompt or bench.BENCH_PROMPTS[:args.prompts])
-            report.update(model=str(checkpoint), prompts=len(prompts))
+            report.update(model=str(checkpoint), prompts=len(prompts), compile=args.compile)
+            compiled = {}
+            if args.compile:
+                from daemon.engine.step_functions import compile_steps
+
+                started = time.perf_counter()
+                compile_steps(model, max(ks), (None, args.draft_vocab) if args.draft_vocab else (None,))
+                compiled = {"compile_s": round(time.perf_counter() - started, 1)}
             if args.conversation:
                 from daemon.tools.bench_conversation import bench_conversation
 
@@ -91,7 +99,7 @@ def _bench(args: argparse.Namespace) -> int:
                 runs.append((quantization, {"conversation": bench_conversation(model, tokenizer, turns,
                                                                               args.max_tokens, max(ks))}))
                 continue
-            part = {"checkpoint": bench.bench_checkpoint(model, prompts, args.max_tokens, ks)}
+            part = compiled | {"checkpoint": bench.bench_checkpoint(model, prompts, args.max_tokens, ks)}
             if args.draft_vocab:
                 part["checkpoint_draft_vocab"] = bench.bench_checkpoint(model, prompts, args.max_tokens, ks,
                                                                         draft_vocab=args.draft_vocab)
@@ -221,6 +229,8 @@ def add_commands(commands) -> None:
     bench.add_argument("--device")
     bench.add_argument("--dtype", choices=DTYPE_NAMES)
     bench.add_argument("--threads", type=int, help="torch CPU threads")
+    bench.add_argument("--compile", action="store_true",
+                       help="torch.compile the decoding steps first (as a model with compile = true in config.toml)")
     bench.add_argument("--quantize", metavar="METHODS",
                        help=f"weight-only quantization, or a comma list measured one after the other: "
                             f"{','.join(QUANTIZE_CHOICES)} (default: the configured model's setting, else none)")
