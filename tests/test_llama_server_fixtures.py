@@ -25,12 +25,15 @@ MESSAGES = [{"role": "user", "content": "Repeat this line five times."}]
 
 
 @contextlib.contextmanager
-def replaying(body: bytes, status: int, content_type: str):
-    """The URL of a server answering every POST with `status` and `body`, as recorded."""
+def replaying(body: bytes, status: int, content_type: str, hold: threading.Event | None = None):
+    """The URL of a server answering every POST with `status` and `body`, as recorded (once `hold` is
+    set, when given)."""
 
     class Replay(BaseHTTPRequestHandler):
         def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
+            if hold is not None:
+                hold.wait(30)
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
@@ -104,24 +107,8 @@ def test_a_quiet_remote_stream_never_holds_up_a_local_one_and_the_engine_waits_o
     raw = (FIXTURES / "chat_stream_ngram.sse").read_bytes()
     answer = threading.Event()
 
-    class Held(BaseHTTPRequestHandler):  # answers only once the test says so
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            answer.wait(30)
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Held)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        settings = ModelSettings("llama", engine="openai", url=f"http://127.0.0.1:{server.server_port}/v1",
-                                 model="smollm2")
+    with replaying(raw, 200, "text/event-stream", hold=answer) as url:
+        settings = ModelSettings("llama", engine="openai", url=url, model="smollm2")
         remote = RemoteStream(settings, MESSAGES, GenerateRequest(id="t", messages=tuple(MESSAGES)))
         assert not remote.ready and next(remote).text == ""  # nothing yet: an empty step, no wait
         scheduler = Scheduler(None, None, "inproc://unused", DaemonLimits())
@@ -139,7 +126,3 @@ def test_a_quiet_remote_stream_never_holds_up_a_local_one_and_the_engine_waits_o
         assert scheduler._idle_wait() == WAIT_S  # nothing to step
         text = "".join(piece.text for piece in remote)
         assert text and remote.result.finish_reason == "stop"
-    finally:
-        answer.set()
-        server.shutdown()
-        server.server_close()

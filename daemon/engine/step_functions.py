@@ -39,7 +39,7 @@ class StepFunctions:
 
     def __init__(self, model: QwenModel, compiled: bool = False, backend: str = "inductor"):
         """backend: torch.compile's ("eager" traces and guards without generating code: tests)."""
-        self.model, self.compiled = model, compiled
+        self.model = model
         self._trunk = self._mtp = None
         if compiled and any(isinstance(module, QuantizedExperts) for module in model.modules()):
             raise ValueError("compiled steps need float MoE experts: quantized ones loop over the experts a "
@@ -49,6 +49,10 @@ class StepFunctions:
             options = compile_options(model.device) if backend == "inductor" else None
             self._trunk = torch.compile(_trunk_step, dynamic=True, fullgraph=True, backend=backend, options=options)
             self._mtp = torch.compile(_mtp_step, dynamic=True, fullgraph=True, backend=backend, options=options)
+
+    @property
+    def compiled(self) -> bool:
+        return self._trunk is not None
 
     def trunk(self, ids: torch.Tensor, cache: ModelCache, start: int, *,
               keep_steps: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
