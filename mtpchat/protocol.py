@@ -65,8 +65,11 @@ _MAX_MESSAGES = 1000
 _MAX_TOKENS = 1_000_000
 _MAX_TEMPERATURE = 100
 # Beyond ~2 a repetition penalty wrecks text anyway; 10 leaves room to experiment and still catches a slip
-# like 15 for 1.5. Presence/frequency penalties use OpenAI's range, which vLLM enforces too.
-_MAX_REPETITION_PENALTY = 10
+# like 15 for 1.5. Below 1 it favours repetition; its mirror image 1/10 is the floor, so a logit is scaled
+# at most tenfold either way (a tiny penalty like 1e-40 would scale logits to inf, and sampling to NaN).
+# Presence/frequency penalties use OpenAI's range, which vLLM enforces too.
+MAX_REPETITION_PENALTY = 10
+MIN_REPETITION_PENALTY = 1 / MAX_REPETITION_PENALTY
 _MAX_ADDITIVE_PENALTY = 2
 _MAX_STOPS = 16
 _MAX_STOP_CHARS = 256
@@ -301,31 +304,41 @@ def sampling_fields(fields: dict) -> dict:
     ProtocolError("invalid_request", "<field>: <problem>"). A generate request and a model's
     [models.NAME.sampling] table in config.toml both go through here, so both accept the same values."""
     checked = {}
-    for name, check in _SAMPLING_CHECKS.items():
+    for name, bounds in SAMPLING_BOUNDS.items():
         if name in fields:
-            checked[name] = check(name, fields[name])
+            checked[name] = bounds.check(name, fields[name])
     return checked
 
 
-def _in_range(low: float, high: float, low_open: bool = False):
-    def check(field: str, value) -> float:
+@dataclass(frozen=True)
+class Bounds:
+    """The values a sampling field accepts: `low` to `high` (None: no upper limit), `low` itself refused
+    when `low_open`; whole numbers only when `integer`."""
+    low: float
+    high: float | None
+    low_open: bool = False
+    integer: bool = False
+
+    def check(self, field: str, value) -> float | int:
+        if self.integer:
+            return _int_in(field, value, self.low, self.high)
         value = _number(field, value)
-        if not (low < value if low_open else low <= value) or not value <= high:  # NaN fails both
-            raise _invalid(field, f"must be {'greater than' if low_open else 'at least'} {low:g} and at most {high:g}")
+        low, high = self.low, self.high
+        if not (low < value if self.low_open else low <= value) or not value <= high:  # NaN fails both
+            raise _invalid(field, f"must be {'greater than' if self.low_open else 'at least'} {low:g} and at most {high:g}")
         return value
-    return check
 
 
-_SAMPLING_CHECKS = {
-    "temperature": _in_range(0, _MAX_TEMPERATURE),
-    "top_p": _in_range(0, 1, low_open=True),
-    "top_k": lambda field, value: _int_in(field, value, 0),
-    "min_p": _in_range(0, 1),
-    "repetition_penalty": _in_range(0, _MAX_REPETITION_PENALTY, low_open=True),
-    "presence_penalty": _in_range(-_MAX_ADDITIVE_PENALTY, _MAX_ADDITIVE_PENALTY),
-    "frequency_penalty": _in_range(-_MAX_ADDITIVE_PENALTY, _MAX_ADDITIVE_PENALTY),
+SAMPLING_BOUNDS = {
+    "temperature": Bounds(0, _MAX_TEMPERATURE),
+    "top_p": Bounds(0, 1, low_open=True),
+    "top_k": Bounds(0, None, integer=True),
+    "min_p": Bounds(0, 1),
+    "repetition_penalty": Bounds(MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY),
+    "presence_penalty": Bounds(-_MAX_ADDITIVE_PENALTY, _MAX_ADDITIVE_PENALTY),
+    "frequency_penalty": Bounds(-_MAX_ADDITIVE_PENALTY, _MAX_ADDITIVE_PENALTY),
 }
-SAMPLING_FIELDS = tuple(_SAMPLING_CHECKS)  # every setting a model default may give and a request may override
+SAMPLING_FIELDS = tuple(SAMPLING_BOUNDS)  # every setting a model default may give and a request may override
 REPLY_SETTINGS = (*SAMPLING_FIELDS, "draft", "max_tokens", "seed")  # what reply_settings() checks
 
 

@@ -164,6 +164,8 @@ def test_a_client_leaving_mid_stream_cancels_the_generation(api):
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
     ({"messages": MESSAGES, "temperature": -1}, "temperature"),
+    # below the wire's floor (mtpchat.protocol.MIN_REPETITION_PENALTY): the daemon's own check answers
+    ({"messages": MESSAGES, "extra_body": {"repetition_penalty": 1e-40}}, "repetition_penalty"),
     ({"messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
     ({"messages": MESSAGES, "n": 2}, "n"),
     ({"messages": MESSAGES, "stop": 3}, "stop"),

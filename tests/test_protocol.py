@@ -3,6 +3,7 @@ validation, and that no byte string makes it raise anything but ProtocolError.""
 
 from __future__ import annotations
 
+import math
 import random
 import time
 
@@ -15,7 +16,10 @@ from mtpchat.protocol import (
     MAX_DRAFT,
     MAX_FRAME_BYTES,
     MAX_NESTING,
+    MAX_REPETITION_PENALTY,
+    MIN_REPETITION_PENALTY,
     OPS,
+    SAMPLING_BOUNDS,
     TERMINAL,
     VERSION,
     CancelRequest,
@@ -30,6 +34,7 @@ from mtpchat.protocol import (
     pack,
     parse_request,
     reply,
+    sampling_fields,
     unpack,
 )
 
@@ -256,7 +261,8 @@ def test_parse_returns_a_new_normalised_request():
     ("max_tokens", 1), ("max_tokens", 1_000_000),
     ("temperature", 0), ("temperature", 100), ("temperature", 0.25),
     ("top_p", 1), ("top_p", 1e-9), ("top_k", 0), ("top_k", 50), ("min_p", 0), ("min_p", 1), ("min_p", 0.05),
-    ("repetition_penalty", 1e-9), ("repetition_penalty", 1), ("repetition_penalty", 10),
+    ("repetition_penalty", MIN_REPETITION_PENALTY), ("repetition_penalty", 1),
+    ("repetition_penalty", MAX_REPETITION_PENALTY),
     ("presence_penalty", -2), ("presence_penalty", 2), ("frequency_penalty", -2), ("frequency_penalty", 2),
     ("seed", 0), ("seed", -5), ("seed", 2**64 - 1),
     ("draft", 0), ("draft", MAX_DRAFT), ("draft", DRAFT_AUTO), ("thinking", False),
@@ -308,7 +314,7 @@ BAD_FIELDS = [
         "top_p": [0, 0.0, -1, 1.01, float("nan"), "1", None, True],
         "top_k": [-1, 1.0, "0", None, True, False],
         "min_p": [-0.1, 1.01, float("nan"), float("inf"), "0", None, True],
-        "repetition_penalty": [0, -1, 10.5, float("nan"), float("inf"), "1", None, True],
+        "repetition_penalty": [0, -1, 1e-300, 1e-40, 0.09, 10.5, float("nan"), float("inf"), "1", None, True],
         "presence_penalty": [-2.1, 2.1, float("nan"), float("-inf"), "0", None, True],
         "frequency_penalty": [-2.1, 2.1, float("nan"), float("inf"), "0", None, True],
         "seed": [1.0, "1", True, [1]],
@@ -327,6 +333,38 @@ def test_bad_field_is_an_invalid_request_naming_it(op, field, fields):
     error = raises("invalid_request", parse_request, request(op, **fields))
     assert error.message.startswith(f"{field}: "), error.message
     assert error.request_id == "r1"
+
+
+def test_repetition_penalty_below_its_floor_is_refused_with_the_range():
+    """A tiny penalty once scaled logits to inf and sampling to NaN: the protocol refuses it, saying what it
+    accepts, and a generate request gets the same answer as a config file's sampling table."""
+    assert MIN_REPETITION_PENALTY == 1 / MAX_REPETITION_PENALTY == 0.1
+    for value in (1e-40, 1e-300, 0.0999):
+        for call, arg in ((parse_request, generate(repetition_penalty=value)),
+                          (sampling_fields, {"repetition_penalty": value})):
+            error = raises("invalid_request", call, arg)
+            assert error.message == "repetition_penalty: must be at least 0.1 and at most 10"
+
+
+def accepted_ends(bounds) -> tuple:
+    """The lowest and highest value a field accepts (the largest msgpack integer where there is no limit)."""
+    low = math.nextafter(bounds.low, math.inf) if bounds.low_open else bounds.low
+    return low, 2**64 - 1 if bounds.high is None else bounds.high
+
+
+@pytest.mark.parametrize("field", list(SAMPLING_BOUNDS))
+def test_each_sampling_field_accepts_its_ends_and_refuses_just_beyond(field):
+    bounds = SAMPLING_BOUNDS[field]
+    low, high = accepted_ends(bounds)
+    for value in (low, high):
+        assert getattr(parse_request(generate(**{field: value})), field) == value
+    step = 1 if bounds.integer else 1e-9  # far above float64 spacing at these magnitudes (<= 100)
+    beyond = [bounds.low if bounds.low_open else bounds.low - step]
+    if bounds.high is not None:
+        beyond.append(bounds.high + step)
+    for value in beyond:
+        error = raises("invalid_request", parse_request, generate(**{field: value}))
+        assert error.message.startswith(f"{field}: must be"), error.message
 
 
 @pytest.mark.parametrize("field", ["max_tokens", "top_k", "seed", "draft", "temperature", "top_p", "min_p",

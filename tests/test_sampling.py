@@ -13,16 +13,21 @@ Proven here, on synthetic distributions over a vocabulary of 6 tokens:
   history holding the drafts before it; and with them MTP stays lossless: the first two tokens of a
   speculative decode (k=2, drafts from an unpenalised p) are jointly distributed as plain decoding's,
   while penalising every row with the history alone lands far from it;
+- every sampling field at either end of the range the protocol accepts (alone, and all at once), through
+  the penalties, target_probs, choose and verify_drafts, gives finite distributions and a valid token;
 - seeded generators reproduce draws exactly; SamplingParams rejects invalid settings.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from daemon.engine.penalties import Penalties
 from daemon.engine.sampling import SamplingParams, choose, sample, target_probs, verify_drafts
+from mtpchat.protocol import SAMPLING_BOUNDS, sampling_fields
 
 V = 6
 Q0 = torch.tensor([0.40, 0.30, 0.10, 0.10, 0.05, 0.05])
@@ -279,3 +284,47 @@ def test_sampling_params_rejects_invalid(kwargs):
     with pytest.raises(ValueError):
         SamplingParams(**kwargs)
     SamplingParams(temperature=0.5, top_k=5, top_p=1.0)  # valid values pass
+
+
+def protocol_ends(field: str) -> tuple:
+    """The lowest and highest value the protocol accepts for a sampling field (no upper limit: the largest
+    msgpack integer)."""
+    bounds = SAMPLING_BOUNDS[field]
+    low = math.nextafter(bounds.low, math.inf) if bounds.low_open else bounds.low
+    return low, 2**64 - 1 if bounds.high is None else bounds.high
+
+
+EXTREMES = [
+    *[{field: value} for field in SAMPLING_BOUNDS for value in protocol_ends(field)],
+    {field: protocol_ends(field)[0] for field in SAMPLING_BOUNDS},
+    {field: protocol_ends(field)[1] for field in SAMPLING_BOUNDS},
+]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("settings", EXTREMES, ids=lambda settings: ",".join(f"{k}={v:g}" for k, v in settings.items()))
+def test_every_accepted_sampling_extreme_gives_finite_probabilities_and_a_token(settings, temperature):
+    """Each field at each end of its wire range, checked by the protocol as a request would be, then through
+    everything the engine does with it: penalties over a prompt and a reply (three verified rows, two
+    drafts), the target distribution, a draw, and verification. A repetition penalty of 1e-40 once passed
+    the protocol and turned logits into inf and the draw into a multinomial error."""
+    sampling = sampling_fields({"temperature": temperature, **settings})  # the protocol accepts every one
+    params = SamplingParams(**sampling, seed=0)
+    vocab, gen = 50, torch.Generator().manual_seed(21)
+    logits = torch.randn(3, vocab, generator=gen) * 10
+    logits[:, :4] = torch.tensor([60.0, -60.0, 59.5, -1e-3])  # model-sized extremes, both signs, a near-tie
+    prompt, history, drafts = [0, 1, 2, 3, 9], [0, 2, 2, 9, 9, 9], torch.tensor([0, 2])
+    penalties = Penalties(params, prompt, vocab, torch.device("cpu"))
+    penalties.record(history)
+    penalised = penalties.apply(logits, drafts)
+    assert bool(penalised.isfinite().all()), params
+    probs = target_probs(penalised, params)
+    assert bool(probs.isfinite().all()) and bool((probs >= 0).all())
+    # the rows sum to 1 up to float32 rounding over 50 terms (each off by at most ~6e-8)
+    assert torch.allclose(probs.sum(-1), torch.ones(3), atol=1e-5)
+    tokens, q = choose(penalised, params, torch.Generator().manual_seed(22))
+    assert bool(((tokens >= 0) & (tokens < vocab)).all())
+    assert bool((probs[torch.arange(3), tokens] > 0).all())  # never a token the settings ruled out
+    if q is not None:
+        accepted, token = verify_drafts(drafts, None, q, torch.Generator().manual_seed(23))
+        assert 0 <= accepted <= 2 and 0 <= token < vocab and float(q[accepted, token]) > 0
