@@ -43,6 +43,9 @@ MEAN_ACCEPTANCE_LENGTH = "mean_acceptance_length"  # 1 + accepted tokens / draft
 ACCEPTED_PER_POSITION = "accepted_per_position"
 DRAFTED_PER_POSITION = "drafted_per_position"
 ACCEPTANCE_PER_POSITION = "acceptance_per_position"
+# true when a remote engine's acceptance figures are estimates (its counters also moved for another
+# stream); absent when they are exact. Not in STATS: the local engine's figures are always exact.
+ACCEPTANCE_APPROXIMATE = "acceptance_approximate"
 PREFILL_TOK_S = "prefill_tok_s"
 DECODE_TOK_S = "decode_tok_s"
 TIME_TO_FIRST_TOKEN_S = "time_to_first_token_s"

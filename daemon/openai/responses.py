@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from mtpchat.protocol import (
+    ACCEPTANCE_APPROXIMATE,
     ACCEPTANCE_PER_POSITION,
     ACCEPTANCE_RATE,
     ACCEPTED_TOKENS,
@@ -29,7 +30,7 @@ from mtpchat.protocol import (
 )
 
 MTP_STATS = (DRAFT_K, DRAFTS, DRAFTED_TOKENS, ACCEPTED_TOKENS, ACCEPTANCE_RATE, MEAN_ACCEPTANCE_LENGTH,
-             ACCEPTANCE_PER_POSITION, DECODE_TOK_S, PREFILL_TOK_S, TIME_TO_FIRST_TOKEN_S)
+             ACCEPTANCE_PER_POSITION, ACCEPTANCE_APPROXIMATE, DECODE_TOK_S, PREFILL_TOK_S, TIME_TO_FIRST_TOKEN_S)
 FINISH_REASONS = {"stop": "stop", "length": "length", "context": "length"}  # context full: cut short
 
 

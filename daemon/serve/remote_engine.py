@@ -8,9 +8,11 @@ and only while every active stream is remote and quiet does the engine wait (STE
 disconnect). Remote HTTP errors become the wire's error codes (RemoteError).
 
 Only what the remote reports is passed on: text (no token ids — the OpenAI API gives none), usage, and
-speculative-decoding figures where the server gives them — another mtpchatd's `mtp` field, or
-llama-server's `timings` (`draft_n`, `draft_n_accepted`); otherwise those stats are absent, not zero.
-The time to first token is measured here.
+speculative-decoding figures where the server gives them — another mtpchatd's `mtp` field, llama-server's
+`timings` (`draft_n`, `draft_n_accepted`), SGLang's `meta_info` where a response carries it, or else the
+movement of vLLM's Prometheus counters over the request (daemon/serve/vllm_metrics.py, marked approximate
+when another of this daemon's streams to the same engine overlapped); otherwise those stats are absent,
+not zero. The time to first token is measured here.
 """
 
 from __future__ import annotations
@@ -26,13 +28,19 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from daemon.engine.reply import Piece
+from daemon.serve.vllm_metrics import EngineVisits, Visit, metrics_url, request_stats, scrape
 from mtpchat.config import ModelSettings
 from mtpchat.protocol import (
+    ACCEPTANCE_APPROXIMATE,
+    ACCEPTANCE_PER_POSITION,
     ACCEPTANCE_RATE,
+    ACCEPTED_PER_POSITION,
     ACCEPTED_TOKENS,
     CACHED_TOKENS,
     DECODE_TOK_S,
     DRAFTED_TOKENS,
+    DRAFTS,
+    MEAN_ACCEPTANCE_LENGTH,
     GENERATED_TOKENS,
     PREFILL_TOK_S,
     PROMPT_TOKENS,
@@ -45,6 +53,10 @@ from mtpchat.protocol import (
 STEP_WAIT_S = 0.02  # how long the engine waits for pieces when only remote streams are active
 CONNECT_TIMEOUT_S = 30.0
 FINISH = {"length": "length"}  # every other remote finish reason ends the turn: "stop"
+# SGLang's meta_info names, current first, then older releases' (its tokenizer manager sets them)
+SGLANG_ACCEPTED = ("spec_num_correct_drafts", "spec_accepted_drafts", "spec_accept_token_num")
+SGLANG_DRAFTED = ("spec_num_proposed_drafts", "spec_proposed_drafts", "spec_draft_token_num")
+SGLANG_HISTOGRAM = ("spec_correct_drafts_histogram", "spec_accept_histogram")
 END = object()
 
 
@@ -54,11 +66,12 @@ class RemoteError(ProtocolError):
 
 @dataclass
 class RemoteStats:
-    """The stats the remote reported, under wire keys; `as_dict` leaves out what it did not report."""
+    """The stats the remote reported, under wire keys; `as_dict` leaves out what it did not report, and
+    adds the approximate mark whenever it applies (it qualifies whatever acceptance figures go out)."""
     known: dict = field(default_factory=dict)
 
     def as_dict(self, keys=STATS) -> dict:
-        return {key: self.known[key] for key in keys if key in self.known}
+        return {key: self.known[key] for key in (*keys, ACCEPTANCE_APPROXIMATE) if key in self.known}
 
 
 @dataclass
@@ -70,11 +83,15 @@ class RemoteResult:
 
 
 class RemoteStream:
-    """Iterate to get text Pieces (token None), as the scheduler does a ReplyStream; `close` cancels."""
+    """Iterate to get text Pieces (token None), as the scheduler does a ReplyStream; `close` cancels.
+    `visits`: the daemon's streams at each engine, shared by all its remote streams (to mark overlaps)."""
 
-    def __init__(self, settings: ModelSettings, messages: list[dict], request: GenerateRequest):
+    def __init__(self, settings: ModelSettings, messages: list[dict], request: GenerateRequest,
+                 visits: EngineVisits | None = None):
         self.url = urllib.parse.urlsplit(settings.url)
+        self.metrics_url = metrics_url(settings.url)
         self.name = settings.name
+        self._visits = visits or EngineVisits()
         self.result = RemoteResult()
         self._pieces: queue.Queue = queue.Queue()
         self._socket: socket.socket | None = None
@@ -120,9 +137,18 @@ class RemoteStream:
 
     # --- the reader thread ---------------------------------------------------------------------
     def _read(self, body: str, headers: dict) -> None:
+        visit = self._visits.enter(self.metrics_url)
+        try:
+            self._exchange(body, headers, visit)
+        finally:
+            self._visits.leave(visit)
+
+    def _exchange(self, body: str, headers: dict, visit: Visit) -> None:
         kind = http.client.HTTPSConnection if self.url.scheme == "https" else http.client.HTTPConnection
         connection = kind(self.url.hostname, self.url.port, timeout=CONNECT_TIMEOUT_S)
+        auth = {name: value for name, value in headers.items() if name == "Authorization"}
         try:
+            before = scrape(self.metrics_url, auth)  # vLLM's counters, before this request moves them
             connection.connect()
             connection.sock.settimeout(None)  # a long prefill is silence, not failure; close() ends it
             self._socket = connection.sock
@@ -134,6 +160,10 @@ class RemoteStream:
                 raise remote_error(self.name, response.status, response.read())
             for event in sse_events(response):
                 self._event(event)
+            known = self.result.stats.known
+            if before is not None and DRAFTS not in known and DRAFTED_TOKENS not in known:
+                if (after := scrape(self.metrics_url, auth)) is not None:
+                    known.update(request_stats(before, after, visit.overlapped))
             self._pieces.put(END)
         except RemoteError as exc:
             self._pieces.put(exc)
@@ -186,8 +216,12 @@ def request_body(model: str, messages: list[dict], request: GenerateRequest) -> 
 
 
 def remote_stats(event: dict) -> dict:
-    """Wire stats from what a chunk reports: `usage`, another mtpchatd's `mtp`, llama-server's `timings`."""
+    """Wire stats from what a chunk reports: `usage`, another mtpchatd's `mtp`, llama-server's `timings`,
+    SGLang's `meta_info` in a choice."""
     stats = dict(event.get("mtp") or {})
+    for choice in event.get("choices") or []:
+        if isinstance(meta := choice.get("meta_info"), dict):
+            stats.update(sglang_stats(meta))
     stats.pop(TIME_TO_FIRST_TOKEN_S, None)  # measured here, where the client waits
     if usage := event.get("usage"):
         stats[PROMPT_TOKENS], stats[GENERATED_TOKENS] = usage.get("prompt_tokens"), usage.get("completion_tokens")
@@ -202,6 +236,27 @@ def remote_stats(event: dict) -> dict:
         if theirs in timings:
             stats[ours] = timings[theirs]
     return {key: value for key, value in stats.items() if value is not None}
+
+
+def sglang_stats(meta: dict) -> dict:
+    """Wire stats from SGLang's per-request `meta_info`: `spec_verify_ct` verification steps (drafts), the
+    draft tokens accepted and proposed in them, and the histogram of steps by tokens accepted (entry i:
+    steps that accepted i), which gives the steps whose (j+1)-th token was accepted. Only what it holds."""
+    stats = {}
+    if (verify := meta.get("spec_verify_ct")) is not None:
+        stats[DRAFTS] = verify
+    for ours, theirs in ((ACCEPTED_TOKENS, SGLANG_ACCEPTED), (DRAFTED_TOKENS, SGLANG_DRAFTED)):
+        if (value := next((meta[name] for name in theirs if meta.get(name) is not None), None)) is not None:
+            stats[ours] = value
+    if stats.get(DRAFTED_TOKENS) and ACCEPTED_TOKENS in stats:
+        stats[ACCEPTANCE_RATE] = stats[ACCEPTED_TOKENS] / stats[DRAFTED_TOKENS]
+    if verify and ACCEPTED_TOKENS in stats:
+        stats[MEAN_ACCEPTANCE_LENGTH] = 1 + stats[ACCEPTED_TOKENS] / verify
+    histogram = next((meta[name] for name in SGLANG_HISTOGRAM if meta.get(name)), None)
+    if verify and isinstance(histogram, list):
+        stats[ACCEPTED_PER_POSITION] = [sum(histogram[j + 1:]) for j in range(len(histogram) - 1)]
+        stats[ACCEPTANCE_PER_POSITION] = [count / verify for count in stats[ACCEPTED_PER_POSITION]]
+    return stats
 
 
 def remote_error(name: str, status: int, body: bytes) -> RemoteError:

@@ -32,6 +32,7 @@ from daemon.engine.sampling import SamplingParams
 from daemon.engine.state_cache import PromptReuse
 from daemon.serve.registry import ModelEntry, ModelRegistry
 from daemon.serve.remote_engine import STEP_WAIT_S, RemoteStream
+from daemon.serve.vllm_metrics import EngineVisits
 from mtpchat.config import DaemonLimits
 from mtpchat.protocol import (
     DRAFT_AUTO,
@@ -76,6 +77,7 @@ class Scheduler:
         self.registry, self.context, self.outbox_address, self.limits = registry, context, outbox, limits
         self.commands: queue.Queue[Callable[[], None]] = queue.Queue()
         self.generations: dict[Key, ClientStream] = {}
+        self.engine_visits = EngineVisits()  # remote streams at each engine: overlaps make counters approximate
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
 
@@ -219,7 +221,7 @@ class Scheduler:
     def _open_stream(self, generation: ClientStream) -> None:
         request, entry = generation.request, generation.entry
         if entry.settings.engine == "openai":
-            generation.stream = RemoteStream(entry.settings, list(request.messages), request)
+            generation.stream = RemoteStream(entry.settings, list(request.messages), request, self.engine_visits)
         else:
             generation.stream = local_reply(request, entry, self.registry.states, self.limits.prefill_chunk)
 
