@@ -118,7 +118,7 @@ def _daemon(args: argparse.Namespace) -> int:
 STATUS_WAIT_S = 2.0
 STATUS_HELP = (f"status exits 0 when mtpchatd runs, also when it is busy (a long prefill: the process runs but "
                f"does not answer within {STATUS_WAIT_S:g} s; it says so, and --json gives \"busy\": true), "
-               "and 3 when it is not running")
+               "3 when it is not running, and 1 when it answers with an error or dies while answering")
 
 
 def _daemon_status(args: argparse.Namespace) -> int:
@@ -131,8 +131,16 @@ def _daemon_status(args: argparse.Namespace) -> int:
         print(json.dumps({"running": True, "busy": True, "pid": pid}) if args.json else
               f"mtpchatd is running, busy (pid {pid}; not answering within {STATUS_WAIT_S:g} s)")
         return 0
-    with DaemonClient(args.endpoint) as client:
-        status = client.request("status")
+    try:
+        with DaemonClient(args.endpoint) as client:
+            status = client.request("status")
+    except DaemonUnavailable as exc:  # it answered hello, then went away
+        print(f"mtpchat: {exc}", file=sys.stderr)
+        return 1
+    if status["type"] == "error":  # with --json too: stdout holds only a status
+        print(f"mtpchat: mtpchatd runs but could not report its status: {status.get('message')} "
+              f"({status.get('code')}); its log may say more: {daemon_log()}", file=sys.stderr)
+        return 1
     status.pop("v", None), status.pop("id", None), status.pop("type", None)
     if args.json:
         print(json.dumps({"running": True, **status}))

@@ -12,6 +12,7 @@ import torch
 from daemon.engine.sampling import SamplingParams
 from daemon.weights.loader import load_model
 from mtpchat import cli
+from mtpchat.client import ANSWERING, DaemonUnavailable
 from tests.helpers import chat_prompt, decode
 
 
@@ -196,3 +197,30 @@ def test_generation_stops_at_stop_tokens_and_max_tokens(tiny):
         decode(model, [], 5)
     with pytest.raises(ValueError, match="context is 4096"):
         decode(model, [1] * 4096, 5)
+
+
+class StatusClient(StandInClient):
+    """A daemon client whose daemon answers hello but `status` with `answer`, or dies on it (answer None)."""
+
+    def __init__(self, answer: dict | None):
+        super().__init__([], "stop")
+        self.answer = answer
+
+    def request(self, op, **fields):
+        if self.answer is None:
+            raise DaemonUnavailable("mtpchatd died mid-reply (see its log)")
+        return {"v": 1, "id": "r1", **self.answer}
+
+
+@pytest.mark.parametrize("flags", [[], ["--json"]])
+@pytest.mark.parametrize("answer, told", [
+    ({"type": "error", "code": "shutdown", "message": "mtpchatd is shutting down"},
+     "mtpchatd runs but could not report its status: mtpchatd is shutting down (shutdown); its log may say more"),
+    (None, "mtpchat: mtpchatd died mid-reply (see its log)"),
+])
+def test_daemon_status_says_what_went_wrong_when_the_daemon_cannot_answer(answer, told, flags, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "DaemonClient", StatusClient(answer))
+    monkeypatch.setattr(cli, "daemon_liveness", lambda endpoint, timeout_s: ANSWERING)
+    assert cli.main(["daemon", "status", *flags]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and told in err and "Traceback" not in err  # stdout holds a status or nothing

@@ -12,6 +12,7 @@ from daemon.serve.placement import GPU_HEADROOM, DeviceBudget, Footprint, Placem
 from daemon.tools.real_shapes import shape_config
 from daemon.weights.loader import load_model
 from mtpchat.config import Quantization, format_size
+from mtpchat.protocol import MAX_DRAFT
 from mtpchat.status_text import placement_line
 from tests.helpers import decode, random_ids
 
@@ -93,6 +94,24 @@ def test_footprint_is_what_loading_and_one_stream_really_take(tiny, variant):
     caches = model.new_cache(context, max_steps=MAX_DRAFT_SLOTS).nbytes() + model.new_mtp_cache(context).nbytes()
     assert footprint.total == weights + caches
     assert len(footprint.layers) == config.num_hidden_layers
+
+
+@torch.inference_mode()
+def test_footprint_step_slots_hold_the_largest_verify_the_wire_allows(tiny):
+    """A verify at the largest draft the protocol accepts (MAX_DRAFT drafts + the last token) records one
+    DeltaNet state per token: the footprint's slots are exactly that many, so the budget neither falls
+    short of a real reply nor over-reserves."""
+    model = load_model(tiny["qwen3.6-dense-tiny"], device="cpu")
+    prompt = random_ids(8, seed=6)
+    verify = random_ids(MAX_DRAFT + 1, seed=7)
+    for slots, fits in ((MAX_DRAFT_SLOTS, True), (MAX_DRAFT_SLOTS - 1, False)):
+        cache = model.new_cache(32, max_steps=slots)
+        model(prompt, cache, 0)
+        if fits:
+            model(verify, cache, prompt.shape[1], keep_steps=True)
+        else:
+            with pytest.raises(ValueError, match="state slots"):
+                model(verify, cache, prompt.shape[1], keep_steps=True)
 
 
 def split_plan(checkpoint, devices: list[str]):

@@ -21,8 +21,9 @@ from daemon.model.text_model import QwenModel
 from daemon.serve.placement import GPU_HEADROOM, DeviceBudget, Footprint
 from daemon.weights.checkpoint import CheckpointFiles, resolve_checkpoint
 from mtpchat.config import Quantization
+from mtpchat.protocol import MAX_DRAFT
 
-MAX_DRAFT_SLOTS = 5  # DeltaNet step slots of a (k+1)-token verify at the largest draft k (4)
+MAX_DRAFT_SLOTS = MAX_DRAFT + 1  # DeltaNet step slots of a (k+1)-token verify at the largest draft k
 
 
 def _host_memory() -> tuple[int, int]:
