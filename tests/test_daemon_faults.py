@@ -2,21 +2,25 @@
 in (`internal`), every setting the protocol accepts decodes, and the other streams and clients go on.
 
 A real `mtpchatd` with the tiny dense model twice: `dense` (default) and `strict`, whose chat template
-raises as Qwen3's does when no user message is given."""
+raises as Qwen3's does when no user message is given. A load that runs out of memory is injected into an
+in-process daemon (its registry's loader monkeypatched): that model fails alone, saying why and what to do,
+while the other one streams on."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import threading
 
 import msgpack
 import pytest
+import torch
 import zmq
 
 from daemon.serve.server import DaemonServer
 from mtpchat.client import DaemonClient
 from mtpchat.protocol import MAX_FRAME_BYTES, pack, unpack
-from tests.helpers import running_daemon, stop_process
+from tests.helpers import running_daemon, stop_process, wait_resident
 
 MESSAGES = [{"role": "user", "content": "Hello there"}]
 # each accepted by the protocol, each once a NaN distribution that killed the daemon in torch.multinomial
@@ -192,3 +196,60 @@ def test_a_failure_answering_a_request_is_internal_and_the_next_one_is_answered(
     finally:
         client.close(linger=0)
         server.close()
+
+
+def test_a_load_that_runs_out_of_memory_fails_alone_while_the_other_model_serves(tmp_path, tiny, monkeypatch):
+    """The `moe` model's weights do not fit when loaded (a CUDA OOM, injected: the placement plan passed):
+    its load fails with the error and advice on the wire and in status, a `dense` stream running meanwhile
+    completes, and once memory is there (the fault removed) a new request loads `moe` and it answers."""
+    from daemon.serve.registry import OUT_OF_MEMORY_ADVICE, ModelRegistry
+    from daemon.weights import chat_model
+    from mtpchat.config import load_config
+    from mtpchat.paths import default_endpoint
+
+    oom = "CUDA out of memory. Tried to allocate 2.00 GiB"
+    real_load, loads = chat_model.load_chat_model, []
+
+    def load(path, **kwargs):
+        loads.append(str(path))
+        if str(path) == str(tiny["qwen3.6-moe-tiny"]) and not fixed.is_set():
+            raise torch.OutOfMemoryError(oom)
+        return real_load(path, **kwargs)
+
+    fixed = threading.Event()
+    monkeypatch.setattr(chat_model, "load_chat_model", load)  # the registry imports it per load
+    home = tmp_path / "h"
+    (home / "config").mkdir(parents=True)
+    (home / "config" / "config.toml").write_text(
+        f'default = "dense"\n[models.dense]\npath = "{tiny["qwen3.6-dense-tiny"]}"\n'
+        f'[models.moe]\npath = "{tiny["qwen3.6-moe-tiny"]}"\nload_at_start = false\n')
+    monkeypatch.setenv("MTPCHAT_HOME", str(home))
+    config = load_config()
+    registry = ModelRegistry(config)
+    registry.load("dense")
+    server = DaemonServer(default_endpoint(), registry, limits=config.daemon)
+    serving = threading.Thread(target=server.serve_forever, name="test-daemon")
+    serving.start()
+    try:
+        with DaemonClient() as streaming, DaemonClient() as client:
+            wait_resident(client, ["dense"])
+            streaming.socket.send(pack({"id": "long", "op": "generate", "messages": MESSAGES, "max_tokens": 200,
+                                        "draft": 0}))
+            assert _recv(streaming.socket)["type"] == "chunk"  # streaming when the load fails
+            failed = list(client.generate(model="moe", messages=MESSAGES, max_tokens=4))[-1]
+            assert failed["type"] == "error" and failed["code"] == "model_not_ready"
+            assert failed["message"] == f"model 'moe' failed to load: OutOfMemoryError: {oom}{OUT_OF_MEMORY_ADVICE}"
+            assert "unload another model" in failed["message"]  # what to do next
+            models = {m["name"]: m for m in client.request("status")["models"]}
+            assert models["moe"]["state"] == "failed" and oom in models["moe"]["error"]
+            assert models["dense"]["state"] == "resident"
+            done = _terminals(streaming.socket, {"long"})["long"]
+            assert done["type"] == "done" and done["stats"]["generated_tokens"] > 1
+            assert list(client.generate(messages=MESSAGES, max_tokens=4))[-1]["type"] == "done"
+            fixed.set()  # memory freed elsewhere: a new request for the failed model loads it again
+            assert list(client.generate(model="moe", messages=MESSAGES, max_tokens=4))[-1]["type"] == "done"
+            assert loads.count(str(tiny["qwen3.6-moe-tiny"])) == 2
+    finally:
+        server.stopping = True
+        serving.join(60)
+    assert not serving.is_alive()

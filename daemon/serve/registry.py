@@ -80,6 +80,10 @@ class ModelEntry:
         return params
 
 
+# said after an out-of-memory error while loading, as placement's own shortfall says it
+OUT_OF_MEMORY_ADVICE = (" (out of memory while loading, though the plan fit: another process may hold memory; "
+                        "unload another model, choose a smaller dtype or quantize it, lower `context`, or lower "
+                        "`max_memory` to keep more free)")
 COMPILE_BACKEND = "inductor"  # torch.compile's, for `compile = true` (tests trace with "eager": seconds, not minutes)
 
 
@@ -186,6 +190,7 @@ class ModelRegistry:
 
         started = time.perf_counter()
         settings = entry.settings
+        error = ""
         try:
             with self._loading:  # also serialises transformers' lazy imports, which are not thread-safe
                 path = settings.path
@@ -199,7 +204,12 @@ class ModelRegistry:
                                                    quantization=settings.quantization)
                 entry.checkpoint_sampling = checkpoint_sampling(resolve_checkpoint(path))
         except Exception as exc:  # any failure is reported to clients; the daemon keeps serving
-            entry.state, entry.error = "failed", f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):  # the plan fit, the devices did not
+                error += OUT_OF_MEMORY_ADVICE
+        if error:
+            _release_memory()  # what the partial load held, its traceback gone now, before a retry can start
+            entry.state, entry.error = "failed", error
             return
         entry.model, entry.tokenizer = model, tokenizer
         entry.load_seconds = time.perf_counter() - started
@@ -233,14 +243,19 @@ class ModelRegistry:
         self.states.drop_model(name)
         entry.state, entry.error, entry.progress = "unloaded", "", 0.0
         entry.compile, entry.compile_error = "off", ""
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        _release_memory()
         return entry
 
     def describe(self) -> list[dict]:
         """Called from the socket thread while the engine may add entries: iterate over a copy."""
         return [entry.describe() | {"default": name == self.default} for name, entry in list(self.entries.items())]
+
+
+def _release_memory() -> None:
+    """Hand freed tensors' memory back: collect cycles, and return CUDA's cached blocks to the device."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def canonical_checkpoint_name(name: str) -> str:
