@@ -23,7 +23,8 @@ from pathlib import Path
 from mtpchat.client import BUSY, DOWN, DaemonClient, DaemonUnavailable, daemon_liveness, local_daemon_pid, start_daemon
 from mtpchat.config import format_size
 from mtpchat.paths import daemon_log, pid_file
-from mtpchat.protocol import DRAFT_AUTO, MAX_DRAFT, QUANTIZE_CHOICES, SAMPLING_FIELDS
+from mtpchat.protocol import (DRAFT_AUTO, MAX_DRAFT, MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY, QUANTIZE_CHOICES,
+                              SAMPLING_FIELDS)
 from mtpchat.status_text import model_state, placement_line, state_cache_line
 
 
@@ -300,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--top-k", type=int, help="0 keeps every token")
     ask.add_argument("--min-p", type=float, help="drop tokens less likely than MIN_P times the top one, [0, 1]")
     ask.add_argument("--repetition-penalty", type=float,
-                     help="> 1 discourages tokens of the prompt and the reply (vLLM/HF semantics; 1 is off)")
+                     help=f"{MIN_REPETITION_PENALTY:g}..{MAX_REPETITION_PENALTY:g}; > 1 discourages tokens of the "
+                          "prompt and the reply (vLLM/HF semantics; 1 is off)")
     ask.add_argument("--presence-penalty", type=float, help="-2..2, subtracted from tokens the reply holds")
     ask.add_argument("--frequency-penalty", type=float, help="-2..2, subtracted per occurrence in the reply")
     ask.add_argument("--seed", type=int, help="makes sampled replies reproducible")
