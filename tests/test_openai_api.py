@@ -2,7 +2,7 @@
 `--openai` on a free port, the official `openai` package as the client.
 
 Replies equal the daemon's own for the same greedy request (streamed or not, chat or legacy
-completions), stop strings end them, usage and the `mtp` stats match the daemon's, a client leaving
+completions) and for the same seed, top_p and repetition penalty, stop strings end them, usage and the `mtp` stats match the daemon's, a client leaving
 mid-stream cancels its generation, and bad requests, unknown models and missing keys get OpenAI-shaped
 errors with the right statuses."""
 
@@ -116,6 +116,28 @@ def test_streamed_chat_equals_the_daemons_reply(api):
     plain = list(api.chat.completions.create(model="dense", messages=MESSAGES, temperature=0, max_tokens=4,
                                              stream=True))
     assert all(c.choices for c in plain) and all(c.usage is None for c in plain)
+
+
+def test_seed_top_p_and_a_penalty_reach_the_daemons_generate(api):
+    """Over HTTP a reply equals the daemon's own for the same seed and top_p (sampled) and the same
+    repetition penalty (greedy); each of them changes the tiny model's reply, so one lost on the way
+    (daemon/openai/mapping.py) would show."""
+    def direct(**fields) -> str:
+        return daemon_reply(max_tokens=12, **fields)["text"]
+
+    def over_http(**fields) -> str:
+        extra = {"repetition_penalty": fields.pop("repetition_penalty")} if "repetition_penalty" in fields else None
+        response = api.chat.completions.create(model="dense", messages=MESSAGES, max_tokens=12, extra_body=extra,
+                                               **fields)
+        return response.choices[0].message.content
+
+    sampled = {"temperature": 1.0, "seed": 7, "top_p": 0.5}
+    reply = direct(**sampled)
+    assert over_http(**sampled) == reply
+    assert over_http(**{**sampled, "seed": 8}) == direct(**{**sampled, "seed": 8}) != reply
+    assert direct(temperature=1.0, seed=7) != reply  # top_p changed it
+    penalized = direct(temperature=0.0, repetition_penalty=2.0)
+    assert over_http(temperature=0.0, repetition_penalty=2.0) == penalized != direct(temperature=0.0)
 
 
 def test_stop_strings_end_the_reply_before_them(api):

@@ -3,11 +3,13 @@ serves /v1 on the tiny models, a second registers it as a remote model and strea
 
 The reply through the pair equals the first daemon's own reply; the acceptance figures are the remote's
 (reported in its `mtp` field), not made up; a cancel on the second daemon ends the generation on the
-first; the remote's refusals become wire errors."""
+first well before it would end by itself; the remote's refusals become wire errors."""
 
 from __future__ import annotations
 
 import contextlib
+import math
+import time
 
 import pytest
 
@@ -62,16 +64,25 @@ def test_a_reply_through_the_pair_equals_the_direct_reply(pair):
     assert remote["state"] == "resident" and remote["engine"] == "openai" and remote["remote_model"] == "dense"
 
 
-def test_a_cancel_on_the_front_ends_the_remote_generation(pair):
+def test_a_cancel_on_the_front_ends_the_remote_generation_early(pair):
+    """The same greedy request left alone keeps the remote busy for `whole_s` (about 3 s of decoding, or
+    until the reply ends); cancelled on the front after its first chunk, the remote is idle in under half
+    that, so the cancel stopped it, not the reply's end."""
     server, front = pair
+    seconds_per_token = 1 / generate(server, model="dense", max_tokens=24)[-1]["stats"]["decode_tok_s"]
+    tokens = min(4000, max(48, math.ceil(3.0 / seconds_per_token)))
+    started = time.monotonic()
+    generate(server, model="dense", max_tokens=tokens)
+    whole_s = time.monotonic() - started
     with home_env(front), DaemonClient() as client:
-        replies = client.generate(model="remote", messages=MESSAGES, max_tokens=4000)
-        first = next(replies)
-        assert first["type"] == "chunk"
+        replies = client.generate(model="remote", messages=MESSAGES, temperature=0.0, max_tokens=tokens)
+        assert next(replies)["type"] == "chunk"
         replies.close()  # leaving the loop sends the cancel
-        wait_until(lambda: client.request("status")["active_streams"] == 0, 10)
+        cancelled = time.monotonic()
         with home_env(server), DaemonClient() as remote:
-            wait_until(lambda: remote.request("status")["active_streams"] == 0, 30)
+            wait_until(lambda: remote.request("status")["active_streams"] == 0, whole_s)
+        assert time.monotonic() - cancelled < 0.5 * whole_s
+        wait_until(lambda: client.request("status")["active_streams"] == 0, 10)
 
 
 @pytest.mark.parametrize("model, code", [("missing", "model_not_ready"), ("down", "model_not_ready")])
