@@ -77,8 +77,10 @@ def test_held_out_prompts_follow_the_heads_record(tmp_path):
 def test_looping_replies_are_flagged_and_counted(tiny, monkeypatch):
     """With a stand-in decoder: greedy replies loop ("a cat," x 6), plain ones on seed 1 only, MTP ones never."""
     phrase = [11, 12, 13]
+    asked = []
 
     def reply(entry, request):
+        asked.append(request.messages)
         greedy = request.sampling == GREEDY
         looping = greedy or (request.draft == 0 and request.seed == 1)
         tokens = [1, 2] + phrase * 6 if looping else list(range(30, 50))
@@ -88,7 +90,11 @@ def test_looping_replies_are_flagged_and_counted(tiny, monkeypatch):
     tokenizer = AutoTokenizer.from_pretrained(tiny["qwen3.6-dense-tiny"])
     entry = ModelEntry(ModelSettings("m", "m", sampling={"temperature": 0.5}), tokenizer=tokenizer,
                        checkpoint_sampling=ModelSampling())
-    report = measure_loops(entry, ["first", "second"], max_tokens=20, seeds=2)
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                    {"role": "user", "content": "second"}]
+    report = measure_loops(entry, ["first", conversation], max_tokens=20, seeds=2)
+    first = ({"role": "user", "content": "first"},)  # a text is one user turn, a conversation goes as it is
+    assert asked[0] == first and [m for m in asked[1:] if m != first] == [tuple(conversation)] * 6
     assert report["loop_share"] == {"greedy": 1.0, "plain": 0.5, "mtp": 0.0}
     assert report["sampling_defaults"] == {"temperature": 0.5}
     assert report["by_prompt"][1]["greedy"][0]["loop"] == {"start": 2, "period": 3, "repeats": 6,

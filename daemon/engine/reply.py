@@ -40,9 +40,15 @@ def render_prompt(tokenizer, messages: list[dict], enable_thinking: bool = True)
                                          enable_thinking=enable_thinking, return_dict=False)
 
 
-def user_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Each text as one user turn, rendered for generation with thinking off (benchmarks, training)."""
-    return [render_prompt(tokenizer, [{"role": "user", "content": text}], enable_thinking=False) for text in texts]
+def prompt_messages(prompt: str | list[dict]) -> list[dict]:
+    """A prompt as chat messages: a text is one user turn, a list of messages is taken as it is."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def user_prompts(tokenizer, prompts: list[str | list[dict]]) -> list[list[int]]:
+    """Each prompt (a text: one user turn; or a conversation: a list of messages) rendered for generation
+    with thinking off (benchmarks, training)."""
+    return [render_prompt(tokenizer, prompt_messages(prompt), enable_thinking=False) for prompt in prompts]
 
 
 def turn_boundary(tokenizer, messages: list[dict], prompt: list[int]) -> int | None:

@@ -5,7 +5,8 @@ Why: a small chat model decoded greedily tends to repeat itself ("a cat, a cat, 
 token limit; the demo ships sampling defaults (a low temperature, top-p and a mild repetition penalty:
 daemon/weights/demo_model.py) to stop that, and MTP under sampling is what the product runs. This puts
 numbers on both, on prompts the model's MTP head never trained on: the held-out part of its training
-prompt sample (daemon.tools.train_head.held_out_prompts), asked with thinking off.
+prompt sample (daemon.tools.train_head.held_out_prompts: texts and multi-turn conversations), asked
+with thinking off.
 
 Every reply takes the daemon's own path, daemon.serve.scheduler.local_reply (without the conversation
 state cache): a wire request (no sampling field set, so the model's defaults apply) becomes the
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from daemon.engine.decode_stats import DecodeStats
+from daemon.engine.reply import prompt_messages
 from daemon.engine.sampling import SamplingParams
 from daemon.serve.registry import ModelEntry
 from daemon.serve.scheduler import local_reply
@@ -117,12 +119,13 @@ def _timing(entry: ModelEntry, plain: list[DecodeStats], mtp: list[DecodeStats])
     return result
 
 
-def measure_loops(entry: ModelEntry, texts: list[str], max_tokens: int, seeds: int) -> dict:
-    """Per prompt and seed: greedy, then plain and MTP at the model's defaults (see the module docstring)."""
+def measure_loops(entry: ModelEntry, texts: list[str | list[dict]], max_tokens: int, seeds: int) -> dict:
+    """Per prompt (a text, or a conversation: a list of messages) and seed: greedy, then plain and MTP at
+    the model's defaults (see the module docstring)."""
     before = machine() | {"threads": torch.get_num_threads()}
 
-    def request(text: str, seed: int, **fields) -> GenerateRequest:
-        return GenerateRequest("loops", ({"role": "user", "content": text},), seed=seed, thinking=False,
+    def request(prompt: str | list[dict], seed: int, **fields) -> GenerateRequest:
+        return GenerateRequest("loops", tuple(prompt_messages(prompt)), seed=seed, thinking=False,
                                **{"max_tokens": max_tokens, **fields})
 
     _reply(entry, request(texts[0], 0, max_tokens=4))  # warm-up

@@ -4,8 +4,11 @@ The head is the module Qwen3.5/3.6 ship (`MTPHead`: fc over [norm(embed(t_{i+1})
 decoder layer of the trunk's kind, a final norm, the trunk's embedding and lm_head). It must predict
 what the trunk will say, not what some corpus says, so every target comes from the trunk itself:
 
-1. replies: the trunk's greedy replies to a built-in, varied prompt set (`chat_prompts`), generated in
-   batches of left-padded prompts.
+1. replies: the trunk's replies to a built-in, varied prompt set (daemon/tools/head_prompts.py: chat,
+   code, technical questions, lists, multi-turn conversations), generated in batches of left-padded
+   prompts, sampled at the checkpoint's own sampling defaults with thinking off (what a reply gets when
+   nobody sets them: the demo's temperature 0.2, top-p 0.9, repetition penalty 1.1), so the head learns
+   from the text it will draft for; `--replies greedy` decodes them greedily instead.
 2. features: one teacher-forced pass of our trunk over each prompt + reply gives the post-norm hidden
    h_i the head drafts from, and the trunk's distribution for the token after next, softmax(lm_head(
    h_{i+1})), kept as its top `TOP_K` tokens.
@@ -17,7 +20,7 @@ what the trunk will say, not what some corpus says, so every target comes from t
    trunk's: what greedy acceptance at each draft position measures.
 
 Every stage is saved in a work directory, so a rerun resumes where it stopped; the seed fixes the
-prompt split, the initial head and the batch order. Output: `mtp_head.safetensors` (the `mtp.*`
+prompt split, the sampled replies, the initial head and the batch order. Output: `mtp_head.safetensors` (the `mtp.*`
 tensors in half precision, which `CheckpointFiles` picks up beside a checkpoint) and `mtp_head.json`
 recording what it was trained from and how.
 """
@@ -38,50 +41,38 @@ import torch
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
+from daemon.engine.sampling import SamplingParams, choose
 from daemon.model.step_context import StepContext
 from daemon.model.text_model import MTPHead, QwenModel
+from daemon.tools.head_prompts import chat_prompts, head_prompts
 from daemon.weights.checkpoint import HEAD_FILE
 
 TOP_K = 32  # the trunk's distribution is kept as its top-k tokens (renormalised)
 HEAD_RECORD = "mtp_head.json"  # beside HEAD_FILE: what the head was trained from and how
 
-TOPICS = [
-    "the ocean", "black holes", "photosynthesis", "the French Revolution", "Python lists", "binary search",
-    "a healthy breakfast", "learning a new language", "climate change", "the immune system", "electric cars",
-    "volcanoes", "the history of the internet", "chess", "saving money", "sleep", "coffee", "the Roman Empire",
-    "machine learning", "recursion", "growing tomatoes", "the moon landing", "honeybees", "time management",
-    "SQL joins", "git branches", "rainbows", "earthquakes", "public speaking", "the water cycle", "Shakespeare",
-    "dinosaurs", "how HTTP works", "vaccines", "running a marathon", "baking bread", "the stock market",
-    "friendship", "electricity", "Mount Everest", "cats", "the solar system", "writing a resume", "jazz",
-    "the human heart", "glaciers", "ancient Egypt", "JavaScript promises", "sorting algorithms", "gardening",
-    "meditation", "renewable energy", "the printing press", "bicycles", "octopuses", "the Great Wall of China",
-    "regular expressions", "unit testing", "chocolate", "thunderstorms", "negotiating a salary", "the Olympics",
-    "opera", "the periodic table", "bridges", "rainforests", "linked lists", "the Renaissance", "yoga",
-    "airplanes", "coral reefs", "the Cold War", "Docker containers", "first aid", "soap bubbles", "penguins",
-    "budget travel", "the speed of light", "origami", "the Silk Road", "camping", "Linux file permissions",
-    "composting", "wolves", "the metric system", "podcasting", "DNA", "deserts", "learning to swim",
-    "the Industrial Revolution", "cooking rice", "tides", "recycling", "the violin", "pyramids",
-    "team meetings", "sharks", "memory and forgetting", "the Amazon river", "knitting", "lighthouses",
-]
-TASKS = [
-    "Explain {} to a ten-year-old.", "Write a short poem about {}.", "Give me three interesting facts about {}.",
-    "Summarize the key ideas of {} in one paragraph.", "Write a short story that involves {}.",
-    "What should a beginner know about {}?", "Describe {} in simple terms.", "List five tips related to {}.",
-    "Why does {} matter?", "Write a friendly email to a colleague about {}.",
-    "What are common misconceptions about {}?", "Answer briefly: what is {}?",
-]
+Prompt = str | list[dict]  # a text (one user turn) or a conversation (messages), as user_prompts takes them
+REPLY_MODES = ("sampled", "greedy")
+LM_HEAD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def chat_prompts() -> list[str]:
-    """The built-in prompt set: every task about every topic (1212 prompts)."""
-    return [task.format(topic) for topic in TOPICS for task in TASKS]
+def prompt_set(name: str) -> dict[str, list[Prompt]]:
+    """The built-in prompts by kind: "v1" the first demo head's (chat only), "v2" chat, code, technical,
+    lists and conversations (daemon/tools/head_prompts.py)."""
+    if name == "v1":
+        return {"chat": chat_prompts()}
+    if name == "v2":
+        return head_prompts()
+    raise ValueError(f"unknown prompt set {name!r} (v1 or v2)")
+
+
+PROMPT_SET_SIZES = {name: sum(map(len, prompt_set(name).values())) for name in ("v1", "v2")}
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    prompts: int = 1212  # how many of the built-in prompts to use (a seeded sample)
+    prompts: int = PROMPT_SET_SIZES["v2"]  # how many of the built-in prompts to use (a seeded sample)
     held_out: int = 60  # of those, kept for measuring acceptance
-    max_new_tokens: int = 160
+    max_new_tokens: int = 128
     generate_batch: int = 32
     steps: int = 800
     batch: int = 8  # sequences per training step
@@ -89,29 +80,83 @@ class TrainSettings:
     eval_every: int = 100
     seed: int = 0
     chain: int = 2  # draft steps trained in a chain: the head also learns from its own outputs
-
+    prompt_set: str = "v2"  # which built-in prompts (`prompt_set`); a record without one is "v1"
+    replies: str = "sampled"  # the trunk's replies at its sampling defaults (seeded), or "greedy"
+    # the training loss's lm_head product (most of a step's work): "bfloat16" is ~2x faster on CPUs with
+    # AVX512-BF16 (and GPUs), slower without; held-out measurements always use float32
+    lm_head_dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if not 0 < self.held_out < self.prompts <= len(chat_prompts()):
-            raise ValueError(f"need 0 < held_out < prompts <= {len(chat_prompts())}")
+        if self.prompt_set not in PROMPT_SET_SIZES:
+            raise ValueError(f"unknown prompt set {self.prompt_set!r} (v1 or v2)")
+        if self.replies not in REPLY_MODES:
+            raise ValueError(f"replies must be one of {', '.join(REPLY_MODES)}, got {self.replies!r}")
+        if self.lm_head_dtype not in LM_HEAD_DTYPES:
+            raise ValueError(f"lm_head_dtype must be one of {', '.join(LM_HEAD_DTYPES)}, got {self.lm_head_dtype!r}")
+        size = PROMPT_SET_SIZES[self.prompt_set]
+        if not 0 < self.held_out < self.prompts <= size:
+            raise ValueError(f"need 0 < held_out < prompts <= {size} (prompt set {self.prompt_set})")
         if min(self.max_new_tokens, self.generate_batch, self.steps, self.batch, self.eval_every, self.chain) <= 0:
             raise ValueError("max_new_tokens, generate_batch, steps, batch, eval_every and chain must be positive")
 
 
-def prompt_sample(settings: TrainSettings) -> list[str]:
-    """The seeded sample of the built-in prompts a run uses, in its order: the first `held_out` are
-    held out (a prompt whose reply is under 2 tokens is dropped, which only moves the split later)."""
-    texts = chat_prompts()
-    random.Random(settings.seed).shuffle(texts)
-    return texts[:settings.prompts]
+def _interleaved(groups: list[list]) -> list:
+    """All items of `groups`, each group's in its order, mixed so that every prefix holds each group in
+    proportion to its size (next: the group furthest behind its share)."""
+    total, taken, out = sum(map(len, groups)), [0] * len(groups), []
+    for n in range(1, total + 1):
+        behind = [(len(g) * n / total - taken[i], -i) for i, g in enumerate(groups) if taken[i] < len(g)]
+        i = -max(behind)[1]
+        out.append(groups[i][taken[i]])
+        taken[i] += 1
+    return out
 
 
-def held_out_prompts(checkpoint: Path) -> list[str]:
+def kinds_and_prompts(settings: TrainSettings) -> list[tuple[str, Prompt]]:
+    """The seeded sample of the built-in prompts a run uses, with each one's kind, in its order: the
+    first `held_out` are held out (a prompt whose reply is under 2 tokens is dropped, which only moves
+    the split later). "v1": one seeded shuffle. "v2": each kind shuffled (one seeded generator, the
+    kinds in order), then interleaved so that every prefix, the held-out part and its first few
+    included, holds every kind in proportion (chat 43%, code 19%, technical 10%, lists 7%,
+    conversations 21%)."""
+    by_kind = prompt_set(settings.prompt_set)
+    rng = random.Random(settings.seed)
+    if settings.prompt_set == "v1":
+        texts = by_kind["chat"]
+        rng.shuffle(texts)
+        return [("chat", text) for text in texts[:settings.prompts]]
+    groups = []
+    for kind, prompts in by_kind.items():
+        rng.shuffle(prompts)
+        groups.append([(kind, prompt) for prompt in prompts])
+    return _interleaved(groups)[:settings.prompts]
+
+
+def prompt_sample(settings: TrainSettings) -> list[Prompt]:
+    """`kinds_and_prompts` without the kinds."""
+    return [prompt for _, prompt in kinds_and_prompts(settings)]
+
+
+def recorded_settings(record: dict) -> TrainSettings:
+    """The settings a head record holds; one written before prompt sets and sampled replies existed
+    was trained on "v1" with greedy replies."""
+    return TrainSettings(**{"prompt_set": "v1", "replies": "greedy", **record["settings"]})
+
+
+def held_out_prompts(checkpoint: Path) -> list[Prompt]:
     """The prompts the head beside `checkpoint` never trained on, from the settings its record holds
-    (the default settings when there is no record)."""
+    (the default settings when there is no record): texts and conversations (lists of messages)."""
     record = Path(checkpoint) / HEAD_RECORD
-    settings = TrainSettings(**json.loads(record.read_text())["settings"]) if record.exists() else TrainSettings()
+    settings = recorded_settings(json.loads(record.read_text())) if record.exists() else TrainSettings()
     return prompt_sample(settings)[:settings.held_out]
+
+
+def reply_sampling(checkpoint: Path, settings: TrainSettings) -> dict:
+    """The sampling fields the trunk's replies are generated with: the checkpoint's defaults with thinking
+    off (its generation_config.json; daemon.weights.sampling_defaults), or none (greedy)."""
+    from daemon.weights.sampling_defaults import checkpoint_sampling
+
+    return checkpoint_sampling(checkpoint).defaults(thinking=False) if settings.replies == "sampled" else {}
 
 
 def trunk_fingerprint(checkpoint: Path) -> str:
@@ -129,10 +174,42 @@ def _save(obj, path: Path) -> None:
     partial.rename(path)
 
 
+class _BatchPenalties:
+    """The engine's repetition, presence and frequency penalties (daemon/engine/penalties.py) for a batch
+    of rows, each with its own prompt and reply so far."""
+
+    def __init__(self, params: SamplingParams, prompts: list[list[int]], vocab: int, device: torch.device):
+        self.params = params
+        if params.penalised:
+            self.in_prompt = torch.zeros(len(prompts), vocab, dtype=torch.bool, device=device)
+            for row, prompt in enumerate(prompts):
+                self.in_prompt[row, torch.tensor(prompt, dtype=torch.long, device=device)] = True
+            self.counts = torch.zeros(len(prompts), vocab, dtype=torch.int32, device=device)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        params = self.params
+        if not params.penalised:
+            return logits
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        counts = self.counts.to(logits.dtype)
+        present = counts > 0
+        if params.repetition_penalty != 1:
+            scaled = torch.where(logits > 0, logits / params.repetition_penalty, logits * params.repetition_penalty)
+            logits = torch.where(present | self.in_prompt, scaled, logits)
+        return logits - params.frequency_penalty * counts - params.presence_penalty * present.to(logits.dtype)
+
+    def record(self, tokens: torch.Tensor) -> None:
+        if self.params.penalised:
+            self.counts[torch.arange(len(tokens), device=tokens.device), tokens] += 1
+
+
 @torch.inference_mode()
-def greedy_batch(model: QwenModel, prompts: list[list[int]], max_new_tokens: int, stop: int) -> list[list[int]]:
-    """Greedy replies to several prompts at once: left-padded, padding hidden by a key mask (RoPE is
-    relative, so a row's shifted positions change nothing). Each reply ends at its stop token, if any."""
+def reply_batch(model: QwenModel, prompts: list[list[int]], max_new_tokens: int, stop: int,
+                params: SamplingParams = SamplingParams(), generator: torch.Generator | None = None) -> list[list[int]]:
+    """Replies to several prompts at once: left-padded, padding hidden by a key mask (RoPE is relative, so
+    a row's shifted positions change nothing). Each token is chosen as the engine chooses it under
+    `params` (penalties, then `daemon.engine.sampling.choose`: the argmax when greedy, else a draw from
+    `generator`). Each reply ends at its stop token, if any."""
     width = max(map(len, prompts))
     device = model.device
     ids = torch.tensor([[stop] * (width - len(p)) + p for p in prompts], device=device)
@@ -141,26 +218,43 @@ def greedy_batch(model: QwenModel, prompts: list[list[int]], max_new_tokens: int
         key_mask[row, :width - len(prompt)] = False
     cache = model.new_cache(width + max_new_tokens, batch=len(prompts))
     logits, _ = model(ids, cache, 0, last_only=True, key_mask=key_mask)
-    tokens = [logits[:, -1].argmax(-1)]
+    penalties = _BatchPenalties(params, prompts, logits.shape[-1], device)
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        token, _ = choose(penalties.apply(logits), params, generator)
+        penalties.record(token)
+        return token
+
+    tokens = [pick(logits[:, -1])]
     for step in range(max_new_tokens - 1):
         if bool((torch.stack(tokens) == stop).any(0).all()):
             break
         logits, _ = model(tokens[-1][:, None], cache, width + step, key_mask=key_mask)
-        tokens.append(logits[:, -1].argmax(-1))
+        tokens.append(pick(logits[:, -1]))
     replies = torch.stack(tokens, dim=1).tolist()
     return [row[:row.index(stop) + 1] if stop in row else row for row in replies]
 
 
+def greedy_batch(model: QwenModel, prompts: list[list[int]], max_new_tokens: int, stop: int) -> list[list[int]]:
+    """Greedy replies (argmax of the raw logits) to several prompts at once: `reply_batch`'s default."""
+    return reply_batch(model, prompts, max_new_tokens, stop)
+
+
 def generate_replies(model: QwenModel, stop: int, prompts: list[list[int]], settings: TrainSettings,
-                     work: Path, show: Callable[[str], None]) -> list[list[int]]:
-    """The trunk's greedy replies, one batch at a time, saved after each (resumable). A hybrid trunk's
-    DeltaNet state would take in the padding, so it decodes one prompt at a time."""
+                     sampling: dict, work: Path, show: Callable[[str], None]) -> list[list[int]]:
+    """The trunk's replies under `sampling` (sampling fields; {}: greedy), one batch at a time, saved after
+    each (resumable). Each batch draws from its own generator, seeded by the run's seed and the batch's
+    first prompt, so a resumed run gives the same replies. A hybrid trunk's DeltaNet state would take in
+    the padding, so it decodes one prompt at a time."""
     path = work / "replies.pt"
     replies: list[list[int]] = torch.load(path) if path.exists() else []
     batch = 1 if model.config.is_hybrid else settings.generate_batch
+    params = SamplingParams(**sampling)
     started, done_before = time.perf_counter(), len(replies)
     while len(replies) < len(prompts):
-        replies += greedy_batch(model, prompts[len(replies):len(replies) + batch], settings.max_new_tokens, stop)
+        generator = torch.Generator(model.device).manual_seed(settings.seed * 1_000_003 + len(replies))
+        replies += reply_batch(model, prompts[len(replies):len(replies) + batch], settings.max_new_tokens, stop,
+                               params, generator)
         _save(replies, path)
         rate = (len(replies) - done_before) / (time.perf_counter() - started)
         show(f"trunk replies {len(replies)}/{len(prompts)} ({rate:.2f}/s)")
@@ -215,13 +309,15 @@ def _targets(features: list[dict], depth: int, device: torch.device):
             torch.cat(target_probs).to(device))
 
 
-def head_loss(model: QwenModel, features: list[dict], chain: int) -> tuple[torch.Tensor, list[float]]:
+def head_loss(model: QwenModel, features: list[dict], chain: int,
+              lm_head_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, list[float]]:
     """Cross-entropy of the head against the trunk's top-k targets, averaged over `chain` chained draft
-    steps, and each step's top-1 agreement. Step d+1 runs the head on its own step-d outputs paired with
+    steps, and each step's top-1 agreement (the lm_head product in `lm_head_dtype`, the rest in float32). Step d+1 runs the head on its own step-d outputs paired with
     the true next tokens, as `MTPDrafter.propose` chains at inference; it attends to chained pairs, not
     to the true ones as at inference, but RoPE makes its scores depend only on relative positions, so
     positions restart at 0. Training it makes the second and later drafts worth making."""
     next_ids, hidden = _inputs(features, model.device)
+    weight = model.lm_head.weight.to(lm_head_dtype)
     losses, agreements = [], []
     for depth in range(chain):
         ids = next_ids[:, depth:]
@@ -231,7 +327,7 @@ def head_loss(model: QwenModel, features: list[dict], chain: int) -> tuple[torch
                                 model.rotary_frequencies(model.device), model.dtype)
         hidden = model.mtp(model.embed_tokens(ids), hidden[:, :length], cache, ctx)
         where, target_ids, target_probs = _targets(features, depth, model.device)
-        log_probs = F.log_softmax(F.linear(hidden[where], model.lm_head.weight).float(), dim=-1)
+        log_probs = F.log_softmax(F.linear(hidden[where].to(lm_head_dtype), weight).float(), dim=-1)
         losses.append(-(target_probs * log_probs.gather(1, target_ids)).sum(-1).mean())
         agreements.append((log_probs.argmax(-1) == target_ids[:, 0]).float().mean().item())
     return torch.stack(losses).mean(), agreements
@@ -302,8 +398,10 @@ def train_head(checkpoint: Path, out_dir: Path, work: Path, settings: TrainSetti
     checkpoint, out_dir, work = Path(checkpoint), Path(out_dir), Path(work)
     work.mkdir(parents=True, exist_ok=True)
     fingerprint = trunk_fingerprint(checkpoint)
-    identity = {"trunk": fingerprint, "settings": {k: v for k, v in asdict(settings).items()
-                                                   if k in ("prompts", "held_out", "max_new_tokens", "seed")}}
+    sampling = reply_sampling(checkpoint, settings)
+    identity = {"trunk": fingerprint, "sampling": sampling,
+                "settings": {k: v for k, v in asdict(settings).items()
+                             if k in ("prompts", "held_out", "max_new_tokens", "seed", "prompt_set", "replies")}}
     marker = work / "run.json"
     if marker.exists() and json.loads(marker.read_text()) != identity:
         raise ValueError(f"{work} holds a run for another trunk or prompt set; use a fresh --work directory")
@@ -312,13 +410,14 @@ def train_head(checkpoint: Path, out_dir: Path, work: Path, settings: TrainSetti
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    texts = prompt_sample(settings)
-    prompts = user_prompts(tokenizer, texts)
+    kinds, texts = zip(*kinds_and_prompts(settings))
+    prompts = user_prompts(tokenizer, list(texts))
     model = load_model(checkpoint, device=None, dtype=torch.float32)
-    replies = generate_replies(model, tokenizer.eos_token_id, prompts, settings, work, show)
-    sequences = [(p + r, len(p)) for p, r in zip(prompts, replies) if len(r) >= 2]
-    features = trunk_features(model, sequences, work, show)
+    replies = generate_replies(model, tokenizer.eos_token_id, prompts, settings, sampling, work, show)
+    kept = [(kind, p + r, len(p)) for kind, p, r in zip(kinds, prompts, replies) if len(r) >= 2]
+    features = trunk_features(model, [(tokens, start) for _, tokens, start in kept], work, show)
     held_out, train = features[:settings.held_out], features[settings.held_out:]
+    held_out_kinds = [kind for kind, _, _ in kept[:settings.held_out]]
 
     model.mtp = new_head(model, settings.seed)
     model.mtp.requires_grad_(True).train()
@@ -337,7 +436,7 @@ def train_head(checkpoint: Path, out_dir: Path, work: Path, settings: TrainSetti
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, settings)
         loss, agreements = head_loss(model, [train[i] for i in _order(len(train), step, settings.batch, settings.seed)],
-                                     settings.chain)
+                                     settings.chain, LM_HEAD_DTYPES[settings.lm_head_dtype])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.mtp.parameters(), 1.0)
@@ -353,14 +452,20 @@ def train_head(checkpoint: Path, out_dir: Path, work: Path, settings: TrainSetti
              f"acceptance {'/'.join(f'{a:.3f}' for a in last['acceptance_by_step'])} (step {last['step']})  "
              f"{per_step:.1f} s/step  "
              f"eta {per_step * (settings.steps - step) / 60:.0f} min")
+    by_kind = {}
+    for kind in dict.fromkeys(held_out_kinds):
+        chosen = [f for f, k in zip(held_out, held_out_kinds) if k == kind]
+        by_kind[kind] = {"sequences": len(chosen), **evaluate(model, chosen, settings)}
     record = {
         "trained_from": {"checkpoint": str(checkpoint), "trunk_fingerprint": fingerprint,
                          "model_type": model.config.model_type},
         "settings": asdict(settings),
+        "reply_sampling": sampling or "greedy",
         "command": command,
         "sequences": {"train": len(train), "held_out": len(held_out),
                       "train_positions": sum(len(f["tokens"]) - f["reply_start"] for f in train)},
         "history": history,
+        "held_out_by_kind": by_kind,
         "torch": torch.__version__,
     }
     save_head(model.mtp, out_dir, record)
