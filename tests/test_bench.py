@@ -9,9 +9,11 @@ import sys
 import torch
 
 from daemon.model.config import TextConfig
+from daemon.tools.bandwidth import layer_bandwidth, machine_bandwidth
 from daemon.tools.bench import bench_checkpoint, bench_oracle, step_costs
 from daemon.tools.real_shapes import random_model, shape_config
 from daemon.weights.loader import load_model
+from mtpchat.config import Quantization
 from tests.helpers import random_ids
 
 
@@ -57,6 +59,24 @@ def test_random_model_and_step_costs(tiny):
     assert costs["draft_step_vs_decode"] > 0 and 0 < costs["lm_head_vs_decode"] < 1
 
 
+def test_layer_bandwidth_counts_each_kinds_weights(tiny):
+    """Each weight layer kind is timed with exactly its layers' bytes: qkv_proj stacks q, k and v, and
+    at int4 the same layers hold a little over an eighth of their float32 bytes (4 bits + scales)."""
+    path = tiny["qwen3.6-dense-tiny"]
+    config = TextConfig.from_checkpoint(path)
+    full = layer_bandwidth(load_model(path, device="cpu"), repeats=1)
+    attention_layers = config.layer_types.count("full_attention")
+    qkv_rows = config.num_attention_heads * config.head_dim * 2 + 2 * config.num_key_value_heads * config.head_dim
+    assert full["qkv_proj"]["layers"] == attention_layers and full["mtp.qkv_proj"]["layers"] == 1
+    assert full["qkv_proj"]["mb"] == round(attention_layers * qkv_rows * config.hidden_size * 4 / 1e6, 2)
+    assert {"o_proj", "gate_up_proj", "down_proj", "lm_head", "mtp.fc"} <= set(full)
+    assert all(kind["gb_s"] > 0 for kind in full.values())
+    int4 = layer_bandwidth(load_model(path, device="cpu", quantization=Quantization("int4", 32)), repeats=1)
+    assert full["gate_up_proj"]["mb"] / 8 < int4["gate_up_proj"]["mb"] < full["gate_up_proj"]["mb"] / 4
+    machine = machine_bandwidth(mb=16, repeats=1)
+    assert machine["read_gb_s"] > 0 and machine["copy_gb_s"] > 0
+
+
 def test_bench_command_prints_json(tiny, tmp_path):
     env = dict(os.environ, MTPCHAT_HOME=str(tmp_path))
     done = subprocess.run([sys.executable, "-m", "daemon", "bench", "--model", str(tiny["qwen3.6-dense-tiny"]),
@@ -68,6 +88,7 @@ def test_bench_command_prints_json(tiny, tmp_path):
     assert report["checkpoint"]["mtp"]["2"]["speedup"] > 0 and report["dtype"] == "float32"
     assert report["prompts"] == 2  # the two given, not the built-in ones
     assert report["checkpoint_draft_vocab"]["mtp_identical_to_plain"] is True
+    assert report["layer_bandwidth"]["lm_head"]["gb_s"] > 0 and report["machine_bandwidth"]["read_gb_s"] > 0
 
 
 def test_bench_command_measures_each_quantization(tiny, tmp_path):

@@ -10,7 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from daemon.model.config import TextConfig
 from daemon.weights.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
-from daemon.weights.loader import load_model
+from daemon.model.linear import checkpoint_tensors, stacked_layers
+from daemon.weights.loader import TRUNK_PREFIXES, load_model
 from tests.helpers import reference_model
 
 
@@ -27,6 +28,25 @@ def test_both_moe_mtp_layouts_load_to_the_same_module(tiny):
     assert any(k.startswith("mtp.layers.0.mlp.experts.") for k in fused)
     for name in fused:
         assert torch.equal(fused[name], per_expert[name]), name
+
+
+@pytest.mark.parametrize("name", ["qwen3.6-dense-tiny", "qwen3.6-moe-tiny"])
+def test_stacked_layers_hold_the_checkpoints_tensors_row_for_row(tiny, name):
+    """q/k/v load as one qkv_proj and gate/up as one gate_up_proj; split back, every tensor is the
+    checkpoint's own, bit for bit (what train-head's saved head relies on)."""
+    model = load_model(tiny[name], device="cpu")
+    files = CheckpointFiles(tiny[name])
+    stacked = stacked_layers(model)
+    assert any(layer.endswith("self_attn.qkv_proj") for layer in stacked)
+    assert any(layer.endswith("gate_up_proj") for layer in stacked)
+    prefix = next(p for p in TRUNK_PREFIXES if p + "embed_tokens.weight" in files)
+    tensors = checkpoint_tensors(model)
+    split = [n for n in tensors if n.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight",
+                                               "mlp.gate_proj.weight", "mlp.up_proj.weight"))]
+    assert split and not [n for n in tensors if "qkv_proj" in n or n.endswith("mlp.gate_up_proj.weight")]
+    for n in split:
+        stored = n if n.startswith("mtp.") else prefix + n
+        assert torch.equal(tensors[n], files.read(stored)), n
 
 
 def test_text_only_checkpoint_with_per_expert_trunk_loads(tiny, tmp_path):

@@ -118,10 +118,10 @@ def test_loading_with_quantize_swaps_in_quantized_layers_and_footprint_counts_th
     path = tiny["qwen3.6-moe-tiny"]
     model = load_model(path, device="cpu", quantization=Quantization("int4", 32, "int8"))
     layer = model.layers[3]  # full attention
-    assert isinstance(layer.self_attn.q_proj, Int4Linear)
+    assert isinstance(layer.self_attn.qkv_proj, Int4Linear)
     assert isinstance(model.layers[0].linear_attn.in_proj_qkv, Int4Linear)
     assert isinstance(layer.mlp.experts, QuantizedExperts) and isinstance(layer.mlp.experts.down_proj[0], Int4Linear)
-    assert isinstance(layer.mlp.shared_expert.up_proj, Int4Linear)
+    assert isinstance(layer.mlp.shared_expert.gate_up_proj, Int4Linear)
     # router, gates and DeltaNet's per-head projections stay in the compute dtype; lm_head is int8
     assert isinstance(layer.mlp.gate, Linear) and isinstance(layer.mlp.shared_expert_gate, Linear)
     assert isinstance(model.layers[0].linear_attn.in_proj_b, Linear)
@@ -129,8 +129,8 @@ def test_loading_with_quantize_swaps_in_quantized_layers_and_footprint_counts_th
     assert isinstance(model.mtp.fc, Int8Linear) and isinstance(model.mtp.layers[0].mlp.experts.gate_up_proj[0], Int8Linear)
     float_model = load_model(path, device="cpu")
     # loaded values are the quantization of the checkpoint's weights
-    assert torch.equal(layer.self_attn.q_proj.dequantized(),
-                       _layer(Int4Linear, float_model.layers[3].self_attn.q_proj.weight, 32).dequantized())
+    assert torch.equal(layer.self_attn.qkv_proj.dequantized(),
+                       _layer(Int4Linear, float_model.layers[3].self_attn.qkv_proj.weight, 32).dequantized())
     # the plan counts exactly the bytes the quantized layers save (the cache part is the same in both)
     planned = {q: _total(checkpoint_footprint(path, torch.float32, 64, q)[0])
                for q in (Quantization(), Quantization("int4", 32, "int8"))}

@@ -1,5 +1,7 @@
 """Full attention with RoPE over a position-indexed KV cache: Qwen3.5/3.6's gated kind and the plain kind.
 
+The checkpoint's q_proj, k_proj and v_proj are stacked into one qkv_proj (one weight read, one kernel
+call per step instead of three; `stacks` tells the loader the rows of each).
 Qwen3.5/3.6 (every 4th trunk layer and the MTP layer): q_proj emits [query | gate] per head; q and k
 get a per-head zero-centred RMSNorm and partial RoPE; the output is scaled by sigmoid(gate) before
 o_proj. Llama: no gate, no q/k norm, RoPE over the whole head. Qwen3: Llama plus plain q/k norms.
@@ -35,9 +37,9 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         self.gated = config.gated_attention
         hidden = config.hidden_size
-        self.q_proj = Linear(hidden, self.num_heads * self.head_dim * (2 if self.gated else 1))
-        self.k_proj = Linear(hidden, self.num_kv_heads * self.head_dim)
-        self.v_proj = Linear(hidden, self.num_kv_heads * self.head_dim)
+        kv_rows = self.num_kv_heads * self.head_dim
+        self.rows = (self.num_heads * self.head_dim * (2 if self.gated else 1), kv_rows, kv_rows)
+        self.qkv_proj = Linear(hidden, sum(self.rows))
         self.o_proj = Linear(self.num_heads * self.head_dim, hidden)
         if config.qk_norm:
             self.q_norm = rms_norm(config, self.head_dim)
@@ -45,17 +47,23 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
+    @property
+    def stacks(self) -> dict[str, tuple[tuple[str, int], ...]]:
+        """qkv_proj stacks the checkpoint's q_proj, k_proj and v_proj (their rows, in order)."""
+        return {"qkv_proj": tuple(zip(("q_proj", "k_proj", "v_proj"), self.rows))}
+
     def forward(self, x: torch.Tensor, cache: AttentionCache, ctx: StepContext) -> torch.Tensor:
         batch, length, _ = x.shape
-        query = self.q_proj(x).view(batch, length, self.num_heads, -1)
+        query, key, value = self.qkv_proj(x).split(self.rows, dim=-1)
+        query = query.view(batch, length, self.num_heads, -1)
         if self.gated:
             query, gate = query.chunk(2, dim=-1)
-        key = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim)
+        key = key.view(batch, length, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             query, key = self.q_norm(query), self.k_norm(key)
         query = apply_rotary(query, ctx.cos, ctx.sin)
         key = apply_rotary(key, ctx.cos, ctx.sin)
-        value = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim)
+        value = value.view(batch, length, self.num_kv_heads, self.head_dim)
         cache.reserve(ctx.kv_len)
         cache.write(ctx.positions, key, value)
         keys, values = cache.window(ctx.kv_len)

@@ -44,3 +44,28 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor, outputs: int | None = None) -> torch.Tensor:
         """x [..., in] -> [..., out], or only the first `outputs` features (a reduced draft vocabulary)."""
         return linear(x, self.weight[:outputs])
+
+
+def stacked_layers(model: nn.Module) -> dict[str, tuple[tuple[str, int], ...]]:
+    """Every stacked layer of `model` (a module with `stacks`: qkv_proj, gate_up_proj) by its full name ->
+    the full names of the checkpoint's layers it stacks, with their rows, in order."""
+    found = {}
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        for layer, parts in getattr(module, "stacks", {}).items():
+            found[prefix + layer] = tuple((prefix + part, rows) for part, rows in parts)
+    return found
+
+
+def checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`model`'s state in the checkpoint's layout: each stacked weight split back into its layers' weights."""
+    stacked = stacked_layers(model)
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        layer = name.removesuffix(".weight")
+        if layer not in stacked:
+            tensors[name] = tensor
+            continue
+        for (part, _), rows in zip(stacked[layer], tensor.split([rows for _, rows in stacked[layer]])):
+            tensors[f"{part}.weight"] = rows
+    return tensors

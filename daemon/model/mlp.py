@@ -1,6 +1,7 @@
 """Feed-forward blocks: the dense SwiGLU MLP and the sparse MoE with a gated shared expert.
 
-Routed experts are stored fused, as the hub ships them: gate_up_proj [E, 2I, H] (gate half first)
+The dense MLP's gate_proj and up_proj are stacked into one gate_up_proj (one weight read and kernel
+call per step; `stacks` tells the loader the rows of each). Routed experts are stored fused, as the hub ships them: gate_up_proj [E, 2I, H] (gate half first)
 and down_proj [E, H, I]. For the few tokens of a decode or verify step the chosen experts' weights
 are gathered and applied in one batched matmul (no per-expert Python loop, fixed shapes); long
 prefills loop over the experts that were hit instead, to avoid copying weights per token.
@@ -21,12 +22,18 @@ GATHER_MAX_PAIRS = 64
 class DenseMLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()
-        self.gate_proj = Linear(hidden, intermediate)
-        self.up_proj = Linear(hidden, intermediate)
+        self.intermediate = intermediate
+        self.gate_up_proj = Linear(hidden, 2 * intermediate)
         self.down_proj = Linear(intermediate, hidden)
 
+    @property
+    def stacks(self) -> dict[str, tuple[tuple[str, int], ...]]:
+        """gate_up_proj stacks the checkpoint's gate_proj and up_proj (their rows, in order)."""
+        return {"gate_up_proj": (("gate_proj", self.intermediate), ("up_proj", self.intermediate))}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class RoutedExperts(nn.Module):

@@ -27,8 +27,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.full((dim,), 1.0 - offset))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.offset + self.weight.to(accumulation_dtype(x.dtype))
-        return (_rms_normalize(x, self.eps) * scale).type_as(x)
+        """One fused kernel (F.rms_norm) in the accumulation dtype: the same x̂ · scale as the ops spelled
+        out, a few µs less per norm, two norms a layer."""
+        dtype = accumulation_dtype(x.dtype)
+        return F.rms_norm(x.to(dtype), x.shape[-1:], self.offset + self.weight.to(dtype), self.eps).type_as(x)
 
 
 def rms_norm(config, dim: int | None = None) -> RMSNorm:

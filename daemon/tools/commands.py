@@ -54,6 +54,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     from daemon.engine.reply import user_prompts
     from daemon.tools import bench
+    from daemon.tools.bandwidth import layer_bandwidth, machine_bandwidth
     from daemon.tools.real_shapes import random_model, shape_config
     from daemon.weights.chat_model import load_chat_model
     from daemon.weights.loader import DTYPES, default_device
@@ -75,6 +76,7 @@ def _bench(args: argparse.Namespace) -> int:
         rates = [float(r) for r in (args.oracle or "0.6,0.7,0.8,0.9").split(",")]
         report.update(model=args.shape, layers=config.num_hidden_layers, vocab=config.vocab_size)
         report["step_cost"] = bench.step_costs(model, ks, draft_vocab=args.draft_vocab)
+        report["layer_bandwidth"] = layer_bandwidth(model)
         report["oracle"] = bench.bench_oracle(model, prompt, args.max_tokens, ks, rates, draft_vocab=args.draft_vocab)
     else:
         checkpoint = _local_checkpoint(args.model)
@@ -104,6 +106,7 @@ def _bench(args: argparse.Namespace) -> int:
                 part["checkpoint_draft_vocab"] = bench.bench_checkpoint(model, prompts, args.max_tokens, ks,
                                                                         draft_vocab=args.draft_vocab)
             part["step_cost"] = bench.step_costs(model, ks, draft_vocab=args.draft_vocab)
+            part["layer_bandwidth"] = layer_bandwidth(model)
             if args.daemon:
                 name = str(args.model) if args.model else None
                 start_daemon(args.endpoint, progress=_progress if sys.stderr.isatty() else lambda text: None)
@@ -117,6 +120,8 @@ def _bench(args: argparse.Namespace) -> int:
         else:  # several: one part per quantization, side by side
             report["by_quantize"] = {quantization.describe(): part for quantization, part in runs}
     report["dtype"] = str(model.dtype).removeprefix("torch.")
+    if device.type == "cpu":
+        report["machine_bandwidth"] = machine_bandwidth()
     print(json.dumps(report, indent=2))
     return 0
 

@@ -42,6 +42,7 @@ from safetensors.torch import save_file
 from torch.nn import functional as F
 
 from daemon.engine.sampling import SamplingParams, choose
+from daemon.model.linear import checkpoint_tensors
 from daemon.model.step_context import StepContext
 from daemon.model.text_model import MTPHead, QwenModel
 from daemon.tools.head_prompts import chat_prompts, head_prompts
@@ -383,7 +384,8 @@ def evaluate(model: QwenModel, features: list[dict], settings: "TrainSettings") 
 
 def save_head(head: MTPHead, out_dir: Path, record: dict) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {f"mtp.{name}": t.detach().to(torch.float16).contiguous().cpu() for name, t in head.state_dict().items()}
+    tensors = {f"mtp.{name}": t.detach().to(torch.float16).contiguous().cpu()
+               for name, t in checkpoint_tensors(head).items()}  # the checkpoint's layout: q/k/v, gate/up apart
     save_file(tensors, out_dir / HEAD_FILE, metadata={"format": "pt"})
     (out_dir / HEAD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return out_dir / HEAD_FILE

@@ -6,7 +6,8 @@ on CUDA unless told otherwise). Trunk tensors live under `model.language_model.`
 checkpoints and under `model.` in text-only ones; `lm_head.*` and `mtp.*` sit at the top. Routed
 experts are read fused (`experts.gate_up_proj`, the hub layout) or per expert
 (`experts.{i}.{gate,up,down}_proj.weight`, Qwen3.5's MTP layer and transformers' save_pretrained).
-With a `Quantization`, the quantized layers are swapped in while the model is still on the meta
+Layers the model stacks (q/k/v as qkv_proj, gate/up as gate_up_proj: `stacks` in daemon.model) are
+read part by part and stacked by rows. With a `Quantization`, the quantized layers are swapped in while the model is still on the meta
 device (daemon.model.quantized), so their storage is allocated quantized, and each weight is
 quantized as it is read. Checkpoints shipped quantized (Qwen FP8, compressed-tensors pack-quantized:
 daemon.weights.prequantized) are read dequantized, one tensor at a time, except where their codes are
@@ -24,7 +25,7 @@ from typing import Protocol
 import torch
 
 from daemon.model.config import TextConfig
-from daemon.model.linear import Linear
+from daemon.model.linear import Linear, stacked_layers
 from daemon.model.quantized import Int4Linear, Int8Linear, QuantizedExperts, q4_1_to_int4, quantize_modules
 from daemon.model.text_model import QwenModel
 from daemon.weights.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
@@ -86,8 +87,20 @@ def _load_tensor(fill: Callable[[torch.Tensor], object], files: CheckpointFiles,
         fill(files.read(name, tuple(shape)))
 
 
-def _load_q4_1(layer: Int4Linear, files: CheckpointFiles, name: str) -> None:
-    layer.load_codes(*q4_1_to_int4(*read_q4_1(files, name, (layer.out_features, layer.in_features))))
+Parts = tuple[tuple[str, int], ...]  # the checkpoint tensors (name, rows) one layer's weight stacks
+
+
+def _read_stacked(files: CheckpointFiles, parts: Parts, columns: int) -> torch.Tensor:
+    return torch.cat([files.read(name, (rows, columns)) for name, rows in parts])
+
+
+def _load_stacked(fill: Callable[[torch.Tensor], object], files: CheckpointFiles, parts: Parts, columns: int) -> None:
+    fill(_read_stacked(files, parts, columns))
+
+
+def _load_q4_1(layer: Int4Linear, files: CheckpointFiles, parts: Parts) -> None:
+    blocks = [read_q4_1(files, name, (rows, layer.in_features)) for name, rows in parts]
+    layer.load_codes(*q4_1_to_int4(*(torch.cat(pieces) for pieces in zip(*blocks))))
 
 
 def _packed(files: CheckpointFiles, name: str, shape: tuple[int, int] | None = None) -> PackedCodes | None:
@@ -111,13 +124,13 @@ def _load_shipped(layer: Int8Linear | Int4Linear, packed: PackedCodes | None) ->
     return False
 
 
-def _load_linear(layer: Int8Linear | Int4Linear, files: CheckpointFiles, name: str, shape: torch.Size) -> None:
-    if not _load_shipped(layer, _packed(files, name, tuple(shape))):
-        layer.load(files.read(name, tuple(shape)))
+def _load_linear(layer: Int8Linear | Int4Linear, files: CheckpointFiles, parts: Parts) -> None:
+    if not _load_shipped(layer, _joined([_packed(files, name, (rows, layer.in_features)) for name, rows in parts])):
+        layer.load(_read_stacked(files, parts, layer.in_features))
 
 
 def _joined(parts: list[PackedCodes | None]) -> PackedCodes | None:
-    """gate and up stacked as one gate_up weight, when both are packed alike."""
+    """Shipped codes stacked as one weight (gate and up, or q, k and v), when all are packed alike."""
     if None in parts or len({(p.bits, p.group) for p in parts}) != 1:
         return None
     return PackedCodes(torch.cat([p.codes for p in parts]), torch.cat([p.scales for p in parts]), parts[0].bits)
@@ -146,8 +159,17 @@ def _load_steps(model: QwenModel, files: CheckpointFiles, prefix: str, tie: bool
             return prefix + "embed_tokens.weight"
         return name if name.startswith(("mtp.", "lm_head.")) else prefix + name
 
+    stacked = stacked_layers(model)
+
+    def parts(layer: str, rows: int) -> Parts:
+        return tuple((stored(f"{part}.weight"), n) for part, n in stacked.get(layer, ((layer, rows),)))
+
     for name, param in model.named_parameters():
-        if not (tie and name == "lm_head.weight"):  # a tied float lm_head is the embedding, set after
+        layer = name.removesuffix(".weight")
+        if layer in stacked:
+            yield param.numel(), functools.partial(_load_stacked, param.copy_, files, parts(layer, param.shape[0]),
+                                                   param.shape[1])
+        elif not (tie and name == "lm_head.weight"):  # a tied float lm_head is the embedding, set after
             yield param.numel(), functools.partial(_load_tensor, param.copy_, files, stored(name), param.shape)
     experts = ()  # names of QuantizedExperts, whose per-expert layers they fill themselves
     for name, module in model.named_modules():
@@ -161,11 +183,12 @@ def _load_steps(model: QwenModel, files: CheckpointFiles, prefix: str, tie: bool
                 yield shape.numel(), functools.partial(_load_experts, module, kind, files, stored(f"{name}.{kind}"),
                                                        shape)
         elif isinstance(module, (Int8Linear, Int4Linear)):
-            source, shape = stored(f"{name}.weight"), torch.Size((module.out_features, module.in_features))
-            if isinstance(module, Int4Linear) and group == Q4_1_GROUP and q4_1_names(source)[0] in files:
-                yield shape.numel(), functools.partial(_load_q4_1, module, files, source)
+            sources, weights = parts(name, module.out_features), module.out_features * module.in_features
+            if isinstance(module, Int4Linear) and group == Q4_1_GROUP and all(q4_1_names(n)[0] in files
+                                                                                for n, _ in sources):
+                yield weights, functools.partial(_load_q4_1, module, files, sources)
             else:
-                yield shape.numel(), functools.partial(_load_linear, module, files, source, shape)
+                yield weights, functools.partial(_load_linear, module, files, sources)
 
 
 def load_model(checkpoint: str | Path, *, device: torch.device | str | None = None,
