@@ -48,6 +48,17 @@ def test_footer_and_bar_show_what_the_daemon_sent_and_new_keys_generically():
     assert "cached prompt tokens 120" in bar and "time to first token 0.0412 s" in bar
 
 
+def test_a_remote_engines_acceptance_is_shown_marked_when_approximate():
+    """Another engine sends acceptance without a draft length of ours: shown, with ≈ when estimated."""
+    exact = {"decode_tok_s": 50.0, "acceptance_rate": 0.6, "mean_acceptance_length": 1.8,
+             "acceptance_per_position": [0.6, 0.3]}
+    assert footer_line(exact) == "50 tok/s · 60% draft accepted · 1.80 tokens/step"
+    assert "accepted 60% │ len 1.80 │ per position" in stats_text(exact, "remote", streaming=True).plain
+    estimated = exact | {"acceptance_approximate": True}
+    assert footer_line(estimated) == "50 tok/s · ≈60% draft accepted · ≈1.80 tokens/step"
+    assert "approximate" not in stats_text(estimated, "remote", streaming=False).plain
+
+
 def test_feed_batches_chunks_and_keeps_per_token_provenance():
     feed = ReplyFeed()
     feed.add_chunk({"text": "Hello wor", "pieces": ["Hel", "lo", " wor"], "drafted": [False, True, True],

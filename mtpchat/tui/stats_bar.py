@@ -12,6 +12,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from mtpchat.protocol import (
+    ACCEPTANCE_APPROXIMATE,
     ACCEPTANCE_PER_POSITION,
     ACCEPTANCE_RATE,
     ACCEPTED_PER_POSITION,
@@ -46,6 +47,12 @@ def tok_s(rate: float) -> str:
     return f"{rate:.1f} tok/s" if rate < 10 else f"{rate:.0f} tok/s"
 
 
+def _drafted(stats: dict) -> bool:
+    """Whether the reply was drafted: a draft length of ours, or a remote engine's acceptance figures
+    (another engine reports no draft length)."""
+    return bool(stats.get(DRAFT_K)) or (DRAFT_K not in stats and ACCEPTANCE_RATE in stats)
+
+
 def _numbers(stats: dict, short: bool) -> dict[str, str]:
     """Stats key -> its words, in the order shown."""
     parts = {}
@@ -53,11 +60,13 @@ def _numbers(stats: dict, short: bool) -> dict[str, str]:
         parts[DECODE_TOK_S] = tok_s(rate)
     if (tokens := stats.get(GENERATED_TOKENS)) is not None:
         parts[GENERATED_TOKENS] = f"{tokens} {'tok' if short else 'tokens'}"
-    if stats.get(DRAFT_K):
+    if _drafted(stats):
+        about = "≈" if stats.get(ACCEPTANCE_APPROXIMATE) else ""  # a remote engine's estimate
         if (accepted := stats.get(ACCEPTANCE_RATE)) is not None:
-            parts[ACCEPTANCE_RATE] = f"accepted {accepted:.0%}" if short else f"{accepted:.0%} draft accepted"
+            parts[ACCEPTANCE_RATE] = (f"accepted {about}{accepted:.0%}" if short
+                                      else f"{about}{accepted:.0%} draft accepted")
         if (length := stats.get(MEAN_ACCEPTANCE_LENGTH)) is not None:
-            parts[MEAN_ACCEPTANCE_LENGTH] = f"len {length:.2f}" if short else f"{length:.2f} tokens/step"
+            parts[MEAN_ACCEPTANCE_LENGTH] = f"len {about}{length:.2f}" if short else f"{about}{length:.2f} tokens/step"
     elif DRAFT_K in stats:
         parts[DRAFT_K] = "plain decoding"
     return parts
@@ -102,7 +111,7 @@ def stats_text(stats: dict, model: str | None, streaming: bool, width: int | Non
         text.append(f" k={stats[DRAFT_K]}")
     parts = {SETTINGS: settings} if settings else {}
     parts.update(_numbers(stats, short=True))
-    if stats.get(DRAFT_K) and stats.get(ACCEPTANCE_PER_POSITION):
+    if _drafted(stats) and stats.get(ACCEPTANCE_PER_POSITION):
         parts[ACCEPTANCE_PER_POSITION] = f"per position {acceptance_bars(stats[ACCEPTANCE_PER_POSITION])}"
     parts.update(_extra(stats))
     by_importance = sorted(parts, key=lambda k: KEPT_LONGEST.index(k) if k in KEPT_LONGEST else len(KEPT_LONGEST))
