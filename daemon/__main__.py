@@ -7,7 +7,8 @@ memory and removes its socket. `mtpchatd inspect CHECKPOINT` loads a checkpoint 
 engine would run — how a user checks that a downloaded Qwen3.5/3.6 checkpoint is usable.
 `mtpchatd bench` and `mtpchatd train-head` are the engine-side tools (daemon/tools/commands.py);
 `mtpchatd keys` creates CURVE keys for listening beyond loopback. `--openai ADDRESS` also serves an
-OpenAI-compatible HTTP API (daemon/openai/) from the same process.
+OpenAI-compatible HTTP API (daemon/openai/) from the same process; `mtpchatd openai --connect ENDPOINT`
+serves it alone, for a daemon running elsewhere.
 """
 
 from __future__ import annotations
@@ -138,6 +139,36 @@ def _gateway(settings, endpoint: str):
         raise OSError(f"cannot serve the OpenAI API on {settings.listen}: {exc.strerror}") from None
 
 
+def _openai(args: argparse.Namespace) -> int:
+    """The OpenAI-compatible API alone, in front of a daemon that runs elsewhere (another process of this
+    machine, or another machine over tcp:// with CURVE keys): the gateway is a wire-protocol client, so
+    nothing but the endpoint differs from `serve --openai`."""
+    import dataclasses
+    import signal
+    import threading
+
+    from mtpchat.config import load_config
+    from mtpchat.paths import default_endpoint
+
+    try:
+        config = load_config()
+        settings = dataclasses.replace(config.openai, listen=args.listen or config.openai.listen or "127.0.0.1:8080",
+                                       api_key_file=args.api_key_file or config.openai.api_key_file)
+        gateway = _gateway(settings, args.connect or default_endpoint())
+    except (ValueError, OSError) as exc:
+        print(f"mtpchatd: {exc}", file=sys.stderr)
+        return 1
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    gateway.start()
+    print(f"mtpchatd: OpenAI-compatible API on {gateway.url} for the daemon at {args.connect or default_endpoint()}",
+          flush=True)
+    stopped.wait()
+    gateway.stop()
+    return 0
+
+
 def _take_lock(lock, patience_s: float = 1.0) -> bool:
     """The pid-file lock, tried for `patience_s`: a client asking whether a daemon runs
     (mtpchat.client.local_daemon_pid) holds it for an instant, which must not turn a start away."""
@@ -176,6 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--openai-api-key-file", metavar="PATH",
                        help="a file holding the key HTTP clients must send (needed beyond loopback)")
     serve.set_defaults(run=_serve)
+    gateway = commands.add_parser("openai", help="serve only the OpenAI-compatible API, for a daemon running "
+                                                 "elsewhere (this machine or another)")
+    gateway.add_argument("--connect", metavar="ENDPOINT",
+                         help="the daemon's endpoint, e.g. tcp://gpu-box:5555 with CURVE keys (default: this "
+                              "machine's daemon)")
+    gateway.add_argument("--listen", metavar="HOST:PORT",
+                         help="where to serve HTTP (default: [openai] listen in config.toml, else 127.0.0.1:8080)")
+    gateway.add_argument("--api-key-file", metavar="PATH",
+                         help="a file holding the key HTTP clients must send (needed beyond loopback)")
+    gateway.set_defaults(run=_openai)
     inspect = commands.add_parser("inspect", help="load a checkpoint and report what the engine runs")
     inspect.add_argument("checkpoint", help="checkpoint directory or Hugging Face repo id (offline cache)")
     inspect.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if present)")

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +23,7 @@ import pytest
 
 from daemon.openai.mapping import wire_error
 from mtpchat.client import DaemonClient
+from mtpchat.paths import default_endpoint
 from tests.helpers import running_daemon, start_daemon_process, wait_until, write_tiny_config
 
 MESSAGES = [{"role": "user", "content": "Hello there"}]
@@ -235,6 +239,29 @@ def test_a_non_loopback_address_without_a_key_stops_the_start(home):
     process = start_daemon_process(home, "--openai", f"0.0.0.0:{free_port()}")
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 1 and "api_key_file" in output
+
+
+def test_the_api_alone_serves_a_daemon_running_elsewhere(home, tmp_path):
+    """`mtpchatd openai --connect ENDPOINT` in another home (whose own daemon does not exist) answers for
+    the daemon at ENDPOINT, with that daemon's replies; SIGTERM stops it cleanly."""
+    address = f"127.0.0.1:{free_port()}"
+    with running_daemon(home, ["dense"]):
+        direct = daemon_reply(max_tokens=6)["text"]
+        env = dict(os.environ, MTPCHAT_HOME=str(tmp_path / "elsewhere"))
+        gateway = subprocess.Popen([sys.executable, "-m", "daemon", "openai", "--connect", default_endpoint(),
+                                    "--listen", address], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
+        try:
+            url = f"http://{address}/v1"
+            wait_until(lambda: _answers(url), 30)
+            api = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+            assert "dense" in [model.id for model in api.models.list()]
+            reply = api.chat.completions.create(model="dense", messages=MESSAGES, max_tokens=6, temperature=0)
+            assert reply.choices[0].message.content == direct
+        finally:
+            gateway.terminate()
+            output, _ = gateway.communicate(timeout=30)
+        assert gateway.returncode == 0, output
 
 
 @pytest.mark.parametrize("code, status", [("busy", 429), ("unknown_model", 404), ("prompt_too_long", 400),
