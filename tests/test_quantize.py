@@ -28,6 +28,7 @@ from daemon.serve.footprint import checkpoint_footprint
 from daemon.weights.gguf_convert import split_q4_1, unpack_q4_1_codes
 from daemon.weights.loader import load_model
 from mtpchat.config import ModelSettings, Quantization
+from mtpchat.protocol import MAX_DRAFT
 from tests.helpers import decode, generation, random_ids
 
 MODELS = ["qwen3.6-dense-tiny", "qwen3.6-moe-tiny"]
@@ -156,9 +157,9 @@ def test_mtp_decoding_of_a_quantized_model_equals_its_plain_decoding(tiny, name,
     model = load_model(tiny[name], device="cpu", quantization=quantization)
     prompt = random_ids(40, seed=5)[0].tolist()
     plain = decode(model, prompt, 16)
-    for k in (1, 2, 3):
-        run = generation(model, prompt, 16, draft_k=k)
-        assert run.tokens() == plain, f"k={k}"
+    for k, adaptive in [(k, False) for k in range(1, MAX_DRAFT + 1)] + [(MAX_DRAFT, True)]:
+        run = generation(model, prompt, 16, draft_k=k, adaptive=adaptive)
+        assert run.tokens() == plain, f"k={k}{' adaptive' if adaptive else ''}"
         assert run.stats.drafts > 0
 
 
