@@ -27,6 +27,12 @@ The lm_head is quantized to int8 whenever the trunk is quantized: the output lay
 rounding hurts most (llama.cpp keeps it at 6-8 bits for that reason). The MTP head follows its own
 setting, since its rounding costs only acceptance, never correctness.
 
+Why torch's ops and not torchao: torchao's CPU int4 weight-only tensor (Int4OpaqueTensor, read in
+pytorch/ao) packs with the same `_convert_weight_to_int4pack_for_cpu` and multiplies with the same
+`_weight_int4pack_mm_for_cpu`, so it would add a dependency and a tensor subclass (which our state cache,
+compile and loader would have to see through) for the same kernel; its other CPU path (da8w4) quantizes
+the activations to int8 as well, which weight-only quantization excludes.
+
 CPU only: CUDA's int4 kernel wants a different packing (`_convert_weight_to_int4pack` on uint8 pairs
 with inner k-tiles) that no machine of this project's CI can test; the loader refuses other devices.
 """
