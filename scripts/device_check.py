@@ -112,7 +112,8 @@ def bytes_per_token(model, cache_bytes: int) -> int:
 
 def oracle(runner: StepRunner, prompt: list[int], truth: list[int] | None, rate: float, tokens: int) -> dict:
     """Speculative decoding whose drafts are `truth` (prompt + continuation), each wrong with chance
-    1 - rate; truth None: every draft wrong (what the verifier alone picks, at this k's shapes)."""
+    1 - rate; truth None: every draft wrong (what the verifier alone picks, at this k's shapes). Each
+    step runs the MTP draft chain too (as CapturedDecoder does), so its cost is in the speed-up."""
     rng, k = random.Random(0), runner.k
     runner.prefill(prompt)
     out, drafted, accepted = [int(runner.buffers.token)], 0, 0
@@ -120,6 +121,8 @@ def oracle(runner: StepRunner, prompt: list[int], truth: list[int] | None, rate:
     started = time.perf_counter()
     while len(out) < tokens + 1:
         position = len(prompt) + len(out)  # the index in prompt + out of the token after `token`
+        if k > 1:  # the MTP chain's cost is paid as in real decoding; its drafts are then replaced
+            runner.run("draft")
         drafts = []
         for slot in range(k):
             right = truth is not None and position + slot < len(truth) and rng.random() < rate
