@@ -9,6 +9,7 @@ import sys
 import torch
 
 from daemon.model.config import TextConfig
+from daemon.model.quantized import Int4Linear, Int8Linear, QuantizedExperts
 from daemon.tools.bandwidth import layer_bandwidth, machine_bandwidth
 from daemon.tools.bench import bench_checkpoint, bench_oracle, step_costs
 from daemon.tools.real_shapes import random_model, shape_config
@@ -57,6 +58,17 @@ def test_random_model_and_step_costs(tiny):
     costs = step_costs(model, ks=[1, 2], context=16, repeats=1)
     assert costs["decode_step_s"] > 0 and set(costs["verify_vs_decode"]) == {"1", "2"}
     assert costs["draft_step_vs_decode"] > 0 and 0 < costs["lm_head_vs_decode"] < 1
+
+
+def test_a_random_model_can_be_quantized_as_the_loader_would(tiny):
+    config = TextConfig.from_checkpoint(tiny["qwen3.6-moe-tiny"])
+    model = random_model(config, "cpu", torch.float32, quantization=Quantization("int4", 32, "int8"))
+    assert isinstance(model.layers[3].self_attn.qkv_proj, Int4Linear)
+    assert isinstance(model.layers[3].mlp.experts, QuantizedExperts) and isinstance(model.mtp.fc, Int8Linear)
+    float_twin = random_model(config, "cpu", torch.float32)
+    assert layer_bandwidth(model, repeats=1)["qkv_proj"]["mb"] < layer_bandwidth(float_twin, repeats=1)["qkv_proj"]["mb"] / 4
+    prompt = random_ids(12, seed=3)[0].tolist()
+    assert bench_checkpoint(model, [prompt], 8, ks=[2])["mtp_identical_to_plain"] is True
 
 
 def test_layer_bandwidth_counts_each_kinds_weights(tiny):

@@ -66,21 +66,24 @@ def _bench(args: argparse.Namespace) -> int:
     report = {"device": str(device), "machine": machine(),
               "threads": torch.get_num_threads(), "torch": torch.__version__, "max_tokens": args.max_tokens,
               "draft_k": ks, "draft_vocab": args.draft_vocab}
+    runs = []  # (quantization, report part), one per --quantize method
     if args.shape:
         # random weights at a real shape; bf16 by default, where a (k+1)-token verify reads weights once
         dtype = DTYPES[args.dtype or "bfloat16"]
         config = shape_config(args.shape, args.layers, args.vocab)
-        model = random_model(config, device, dtype)
         prompt = torch.randint(0, config.vocab_size, (args.prompt_tokens,),
                                generator=torch.Generator().manual_seed(0)).tolist()
         rates = [float(r) for r in (args.oracle or "0.6,0.7,0.8,0.9").split(",")]
         report.update(model=args.shape, layers=config.num_hidden_layers, vocab=config.vocab_size)
-        report["step_cost"] = bench.step_costs(model, ks, draft_vocab=args.draft_vocab)
-        report["layer_bandwidth"] = layer_bandwidth(model)
-        report["oracle"] = bench.bench_oracle(model, prompt, args.max_tokens, ks, rates, draft_vocab=args.draft_vocab)
+        for quantization in _quantizations(args) if args.quantize else [Quantization()]:
+            model = random_model(config, device, dtype, quantization=quantization)
+            runs.append((quantization, {
+                "step_cost": bench.step_costs(model, ks, draft_vocab=args.draft_vocab),
+                "layer_bandwidth": layer_bandwidth(model),
+                "oracle": bench.bench_oracle(model, prompt, args.max_tokens, ks, rates, draft_vocab=args.draft_vocab)}))
+            del model
     else:
         checkpoint = _local_checkpoint(args.model)
-        runs = []  # (quantization, report part), one per --quantize method
         for quantization in _quantizations(args):
             model, tokenizer = load_chat_model(checkpoint, device=str(device),
                                                dtype=DTYPES[args.dtype] if args.dtype else None,
@@ -115,11 +118,11 @@ def _bench(args: argparse.Namespace) -> int:
                     part["daemon_overhead"] = bench.bench_daemon_overhead(model, tokenizer, client, model_name,
                                                                           args.max_tokens, max(ks))
             runs.append((quantization, part))
-        if len(runs) == 1:
-            report.update(runs[0][1], quantize=runs[0][0].describe())
-        else:  # several: one part per quantization, side by side
-            report["by_quantize"] = {quantization.describe(): part for quantization, part in runs}
-    report["dtype"] = str(model.dtype).removeprefix("torch.")
+    if len(runs) == 1:
+        report.update(runs[0][1], quantize=runs[0][0].describe())
+    else:  # several: one part per quantization, side by side
+        report["by_quantize"] = {quantization.describe(): part for quantization, part in runs}
+    report["dtype"] = str(dtype if args.shape else model.dtype).removeprefix("torch.")
     if device.type == "cpu":
         report["machine_bandwidth"] = machine_bandwidth()
     print(json.dumps(report, indent=2))
@@ -238,7 +241,8 @@ def add_commands(commands) -> None:
                        help="torch.compile the decoding steps first (as a model with compile = true in config.toml)")
     bench.add_argument("--quantize", metavar="METHODS",
                        help=f"weight-only quantization, or a comma list measured one after the other: "
-                            f"{','.join(QUANTIZE_CHOICES)} (default: the configured model's setting, else none)")
+                            f"{','.join(QUANTIZE_CHOICES)} (default: the configured model's setting, else none; "
+                            f"none with --shape)")
     bench.add_argument("--quantize-group", type=int, default=DEFAULT_QUANTIZE_GROUP,
                        help="with --quantize: inputs per int4 scale (32, 64 or 128)")
     bench.add_argument("--quantize-mtp", choices=QUANTIZE_CHOICES,
