@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from daemon.model import quantized
 from daemon.model.linear import Linear
 from daemon.model.quantized import (
     KERNEL_DTYPE,
@@ -41,6 +42,18 @@ def _layer(cls, weight: torch.Tensor, *args) -> torch.nn.Module:
     layer.to_empty(device="cpu")
     layer.load(weight)
     return layer
+
+
+@pytest.mark.parametrize("cls, rows, args", [(Int8Linear, 100, ()), (Int4Linear, 112, (32,))])
+def test_quantizing_in_row_blocks_gives_the_whole_matrixs_layer(monkeypatch, cls, rows, args):
+    """Loading quantizes QUANTIZE_ROWS rows at a time (so its float32 copies stay small): the buffers are
+    bit for bit those of quantizing the whole matrix at once, a last short block included."""
+    weight = torch.randn(rows, 64, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    whole = _layer(cls, weight, *args)
+    monkeypatch.setattr(quantized, "QUANTIZE_ROWS", 64)  # the smallest block the int4 packing allows
+    blocks = _layer(cls, weight, *args)
+    for name, buffer in whole.named_buffers():
+        assert torch.equal(buffer, dict(blocks.named_buffers())[name]), name
 
 
 def _per_weight(per_group: torch.Tensor, group: int) -> torch.Tensor:

@@ -57,8 +57,19 @@ class Quantization(Protocol):
 
 KERNEL_DTYPE = torch.bfloat16  # the only activation dtype torch's CPU weight-only kernels vectorise
 INT4_ROWS = 16  # the int4 CPU packing takes out_features in multiples of this
+QUANTIZE_ROWS = 4096  # rows quantized at a time while loading: a multiple of 64, the int4 packing's row
+# block (it interleaves rows within blocks of 64, a shorter last block on its own: measured in torch 2.13)
 # Linear layers left in the compute dtype whatever the setting (see the module docstring), by name.
 KEEP_FLOAT = ("mlp.gate", "mlp.shared_expert_gate", "linear_attn.in_proj_b", "linear_attn.in_proj_a")
+
+
+def _row_blocks(weight: torch.Tensor):
+    """(rows, weight[rows]) in blocks of QUANTIZE_ROWS: codes, scales and zeros are per row (and group),
+    so quantizing block by block gives the whole matrix's result, while the float32 copies quantizing
+    makes stay the size of a block, not of the matrix (a 27B lm_head is 4.7 GiB in float32)."""
+    for start in range(0, weight.shape[0], QUANTIZE_ROWS):
+        rows = slice(start, start + QUANTIZE_ROWS)
+        yield rows, weight[rows]
 
 
 def int8_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,12 +117,13 @@ class Int8Linear(nn.Module):
         return self.scales.device
 
     def load(self, weight: torch.Tensor) -> None:
-        self.load_codes(*int8_quantize(weight))
+        for rows, block in _row_blocks(weight):
+            self.load_codes(*int8_quantize(block), rows)
 
-    def load_codes(self, codes: torch.Tensor, scales: torch.Tensor) -> None:
-        """codes int8 [out, in]; scales [out] (rounded to KERNEL_DTYPE): w = codes·scale."""
-        self.weight_int8.copy_(codes)
-        self.scales.copy_(scales)
+    def load_codes(self, codes: torch.Tensor, scales: torch.Tensor, rows: slice = slice(None)) -> None:
+        """codes int8 [out, in]; scales [out] (rounded to KERNEL_DTYPE): w = codes·scale (of `rows` only)."""
+        self.weight_int8[rows].copy_(codes)
+        self.scales[rows].copy_(scales)
 
     def forward(self, x: torch.Tensor, outputs: int | None = None) -> torch.Tensor:
         """x [..., in] -> [..., out] (only the first `outputs` features when given), in x's dtype."""
@@ -142,12 +154,15 @@ class Int4Linear(nn.Module):
         return out_features % INT4_ROWS == 0 and in_features % group == 0
 
     def load(self, weight: torch.Tensor) -> None:
-        self.load_codes(*int4_quantize(weight, self.group))
+        for rows, block in _row_blocks(weight):
+            self.load_codes(*int4_quantize(block, self.group), rows)
 
-    def load_codes(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> None:
-        """codes 0..15 [out, in]; scales, zeros [out, in/group]: w = (codes - 8)·scale + zero."""
-        self.packed.copy_(torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1))
-        self.scales_and_zeros.copy_(torch.stack((scales, zeros), dim=-1).transpose(0, 1))
+    def load_codes(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                   rows: slice = slice(None)) -> None:
+        """codes 0..15 [out, in]; scales, zeros [out, in/group]: w = (codes - 8)·scale + zero (of `rows`
+        only, starting at a multiple of 64 rows: blocks of 64 rows pack as within the whole matrix)."""
+        self.packed[rows].copy_(torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1))
+        self.scales_and_zeros[:, rows].copy_(torch.stack((scales, zeros), dim=-1).transpose(0, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] -> [..., out]. (No first-outputs form as Linear and Int8Linear have: the packing

@@ -91,7 +91,9 @@ Parts = tuple[tuple[str, int], ...]  # the checkpoint tensors (name, rows) one l
 
 
 def _read_stacked(files: CheckpointFiles, parts: Parts, columns: int) -> torch.Tensor:
-    return torch.cat([files.read(name, (rows, columns)) for name, rows in parts])
+    """The parts stacked by rows (one part: the tensor as read, no copy)."""
+    tensors = [files.read(name, (rows, columns)) for name, rows in parts]
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def _load_stacked(fill: Callable[[torch.Tensor], object], files: CheckpointFiles, parts: Parts, columns: int) -> None:
@@ -196,7 +198,8 @@ def load_model(checkpoint: str | Path, *, device: torch.device | str | None = No
                progress: Callable[[float], None] | None = None,
                quantization: Quantization = Quantization()) -> QwenModel:
     """Onto one `device`, or split as `placement` says, with `quantization`'s layers quantized as they
-    are read (peak memory: the quantized model plus one float tensor). progress, if given, is called
+    are read (quantized in row blocks: beyond the model, about a block's float32 copies plus the
+    checkpoint's mapped pages, which stay in RSS until the load ends; README "Memory while loading"). progress, if given, is called
     with the fraction of weights loaded so far (0..1)."""
     directory = resolve_checkpoint(checkpoint)
     config = TextConfig.from_checkpoint(directory)
