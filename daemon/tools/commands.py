@@ -279,7 +279,8 @@ def add_commands(commands) -> None:
     train.add_argument("--out", help="where mtp_head.safetensors goes (default: beside the checkpoint)")
     train.add_argument("--work", help="work directory for replies, features and resumable state "
                                       "(default: in the cache, per trunk)")
-    # defaults: daemon.tools.train_head.TrainSettings (what the committed demo head was trained with)
+    # defaults: daemon.tools.train_head.TrainSettings (the committed demo head's, but --lm-head-dtype bfloat16;
+    # its mtp_head.json records the exact command)
     train.add_argument("--prompt-set", choices=["v1", "v2"],
                        help="built-in prompts: v1 chat only (the first demo head's), v2 chat, code, technical "
                             "questions, lists and multi-turn conversations (default v2)")
