@@ -46,7 +46,18 @@ def test_drafts_that_do_not_pay_fall_back_to_plain_steps_and_keep_exploring():
     chosen = _drive(AdaptiveDraft(3), acceptance=0.2, seconds=lambda k: 1 + 0.3 * k, steps=320)
     late = chosen[-160:]
     assert late.count(0) >= len(late) * 3 // 4
-    assert {1, 2, 3} <= set(late)  # every drafting length is re-tried now and then: estimates stay fresh
+    assert 1 in late  # the neighbour of the best is re-tried now and then: its estimate stays fresh
+    assert not {2, 3} & set(late)  # and not the long drafts, which would only cost
+
+
+def test_exploration_climbs_to_longer_drafts_when_acceptance_rises():
+    # prose-like acceptance first (plain steps win), then code-like acceptance at the same step costs:
+    # k climbs one step at a time
+    policy = AdaptiveDraft(4)
+    assert set(_drive(policy, acceptance=0.02, seconds=lambda k: 1 + 0.1 * k, steps=200)[-100:]) == {0, 1}
+    chosen = _drive(policy, acceptance=0.95, seconds=lambda k: 1 + 0.1 * k, steps=400)
+    late = chosen[-50:]
+    assert max(set(late), key=late.count) == 4
 
 
 def test_plain_is_timed_after_every_drafting_length():

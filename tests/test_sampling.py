@@ -3,7 +3,7 @@
 Proven here, on synthetic distributions over a vocabulary of 6 tokens:
 - verify_drafts is lossless: the first emitted token is distributed as q[0] (k=1 and k=3, sampled or
   greedy drafts); for k=3 the second emitted token is distributed as q[1]; the total-variation
-  distance to q shrinks with more trials, while deliberately wrong samplers (always accepting the
+  distance to q is small and a chi-square test accepts q, while deliberately wrong samplers (always accepting the
   draft; resampling from q instead of norm(max(0, q - p))) land far from q;
 - with p == q every draft is accepted and the bonus token follows q[1];
 - against a greedy target exactly the leading drafts equal to the argmax are accepted, and the next
@@ -15,6 +15,8 @@ Proven here, on synthetic distributions over a vocabulary of 6 tokens:
   while penalising every row with the history alone lands far from it;
 - every sampling field at either end of the range the protocol accepts (alone, and all at once), through
   the penalties, target_probs, choose and verify_drafts, gives finite distributions and a valid token;
+- `sample` follows each row and never draws a token of probability 0; top-p found among the most
+  likely tokens equals a full sort of the vocabulary exactly;
 - seeded generators reproduce draws exactly; SamplingParams rejects invalid settings.
 """
 
@@ -26,12 +28,24 @@ import pytest
 import torch
 
 from daemon.engine.penalties import Penalties
-from daemon.engine.sampling import SamplingParams, choose, sample, target_probs, verify_drafts
+from daemon.engine.sampling import NUCLEUS_CANDIDATES, SamplingParams, choose, sample, target_probs, verify_drafts
 from mtpchat.protocol import SAMPLING_BOUNDS, sampling_fields
 
 V = 6
 Q0 = torch.tensor([0.40, 0.30, 0.10, 0.10, 0.05, 0.05])
 P0 = torch.tensor([0.05, 0.05, 0.10, 0.10, 0.30, 0.40])  # far from Q0: TV(P0, Q0) = 0.6
+
+
+# chi-square with 5 degrees of freedom (6 tokens) exceeds this with probability 0.001 when the tokens
+# follow the distribution: a fixed seed makes each check deterministic, and a correct sampler fails it
+# for 1 seed in 1000, while a wrong one (TV 0.18 at 12,000 draws) lands in the hundreds
+CHI2_5DOF_P001 = 20.52
+
+
+def chi_square(tokens: torch.Tensor, probs: torch.Tensor) -> float:
+    counts = torch.bincount(tokens, minlength=len(probs)).double()
+    expected = probs.double() * tokens.numel()
+    return float(((counts - expected) ** 2 / expected).sum())
 
 
 def tv(tokens: torch.Tensor, probs: torch.Tensor) -> float:
@@ -60,7 +74,7 @@ def test_lossless_single_draft_and_wrong_samplers_are_caught():
     acc, emitted = run(target, P0[None], drafts)
     first = emitted[:, 0]
     assert tv(first, Q0) < 0.02
-    assert tv(first, Q0) < tv(first[:750], Q0)  # converges as trials grow
+    assert chi_square(first, Q0) < CHI2_5DOF_P001
     assert abs(acc.double().mean() - torch.minimum(P0, Q0).sum()) < 0.02  # acceptance rate = sum min(p, q)
     # wrong sampler 1: always accept the draft
     assert tv(drafts[:, 0], Q0) > 0.5
@@ -178,6 +192,46 @@ def test_seeded_generators_reproduce_and_different_seeds_differ():
     assert draws(1) == draws(1)
     a, b = draws(1), draws(2)
     assert a[0] != b[0] and a[1] != b[1]
+
+
+def test_sample_follows_the_rows_and_never_draws_a_zero_probability_token():
+    """Inverse transform sampling: each row's draws follow that row (unnormalised rows too), and tokens of
+    probability 0 — first, inside and last, where an off-by-one in the search would land — never come."""
+    sparse = torch.tensor([0.0, 0.4, 0.0, 0.35, 0.25, 0.0])
+    rows = torch.stack([Q0 * 3.0, sparse])  # row 0 sums to 3
+    g = torch.Generator().manual_seed(21)
+    tokens = torch.stack([sample(rows, g) for _ in range(12_000)])
+    assert chi_square(tokens[:, 0], Q0) < CHI2_5DOF_P001
+    assert set(tokens[:, 1].tolist()) == {1, 3, 4}
+    assert tv(tokens[:, 1], sparse) < 0.02
+    one_hot = torch.zeros(3, 1000)
+    one_hot[0, 0], one_hot[1, 517], one_hot[2, 999] = 1e-30, 2.0, 0.5
+    assert sample(one_hot, g).tolist() == [0, 517, 999]
+
+
+def _nucleus_by_full_sort(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The definition: sort the whole vocabulary, keep the prefix whose mass before each token is below top_p."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    outside = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
+    outside[..., 0] = False
+    kept = torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    return kept / kept.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("scale", [8.0, 1.0, 0.05])  # peaked (prefix among the candidates), mixed, flat
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.99])
+def test_top_p_from_the_candidates_equals_a_full_sort(scale, top_p):
+    """The top-p prefix found among the most likely tokens is the full sort's, exactly, in either branch
+    (float32 cumulative sums over the same values in the same order: no tolerance)."""
+    logits = torch.randn(3, 5000, generator=torch.Generator().manual_seed(22)) * scale
+    probs = logits.softmax(-1)
+    params = SamplingParams(temperature=1.0, top_p=top_p)
+    assert torch.equal(target_probs(logits, params), _nucleus_by_full_sort(probs, top_p))
+    kept = int((target_probs(logits, params) > 0).sum(-1).max())
+    if scale == 8.0:
+        assert kept < NUCLEUS_CANDIDATES  # the candidates held the prefix: the shortcut was exercised
+    if scale == 0.05:
+        assert kept > NUCLEUS_CANDIDATES  # the full-sort branch was exercised
 
 
 def test_min_p_keeps_tokens_at_least_min_p_times_the_top_one():

@@ -22,6 +22,8 @@ import torch
 # Temperatures below this are greedy: dividing logits (float32 resolution ~1e-6 at magnitude ~10) by
 # anything smaller only separates near-ties, and a temperature that rounds to 0 in float32 would divide 0 by 0.
 GREEDY_BELOW = 1e-6
+# top-p looks for its prefix among this many most likely tokens before sorting the whole vocabulary
+NUCLEUS_CANDIDATES = 64
 
 
 @dataclass(frozen=True)
@@ -74,18 +76,40 @@ def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = logits.softmax(-1)
     if params.top_p < 1:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
-        outside = (sorted_probs.cumsum(-1) - sorted_probs) >= params.top_p
-        outside[..., 0] = False  # explicitly: a top_p that rounds to 0 in float32 would drop them all
-        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
-        probs = probs / probs.sum(-1, keepdim=True)
+        probs = _nucleus(probs, params.top_p)
     return probs
 
 
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """probs [N, V] kept on the smallest prefix, most likely first, whose mass reaches top_p (always at
+    least the top token), renormalised. The prefix is looked for among the NUCLEUS_CANDIDATES most likely
+    tokens first: where their mass reaches top_p in every row, the prefix lies among them (a token is kept
+    while the mass before it is below top_p), with the same float32 cumulative sums a full sort gives, so
+    the full sort of the vocabulary (~50x the cost of the top-64 on a 49k vocabulary) runs only for flat
+    distributions."""
+    candidates = min(NUCLEUS_CANDIDATES, probs.shape[-1])
+    sorted_probs, order = probs.topk(candidates, dim=-1)
+    cumulative = sorted_probs.cumsum(-1)
+    if candidates < probs.shape[-1] and bool((cumulative[..., -1] < top_p).any()):
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        cumulative = sorted_probs.cumsum(-1)
+    outside = (cumulative - sorted_probs) >= top_p
+    outside[..., 0] = False  # explicitly: a top_p that rounds to 0 in float32 would drop them all
+    kept = torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    return kept / kept.sum(-1, keepdim=True)
+
+
 def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row of probs [N, V]."""
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    """One token per row of probs [N, V] (non-negative, any positive sum): inverse transform sampling,
+    the first token whose cumulative mass (float64) exceeds a uniform draw u·total. A token of
+    probability 0 adds nothing to the cumulative mass, so it is never the first to exceed it; u < 1 and
+    the clamp below `total` keep the draw inside the vocabulary. One uniform per row, ~20x cheaper than
+    torch.multinomial on a 49k vocabulary (which ran ~1 ms a token on one core)."""
+    cumulative = probs.to(torch.float64).cumsum(-1)
+    total = cumulative[:, -1:]
+    draw = torch.rand(total.shape, dtype=torch.float64, generator=generator, device=probs.device) * total
+    draw = torch.minimum(draw, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cumulative, draw, right=True).squeeze(-1)
 
 
 def choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None):
