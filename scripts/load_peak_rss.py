@@ -40,7 +40,7 @@ from safetensors.torch import save_file
 
 from daemon.model.config import TextConfig
 from daemon.model.linear import checkpoint_tensors
-from daemon.model.quantized import Int4Linear, Int8Linear, QuantizedExperts, quantize_modules
+from daemon.model.quantized import QuantizedExperts, quantize_modules, quantized_weights
 from daemon.model.text_model import QwenModel
 from daemon.tools.real_shapes import SHAPES, shape_config
 from daemon.weights.checkpoint import INDEX_FILE
@@ -135,20 +135,10 @@ def sizes(model: torch.nn.Module) -> dict:
     matrix it quantizes in one piece (experts one by one), each as (name, float32 bytes)."""
     held = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     read, quantized = [], []
-    experts: tuple[str, ...] = ()
-    for name, module in model.named_modules():
-        if name.startswith(experts):
-            continue
-        if isinstance(module, QuantizedExperts):
-            experts += (f"{name}.",)
-            for kind in ("gate_up_proj", "down_proj"):
-                layers = getattr(module, kind)
-                one = layers[0].out_features * layers[0].in_features
-                read.append((f"{name}.{kind}", len(layers) * one))
-                quantized.append((f"{name}.{kind}.0", one))
-        elif isinstance(module, (Int8Linear, Int4Linear)):
-            read.append((name, module.out_features * module.in_features))
-            quantized.append(read[-1])
+    for name, module, shape in quantized_weights(model):
+        read.append((name, shape.numel()))
+        experts = isinstance(module, QuantizedExperts)
+        quantized.append((f"{name}.0", shape[1:].numel()) if experts else read[-1])
     read += [(name, p.numel()) for name, p in model.named_parameters()]
 
     def largest(found):

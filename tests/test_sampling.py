@@ -285,6 +285,10 @@ def test_penalties_per_verified_position_equal_a_loop_exactly(params):
     # a drafter's single row after two chained drafts, on a reduced draft vocabulary of 30 ids
     row = penalties.apply(logits[:1, :30], torch.tensor(drafts[:2]))
     assert torch.equal(row, loop_penalised(logits[:1], PROMPT, history, drafts[:2], params)[:, :30])
+    # ids past a reduced draft vocabulary (in the history, and drafted) are left out of its columns
+    penalties.record([33])
+    row = penalties.apply(logits[:2, :30], torch.tensor([36]))
+    assert torch.equal(row, loop_penalised(logits[:2], PROMPT, history + [33], [36], params)[:, :30])
     unpenalised = Penalties(SamplingParams(), PROMPT, vocab, torch.device("cpu"))
     unpenalised.record(history)
     assert unpenalised.apply(logits, torch.tensor(drafts)) is logits

@@ -39,6 +39,7 @@ with inner k-tiles) that no machine of this project's CI can test; the loader re
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 import torch
@@ -221,6 +222,24 @@ class QuantizedExperts(nn.Module):
             out = self.down_proj[expert](F.silu(gate) * up) * weights[token, choice, None]
             result.index_add_(0, token, out)
         return result
+
+
+def quantized_weights(model: nn.Module) -> Iterator[tuple[str, nn.Module, torch.Size]]:
+    """Every weight the model's quantized layers hold, as a checkpoint stores it: (name, layer, shape) for
+    each Int8Linear and Int4Linear ([out, in]) and for each QuantizedExperts' fused gate_up_proj and
+    down_proj (named `<experts>.<kind>`, [E, out, in]); the per-expert layers inside are not listed
+    apart. What the loader fills, and what the load-memory measurement counts."""
+    experts: tuple[str, ...] = ()
+    for name, module in model.named_modules():
+        if name.startswith(experts):
+            continue
+        if isinstance(module, QuantizedExperts):
+            experts += (f"{name}.",)
+            for kind in ("gate_up_proj", "down_proj"):
+                layers = getattr(module, kind)
+                yield f"{name}.{kind}", module, torch.Size((len(layers), layers[0].out_features, layers[0].in_features))
+        elif isinstance(module, (Int8Linear, Int4Linear)):
+            yield name, module, torch.Size((module.out_features, module.in_features))
 
 
 def _method_for(name: str, quantization: Quantization) -> str:

@@ -26,7 +26,8 @@ import torch
 
 from daemon.model.config import TextConfig
 from daemon.model.linear import Linear, stacked_layers
-from daemon.model.quantized import Int4Linear, Int8Linear, QuantizedExperts, q4_1_to_int4, quantize_modules
+from daemon.model.quantized import (Int4Linear, Int8Linear, QuantizedExperts, q4_1_to_int4, quantize_modules,
+                                     quantized_weights)
 from daemon.model.text_model import QwenModel
 from daemon.weights.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
 from daemon.weights.gguf_convert import Q4_1_GROUP, q4_1_names, read_q4_1
@@ -173,24 +174,16 @@ def _load_steps(model: QwenModel, files: CheckpointFiles, prefix: str, tie: bool
                                                    param.shape[1])
         elif not (tie and name == "lm_head.weight"):  # a tied float lm_head is the embedding, set after
             yield param.numel(), functools.partial(_load_tensor, param.copy_, files, stored(name), param.shape)
-    experts = ()  # names of QuantizedExperts, whose per-expert layers they fill themselves
-    for name, module in model.named_modules():
-        if name.startswith(experts):
-            continue
+    for name, module, shape in quantized_weights(model):
         if isinstance(module, QuantizedExperts):
-            experts += (f"{name}.",)
-            for kind in ("gate_up_proj", "down_proj"):
-                layers = getattr(module, kind)
-                shape = torch.Size((len(layers), layers[0].out_features, layers[0].in_features))
-                yield shape.numel(), functools.partial(_load_experts, module, kind, files, stored(f"{name}.{kind}"),
-                                                       shape)
-        elif isinstance(module, (Int8Linear, Int4Linear)):
-            sources, weights = parts(name, module.out_features), module.out_features * module.in_features
-            if isinstance(module, Int4Linear) and group == Q4_1_GROUP and all(q4_1_names(n)[0] in files
-                                                                                for n, _ in sources):
-                yield weights, functools.partial(_load_q4_1, module, files, sources)
-            else:
-                yield weights, functools.partial(_load_linear, module, files, sources)
+            kind = name.rsplit(".", 1)[1]
+            yield shape.numel(), functools.partial(_load_experts, module, kind, files, stored(name), shape)
+            continue
+        sources = parts(name, module.out_features)
+        if isinstance(module, Int4Linear) and group == Q4_1_GROUP and all(q4_1_names(n)[0] in files for n, _ in sources):
+            yield shape.numel(), functools.partial(_load_q4_1, module, files, sources)
+        else:
+            yield shape.numel(), functools.partial(_load_linear, module, files, sources)
 
 
 def load_model(checkpoint: str | Path, *, device: torch.device | str | None = None,
