@@ -12,12 +12,12 @@ piece (in float32 bytes), the RSS after `import torch` and the daemon's modules 
 RSS (VmHWM, with getrusage's ru_maxrss beside it), and overhead = peak - baseline - held: what loading
 costs beyond the model.
 
-The peak RSS also counts the checkpoint's file pages: safetensors maps each shard and hands out tensors
-that are views of the map, and the loader keeps its shards open until the load ends, so every page it
-read stays resident in the process (page cache the kernel can reclaim, not allocated memory) until
-then. `file_pages` is that part at the end of the load (with the few MB of torch's own code first run
-during it), and a sampler gives the peak of anonymous memory alone: `anon_overhead` = that peak -
-baseline - held is what the loader allocates beyond the model. The sampler reads every millisecond, so
+The peak RSS would also count the checkpoint's file pages if the loader mapped its shards (through
+safetensors' safe_open it did, and every page read stayed resident to the end of the load); it now reads
+each tensor into memory of its own (daemon/weights/checkpoint.py). `file_pages` is the growth of
+file-backed RSS by the end of the load (the few MB of torch's own code first run during it, and any
+mapped checkpoint pages), and a sampler gives the peak of anonymous memory alone: `anon_overhead` =
+that peak - baseline - held is what the loader allocates beyond the model. The sampler reads every millisecond, so
 it is a lower bound, close at real shapes where each tensor takes a second. A method whose estimated
 peak of allocated memory exceeds --budget-gib is skipped, with the estimate.
 """

@@ -130,6 +130,35 @@ def test_missing_shard_file_is_named(tiny, tmp_path):
         load_model(ckpt, device="cpu")
 
 
+def test_tensors_read_equal_safetensors_own_reading_for_every_dtype(tmp_path):
+    """The reader (plain reads, not a memory map) against safetensors' load_file as the reference: same
+    values, dtype and shape for every dtype a checkpoint holds, empty and 0-d tensors included."""
+    gen = torch.Generator().manual_seed(3)
+    tensors = {f"t.{dtype}": (torch.randn(5, 7, generator=gen) * 9).to(dtype) for dtype in (
+        torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
+        torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)}
+    tensors |= {"empty": torch.empty(0, 3), "scalar": torch.tensor(2.5)}
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    files, expected = CheckpointFiles(tmp_path), load_file(tmp_path / "model.safetensors")
+    assert sorted(files.names()) == sorted(expected)
+    for name, want in expected.items():
+        got = files.read(name, tuple(want.shape))
+        assert got.dtype == want.dtype, name
+        assert torch.equal(got.reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8)), name
+
+
+def test_truncated_or_garbled_shard_is_named(tiny, tmp_path):
+    ckpt = _copy(tiny["qwen3.6-dense-tiny"], tmp_path / "ckpt")
+    shard = ckpt / "model-00003-of-00003.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-100])  # a download cut short: the last tensor's end is missing
+    with pytest.raises(CheckpointError, match=r"in .*model-00003-of-00003.safetensors cannot be read: the file "
+                                              r"ends inside the tensor's data"):
+        load_model(ckpt, device="cpu")
+    shard.write_bytes(b"<html>rate limited</html>")  # not a safetensors file at all
+    with pytest.raises(CheckpointError, match=r"cannot read .*model-00003-of-00003.safetensors: header length"):
+        load_model(ckpt, device="cpu")
+
+
 def test_missing_checkpoint_and_unknown_repo_id_say_what_was_looked_for(tmp_path, monkeypatch):
     for missing in (tmp_path / "nowhere", "./nowhere", "../a/b"):
         with pytest.raises(CheckpointError, match="not found: expected a directory"):

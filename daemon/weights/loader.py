@@ -191,9 +191,9 @@ def load_model(checkpoint: str | Path, *, device: torch.device | str | None = No
                progress: Callable[[float], None] | None = None,
                quantization: Quantization = Quantization()) -> QwenModel:
     """Onto one `device`, or split as `placement` says, with `quantization`'s layers quantized as they
-    are read (quantized in row blocks: beyond the model, about a block's float32 copies plus the
-    checkpoint's mapped pages, which stay in RSS until the load ends; README "Memory while loading"). progress, if given, is called
-    with the fraction of weights loaded so far (0..1)."""
+    are read (quantized in row blocks: beyond the model, the tensor in hand and a block's float32 copies;
+    README "Memory while loading"). progress, if given, is called with the fraction of weights loaded
+    so far (0..1)."""
     directory = resolve_checkpoint(checkpoint)
     config = TextConfig.from_checkpoint(directory)
     files = open_checkpoint(directory)
