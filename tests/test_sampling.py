@@ -207,6 +207,9 @@ def test_sample_follows_the_rows_and_never_draws_a_zero_probability_token():
     one_hot = torch.zeros(3, 1000)
     one_hot[0, 0], one_hot[1, 517], one_hot[2, 999] = 1e-30, 2.0, 0.5
     assert sample(one_hot, g).tolist() == [0, 517, 999]
+    for broken in (torch.tensor([[0.5, float("nan"), 0.5]]), torch.zeros(1, 3), torch.tensor([[1.0, float("inf")]])):
+        with pytest.raises(ValueError, match="no finite positive mass"):  # not an id past the vocabulary
+            sample(broken, g)
 
 
 def _nucleus_by_full_sort(probs: torch.Tensor, top_p: float) -> torch.Tensor:

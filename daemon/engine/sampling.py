@@ -107,6 +107,8 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     torch.multinomial on a 49k vocabulary (which ran ~1 ms a token on one core)."""
     cumulative = probs.to(torch.float64).cumsum(-1)
     total = cumulative[:, -1:]
+    if not bool((total > 0).all() and total.isfinite().all()):  # NaN logits (an overflow) or nothing left
+        raise ValueError("cannot sample: the distribution has no finite positive mass (NaN or infinite logits?)")
     draw = torch.rand(total.shape, dtype=torch.float64, generator=generator, device=probs.device) * total
     draw = torch.minimum(draw, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cumulative, draw, right=True).squeeze(-1)
