@@ -7,6 +7,7 @@ Conversations, the daemon's log and its socket are the user's alone: their dirs 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import platformdirs
@@ -18,7 +19,13 @@ def _root(kind: str) -> Path:
     home = os.environ.get("MTPCHAT_HOME")
     if home:
         return Path(home) / kind
-    return Path(getattr(platformdirs, f"user_{kind}_dir")(APP))
+    with warnings.catch_warnings():
+        # Without XDG_RUNTIME_DIR (an ssh session without logind, a container, tmux started outside a
+        # login) platformdirs falls back to /tmp/runtime-<uid> and warns on every command; that
+        # directory is made the user's alone (0700) below all the same. Its other warnings stay.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR is not set",
+                                category=getattr(platformdirs, "RuntimeDirWarning", UserWarning))
+        return Path(getattr(platformdirs, f"user_{kind}_dir")(APP))
 
 
 def cache_dir() -> Path:

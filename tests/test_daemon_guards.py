@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import platformdirs
 import pytest
 
 from daemon.serve.listen import ListenError, check_listen_endpoint
@@ -79,6 +80,24 @@ def test_conversations_and_log_are_private_whatever_the_umask():
         assert stat.S_IMODE(daemon_log().parent.stat().st_mode) == 0o700
     finally:
         os.umask(previous)
+
+
+def test_no_runtime_dir_warning_on_every_command_without_xdg_runtime_dir(tmp_path):
+    """Over ssh without logind XDG_RUNTIME_DIR is unset: platformdirs falls back to /tmp/runtime-<uid>
+    with a warning that every `mtpchat ask` printed; the socket's directory is private (0700) anyway.
+    In a fresh interpreter, since platformdirs warns once per process."""
+    env = {key: value for key, value in os.environ.items() if key not in ("MTPCHAT_HOME", "XDG_RUNTIME_DIR")}
+    env["HOME"] = str(tmp_path)
+
+    def run(code: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-W", "error", "-c", code], env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    ours = run("from mtpchat.paths import _root; print(_root('runtime'))")
+    assert ours.returncode == 0 and ours.stdout.strip().endswith("mtpchat"), ours.stderr
+    if hasattr(platformdirs, "RuntimeDirWarning"):  # the releases that warn: so this cannot pass idly
+        direct = run("import platformdirs; platformdirs.user_runtime_dir('mtpchat')")
+        assert direct.returncode != 0 and "XDG_RUNTIME_DIR is not set" in direct.stderr
 
 
 def test_a_daemon_started_by_a_long_lived_client_stops_without_a_zombie(tmp_path, tiny):
