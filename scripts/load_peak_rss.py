@@ -17,8 +17,8 @@ safetensors' safe_open it did, and every page read stayed resident to the end of
 each tensor into memory of its own (daemon/weights/checkpoint.py). `file_pages` is the growth of
 file-backed RSS by the end of the load (the few MB of torch's own code first run during it, and any
 mapped checkpoint pages), and a sampler gives the peak of anonymous memory alone: `anon_overhead` =
-that peak - baseline - held is what the loader allocates beyond the model. The sampler reads every millisecond, so
-it is a lower bound, close at real shapes where each tensor takes a second. A method whose estimated
+that peak - baseline - held is what the loader allocates beyond the model. The sampler reads every
+millisecond, so it is a lower bound, close at real shapes where each tensor takes a second. A method whose estimated
 peak of allocated memory exceeds --budget-gib is skipped, with the estimate.
 """
 

@@ -10,7 +10,7 @@ it gives, and "auto" should then cost no more than its periodic exploration over
 neighbour of the best k (one shorter or one longer, whichever ran less recently) is run again, so the
 estimates around the choice stay fresh and the policy can climb to longer drafts when acceptance rises,
 without paying for the longest drafts while the best is a plain step (on the demo model under its
-sampling defaults, re-running every k in turn cost ~5% of decode speed).
+sampling defaults, re-running every k in turn spent about a tenth of the steps on drafts of 2-4).
 """
 
 from __future__ import annotations

@@ -59,7 +59,8 @@ class Penalties:
         extra = 0 if following is None else following.shape[0]
         assert extra >= rows - 1, "every row but the first follows a token of `following`"
         ids = self.ids if not extra else torch.cat((self.ids, following)).unique()
-        ids = ids[ids < vocab]
+        if vocab < self.counts.shape[0]:  # a reduced draft vocabulary: its first `vocab` ids only
+            ids = ids[ids < vocab]
         counts = self.counts[ids][None]  # [1, m]
         if extra:
             # how often each id is among the first j tokens of `following`; row r follows M+1-N+r of them

@@ -11,6 +11,7 @@ scripts/load_peak_rss.py) — while a read tensor is freed as soon as the loader
 peak is the model plus the tensor in hand. The format is the one safetensors writes: an 8-byte
 little-endian header length, a JSON header of name -> {dtype, shape, data_offsets} (offsets relative to
 the end of the header), then the data.
+
 An MTP head trained by `mtpchat train-head` for a checkpoint that shipped without one lies beside it
 as `mtp_head.safetensors`; its `mtp.*` tensors join the checkpoint's (and win over any it has).
 """
@@ -50,6 +51,8 @@ class SafetensorsFile:
             if not 0 < size <= MAX_HEADER_BYTES:
                 raise ValueError(f"header length {size} is not a safetensors header")
             header = json.loads(file.read(size))
+        if not isinstance(header, dict):
+            raise ValueError("the safetensors header is not a table of tensors")
         header.pop("__metadata__", None)
         self.data_start = 8 + size
         self.entries: dict[str, dict] = header
@@ -138,7 +141,7 @@ class CheckpointFiles:
             path = self.directory / filename
             try:
                 self._handles[filename] = SafetensorsFile(path)
-            except (OSError, ValueError, TypeError, AttributeError) as exc:
+            except (OSError, ValueError) as exc:
                 raise CheckpointError(f"cannot read {path}: {exc}; re-download the checkpoint") from None
         return self._handles[filename]
 

@@ -180,7 +180,8 @@ def _load_steps(model: QwenModel, files: CheckpointFiles, prefix: str, tie: bool
             yield shape.numel(), functools.partial(_load_experts, module, kind, files, stored(name), shape)
             continue
         sources = parts(name, module.out_features)
-        if isinstance(module, Int4Linear) and group == Q4_1_GROUP and all(q4_1_names(n)[0] in files for n, _ in sources):
+        shipped_q4_1 = all(q4_1_names(part)[0] in files for part, _ in sources)
+        if isinstance(module, Int4Linear) and group == Q4_1_GROUP and shipped_q4_1:
             yield shape.numel(), functools.partial(_load_q4_1, module, files, sources)
         else:
             yield shape.numel(), functools.partial(_load_linear, module, files, sources)
