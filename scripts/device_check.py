@@ -9,7 +9,10 @@ flash-linear-attention needed). Sections of the report:
   plain decode tok/s eager and captured, bandwidth utilisation, verify (k=1..4) and draft step cost
   relative to a 1-token step, oracle-drafter speed-ups at 60-90% acceptance, MTP's extra memory.
 - kernels: whether fla / causal-conv1d imported (tests/test_kernels.py checks them where they do).
-- quantized: int8/int4 have no CUDA kernels in this project yet: reported as not built.
+- quantized: per method (int8; int4 at group 128, as the released W4A16 checkpoints): a quantized matmul
+  against its dequantized reference (error within MATMUL_BOUND), eager vs captured greedy tokens of the
+  tiny MoE model quantized (captured MoE steps take QuantizedExperts.slots), and at the 27B shape plain
+  decode tok/s eager and captured, bandwidth utilisation and the k=3 verify cost.
 `--dry-run` runs the same code on the CPU at tiny shapes in float32 in seconds (tests/test_device_check.py).
 
 Usage: python scripts/device_check.py --out $OUT/device_check.json [--dry-run] [--layers-27b N]
@@ -30,7 +33,9 @@ from daemon.engine.step_runner import CapturedDecoder, StepRunner
 from daemon.model import kernels
 from daemon.model.config import TextConfig
 from daemon.tools.real_shapes import SHAPES, random_model, shape_config
+from daemon.model.quantized import KERNEL_DTYPE, quantized_kernels, quantized_linear
 from daemon.tools.step_timing import synchronize, time_step
+from mtpchat.config import Quantization
 
 HBM_BYTES_PER_S = 4.8e12  # H200 peak HBM bandwidth
 # bf16 logits of magnitude up to 16 are stored in steps of 1/16; a 1-token decode and a (k+1)-token
@@ -38,6 +43,11 @@ HBM_BYTES_PER_S = 4.8e12  # H200 peak HBM bandwidth
 # error (wrong position, state or mask) emits tokens several nats below the argmax.
 FIDELITY_GAP = 0.25
 RATES = (0.6, 0.7, 0.8, 0.9)
+# A quantized matmul's error against x @ dequantized weight, relative to sum |x|·|w| of its row: the
+# kernels round their output to bfloat16 (2^-9) and may accumulate in bfloat16-rounded partial sums;
+# 2^-7 leaves room for that and fails on a wrong packing, scale or zero (errors of order 1).
+MATMUL_BOUND = 2.0**-7
+QUANTIZE_GROUP = 128
 TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
             linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
             vocab_size=1024, moe_intermediate_size=32, shared_expert_intermediate_size=32)
@@ -99,10 +109,11 @@ def check_fidelity(model, prompt: list[int], tokens: int) -> dict:
 
 
 def bytes_per_token(model, cache_bytes: int) -> int:
-    """Weights a plain decode step reads (no embedding table: one row; MoE: top-k of the experts), plus
-    its caches (a fixed-shape step reads the attention buffers' whole capacity)."""
+    """Weights a plain decode step reads (no embedding table: one row; MoE: top-k of the experts; the
+    quantized layers' codes and scales, which are buffers), plus its caches (a fixed-shape step reads
+    the attention buffers' whole capacity)."""
     config, total = model.config, cache_bytes
-    for name, param in model.named_parameters():
+    for name, param in (*model.named_parameters(), *model.named_buffers()):
         if name.startswith(("mtp.", "embed_tokens")):
             continue
         share = config.num_experts_per_tok / config.num_experts if ".mlp.experts." in name else 1.0
@@ -171,6 +182,58 @@ def check_shape(shape: str, tiny: bool, layers: int | None, device, dtype, token
     return report
 
 
+def matmul_error(method: str, in_features: int, out_features: int, group: int, device) -> dict:
+    """A quantized layer's output against x @ its dequantized weight (float32), for 1 and 4 rows."""
+    generator = torch.Generator(device).manual_seed(0)
+    with torch.device("meta"):
+        layer = quantized_linear(method, in_features, out_features, group, kernels=quantized_kernels({str(device)}))
+    layer.to_empty(device=device)
+    weight = torch.randn(out_features, in_features, generator=generator, device=device) * 0.02
+    layer.load(weight)
+    reference = layer.dequantized()
+    report = {}
+    for rows in (1, 4):
+        x = torch.randn(rows, in_features, generator=generator, device=device).to(KERNEL_DTYPE).float()
+        scale = x.abs() @ reference.abs().t()
+        error = ((layer(x) - x @ reference.t()).abs() / scale).max().item()
+        report[f"rows{rows}"] = {"relative_error": error, "within_bound": error <= MATMUL_BOUND}
+    return report
+
+
+@torch.inference_mode()
+def check_quantized(tiny: bool, layers: int | None, device, dtype, tokens: int, reps: int) -> dict:
+    """Per method: matmul error, eager-vs-captured tokens of the quantized tiny MoE, 27B-shape decode."""
+    group = 32 if tiny else QUANTIZE_GROUP  # the tiny shapes' widths are multiples of 32 only
+    report = {"matmul_bound": MATMUL_BOUND, "group": group}
+    prompt = list(range(1, 17))
+    for method in ("int8", "int4"):
+        quantization = Quantization(method, group)
+        config = config_for("qwen3.6-27b", tiny, layers)
+        entry = {"matmul": matmul_error(method, config.hidden_size, 2 * config.intermediate_size, group, device)}
+        moe = random_model(config_for("qwen3.6-35b-a3b", True, None), device, dtype,
+                           quantization=Quantization(method, 32))
+        entry["parity_moe"] = check_parity(moe, prompt, tokens)
+        del moe
+        model = random_model(config, device, dtype, quantization=quantization)
+        capacity = len(prompt) + tokens + 16
+        runners = {label: make_runner(model, capacity, 0, captured)
+                   for label, captured in (("eager", False), ("captured", True))}
+        step = {label: statistics.median(time_step(runner, "decode", prompt, reps))
+                for label, runner in runners.items()}
+        entry.update({f"decode_tok_s_{label}": 1 / seconds for label, seconds in step.items()})
+        per_token = bytes_per_token(model, runners["captured"].cache.nbytes())
+        entry["bytes_per_token"] = per_token
+        entry["bandwidth_utilisation"] = per_token / step["captured"] / HBM_BYTES_PER_S
+        del runners
+        verify = make_runner(model, capacity, 3, True)
+        entry["verify_cost_k3"] = statistics.median(time_step(verify, "verify", prompt, reps)) / step["captured"]
+        report[method] = entry
+        del model, verify
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return report
+
+
 def mtp_extra_bytes(model, capacity: int, k: int = 3) -> dict:
     """What MTP adds at `capacity` positions: the head's weights, its KV cache, the DeltaNet step slots."""
     with torch.inference_mode():
@@ -206,8 +269,7 @@ def run_checks(args) -> dict:
     started = time.perf_counter()
     report = {"device": "cpu (dry run)" if dry else torch.cuda.get_device_name(), "torch": torch.__version__,
               "kernels": {"fla": kernels.chunk_gated_delta_rule is not None,
-                          "causal_conv1d": kernels.causal_conv1d_update is not None},
-              "quantized": {"int8": "not built (CPU kernels only)", "int4": "not built (CPU kernels only)"}}
+                          "causal_conv1d": kernels.causal_conv1d_update is not None}}
     tiny = peaked_model(config_for("qwen3.6-35b-a3b", True, None), device, dtype)
     prompt = list(range(1, 17))
     report["parity"] = check_parity(tiny, prompt, tokens)
@@ -220,6 +282,7 @@ def run_checks(args) -> dict:
             report["shapes"][shape]["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+    report["quantized"] = check_quantized(dry, args.layers_27b, device, dtype, tokens, reps)
     report["seconds"] = time.perf_counter() - started
     with open(args.out, "w") as out:
         json.dump(report, out, indent=1)

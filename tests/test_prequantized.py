@@ -70,7 +70,10 @@ def _quantized_layers(model):
     """(name, layer) of the trunk's quantized layers, experts one by one."""
     for name, module in model.named_modules():
         if name.startswith("layers.") and isinstance(module, (Int4Linear, Int8Linear)):
-            yield name, module
+            if module.experts:
+                yield from ((f"{name}.{e}", module.expert(e)) for e in range(module.experts))
+            else:
+                yield name, module
 
 
 @pytest.mark.parametrize("name, quantization, layer_type", [

@@ -14,6 +14,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from daemon.model import quantized
 from daemon.model.linear import Linear
@@ -134,13 +135,15 @@ def test_loading_with_quantize_swaps_in_quantized_layers_and_footprint_counts_th
     layer = model.layers[3]  # full attention
     assert isinstance(layer.self_attn.qkv_proj, Int4Linear)
     assert isinstance(model.layers[0].linear_attn.in_proj_qkv, Int4Linear)
-    assert isinstance(layer.mlp.experts, QuantizedExperts) and isinstance(layer.mlp.experts.down_proj[0], Int4Linear)
+    assert isinstance(layer.mlp.experts, QuantizedExperts)
+    assert isinstance(layer.mlp.experts.down_proj.expert(0), Int4Linear)
     assert isinstance(layer.mlp.shared_expert.gate_up_proj, Int4Linear)
     # router, gates and DeltaNet's per-head projections stay in the compute dtype; lm_head is int8
     assert isinstance(layer.mlp.gate, Linear) and isinstance(layer.mlp.shared_expert_gate, Linear)
     assert isinstance(model.layers[0].linear_attn.in_proj_b, Linear)
     assert isinstance(model.lm_head, Int8Linear)
-    assert isinstance(model.mtp.fc, Int8Linear) and isinstance(model.mtp.layers[0].mlp.experts.gate_up_proj[0], Int8Linear)
+    assert isinstance(model.mtp.fc, Int8Linear)
+    assert isinstance(model.mtp.layers[0].mlp.experts.gate_up_proj.expert(0), Int8Linear)
     float_model = load_model(path, device="cpu")
     # loaded values are the quantization of the checkpoint's weights
     assert torch.equal(layer.self_attn.qkv_proj.dequantized(),
@@ -193,11 +196,6 @@ def test_quantization_is_described_for_status():
     assert Quantization("int8").describe() == "int8"
 
 
-def test_quantizing_onto_a_gpu_is_refused_before_reading_weights(tiny):
-    with pytest.raises(ValueError, match="CPU only"):
-        load_model(tiny["qwen3.6-dense-tiny"], device="cuda:0", quantization=Quantization("int8"))
-
-
 def test_asking_for_another_quantization_adds_a_variant_of_the_model():
     from daemon.serve.registry import ModelRegistry
     from mtpchat.config import Config
@@ -224,3 +222,60 @@ def test_a_verify_gives_each_position_the_bits_a_decode_step_gives_it(demo, meth
         together, _ = model(prompt[:, 16:], verify_cache, 16)
         one_by_one = torch.cat([model(prompt[:, i:i + 1], decode_cache, i)[0] for i in range(16, 20)], dim=1)
     assert torch.equal(together, one_by_one)
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+@pytest.mark.parametrize("tokens", [1, 2, 5])
+def test_experts_traced_form_equals_the_loop_bit_for_bit(method, tokens):
+    """QuantizedExperts.slots (what a compiled step runs: one row per (token, choice), weights gathered by
+    a device index) against the eager loop over the experts hit (rows routed to one expert multiplied
+    together), with tokens sharing experts: the same bits, so compiled and eager decoding agree."""
+    experts_n, hidden, intermediate, top_k = 8, 64, 32, 3
+    generator = torch.Generator().manual_seed(tokens)
+    with torch.device("meta"):
+        experts = QuantizedExperts(experts_n, hidden, intermediate, method, 32)
+    experts.to_empty(device="cpu")
+    for kind, shape in (("gate_up_proj", (2 * intermediate, hidden)), ("down_proj", (hidden, intermediate))):
+        experts.load(kind, torch.randn(experts_n, *shape, generator=generator))
+    x = torch.randn(tokens, hidden, generator=generator)
+    chosen = torch.stack([torch.randperm(4, generator=generator)[:top_k] for _ in range(tokens)])  # 4 of 8: shared
+    weights = torch.rand(tokens, top_k, generator=generator)
+    looped = experts(x, chosen, weights)
+    assert torch.equal(experts.slots(x, chosen, weights), looped)
+    # and both are each token's weighted sum of its experts' outputs, added in expert order
+    expected = torch.cat([sum(experts.down_proj.expert(e)(torch.nn.functional.silu(g) * u) * w
+                              for e, w in sorted(zip(chosen[n].tolist(), weights[n], strict=True))
+                              for g, u in [experts.gate_up_proj.expert(e)(x[n:n + 1]).chunk(2, dim=-1)])
+                          for n in range(tokens)])
+    assert torch.equal(looped, expected)
+
+
+@pytest.mark.parametrize("in_features, k_tiles", [(256, 8), (576, 4), (96, 2)])
+def test_cuda_int4_layers_take_the_shapes_cudas_kernels_give(in_features, k_tiles):
+    """No GPU here: on fake CUDA tensors (FakeTensorMode runs torch's shape functions of the CUDA ops), a
+    layer laid out for CUDA packs a block of rows into its share of the layer's buffer and multiplies,
+    plain and as one expert of a stack, with the shapes `_convert_weight_to_int4pack` and
+    `_weight_int4pack_mm` give. Its values are checked on a GPU by scripts/device_check.py (quantized
+    matmuls against dequantized references)."""
+    rows, block = 128, 64
+    with FakeTensorMode():  # (a fake CUDA tensor cannot be copied into here: packing is checked apart)
+        layer = Int4Linear(in_features, rows, 32, kernels="cuda").to_empty(device="cuda")
+        stacked = Int4Linear(in_features, 64, 32, experts=3, kernels="cuda").to_empty(device="cuda")
+        packed = layer.pack(torch.empty(block, in_features, dtype=torch.uint8))  # codes come from the CPU
+        assert packed.device.type == "cuda" and packed.shape == layer.packed.narrow(0, 0, block // 8).shape
+        x = torch.empty(3, in_features, device="cuda")
+        assert layer.k_tiles == k_tiles and layer.packed.device.type == "cuda"
+        assert layer.packed.shape == (rows // 8, in_features // (16 * k_tiles), 32, k_tiles // 2)
+        assert layer(x).shape == (3, rows)
+        assert stacked(x, expert=torch.tensor(1, device="cuda")).shape == (3, 64)
+        assert layer.dequantized().shape == (rows, in_features)
+        cpu_packed = torch.empty(rows, in_features // 2, dtype=torch.uint8, device="cuda")
+        with pytest.raises(RuntimeError):  # the shape functions do check: CPU-packed bytes are refused
+            torch._weight_int4pack_mm(x.to(KERNEL_DTYPE), cpu_packed, 32, layer.scales_and_zeros)
+
+
+def test_quantized_layers_take_one_kind_of_device():
+    assert quantized.quantized_kernels({"cuda:0", "cuda:1"}) == "cuda"
+    assert quantized.quantized_kernels({"cpu"}) == "cpu"
+    with pytest.raises(ValueError, match=r"all of a model's parts on one kind \(asked for cpu, cuda:0\)"):
+        quantized.quantized_kernels({"cpu", "cuda:0"})

@@ -25,7 +25,6 @@ import torch
 
 from daemon.engine.step_runner import compile_options
 from daemon.model.cache import AttentionCache, ModelCache
-from daemon.model.quantized import QuantizedExperts
 from daemon.model.text_model import QwenModel
 
 _WARM_PROMPT, _WARM_CAPACITY = 8, 64  # warm_up's throwaway sequence
@@ -41,9 +40,6 @@ class StepFunctions:
         """backend: torch.compile's ("eager" traces and guards without generating code: tests)."""
         self.model = model
         self._trunk = self._mtp = None
-        if compiled and any(isinstance(module, QuantizedExperts) for module in model.modules()):
-            raise ValueError("compiled steps need float MoE experts: quantized ones loop over the experts a "
-                             "step hits, which a graph cannot hold (quantize = \"none\", or compile = false)")
         if compiled:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _GRAPHS_PER_FUNCTION)
             options = compile_options(model.device) if backend == "inductor" else None

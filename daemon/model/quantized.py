@@ -33,13 +33,19 @@ pytorch/ao) packs with the same `_convert_weight_to_int4pack_for_cpu` and multip
 compile and loader would have to see through) for the same kernel; its other CPU path (da8w4) quantizes
 the activations to int8 as well, which weight-only quantization excludes.
 
-CPU only: CUDA's int4 kernel wants a different packing (`_convert_weight_to_int4pack` on uint8 pairs
-with inner k-tiles) that no machine of this project's CI can test; the loader refuses other devices.
+On CUDA the same layers call torch's CUDA kernels: `_weight_int8pack_mm` takes the same int8 codes and
+scales; int4 keeps the same codes, scales and zeros (w = (q - 8)·scale + zero, scales_and_zeros
+[K/group, N, 2]) but packs them into tensor-core tiles (`_convert_weight_to_int4pack` on bytes of two
+codes) for `_weight_int4pack_mm`. Which packing a layer holds is fixed when it is built (`kernels`), as
+the model is built on the meta device before its storage is placed. No machine of this project's CI has
+a GPU: the CUDA layout's shapes are tested on the meta device here, its values by
+scripts/device_check.py (a quantized matmul against its dequantized reference) when a GPU is lent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 import torch
@@ -58,6 +64,8 @@ class Quantization(Protocol):
 
 KERNEL_DTYPE = torch.bfloat16  # the only activation dtype torch's CPU weight-only kernels vectorise
 INT4_ROWS = 16  # the int4 CPU packing takes out_features in multiples of this
+CUDA_N_TILE = 8  # CUDA's int4 packing: out_features in tiles of this many rows (tensor-core m16n8k16)
+CUDA_GROUPS = (32, 64, 128, 256)  # the groups CUDA's int4 kernel is built for
 QUANTIZE_ROWS = 4096  # rows quantized at a time while loading: a multiple of 64, the int4 packing's row
 # block (it interleaves rows within blocks of 64, a shorter last block on its own: measured in torch 2.13)
 # Linear layers left in the compute dtype whatever the setting (see the module docstring), by name.
@@ -65,12 +73,11 @@ KEEP_FLOAT = ("mlp.gate", "mlp.shared_expert_gate", "linear_attn.in_proj_b", "li
 
 
 def _row_blocks(weight: torch.Tensor):
-    """(rows, weight[rows]) in blocks of QUANTIZE_ROWS: codes, scales and zeros are per row (and group),
-    so quantizing block by block gives the whole matrix's result, while the float32 copies quantizing
-    makes stay the size of a block, not of the matrix (a 27B lm_head is 4.7 GiB in float32)."""
+    """(first row, the block's rows) in blocks of QUANTIZE_ROWS: codes, scales and zeros are per row (and
+    group), so quantizing block by block gives the whole matrix's result, while the float32 copies
+    quantizing makes stay the size of a block, not of the matrix (a 27B lm_head is 4.7 GiB in float32)."""
     for start in range(0, weight.shape[0], QUANTIZE_ROWS):
-        rows = slice(start, start + QUANTIZE_ROWS)
-        yield rows, weight[rows]
+        yield start, weight.narrow(0, start, min(QUANTIZE_ROWS, weight.shape[0] - start))
 
 
 def int8_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,32 +111,62 @@ def q4_1_to_int4(codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> tuple
     return codes, d, m + 8 * d
 
 
-class Int8Linear(nn.Module):
-    """A bias-free linear layer with int8 weights, symmetric per output channel."""
+class _QuantizedLinear(nn.Module):
+    """What Int8Linear and Int4Linear share: an optional leading dimension of experts (a stacked layer,
+    one matrix per routed expert), and picking one expert's tensors for a kernel call."""
 
-    def __init__(self, in_features: int, out_features: int):
+    experts: int  # stacked layers: how many; 0 for a plain layer
+
+    def expert(self, index: int) -> _QuantizedLinear:
+        """Expert `index` of a stacked layer as a plain layer over the same storage (views, no copy): what
+        the loader fills and tests read."""
+        layer = copy.copy(self)
+        layer._buffers = {name: tensor.select(0, index) for name, tensor in self._buffers.items()}
+        layer.experts = 0
+        return layer
+
+    def _picked(self, expert: int | torch.Tensor | None, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`tensors` of one expert: a view for a Python index, a gathered copy for a device index (what a
+        graph can hold: no host synchronisation), the tensors themselves for a plain layer."""
+        if expert is None:
+            return tensors
+        if isinstance(expert, int):
+            return tuple(tensor.select(0, expert) for tensor in tensors)
+        return tuple(tensor.index_select(0, expert.reshape(1)).squeeze(0) for tensor in tensors)
+
+
+class Int8Linear(_QuantizedLinear):
+    """A bias-free linear layer with int8 weights, symmetric per output channel (or `experts` of them)."""
+
+    def __init__(self, in_features: int, out_features: int, experts: int = 0):
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("weight_int8", torch.empty(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("scales", torch.empty(out_features, dtype=KERNEL_DTYPE))
+        self.in_features, self.out_features, self.experts = in_features, out_features, experts
+        lead = (experts,) if experts else ()
+        self.register_buffer("weight_int8", torch.empty(*lead, out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scales", torch.empty(*lead, out_features, dtype=KERNEL_DTYPE))
 
     @property
     def device(self) -> torch.device:
         return self.scales.device
 
     def load(self, weight: torch.Tensor) -> None:
-        for rows, block in _row_blocks(weight):
-            self.load_codes(*int8_quantize(block), rows)
+        for start, block in _row_blocks(weight):
+            self.load_codes(*int8_quantize(block), start)
 
-    def load_codes(self, codes: torch.Tensor, scales: torch.Tensor, rows: slice = slice(None)) -> None:
-        """codes int8 [out, in]; scales [out] (rounded to KERNEL_DTYPE): w = codes·scale (of `rows` only)."""
-        self.weight_int8[rows].copy_(codes)
-        self.scales[rows].copy_(scales)
+    def load_codes(self, codes: torch.Tensor, scales: torch.Tensor, start: int = 0) -> None:
+        """codes int8 [rows, in]; scales [rows] (rounded to KERNEL_DTYPE): w = codes·scale, for the rows
+        from `start` on."""
+        rows = codes.shape[0]
+        self.weight_int8.narrow(0, start, rows).copy_(codes)
+        self.scales.narrow(0, start, rows).copy_(scales)
 
-    def forward(self, x: torch.Tensor, outputs: int | None = None) -> torch.Tensor:
-        """x [..., in] -> [..., out] (only the first `outputs` features when given), in x's dtype."""
-        flat = x.reshape(-1, self.in_features).to(self.scales.dtype)
-        out = torch._weight_int8pack_mm(flat, self.weight_int8[:outputs], self.scales[:outputs])
+    def forward(self, x: torch.Tensor, outputs: int | None = None,
+                expert: int | torch.Tensor | None = None) -> torch.Tensor:
+        """x [..., in] -> [..., out] (only the first `outputs` features when given), in x's dtype; a
+        stacked layer multiplies by `expert`'s matrix."""
+        weight, scales = self._picked(expert, self.weight_int8, self.scales)
+        flat = x.reshape(-1, self.in_features).to(scales.dtype)
+        out = torch._weight_int8pack_mm(flat, weight[:outputs], scales[:outputs])
         return out.to(x.dtype).reshape(*x.shape[:-1], out.shape[-1])
 
     def dequantized(self) -> torch.Tensor:
@@ -137,98 +174,158 @@ class Int8Linear(nn.Module):
         return self.weight_int8.float() * self.scales.float()[:, None]
 
 
-class Int4Linear(nn.Module):
-    """A bias-free linear layer with int4 weights, a scale and a zero point per `group` inputs."""
+class Int4Linear(_QuantizedLinear):
+    """A bias-free linear layer with int4 weights, a scale and a zero point per `group` inputs (or
+    `experts` of them), packed for `kernels`: "cpu" ([out, in/2] bytes) or "cuda" (the tensor-core
+    tiles of `_convert_weight_to_int4pack`: [out/8, in/(16·tiles), 32, tiles/2] int32)."""
 
-    def __init__(self, in_features: int, out_features: int, group: int):
+    def __init__(self, in_features: int, out_features: int, group: int, experts: int = 0, kernels: str = "cpu"):
         super().__init__()
-        self.in_features, self.out_features, self.group = in_features, out_features, group
-        self.register_buffer("packed", torch.empty(out_features, in_features // 2, dtype=torch.uint8))
-        self.register_buffer("scales_and_zeros", torch.empty(in_features // group, out_features, 2, dtype=KERNEL_DTYPE))
+        self.in_features, self.out_features, self.group, self.experts = in_features, out_features, group, experts
+        self.kernels = kernels
+        lead = (experts,) if experts else ()
+        if kernels == "cuda":
+            self.k_tiles = _cuda_k_tiles(in_features)
+            packed = torch.empty(*lead, out_features // CUDA_N_TILE, in_features // (16 * self.k_tiles), 32,
+                                 self.k_tiles // 2, dtype=torch.int32)
+        else:
+            packed = torch.empty(*lead, out_features, in_features // 2, dtype=torch.uint8)
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales_and_zeros",
+                             torch.empty(*lead, in_features // group, out_features, 2, dtype=KERNEL_DTYPE))
 
     @property
     def device(self) -> torch.device:
         return self.packed.device
 
     @staticmethod
-    def fits(in_features: int, out_features: int, group: int) -> bool:
+    def fits(in_features: int, out_features: int, group: int, kernels: str = "cpu") -> bool:
+        if kernels == "cuda":
+            return (out_features % CUDA_N_TILE == 0 and in_features % 32 == 0 and group in CUDA_GROUPS
+                    and in_features % group == 0)
         return out_features % INT4_ROWS == 0 and in_features % group == 0
 
     def load(self, weight: torch.Tensor) -> None:
-        for rows, block in _row_blocks(weight):
-            self.load_codes(*int4_quantize(block, self.group), rows)
+        for start, block in _row_blocks(weight):
+            self.load_codes(*int4_quantize(block, self.group), start)
 
-    def load_codes(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                   rows: slice = slice(None)) -> None:
-        """codes 0..15 [out, in]; scales, zeros [out, in/group]: w = (codes - 8)·scale + zero (of `rows`
-        only, starting at a multiple of 64 rows: blocks of 64 rows pack as within the whole matrix)."""
-        self.packed[rows].copy_(torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1))
-        self.scales_and_zeros[:, rows].copy_(torch.stack((scales, zeros), dim=-1).transpose(0, 1))
+    def load_codes(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, start: int = 0) -> None:
+        """codes 0..15 [rows, in]; scales, zeros [rows, in/group]: w = (codes - 8)·scale + zero, for the rows
+        from `start` on (a multiple of 64: blocks of 64 rows pack as within the whole matrix)."""
+        packed = self.pack(codes)  # [rows, ...] on the CPU, [rows / 8, ...] tiles on CUDA
+        self.packed.narrow(0, start * packed.shape[0] // codes.shape[0], packed.shape[0]).copy_(packed)
+        pairs = torch.stack((scales, zeros), dim=-1).transpose(0, 1)
+        self.scales_and_zeros.narrow(1, start, codes.shape[0]).copy_(pairs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., in] -> [..., out]. (No first-outputs form as Linear and Int8Linear have: the packing
-        interleaves rows, and the lm_head, the one layer asked for it, is never int4.)"""
-        flat = x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype)
-        out = torch._weight_int4pack_mm_for_cpu(flat, self.packed, self.group, self.scales_and_zeros)
+    def pack(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes 0..15 [rows, in] in this layer's packing (rows a multiple of 8), on its device."""
+        if self.kernels == "cuda":  # two codes a byte, the even column high, packed into tiles on the GPU
+            even, odd = codes.to(torch.uint8).reshape(codes.shape[0], -1, 2).unbind(-1)
+            return torch._convert_weight_to_int4pack((even << 4 | odd).to(device=self.device), self.k_tiles)
+        return torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+
+    def forward(self, x: torch.Tensor, expert: int | torch.Tensor | None = None) -> torch.Tensor:
+        """x [..., in] -> [..., out]; a stacked layer multiplies by `expert`'s matrix. (No first-outputs
+        form as Linear and Int8Linear have: the packing interleaves rows, and the lm_head, the one layer
+        asked for it, is never int4.)"""
+        packed, scales_and_zeros = self._picked(expert, self.packed, self.scales_and_zeros)
+        flat = x.reshape(-1, self.in_features).to(scales_and_zeros.dtype)
+        matmul = torch._weight_int4pack_mm if self.kernels == "cuda" else torch._weight_int4pack_mm_for_cpu
+        out = matmul(flat, packed, self.group, scales_and_zeros)
         return out.to(x.dtype).reshape(*x.shape[:-1], out.shape[-1])
 
     def dequantized(self) -> torch.Tensor:
-        """The weight the kernel multiplies by, [out, in] in float32: the kernel's own float32 path applied
-        to the identity, so each entry is (q - 8)·scale + zero with the scale and zero exactly as stored.
+        """The weight the kernel multiplies by, [out, in] in float32: the kernel applied to the identity, so
+        each entry is (q - 8)·scale + zero with the scale and zero exactly as stored (on the CPU, whose
+        kernel has a float32 path; CUDA's takes bfloat16 only, so there the entries are rounded to it).
         A reference for tests (it costs in_features kernel rows)."""
+        if self.kernels == "cuda":
+            eye = torch.eye(self.in_features, device=self.device, dtype=KERNEL_DTYPE)
+            return torch._weight_int4pack_mm(eye, self.packed, self.group, self.scales_and_zeros).float().t()
         eye = torch.eye(self.in_features, device=self.device)
         return torch._weight_int4pack_mm_for_cpu(eye, self.packed, self.group, self.scales_and_zeros.float()).t()
 
 
-def quantized_linear(method: str, in_features: int, out_features: int, group: int) -> nn.Module | None:
-    """The quantized layer for `method`, or None where the kernel cannot take the shape."""
+def _cuda_k_tiles(in_features: int) -> int:
+    """The most k-tiles of 16 inputs CUDA's int4 packing puts side by side (8, 4 or 2) that divide the input."""
+    return next(tiles for tiles in (8, 4, 2) if in_features % (16 * tiles) == 0)
+
+
+def quantized_linear(method: str, in_features: int, out_features: int, group: int,
+                     experts: int = 0, kernels: str = "cpu") -> Int8Linear | Int4Linear | None:
+    """The quantized layer for `method` (`experts` stacked, if given) on `kernels` ("cpu" or "cuda"), or
+    None where the kernel cannot take the shape."""
     if method == "int8":
-        return Int8Linear(in_features, out_features)
-    if method == "int4" and Int4Linear.fits(in_features, out_features, group):
-        return Int4Linear(in_features, out_features, group)
+        return Int8Linear(in_features, out_features, experts)
+    if method == "int4" and Int4Linear.fits(in_features, out_features, group, kernels):
+        return Int4Linear(in_features, out_features, group, experts, kernels)
     return None
 
 
 class QuantizedExperts(nn.Module):
-    """RoutedExperts with each expert's gate_up_proj [2I, H] and down_proj [H, I] a quantized layer.
+    """RoutedExperts with gate_up_proj [E, 2I, H] and down_proj [E, H, I] as stacked quantized layers.
 
-    Forward loops over the experts that were hit (top_k per token: a decode step touches top_k
-    experts, a verify at most (k+1)·top_k), each a kernel call over the rows routed to it. torch has no
-    batched (per-expert) form of these kernels, and gathering the chosen experts' int8 weights, as the
-    float path gathers its own, has to widen them to a float dtype first. Measured at Qwen3.6-35B-A3B's
-    expert shape (hidden 2048, expert ffn 512, top-8; 2 threads on a shared, loaded machine, median of
-    21): one token 211 ms float gather, 135 ms int8 gather with the scales applied after, 20 ms int8
-    loop, 10 ms int4 loop; five tokens 1016, 844, 422 and 134 ms.
+    Eager, forward loops over the experts that were hit (top_k per token: a decode step touches top_k
+    experts, a verify at most (k+1)·top_k), each a kernel call over the rows routed to it on a view of
+    its weights. torch has no batched (per-expert) form of these kernels, and gathering the chosen
+    experts' int8 weights, as the float path gathers its own, has to widen them to a float dtype first.
+    Measured at Qwen3.6-35B-A3B's expert shape (hidden 2048, expert ffn 512, top-8; 2 threads on a
+    shared, loaded machine, median of 21): one token 211 ms float gather, 135 ms int8 gather with the
+    scales applied after, 20 ms int8 loop, 10 ms int4 loop; five tokens 1016, 844, 422 and 134 ms.
+
+    The loop reads which experts were hit on the host, which a compiled graph or a CUDA graph cannot
+    hold; traced or captured, forward takes every (token, choice) pair on its own instead (`slots`).
     """
 
-    def __init__(self, num_experts: int, hidden: int, intermediate: int, method: str, group: int):
+    def __init__(self, num_experts: int, hidden: int, intermediate: int, method: str, group: int,
+                 kernels: str = "cpu"):
         super().__init__()
-        self.gate_up_proj = nn.ModuleList(quantized_linear(method, hidden, 2 * intermediate, group)
-                                          for _ in range(num_experts))
-        self.down_proj = nn.ModuleList(quantized_linear(method, intermediate, hidden, group)
-                                       for _ in range(num_experts))
+        self.gate_up_proj = quantized_linear(method, hidden, 2 * intermediate, group, num_experts, kernels)
+        self.down_proj = quantized_linear(method, intermediate, hidden, group, num_experts, kernels)
 
     def load(self, kind: str, weight: torch.Tensor) -> None:
         """Fill every expert's `kind` ("gate_up_proj" or "down_proj") from the fused [E, out, in] tensor."""
-        for layer, expert_weight in zip(getattr(self, kind), weight, strict=True):
-            layer.load(expert_weight)
+        layer = getattr(self, kind)
+        for expert, expert_weight in enumerate(weight):
+            layer.expert(expert).load(expert_weight)
 
     def forward(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x [N, H]; experts, weights [N, top_k] -> weighted sum of the chosen experts [N, H]."""
+        if torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return self.slots(x, experts, weights)
         result = torch.zeros_like(x)
         for expert in experts.unique().tolist():
             token, choice = torch.where(experts == expert)
-            gate, up = self.gate_up_proj[expert](x[token]).chunk(2, dim=-1)
-            out = self.down_proj[expert](F.silu(gate) * up) * weights[token, choice, None]
+            gate, up = self.gate_up_proj(x[token], expert=expert).chunk(2, dim=-1)
+            out = self.down_proj(F.silu(gate) * up, expert=expert) * weights[token, choice, None]
             result.index_add_(0, token, out)
         return result
+
+    def slots(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """forward as a graph can hold it: tokens × top_k kernel calls of one row each, the chosen expert's
+        weights gathered by a device index (a copy of one expert's codes per call: on a 35B-A3B layer,
+        1.5 MiB at int4 per pair, as much again as the kernel reads), no host synchronisation. Each
+        token's choices are taken in expert order, so its sum adds the same terms in the same order as
+        the loop's index_add_ (and the kernels give a row the same result however many rows they
+        multiply): equal to the loop bit for bit."""
+        order = experts.argsort(dim=-1)
+        experts, weights = experts.gather(-1, order), weights.gather(-1, order)
+        rows = []
+        for token in range(x.shape[0]):
+            row = x.new_zeros(1, x.shape[1])
+            for choice in range(experts.shape[1]):
+                expert = experts[token, choice]
+                gate, up = self.gate_up_proj(x[token:token + 1], expert=expert).chunk(2, dim=-1)
+                row = row + self.down_proj(F.silu(gate) * up, expert=expert) * weights[token, choice]
+            rows.append(row)
+        return torch.cat(rows)
 
 
 def quantized_weights(model: nn.Module) -> Iterator[tuple[str, nn.Module, torch.Size]]:
     """Every weight the model's quantized layers hold, as a checkpoint stores it: (name, layer, shape) for
     each Int8Linear and Int4Linear ([out, in]) and for each QuantizedExperts' fused gate_up_proj and
-    down_proj (named `<experts>.<kind>`, [E, out, in]); the per-expert layers inside are not listed
-    apart. What the loader fills, and what the load-memory measurement counts."""
+    down_proj (named `<experts>.<kind>`, [E, out, in]); the stacked layers inside are not listed apart.
+    What the loader fills, and what the load-memory measurement counts."""
     experts: tuple[str, ...] = ()
     for name, module in model.named_modules():
         if name.startswith(experts):
@@ -236,8 +333,8 @@ def quantized_weights(model: nn.Module) -> Iterator[tuple[str, nn.Module, torch.
         if isinstance(module, QuantizedExperts):
             experts += (f"{name}.",)
             for kind in ("gate_up_proj", "down_proj"):
-                layers = getattr(module, kind)
-                yield f"{name}.{kind}", module, torch.Size((len(layers), layers[0].out_features, layers[0].in_features))
+                layer = getattr(module, kind)
+                yield f"{name}.{kind}", module, torch.Size((layer.experts, layer.out_features, layer.in_features))
         elif isinstance(module, (Int8Linear, Int4Linear)):
             yield name, module, torch.Size((module.out_features, module.in_features))
 
@@ -250,10 +347,21 @@ def _method_for(name: str, quantization: Quantization) -> str:
     return quantization.mtp_method if name.startswith("mtp.") else quantization.method
 
 
-def quantize_modules(model: nn.Module, quantization: Quantization) -> None:
-    """Swap every Linear and RoutedExperts of `model` that `quantization` covers for its quantized form.
-    Call it inside `with torch.device("meta")` on a model built there, before storage is allocated: the
-    loader then fills the new layers (`load` / `load_codes`) tensor by tensor."""
+def quantized_kernels(devices: Iterable[str]) -> str:
+    """The kernels a model's quantized layers take on `devices` (its parts' device names): "cpu" or "cuda"."""
+    kinds = {torch.device(device).type for device in devices}
+    if len(kinds) == 1 and kinds <= {"cpu", "cuda"}:
+        return kinds.pop()
+    raise ValueError(f"quantized layers run on the CPU or on CUDA GPUs, with all of a model's parts on one kind "
+                     f"(asked for {', '.join(sorted(devices))}); set quantize = \"none\" for this model, or "
+                     "place it on one kind")
+
+
+def quantize_modules(model: nn.Module, quantization: Quantization, kernels: str = "cpu") -> None:
+    """Swap every Linear and RoutedExperts of `model` that `quantization` covers for its quantized form,
+    laid out for `kernels` ("cpu" or "cuda": where the model will run). Call it inside
+    `with torch.device("meta")` on a model built there, before storage is allocated: the loader then
+    fills the new layers (`load` / `load_codes`) tensor by tensor."""
     group = quantization.group
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
@@ -261,12 +369,12 @@ def quantize_modules(model: nn.Module, quantization: Quantization) -> None:
             method = _method_for(name, quantization)
             layer = None
             if method != "none" and isinstance(child, Linear):
-                layer = quantized_linear(method, child.in_features, child.out_features, group)
+                layer = quantized_linear(method, child.in_features, child.out_features, group, kernels=kernels)
             elif method != "none" and isinstance(child, RoutedExperts):
                 experts, double_intermediate, hidden = child.gate_up_proj.shape
                 intermediate = double_intermediate // 2
-                if method == "int8" or (Int4Linear.fits(hidden, 2 * intermediate, group)
-                                        and Int4Linear.fits(intermediate, hidden, group)):
-                    layer = QuantizedExperts(experts, hidden, intermediate, method, group)
+                if method == "int8" or (Int4Linear.fits(hidden, 2 * intermediate, group, kernels)
+                                        and Int4Linear.fits(intermediate, hidden, group, kernels)):
+                    layer = QuantizedExperts(experts, hidden, intermediate, method, group, kernels)
             if layer is not None:
                 setattr(parent, child_name, layer)

@@ -28,10 +28,11 @@ def _nbytes(module: nn.Module) -> int:
 
 
 def _kinds(model: nn.Module) -> dict[str, list[nn.Module]]:
-    """Weight layers by kind: the last part of their name, with `mtp.` kept apart from the trunk's."""
+    """Weight layers by kind: the last part of their name, with `mtp.` kept apart from the trunk's. MoE
+    experts are left out, float (parameters of RoutedExperts) and quantized (stacked layers) alike."""
     kinds: dict[str, list[nn.Module]] = defaultdict(list)
     for name, module in model.named_modules():
-        if isinstance(module, WEIGHT_LAYERS):
+        if isinstance(module, WEIGHT_LAYERS) and not getattr(module, "experts", 0):
             kinds[("mtp." if name.startswith("mtp.") else "") + name.rsplit(".", 1)[-1]].append(module)
     return kinds
 

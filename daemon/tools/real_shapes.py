@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from daemon.model.config import TextConfig
-from daemon.model.quantized import Int4Linear, Int8Linear, Quantization, QuantizedExperts, quantize_modules
+from daemon.model.quantized import (Quantization, QuantizedExperts, quantize_modules, quantized_kernels,
+                                     quantized_weights)
 from daemon.model.text_model import QwenModel
 
 _COMMON = dict(
@@ -48,24 +49,20 @@ def shape_config(name: str, layers: int | None = None, vocab: int | None = None,
 def random_model(config: TextConfig, device: torch.device | str, dtype: torch.dtype, seed: int = 0,
                  quantization: Quantization | None = None) -> QwenModel:
     """Random weights at the given shape (std 0.02 matrices, zero-centred norms at identity); with a
-    `quantization`, its layers quantized from such weights one at a time (CPU only, as the loader)."""
+    `quantization`, its layers quantized from such weights one at a time (as the loader does)."""
     device = torch.device(device)
     generator = torch.Generator(device).manual_seed(seed)
     with torch.device("meta"):
         model = QwenModel(config, with_mtp=True).to(dtype)
         if quantization is not None:
-            if device.type != "cpu" and (quantization.method, quantization.mtp_method) != ("none", "none"):
-                raise ValueError("quantized layers run on the CPU only")
-            quantize_modules(model, quantization)
+            quantize_modules(model, quantization, quantized_kernels({str(device)}))
     model.to_empty(device=device)
-    for module in model.modules():
-        if isinstance(module, (Int8Linear, Int4Linear)):
-            module.load(torch.randn(module.out_features, module.in_features, generator=generator) * 0.02)
-        elif isinstance(module, QuantizedExperts):
-            for kind in ("gate_up_proj", "down_proj"):
-                layers = getattr(module, kind)
-                module.load(kind, torch.randn(len(layers), layers[0].out_features, layers[0].in_features,
-                                              generator=generator) * 0.02)
+    for name, module, shape in quantized_weights(model):
+        weight = torch.randn(shape, generator=generator, device=device) * 0.02
+        if isinstance(module, QuantizedExperts):
+            module.load(name.rsplit(".", 1)[1], weight)
+        else:
+            module.load(weight)
     for name, param in model.named_parameters():
         if name.endswith("A_log"):
             param.uniform_(0.0, 2.7, generator=generator)  # A in [1, 15], as initialised in training

@@ -27,7 +27,7 @@ import torch
 from daemon.model.config import TextConfig
 from daemon.model.linear import Linear, stacked_layers
 from daemon.model.quantized import (Int4Linear, Int8Linear, QuantizedExperts, q4_1_to_int4, quantize_modules,
-                                     quantized_weights)
+                                     quantized_kernels, quantized_weights)
 from daemon.model.text_model import QwenModel
 from daemon.weights.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
 from daemon.weights.gguf_convert import Q4_1_GROUP, q4_1_names, read_q4_1
@@ -146,7 +146,9 @@ def _load_experts(experts: QuantizedExperts, kind: str, files: CheckpointFiles, 
         return
     base = name.rsplit(".", 1)[0]
     parts = ("gate_proj", "up_proj") if kind == "gate_up_proj" else ("down_proj",)
-    for expert, layer in enumerate(getattr(experts, kind)):
+    stacked = getattr(experts, kind)
+    for expert in range(stacked.experts):
+        layer = stacked.expert(expert)
         names = [f"{base}.{expert}.{part}.weight" for part in parts]
         if not _load_shipped(layer, _joined([_packed(files, n) for n in names])):
             part_shape = (layer.out_features // len(parts), layer.in_features)
@@ -203,13 +205,12 @@ def load_model(checkpoint: str | Path, *, device: torch.device | str | None = No
     prefix = _trunk_prefix(files)
     tie = config.tie_word_embeddings and "lm_head.weight" not in files
     devices = {str(d) for d in (placement.layer_devices + (placement.head_device,) if placement else ())} | {str(device)}
-    if (quantization.method, quantization.mtp_method) != ("none", "none") and devices != {"cpu"}:
-        raise ValueError(f"quantize runs on the CPU only for now (asked for {', '.join(sorted(devices))}); "
-                         'set quantize = "none" for this model, or put it on the CPU')
+    quantized = (quantization.method, quantization.mtp_method) != ("none", "none")
+    kernels = quantized_kernels(devices) if quantized else "cpu"
 
     with torch.device("meta"):
         model = QwenModel(config, with_mtp="mtp.fc.weight" in files).to(dtype)
-        quantize_modules(model, quantization)
+        quantize_modules(model, quantization, kernels)
     if placement is None:
         model.to_empty(device=device)
     else:
