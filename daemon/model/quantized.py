@@ -307,7 +307,9 @@ class QuantizedExperts(nn.Module):
         1.5 MiB at int4 per pair, as much again as the kernel reads), no host synchronisation. Each
         token's choices are taken in expert order, so its sum adds the same terms in the same order as
         the loop's index_add_ (and the kernels give a row the same result however many rows they
-        multiply): equal to the loop bit for bit."""
+        multiply): equal to the loop bit for bit. Run eagerly at the 35B-A3B expert shape
+        (scripts/bench_quantized_experts.py --threads 2, quiet machine): int8 2.41 ms vs the loop's 2.20
+        for one token, 11.4 vs 10.2 ms for four; int4 1.20 vs 0.91 ms, 5.21 vs 3.89 ms."""
         order = experts.argsort(dim=-1)
         experts, weights = experts.gather(-1, order), weights.gather(-1, order)
         rows = []
