@@ -27,7 +27,7 @@ from daemon.model.quantized import (
     q4_1_to_int4,
 )
 from daemon.serve.footprint import checkpoint_footprint
-from daemon.weights.gguf_convert import split_q4_1, unpack_q4_1_codes
+from daemon.weights.gguf_convert import split_q4_1, split_q8_0, unpack_q4_1_codes
 from daemon.weights.loader import load_model
 from mtpchat.config import ModelSettings, Quantization
 from mtpchat.protocol import MAX_DRAFT
@@ -127,6 +127,46 @@ def test_q4_1_maps_onto_int4_group_32_exactly():
     layer.load_codes(codes, scales, zeros)
     scale, zero = (_per_weight(t.to(KERNEL_DTYPE).float(), 32) for t in (scales, zeros))
     assert torch.equal(layer.dequantized(), (codes.float() - 8) * scale + zero)
+
+
+def _q8_0_bytes(rows: int, cols: int, seed: int) -> np.ndarray:
+    """Random Q8_0 blocks as GGUF stores them: float16 d, then 32 int8 codes (the full range -128..127)."""
+    rng = np.random.default_rng(seed)
+    d = (rng.random((rows, cols // 32, 1)) * 0.01 + 1e-4).astype(np.float16)
+    q = rng.integers(-128, 128, (rows, cols // 32, 32), dtype=np.int8)
+    return np.concatenate([d.view(np.uint8), q.view(np.uint8)], axis=-1).reshape(rows, cols // 32 * 34)
+
+
+def test_q8_0_maps_onto_two_int4_halves_exactly():
+    """Q8Linear holds Q8_0's codes as int4 halves (16·h + l): it multiplies by exactly d·q, with d
+    rounded to bfloat16 as every kernel scale here; its first-outputs form (a draft vocabulary) gives
+    the full product's first columns bit for bit."""
+    rows, cols = 256, 128
+    raw = _q8_0_bytes(rows, cols, seed=3)
+    shipped = torch.from_numpy(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q8_0).astype(np.float32))
+    codes, d = split_q8_0(raw)
+    assert torch.equal(_per_weight(d.float(), 32) * codes.float(), shipped)
+    with torch.device("meta"):
+        layer = quantized.Q8Linear(cols, rows)
+    layer.to_empty(device="cpu")
+    layer.load_q8_0(codes, d)
+    assert torch.equal(layer.dequantized(), _per_weight(d.to(KERNEL_DTYPE).float(), 32) * codes.float())
+    x = torch.randn(3, cols, generator=torch.Generator().manual_seed(0))
+    full = layer(x)
+    assert torch.equal(layer(x, 128), full[:, :128]) and torch.equal(layer(x, 100), full[:, :100])
+    reference = x.to(KERNEL_DTYPE).float() @ layer.dequantized().t()
+    bound = (x.abs().to(KERNEL_DTYPE).float() @ layer.dequantized().abs().t()) * 2 * BF16_ROUNDING
+    assert ((full - reference).abs() <= bound).all()
+
+
+def test_the_demos_q8_0_lm_head_is_kept_exactly(demo):
+    """The converted demo keeps its Q8_0 embedding's blocks (gguf_codes.safetensors); quantized, its tied
+    lm_head is a Q8Linear over them, which the fp32 model's lm_head equals but for bfloat16 scales."""
+    model = load_model(demo, quantization=Quantization("int4"))
+    assert isinstance(model.lm_head, quantized.Q8Linear)
+    float_head = load_model(demo).lm_head.weight
+    relative = (model.lm_head.dequantized() - float_head).abs() / float_head.abs().clamp_min(1e-30)
+    assert relative.max() <= 2.0**-8  # q exact, d rounded to bfloat16: 8 significant bits, unit roundoff 2^-8
 
 
 def test_loading_with_quantize_swaps_in_quantized_layers_and_footprint_counts_them(tiny):

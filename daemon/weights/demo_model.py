@@ -91,11 +91,11 @@ def install_sampling(checkpoint: Path) -> None:
 
 def demo_checkpoint(root: Path | None = None, progress: Callable[[str], None] | None = None) -> Path:
     """The converted demo checkpoint under `root` (default: the mtpchat cache), made on first use."""
-    from daemon.weights.gguf_convert import Q4_1_FILE, ConversionError, convert_gguf
+    from daemon.weights.gguf_convert import CODES_FILE, ConversionError, convert_gguf
 
     root = Path(root) if root is not None else cache_dir()
     target = root / "checkpoints" / NAME
-    if not all((target / name).exists() for name in ("config.json", Q4_1_FILE)):  # older caches lack Q4_1_FILE
+    if not all((target / name).exists() for name in ("config.json", CODES_FILE)):  # older caches lack CODES_FILE
         gguf = fetch_gguf(root / "downloads", progress)
         _report(progress, f"converting {gguf.name} into {target}\n")
         step = {"shown": -1}

@@ -7,12 +7,13 @@ dequantised values exactly, so nothing is lost twice), tokenizer files with the 
 stores q_proj/k_proj rows permuted (each head's rotary halves interleaved, for its RoPE kernel); we
 undo that. The result loads through the ordinary loader, and transformers loads it too.
 
-Q4_1 tensors (blocks of 32 weights: float16 scale d and min m, w = d·q + m, q in 0..15) are also kept
-as shipped, in q4_1.safetensors beside the model (`<name>.q4_1_codes` uint8 [rows, cols/2] in ggml's
-nibble order, `.q4_1_d` and `.q4_1_m` float16 [rows, cols/32]): int4 at group 32 is the same form,
-so the loader maps them onto it without quantizing twice (daemon.model.quantized.q4_1_to_int4).
-Other GGUF types (the demo's Q8_0 embedding: 32 int8 with one scale, which per-channel int8 cannot
-express) are kept only dequantised.
+Q4_1 and Q8_0 tensors are also kept as shipped, in gguf_codes.safetensors beside the model, so the
+loader maps them onto our kernels without quantizing twice. Q4_1 (blocks of 32 weights: float16 scale
+d and min m, w = d·q + m, q in 0..15; `<name>.q4_1_codes` uint8 [rows, cols/2] in ggml's nibble order,
+`.q4_1_d` and `.q4_1_m` float16 [rows, cols/32]) is int4 at group 32 (daemon.model.quantized.
+q4_1_to_int4). Q8_0 (blocks of 32: float16 scale d, w = d·q, q int8; `<name>.q8_0_codes` int8
+[rows, cols], `.q8_0_d` float16 [rows, cols/32]), the demo's embedding and so its tied lm_head, is two
+int4 group-32 halves (daemon.model.quantized.Q8Linear). Other GGUF types are kept only dequantised.
 """
 
 from __future__ import annotations
@@ -34,15 +35,37 @@ LAYER_TENSORS = {
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
 TOP_TENSORS = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-Q4_1_FILE = "q4_1.safetensors"
+CODES_FILE = "gguf_codes.safetensors"  # Q4_1 and Q8_0 tensors as shipped
 Q4_1_GROUP = 32  # weights per Q4_1 block
 Q4_1_BLOCK_BYTES = 20  # float16 d, float16 m, 16 bytes of codes
+Q8_0_GROUP, Q8_0_BLOCK_BYTES = 32, 34  # weights per Q8_0 block; float16 d, 32 int8 codes
 
 
 def q4_1_names(weight_name: str) -> tuple[str, str, str]:
     """Where the Q4_1 codes, scales and mins of the checkpoint tensor `weight_name` are stored."""
     base = weight_name.removesuffix(".weight")
     return f"{base}.q4_1_codes", f"{base}.q4_1_d", f"{base}.q4_1_m"
+
+
+def q8_0_names(weight_name: str) -> tuple[str, str]:
+    """Where the Q8_0 codes and scales of the checkpoint tensor `weight_name` are stored."""
+    base = weight_name.removesuffix(".weight")
+    return f"{base}.q8_0_codes", f"{base}.q8_0_d"
+
+
+def split_q8_0(blocks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Q8_0 tensor's bytes [rows, cols/32·34] -> (codes int8 [rows, cols], d float16 [rows, cols/32])."""
+    rows = blocks.shape[0]
+    blocks = torch.from_numpy(np.array(blocks)).reshape(rows, -1, Q8_0_BLOCK_BYTES)
+    d = blocks[..., :2].contiguous().view(torch.float16)[..., 0]
+    return blocks[..., 2:].contiguous().view(torch.int8).reshape(rows, -1), d
+
+
+def read_q8_0(files, weight_name: str, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes int8 [rows, cols], d float16 [rows, cols/32]) of a checkpoint tensor kept as Q8_0."""
+    rows, cols = shape
+    codes, d = q8_0_names(weight_name)
+    return files.read(codes, (rows, cols)), files.read(d, (rows, cols // Q8_0_GROUP))
 
 
 def split_q4_1(blocks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,6 +90,10 @@ def read_q4_1(files, weight_name: str, shape: tuple[int, int]) -> tuple[torch.Te
     codes, d, m = q4_1_names(weight_name)
     return (unpack_q4_1_codes(files.read(codes, (rows, cols // 2))), files.read(d, (rows, cols // Q4_1_GROUP)),
             files.read(m, (rows, cols // Q4_1_GROUP)))
+
+
+# GGML types kept as shipped beside their float32 values: type name -> (split the bytes, checkpoint names)
+SHIPPED = {"Q4_1": (split_q4_1, q4_1_names), "Q8_0": (split_q8_0, q8_0_names)}
 
 
 class ConversionError(Exception):
@@ -130,12 +157,12 @@ def _hf_name(gguf_name: str) -> str:
 
 
 def _tensors(reader, config: dict, progress: Callable[[float], None]) -> tuple[dict, dict]:
-    """(float32 tensors by name, the Q4_1 tensors' codes, d and m by name), q/k rows unpermuted in both."""
-    from gguf import GGMLQuantizationType
+    """(float32 tensors by name, the Q4_1 and Q8_0 tensors' codes and scales by name), q/k rows
+    unpermuted in both."""
     from gguf.quants import dequantize
 
     heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
-    tensors, q4_1 = {}, {}
+    tensors, codes = {}, {}
     for done, tensor in enumerate(reader.tensors, start=1):
         try:
             values = torch.from_numpy(np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32))
@@ -144,14 +171,16 @@ def _tensors(reader, config: dict, progress: Callable[[float], None]) -> tuple[d
                                   f"dequantise: {exc}") from None
         kind = tensor.name.split(".")[-2]
         name = _hf_name(tensor.name)
-        parts = split_q4_1(tensor.data) if tensor.tensor_type == GGMLQuantizationType.Q4_1 else ()
+        split, names = SHIPPED.get(tensor.tensor_type.name, (None, None))
+        parts = split(tensor.data) if split else ()
         if kind in heads:
             values = unpermute_rows(values, heads[kind])
             parts = tuple(unpermute_rows(part, heads[kind]) for part in parts)
         tensors[name] = values
-        q4_1.update(zip(q4_1_names(name), parts))
+        if parts:
+            codes.update(zip(names(name), parts))
         progress(done / len(reader.tensors))
-    return tensors, q4_1
+    return tensors, codes
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path, progress: Callable[[float], None] = lambda fraction: None) -> Path:
@@ -169,10 +198,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path, progress: Callable[[float], Non
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    tensors, q4_1 = _tensors(reader, config, progress)
+    tensors, codes = _tensors(reader, config, progress)
     save_file(tensors, partial / "model.safetensors", metadata={"format": "pt"})
-    if q4_1:
-        save_file(q4_1, partial / Q4_1_FILE, metadata={"format": "pt"})
+    save_file(codes, partial / CODES_FILE, metadata={"format": "pt"})  # (empty for a float GGUF)
     (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"], "do_sample": False}
     (partial / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")

@@ -12,7 +12,8 @@ device (daemon.model.quantized), so their storage is allocated quantized, and ea
 quantized as it is read. Checkpoints shipped quantized (Qwen FP8, compressed-tensors pack-quantized:
 daemon.weights.prequantized) are read dequantized, one tensor at a time, except where their codes are
 already what our kernel multiplies by (4-bit at our int4 group, 8-bit per channel): those are taken as
-shipped, like GGUF's Q4_1 codes.
+shipped, like GGUF's Q4_1 codes; a quantized model whose lm_head (or tied embedding) ships as GGUF Q8_0
+gets it as Q8Linear, the Q8_0 blocks exactly, instead of re-rounding them to per-channel int8.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ import torch
 
 from daemon.model.config import TextConfig
 from daemon.model.linear import Linear, stacked_layers
-from daemon.model.quantized import (Int4Linear, Int8Linear, QuantizedExperts, q4_1_to_int4, quantize_modules,
-                                     quantized_kernels, quantized_weights)
+from daemon.model.quantized import (Int4Linear, Int8Linear, Q8Linear, QuantizedExperts, q4_1_to_int4,
+                                     quantize_modules, quantized_kernels, quantized_weights)
 from daemon.model.text_model import QwenModel
 from daemon.weights.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
-from daemon.weights.gguf_convert import Q4_1_GROUP, q4_1_names, read_q4_1
+from daemon.weights.gguf_convert import Q4_1_GROUP, q4_1_names, q8_0_names, read_q4_1, read_q8_0
 from daemon.weights.prequantized import PackedCodes, QuantizedCheckpointFiles, open_checkpoint
 from mtpchat.config import DTYPE_NAMES, Quantization
 
@@ -106,6 +107,10 @@ def _load_q4_1(layer: Int4Linear, files: CheckpointFiles, parts: Parts) -> None:
     layer.load_codes(*q4_1_to_int4(*(torch.cat(pieces) for pieces in zip(*blocks))))
 
 
+def _load_q8_0(layer: Q8Linear, files: CheckpointFiles, name: str) -> None:
+    layer.load_q8_0(*read_q8_0(files, name, (layer.out_features, layer.in_features // 2)))
+
+
 def _packed(files: CheckpointFiles, name: str, shape: tuple[int, int] | None = None) -> PackedCodes | None:
     return files.packed(name, shape) if isinstance(files, QuantizedCheckpointFiles) else None
 
@@ -177,6 +182,9 @@ def _load_steps(model: QwenModel, files: CheckpointFiles, prefix: str, tie: bool
         elif not (tie and name == "lm_head.weight"):  # a tied float lm_head is the embedding, set after
             yield param.numel(), functools.partial(_load_tensor, param.copy_, files, stored(name), param.shape)
     for name, module, shape in quantized_weights(model):
+        if isinstance(module, Q8Linear):
+            yield shape.numel() // 2, functools.partial(_load_q8_0, module, files, stored(f"{name}.weight"))
+            continue
         if isinstance(module, QuantizedExperts):
             kind = name.rsplit(".", 1)[1]
             yield shape.numel(), functools.partial(_load_experts, module, kind, files, stored(name), shape)
@@ -211,6 +219,9 @@ def load_model(checkpoint: str | Path, *, device: torch.device | str | None = No
     with torch.device("meta"):
         model = QwenModel(config, with_mtp="mtp.fc.weight" in files).to(dtype)
         quantize_modules(model, quantization, kernels)
+        head = prefix + "embed_tokens.weight" if tie else "lm_head.weight"
+        if isinstance(model.lm_head, Int8Linear) and q8_0_names(head)[0] in files:  # GGUF Q8_0, exactly
+            model.lm_head = Q8Linear(config.hidden_size, config.vocab_size, kernels)
     if placement is None:
         model.to_empty(device=device)
     else:
