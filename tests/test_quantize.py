@@ -27,6 +27,7 @@ from daemon.model.quantized import (
     q4_1_to_int4,
 )
 from daemon.serve.footprint import checkpoint_footprint
+from daemon.tools.bandwidth import layer_bandwidth
 from daemon.weights.gguf_convert import split_q4_1, split_q8_0, unpack_q4_1_codes
 from daemon.weights.loader import load_model
 from mtpchat.config import ModelSettings, Quantization
@@ -163,7 +164,8 @@ def test_the_demos_q8_0_lm_head_is_kept_exactly(demo):
     """The converted demo keeps its Q8_0 embedding's blocks (gguf_codes.safetensors); quantized, its tied
     lm_head is a Q8Linear over them, which the fp32 model's lm_head equals but for bfloat16 scales."""
     model = load_model(demo, quantization=Quantization("int4"))
-    assert isinstance(model.lm_head, quantized.Q8Linear)
+    assert isinstance(model.lm_head, quantized.Q8Linear) and model.lm_head.in_features == model.config.hidden_size
+    assert layer_bandwidth(model, repeats=1)["lm_head"]["layers"] == 1  # the bench feeds it hidden-size rows
     float_head = load_model(demo).lm_head.weight
     relative = (model.lm_head.dequantized() - float_head).abs() / float_head.abs().clamp_min(1e-30)
     assert relative.max() <= 2.0**-8  # q exact, d rounded to bfloat16: 8 significant bits, unit roundoff 2^-8

@@ -237,7 +237,7 @@ class Int4Linear(_QuantizedLinear):
             rows = min(-(-outputs // PACKED_BLOCK_ROWS) * PACKED_BLOCK_ROWS, self.out_features)
             packed = packed.narrow(0, 0, rows * packed.shape[0] // self.out_features)
             scales_and_zeros = scales_and_zeros.narrow(1, 0, rows).contiguous()  # the kernels assume rows
-        flat = x.reshape(-1, self.in_features).to(scales_and_zeros.dtype)
+        flat = x.reshape(-1, x.shape[-1]).to(scales_and_zeros.dtype)
         matmul = torch._weight_int4pack_mm if self.kernels == "cuda" else torch._weight_int4pack_mm_for_cpu
         out = matmul(flat, packed, self.group, scales_and_zeros)
         out = out if outputs is None else out.narrow(1, 0, outputs)
@@ -248,10 +248,11 @@ class Int4Linear(_QuantizedLinear):
         each entry is (q - 8)·scale + zero with the scale and zero exactly as stored (on the CPU, whose
         kernel has a float32 path; CUDA's takes bfloat16 only, so there the entries are rounded to it).
         A reference for tests (it costs in_features kernel rows)."""
+        inputs = self.scales_and_zeros.shape[-3] * self.group  # what the kernel takes (Q8Linear: twice)
         if self.kernels == "cuda":
-            eye = torch.eye(self.in_features, device=self.device, dtype=KERNEL_DTYPE)
+            eye = torch.eye(inputs, device=self.device, dtype=KERNEL_DTYPE)
             return torch._weight_int4pack_mm(eye, self.packed, self.group, self.scales_and_zeros).float().t()
-        eye = torch.eye(self.in_features, device=self.device)
+        eye = torch.eye(inputs, device=self.device)
         return torch._weight_int4pack_mm_for_cpu(eye, self.packed, self.group, self.scales_and_zeros.float()).t()
 
 
@@ -266,6 +267,7 @@ class Q8Linear(Int4Linear):
 
     def __init__(self, in_features: int, out_features: int, kernels: str = "cpu"):
         super().__init__(2 * in_features, out_features, Q8_0_GROUP, kernels=kernels)
+        self.in_features = in_features  # what callers pass; the kernel takes it twice
 
     def load_q8_0(self, codes: torch.Tensor, d: torch.Tensor) -> None:
         """codes int8 [out, in], d [out, in/32]."""

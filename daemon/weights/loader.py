@@ -108,7 +108,7 @@ def _load_q4_1(layer: Int4Linear, files: CheckpointFiles, parts: Parts) -> None:
 
 
 def _load_q8_0(layer: Q8Linear, files: CheckpointFiles, name: str) -> None:
-    layer.load_q8_0(*read_q8_0(files, name, (layer.out_features, layer.in_features // 2)))
+    layer.load_q8_0(*read_q8_0(files, name, (layer.out_features, layer.in_features)))
 
 
 def _packed(files: CheckpointFiles, name: str, shape: tuple[int, int] | None = None) -> PackedCodes | None:
@@ -183,7 +183,7 @@ def _load_steps(model: QwenModel, files: CheckpointFiles, prefix: str, tie: bool
             yield param.numel(), functools.partial(_load_tensor, param.copy_, files, stored(name), param.shape)
     for name, module, shape in quantized_weights(model):
         if isinstance(module, Q8Linear):
-            yield shape.numel() // 2, functools.partial(_load_q8_0, module, files, stored(f"{name}.weight"))
+            yield shape.numel(), functools.partial(_load_q8_0, module, files, stored(f"{name}.weight"))
             continue
         if isinstance(module, QuantizedExperts):
             kind = name.rsplit(".", 1)[1]
