@@ -160,6 +160,27 @@ def test_q8_0_maps_onto_two_int4_halves_exactly():
     assert ((full - reference).abs() <= bound).all()
 
 
+def test_a_draft_vocabularys_rows_compile_with_inductor():
+    """The first-outputs form inside a compiled graph (the daemon's compiled MTP step asks the lm_head for
+    its draft vocabulary): inductor's int4 lowering once failed on the scales copy made in the graph
+    (quantized.leading_rows). Compiled equals eager bit for bit: the same kernel on the same inputs."""
+    rows, cols = 256, 64
+    codes, d = split_q8_0(_q8_0_bytes(rows, cols, seed=4))
+    with torch.device("meta"):
+        layer = quantized.Q8Linear(cols, rows)
+    layer.to_empty(device="cpu")
+    layer.load_q8_0(codes, d)
+
+    def head(h: torch.Tensor, outputs: int) -> torch.Tensor:
+        return layer(torch.nn.functional.silu(h), outputs) * 2
+
+    x = torch.randn(1, 1, cols, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        compiled = torch.compile(head, fullgraph=True, dynamic=True)
+        for outputs in (128, 100):
+            assert torch.equal(compiled(x, outputs), head(x, outputs)), outputs
+
+
 def test_the_demos_q8_0_lm_head_is_kept_exactly(demo):
     """The converted demo keeps its Q8_0 embedding's blocks (gguf_codes.safetensors); quantized, its tied
     lm_head is a Q8Linear over them, which the fp32 model's lm_head equals but for bfloat16 scales."""

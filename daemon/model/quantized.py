@@ -176,6 +176,19 @@ class Int8Linear(_QuantizedLinear):
         return self.weight_int8.float() * self.scales.float()[:, None]
 
 
+@torch.library.custom_op("mtpchat::leading_rows", mutates_args=())
+def leading_rows(scales_and_zeros: torch.Tensor, rows: int) -> torch.Tensor:
+    """scales_and_zeros [K/g, N, 2] -> a contiguous copy of [:, :rows] (the kernels take no strides). An op
+    of its own: inductor's int4 lowering (torch 2.13) takes the copy made inside a graph unrealised and
+    fails (LoweringException: AssertionError: Pointwise); a custom op's output is a buffer."""
+    return scales_and_zeros.narrow(1, 0, rows).clone(memory_format=torch.contiguous_format)
+
+
+@leading_rows.register_fake
+def _(scales_and_zeros: torch.Tensor, rows: int) -> torch.Tensor:
+    return scales_and_zeros.new_empty((scales_and_zeros.shape[0], rows, *scales_and_zeros.shape[2:]))
+
+
 class Int4Linear(_QuantizedLinear):
     """A bias-free linear layer with int4 weights, a scale and a zero point per `group` inputs (or
     `experts` of them), packed for `kernels`: "cpu" ([out, in/2] bytes) or "cuda" (the tensor-core
@@ -230,13 +243,14 @@ class Int4Linear(_QuantizedLinear):
                 expert: int | torch.Tensor | None = None) -> torch.Tensor:
         """x [..., in] -> [..., out] (only the first `outputs` features when given), in x's dtype; a
         stacked layer multiplies by `expert`'s matrix. The packing interleaves rows within blocks of 64,
-        so the first `outputs` rounded up to a block are multiplied (their scales copied out: the
-        kernels take them contiguous)."""
+        so the first `outputs` rounded up to a block are multiplied (their scales copied out by
+        `leading_rows`)."""
         packed, scales_and_zeros = self._picked(expert, self.packed, self.scales_and_zeros)
         if outputs is not None:
             rows = min(-(-outputs // PACKED_BLOCK_ROWS) * PACKED_BLOCK_ROWS, self.out_features)
             packed = packed.narrow(0, 0, rows * packed.shape[0] // self.out_features)
-            scales_and_zeros = scales_and_zeros.narrow(1, 0, rows).contiguous()  # the kernels assume rows
+            if rows < self.out_features:
+                scales_and_zeros = leading_rows(scales_and_zeros, rows)
         flat = x.reshape(-1, x.shape[-1]).to(scales_and_zeros.dtype)
         matmul = torch._weight_int4pack_mm if self.kernels == "cuda" else torch._weight_int4pack_mm_for_cpu
         out = matmul(flat, packed, self.group, scales_and_zeros)
