@@ -148,6 +148,21 @@ def oracle(runner: StepRunner, prompt: list[int], truth: list[int] | None, rate:
             "acceptance_rate": accepted / drafted}
 
 
+def plain_decode(model, prompt: list[int], capacity: int, reps: int, report: dict) -> float:
+    """Into `report`: 1-token decode tok/s eager and captured, bytes read a token and the bandwidth
+    utilisation that makes; returns the captured step's seconds (the unit of the step costs)."""
+    seconds = {}
+    for label, captured in (("eager", False), ("captured", True)):
+        runner = make_runner(model, capacity, 0, captured)
+        seconds[label] = statistics.median(time_step(runner, "decode", prompt, reps))
+        report[f"decode_tok_s_{label}"] = 1 / seconds[label]
+        if captured:
+            report["bytes_per_token"] = bytes_per_token(model, runner.cache.nbytes())
+        del runner
+    report["bandwidth_utilisation"] = report["bytes_per_token"] / seconds["captured"] / HBM_BYTES_PER_S
+    return seconds["captured"]
+
+
 @torch.inference_mode()
 def check_shape(shape: str, tiny: bool, layers: int | None, device, dtype, tokens: int, reps: int) -> dict:
     config = config_for(shape, tiny, layers)
@@ -155,26 +170,18 @@ def check_shape(shape: str, tiny: bool, layers: int | None, device, dtype, token
     report = {"layers": config.num_hidden_layers, "hidden": config.hidden_size}
     prompt = list(range(1, 65))
     capacity = len(prompt) + tokens + 16
-    plain = {label: make_runner(model, capacity, 0, captured) for label, captured in (("eager", False), ("captured", True))}
-    one_token = {}
-    for label, runner in plain.items():
-        one_token[label] = statistics.median(time_step(runner, "decode", prompt, reps))
-        report[f"decode_tok_s_{label}"] = 1 / one_token[label]
-    per_token = bytes_per_token(model, plain["captured"].cache.nbytes())
-    report["bytes_per_token"] = per_token
-    report["bandwidth_utilisation"] = per_token / one_token["captured"] / HBM_BYTES_PER_S
-    del plain
+    one_token = plain_decode(model, prompt, capacity, reps, report)  # seconds of a captured decode step
     report["verify_cost"], report["oracle"] = {}, {}
     for k in range(1, 5):
         runner = make_runner(model, capacity, k, True)
-        report["verify_cost"][f"k{k}"] = statistics.median(time_step(runner, "verify", prompt, reps)) / one_token["captured"]
+        report["verify_cost"][f"k{k}"] = statistics.median(time_step(runner, "verify", prompt, reps)) / one_token
         if k == 2:  # one chained MTP step
-            report["draft_step_cost"] = statistics.median(time_step(runner, "draft", prompt, reps)) / one_token["captured"]
+            report["draft_step_cost"] = statistics.median(time_step(runner, "draft", prompt, reps)) / one_token
         if k == 3:
             truth = oracle(runner, prompt, None, 0.0, tokens)["tokens"]
             for rate in RATES:
                 run = oracle(runner, prompt, truth, rate, tokens)
-                report["oracle"][f"{rate:.0%}"] = {"speedup": run["tok_s"] * one_token["captured"],
+                report["oracle"][f"{rate:.0%}"] = {"speedup": run["tok_s"] * one_token,
                                                    "acceptance_rate": run["acceptance_rate"],
                                                    "same_tokens": run["tokens"] == truth}
         del runner
@@ -216,17 +223,9 @@ def check_quantized(tiny: bool, layers: int | None, device, dtype, tokens: int, 
         del moe
         model = random_model(config, device, dtype, quantization=quantization)
         capacity = len(prompt) + tokens + 16
-        runners = {label: make_runner(model, capacity, 0, captured)
-                   for label, captured in (("eager", False), ("captured", True))}
-        step = {label: statistics.median(time_step(runner, "decode", prompt, reps))
-                for label, runner in runners.items()}
-        entry.update({f"decode_tok_s_{label}": 1 / seconds for label, seconds in step.items()})
-        per_token = bytes_per_token(model, runners["captured"].cache.nbytes())
-        entry["bytes_per_token"] = per_token
-        entry["bandwidth_utilisation"] = per_token / step["captured"] / HBM_BYTES_PER_S
-        del runners
+        captured = plain_decode(model, prompt, capacity, reps, entry)
         verify = make_runner(model, capacity, 3, True)
-        entry["verify_cost_k3"] = statistics.median(time_step(verify, "verify", prompt, reps)) / step["captured"]
+        entry["verify_cost_k3"] = statistics.median(time_step(verify, "verify", prompt, reps)) / captured
         report[method] = entry
         del model, verify
         if device.type == "cuda":
