@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "(default: the configured default)")
     ask.add_argument("--system", help="system prompt")
     ask.add_argument("--quantize", choices=QUANTIZE_CHOICES,
-                     help="weight-only quantization of the model (default: its configured setting); another "
+                     help="quantized weights of the model (default: its configured setting); another "
                           "than that loads a variant of the model beside it")
     ask.add_argument("--max-tokens", type=int, help="most tokens in the reply (default: as many as the model's "
                      f"context leaves, or {ASK_MAX_TOKENS} when the daemon does not report it); a reply that stops "

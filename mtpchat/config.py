@@ -11,7 +11,7 @@ offline (loaded on request only). Pointing mtpchat at real models is a few lines
     path = "Qwen/Qwen3.6-27B"          # a repo id in the local Hugging Face cache, or a directory
     draft = 3                          # MTP draft tokens per step, or "auto"; 0 decodes plainly
     draft_vocab = 8192                 # optional: drafts among the first N token ids only (cheaper)
-    quantize = "int4"                  # weight-only "int8" or "int4" (CPU); default "none"
+    quantize = "int4"                  # weight-only "int8" or "int4"; "fp8" (Hopper GPUs); default "none"
     quantize_group = 128               # int4: inputs per scale, 32 (default), 64 or 128
     quantize_mtp = "int8"              # the MTP head's own; default: as quantize
     compile = true                     # torch.compile its decoding steps after loading (default false)
@@ -138,9 +138,10 @@ def read_key_file(path: str | None, what: str) -> str | None:
 
 @dataclass(frozen=True)
 class Quantization:
-    """Weight-only quantization of one model: `method` for the trunk's linear layers (the lm_head
-    becomes int8 whenever it is not "none"), `group` inputs per int4 scale, and the MTP head's own
-    method (`mtp` None: as the trunk)."""
+    """Quantized weights of one model: `method` for the trunk's linear layers (the lm_head becomes int8
+    whenever it is not "none"), `group` inputs per int4 scale, and the MTP head's own method (`mtp`
+    None: as the trunk). "int8" and "int4" are weight-only; "fp8" keeps weights in FP8 with a scale per
+    128x128 block (an FP8 release's as shipped) and multiplies in FP8 (Hopper GPUs; daemon.model.fp8)."""
     method: str = "none"
     group: int = DEFAULT_QUANTIZE_GROUP
     mtp: str | None = None
@@ -176,7 +177,7 @@ class ModelSettings:
     load_at_start: bool = True
     context: int = DEFAULT_CONTEXT
     sampling: dict = field(default_factory=dict)  # sampling defaults over the checkpoint's (SAMPLING_FIELDS)
-    quantize: str = "none"  # weight-only: "none" | "int8" | "int4" (see Quantization)
+    quantize: str = "none"  # "none" | "int8" | "int4" | "fp8" (see Quantization)
     quantize_group: int = DEFAULT_QUANTIZE_GROUP
     quantize_mtp: str | None = None  # the MTP head's own method; None: as quantize
     compile: bool = False  # torch.compile the decoding steps when the model loads (daemon/engine/step_functions.py)

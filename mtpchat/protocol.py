@@ -26,7 +26,7 @@ TERMINAL = ("done", "error", "cancelled")  # reply types that end a request
 MAX_DRAFT = 4  # the most tokens the MTP head drafts per step
 DRAFT_AUTO = "auto"  # the draft setting that picks k per step (adaptive, at most MAX_DRAFT)
 DRAFT_CHOICES = (*range(MAX_DRAFT + 1), DRAFT_AUTO)  # every draft setting; 0 decodes plainly
-QUANTIZE_CHOICES = ("none", "int8", "int4")  # weight-only quantization of a model (mtpchat.config.Quantization)
+QUANTIZE_CHOICES = ("none", "int8", "int4", "fp8")  # quantized weights of a model (mtpchat.config.Quantization)
 
 # Stats keys, named as vLLM names its speculative-decoding metrics (docs/protocol.md, "stats map"):
 # the daemon writes them, clients read them.

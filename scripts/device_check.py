@@ -9,10 +9,13 @@ flash-linear-attention needed). Sections of the report:
   plain decode tok/s eager and captured, bandwidth utilisation, verify (k=1..4) and draft step cost
   relative to a 1-token step, oracle-drafter speed-ups at 60-90% acceptance, MTP's extra memory.
 - kernels: whether fla / causal-conv1d imported (tests/test_kernels.py checks them where they do).
-- quantized: per method (int8; int4 at group 128, as the released W4A16 checkpoints): a quantized matmul
-  against its dequantized reference (error within MATMUL_BOUND), eager vs captured greedy tokens of the
-  tiny MoE model quantized (captured MoE steps take QuantizedExperts.slots), and at the 27B shape plain
-  decode tok/s eager and captured, bandwidth utilisation and the k=3 verify cost.
+- quantized: per method (int8; int4 at group 128, as the released W4A16 checkpoints; fp8 in 128x128
+  blocks, as Qwen's FP8 releases, multiplied by cuBLAS's blockwise FP8 — first whether the device has it,
+  daemon.model.fp8.check_fp8_matmul, else the reason): a quantized matmul against its reference (the
+  dequantized weight; for fp8 the float32 reference form of the same FP8 codes) within MATMUL_BOUND
+  (FP8_BOUND), eager vs captured greedy tokens of the tiny MoE model quantized (captured MoE steps take
+  QuantizedExperts.slots), and at the 27B shape plain decode tok/s eager and captured, bandwidth
+  utilisation and the k=3 verify cost.
 `--dry-run` runs the same code on the CPU at tiny shapes in float32 in seconds (tests/test_device_check.py).
 
 Usage: python scripts/device_check.py --out $OUT/device_check.json [--dry-run] [--layers-27b N]
@@ -33,7 +36,8 @@ from daemon.engine.step_runner import CapturedDecoder, StepRunner
 from daemon.model import kernels
 from daemon.model.config import TextConfig
 from daemon.tools.real_shapes import SHAPES, random_model, shape_config
-from daemon.model.quantized import KERNEL_DTYPE, quantized_kernels, quantized_linear
+from daemon.model.fp8 import check_fp8_matmul, fp8_activations, fp8_widened
+from daemon.model.quantized import KERNEL_DTYPE, quantized_kernels, quantized_linear, quantized_weights
 from daemon.tools.step_timing import synchronize, time_step
 from mtpchat.config import Quantization
 
@@ -47,16 +51,22 @@ RATES = (0.6, 0.7, 0.8, 0.9)
 # kernels round their output to bfloat16 (2^-9) and may accumulate in bfloat16-rounded partial sums;
 # 2^-7 leaves room for that and fails on a wrong packing, scale or zero (errors of order 1).
 MATMUL_BOUND = 2.0**-7
+# fp8 against the reference of its own codes: products of FP8 codes are exact, Hopper's FP8 tensor cores
+# accumulate with ~14 bits before cuBLAS promotes each 128-input block (daemon.model.fp8.check_fp8_matmul)
+FP8_BOUND = 2.0**-6
 QUANTIZE_GROUP = 128
 TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
             linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
             vocab_size=1024, moe_intermediate_size=32, shared_expert_intermediate_size=32)
 TINY_MOE = dict(num_experts=8, num_experts_per_tok=2)
+# CUDA's FP8 layers take whole 128-input blocks: the tiny MoE widened so its trunk and experts have them
+TINY_FP8 = dict(hidden_size=128, intermediate_size=256, moe_intermediate_size=128, shared_expert_intermediate_size=128)
 
 
-def config_for(shape: str, tiny: bool, layers: int | None) -> TextConfig:
+def config_for(shape: str, tiny: bool, layers: int | None, widths: dict | None = None) -> TextConfig:
     if tiny:
-        return shape_config(shape, 4, overrides={**TINY, **(TINY_MOE if "num_experts" in SHAPES[shape] else {})})
+        moe = TINY_MOE if "num_experts" in SHAPES[shape] else {}
+        return shape_config(shape, 4, overrides={**TINY, **moe, **(widths or {})})
     return shape_config(shape, layers)
 
 
@@ -190,20 +200,23 @@ def check_shape(shape: str, tiny: bool, layers: int | None, device, dtype, token
 
 
 def matmul_error(method: str, in_features: int, out_features: int, group: int, device) -> dict:
-    """A quantized layer's output against x @ its dequantized weight (float32), for 1 and 4 rows."""
+    """A quantized layer's output against x @ its dequantized weight (float32), for 1 and 4 rows; fp8's
+    against its float32 reference form over the same FP8 codes (its activations are quantized too)."""
     generator = torch.Generator(device).manual_seed(0)
     with torch.device("meta"):
         layer = quantized_linear(method, in_features, out_features, group, kernels=quantized_kernels({str(device)}))
     layer.to_empty(device=device)
     weight = torch.randn(out_features, in_features, generator=generator, device=device) * 0.02
     layer.load(weight)
-    reference = layer.dequantized()
+    reference, bound = layer.dequantized(), FP8_BOUND if method == "fp8" else MATMUL_BOUND
     report = {}
     for rows in (1, 4):
         x = torch.randn(rows, in_features, generator=generator, device=device).to(KERNEL_DTYPE).float()
+        if method == "fp8":
+            x = fp8_widened(*fp8_activations(x))
         scale = x.abs() @ reference.abs().t()
         error = ((layer(x) - x @ reference.t()).abs() / scale).max().item()
-        report[f"rows{rows}"] = {"relative_error": error, "within_bound": error <= MATMUL_BOUND}
+        report[f"rows{rows}"] = {"relative_error": error, "within_bound": error <= bound}
     return report
 
 
@@ -213,13 +226,20 @@ def check_quantized(tiny: bool, layers: int | None, device, dtype, tokens: int, 
     group = 32 if tiny else QUANTIZE_GROUP  # the tiny shapes' widths are multiples of 32 only
     report = {"matmul_bound": MATMUL_BOUND, "group": group}
     prompt = list(range(1, 17))
-    for method in ("int8", "int4"):
+    for method in ("int8", "int4", "fp8"):
         quantization = Quantization(method, group)
         config = config_for("qwen3.6-27b", tiny, layers)
+        if method == "fp8" and device.type == "cuda":
+            try:
+                check_fp8_matmul(device)
+            except ValueError as exc:
+                report[method] = {"unsupported": str(exc)}
+                continue
         entry = {"matmul": matmul_error(method, config.hidden_size, 2 * config.intermediate_size, group, device)}
-        moe = random_model(config_for("qwen3.6-35b-a3b", True, None), device, dtype,
-                           quantization=Quantization(method, 32))
+        moe = random_model(config_for("qwen3.6-35b-a3b", True, None, TINY_FP8 if method == "fp8" else None), device,
+                           dtype, quantization=Quantization(method, 32))
         entry["parity_moe"] = check_parity(moe, prompt, tokens)
+        entry["quantized_layers_moe"] = sum(1 for _ in quantized_weights(moe))
         del moe
         model = random_model(config, device, dtype, quantization=quantization)
         capacity = len(prompt) + tokens + 16

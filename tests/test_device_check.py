@@ -24,8 +24,9 @@ def test_device_check_dry_run(tmp_path):
         assert set(shape["verify_cost"]) == {"k1", "k2", "k3", "k4"}
         assert set(shape["oracle"]) == {"60%", "70%", "80%", "90%"}
         assert shape["mtp_extra_bytes"]["32k"]["mtp_kv_cache"] == 8 * shape["mtp_extra_bytes"]["4k"]["mtp_kv_cache"]
-    for method in ("int8", "int4"):
+    for method in ("int8", "int4", "fp8"):
         quantized = report["quantized"][method]
+        assert quantized["quantized_layers_moe"] >= 20  # the tiny MoE's trunk and experts, each quantized
         assert all(rows["within_bound"] for rows in quantized["matmul"].values()), quantized["matmul"]
         assert all(entry["identical"] for entry in quantized["parity_moe"].values())
         assert quantized["decode_tok_s_captured"] > 0 and quantized["bytes_per_token"] > 0

@@ -173,10 +173,12 @@ def plan_both(dense: str, moe: str) -> list[list[str]]:
 
 def test_real_footprints_at_32k_context():
     totals = {(shape, method): format_size(real_footprint(shape, method).total)
-              for shape in ("qwen3.6-27b", "qwen3.6-35b-a3b") for method in ("none", "int8", "int4")}
+              for shape in ("qwen3.6-27b", "qwen3.6-35b-a3b") for method in ("none", "int8", "int4", "fp8")}
+    # fp8: a float32 scale per 128x128 block instead of int8's bfloat16 scale per row, about as small
     assert totals == {("qwen3.6-27b", "none"): "53.87 GiB", ("qwen3.6-27b", "int8"): "30.04 GiB",
-                      ("qwen3.6-27b", "int4"): "19.41 GiB", ("qwen3.6-35b-a3b", "none"): "67.18 GiB",
-                      ("qwen3.6-35b-a3b", "int8"): "35.46 GiB", ("qwen3.6-35b-a3b", "int4"): "20.72 GiB"}
+                      ("qwen3.6-27b", "int4"): "19.41 GiB", ("qwen3.6-27b", "fp8"): "30.04 GiB",
+                      ("qwen3.6-35b-a3b", "none"): "67.18 GiB", ("qwen3.6-35b-a3b", "int8"): "35.46 GiB",
+                      ("qwen3.6-35b-a3b", "int4"): "20.72 GiB", ("qwen3.6-35b-a3b", "fp8"): "35.41 GiB"}
 
 
 def test_both_models_fit_two_32gb_cards_at_int8_plus_int4_or_int4_plus_int4():

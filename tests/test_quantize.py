@@ -17,7 +17,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from daemon.engine.step_runner import compile_options
-from daemon.model import quantized
+from daemon.model import quantized, quantized_layer
 from daemon.model.linear import Linear
 from daemon.model.quantized import (
     KERNEL_DTYPE,
@@ -53,7 +53,7 @@ def test_quantizing_in_row_blocks_gives_the_whole_matrixs_layer(monkeypatch, cls
     bit for bit those of quantizing the whole matrix at once, a last short block included."""
     weight = torch.randn(rows, 64, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
     whole = _layer(cls, weight, *args)
-    monkeypatch.setattr(quantized, "QUANTIZE_ROWS", 64)  # the smallest block the int4 packing allows
+    monkeypatch.setattr(quantized_layer, "QUANTIZE_ROWS", 64)  # the smallest block the int4 packing allows
     blocks = _layer(cls, weight, *args)
     for name, buffer in whole.named_buffers():
         assert torch.equal(buffer, dict(blocks.named_buffers())[name]), name
@@ -232,8 +232,8 @@ def _held(model) -> int:
 
 
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("quantization", [Quantization("int8"), Quantization("int4"),
-                                          Quantization("int4", 64, "none")], ids=["int8", "int4", "int4-g64-mtp-none"])
+@pytest.mark.parametrize("quantization", [Quantization("int8"), Quantization("int4"), Quantization("int4", 64, "none"),
+                                          Quantization("fp8")], ids=["int8", "int4", "int4-g64-mtp-none", "fp8"])
 @torch.inference_mode()
 def test_mtp_decoding_of_a_quantized_model_equals_its_plain_decoding(tiny, name, quantization):
     model = load_model(tiny[name], device="cpu", quantization=quantization)
@@ -246,10 +246,10 @@ def test_mtp_decoding_of_a_quantized_model_equals_its_plain_decoding(tiny, name,
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"quantize": "int3"}, "quantize must be one of 'none', 'int8', 'int4'"),
+    ({"quantize": "int3"}, "quantize must be one of 'none', 'int8', 'int4', 'fp8'"),
     ({"quantize": "int4", "quantize_group": 100}, "quantize_group must be one of 32, 64, 128"),
     ({"quantize": "int4", "quantize_group": 32.0}, "quantize_group must be one of"),
-    ({"quantize_mtp": "fp8"}, "quantize_mtp must be one of"),
+    ({"quantize_mtp": "fp4"}, "quantize_mtp must be one of"),
 ])
 def test_bad_quantize_settings_fail_with_what_to_write(fields, message):
     with pytest.raises(ValueError, match=f"model 'm': {message}"):
@@ -274,10 +274,10 @@ def test_asking_for_another_quantization_adds_a_variant_of_the_model():
     assert variant.describe()["quantize"] == "int4 (group 64)"
 
 
-@pytest.mark.parametrize("method", ["int8", "int4"])
+@pytest.mark.parametrize("method", ["int8", "int4", "fp8"])
 def test_a_verify_gives_each_position_the_bits_a_decode_step_gives_it(demo, method):
     """What makes MTP token-identical to plain decoding under quantization: the quantized layers round
-    their inputs to bfloat16, so a last-bit difference between a multi-token verify and 1-token decode
+    their inputs to bfloat16 (or FP8), so a last-bit difference between a multi-token verify and 1-token decode
     steps would become a visible one; the verify's attention runs row by row, as decode does."""
     model = load_model(demo, quantization=Quantization(method))
     prompt = torch.tensor([random_ids(20, seed=4, vocab=model.config.vocab_size).flatten().tolist()])

@@ -1,4 +1,5 @@
-"""Weight-only int8 and int4 layers on torch's own CPU kernels, and the swap that puts them in a model.
+"""Weight-only int8 and int4 layers on torch's own CPU kernels, and the swap that puts them (and
+daemon.model.fp8's FP8 layers) in a model.
 
 int8 is symmetric per output channel (`torch._weight_int8pack_mm(x, w_int8 [N, K], scales [N])`);
 int4 is group-wise with a scale and a zero point per `group` inputs of each output row, in torch's
@@ -44,7 +45,6 @@ scripts/device_check.py (a quantized matmul against its dequantized reference) w
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
@@ -52,13 +52,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from daemon.model.fp8 import Fp8Linear
 from daemon.model.linear import Linear
+from daemon.model.quantized_layer import QuantizedLayer, row_blocks
 from daemon.model.mlp import RoutedExperts
 
 
 class Quantization(Protocol):
     """What to quantize how; `mtpchat.config.Quantization` is one (the model layer imports no config)."""
-    method: str  # "none" | "int8" | "int4", the trunk's linear layers
+    method: str  # "none" | "int8" | "int4" | "fp8", the trunk's linear layers
     group: int  # int4: inputs per scale and zero point
     mtp_method: str  # the MTP head's
 
@@ -69,17 +71,8 @@ CUDA_GROUPS = (32, 64, 128, 256)  # the groups CUDA's int4 kernel is built for
 Q8_0_GROUP = 32  # inputs per GGUF Q8_0 block
 PACKED_BLOCK_ROWS = 64  # the int4 CPU packing interleaves rows within blocks of 64, a shorter last block
 # on its own (measured in torch 2.13); CUDA's packs tiles of 8 rows
-QUANTIZE_ROWS = 4096  # rows quantized at a time while loading: a multiple of PACKED_BLOCK_ROWS
 # Linear layers left in the compute dtype whatever the setting (see the module docstring), by name.
 KEEP_FLOAT = ("mlp.gate", "mlp.shared_expert_gate", "linear_attn.in_proj_b", "linear_attn.in_proj_a")
-
-
-def _row_blocks(weight: torch.Tensor):
-    """(first row, the block's rows) in blocks of QUANTIZE_ROWS: codes, scales and zeros are per row (and
-    group), so quantizing block by block gives the whole matrix's result, while the float32 copies
-    quantizing makes stay the size of a block, not of the matrix (a 27B lm_head is 4.7 GiB in float32)."""
-    for start in range(0, weight.shape[0], QUANTIZE_ROWS):
-        yield start, weight.narrow(0, start, min(QUANTIZE_ROWS, weight.shape[0] - start))
 
 
 def int8_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,31 +106,7 @@ def q4_1_to_int4(codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> tuple
     return codes, d, m + 8 * d
 
 
-class _QuantizedLinear(nn.Module):
-    """What Int8Linear and Int4Linear share: an optional leading dimension of experts (a stacked layer,
-    one matrix per routed expert), and picking one expert's tensors for a kernel call."""
-
-    experts: int  # stacked layers: how many; 0 for a plain layer
-
-    def expert(self, index: int) -> _QuantizedLinear:
-        """Expert `index` of a stacked layer as a plain layer over the same storage (views, no copy): what
-        the loader fills and tests read."""
-        layer = copy.copy(self)
-        layer._buffers = {name: tensor.select(0, index) for name, tensor in self._buffers.items()}
-        layer.experts = 0
-        return layer
-
-    def _picked(self, expert: int | torch.Tensor | None, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """`tensors` of one expert: a view for a Python index, a gathered copy for a device index (what a
-        graph can hold: no host synchronisation), the tensors themselves for a plain layer."""
-        if expert is None:
-            return tensors
-        if isinstance(expert, int):
-            return tuple(tensor.select(0, expert) for tensor in tensors)
-        return tuple(tensor.index_select(0, expert.reshape(1)).squeeze(0) for tensor in tensors)
-
-
-class Int8Linear(_QuantizedLinear):
+class Int8Linear(QuantizedLayer):
     """A bias-free linear layer with int8 weights, symmetric per output channel (or `experts` of them)."""
 
     def __init__(self, in_features: int, out_features: int, experts: int = 0):
@@ -152,7 +121,7 @@ class Int8Linear(_QuantizedLinear):
         return self.scales.device
 
     def load(self, weight: torch.Tensor) -> None:
-        for start, block in _row_blocks(weight):
+        for start, block in row_blocks(weight):
             self.load_codes(*int8_quantize(block), start)
 
     def load_codes(self, codes: torch.Tensor, scales: torch.Tensor, start: int = 0) -> None:
@@ -166,7 +135,7 @@ class Int8Linear(_QuantizedLinear):
                 expert: int | torch.Tensor | None = None) -> torch.Tensor:
         """x [..., in] -> [..., out] (only the first `outputs` features when given), in x's dtype; a
         stacked layer multiplies by `expert`'s matrix."""
-        weight, scales = self._picked(expert, self.weight_int8, self.scales)
+        weight, scales = self.picked(expert, self.weight_int8, self.scales)
         flat = x.reshape(-1, self.in_features).to(scales.dtype)
         out = torch._weight_int8pack_mm(flat, weight[:outputs], scales[:outputs])
         return out.to(x.dtype).reshape(*x.shape[:-1], out.shape[-1])
@@ -189,7 +158,7 @@ def _(scales_and_zeros: torch.Tensor, rows: int) -> torch.Tensor:
     return scales_and_zeros.new_empty((scales_and_zeros.shape[0], rows, *scales_and_zeros.shape[2:]))
 
 
-class Int4Linear(_QuantizedLinear):
+class Int4Linear(QuantizedLayer):
     """A bias-free linear layer with int4 weights, a scale and a zero point per `group` inputs (or
     `experts` of them), packed for `kernels`: "cpu" ([out, in/2] bytes) or "cuda" (the tensor-core
     tiles of `_convert_weight_to_int4pack`: [out/8, in/(16·tiles), 32, tiles/2] int32)."""
@@ -221,7 +190,7 @@ class Int4Linear(_QuantizedLinear):
         return out_features % INT4_ROWS == 0 and in_features % group == 0
 
     def load(self, weight: torch.Tensor) -> None:
-        for start, block in _row_blocks(weight):
+        for start, block in row_blocks(weight):
             self.load_codes(*int4_quantize(block, self.group), start)
 
     def load_codes(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, start: int = 0) -> None:
@@ -245,7 +214,7 @@ class Int4Linear(_QuantizedLinear):
         stacked layer multiplies by `expert`'s matrix. The packing interleaves rows within blocks of 64,
         so the first `outputs` rounded up to a block are multiplied (their scales copied out by
         `leading_rows`)."""
-        packed, scales_and_zeros = self._picked(expert, self.packed, self.scales_and_zeros)
+        packed, scales_and_zeros = self.picked(expert, self.packed, self.scales_and_zeros)
         if outputs is not None:
             rows = min(-(-outputs // PACKED_BLOCK_ROWS) * PACKED_BLOCK_ROWS, self.out_features)
             packed = packed.narrow(0, 0, rows * packed.shape[0] // self.out_features)
@@ -285,7 +254,7 @@ class Q8Linear(Int4Linear):
 
     def load_q8_0(self, codes: torch.Tensor, d: torch.Tensor) -> None:
         """codes int8 [out, in], d [out, in/32]."""
-        for start, block in _row_blocks(codes):
+        for start, block in row_blocks(codes):
             scale = d.narrow(0, start, block.shape[0]).float()
             low = block.to(torch.int16) & 15
             high = (block.to(torch.int16) - low) // 16 + 8
@@ -307,11 +276,13 @@ def _cuda_k_tiles(in_features: int) -> int:
 
 
 def quantized_linear(method: str, in_features: int, out_features: int, group: int,
-                     experts: int = 0, kernels: str = "cpu") -> Int8Linear | Int4Linear | None:
+                     experts: int = 0, kernels: str = "cpu") -> Int8Linear | Int4Linear | Fp8Linear | None:
     """The quantized layer for `method` (`experts` stacked, if given) on `kernels` ("cpu" or "cuda"), or
     None where the kernel cannot take the shape."""
     if method == "int8":
         return Int8Linear(in_features, out_features, experts)
+    if method == "fp8" and Fp8Linear.fits(in_features, out_features, kernels):
+        return Fp8Linear(in_features, out_features, experts, kernels)
     if method == "int4" and Int4Linear.fits(in_features, out_features, group, kernels):
         return Int4Linear(in_features, out_features, group, experts, kernels)
     return None
@@ -382,7 +353,7 @@ class QuantizedExperts(nn.Module):
 
 def quantized_weights(model: nn.Module) -> Iterator[tuple[str, nn.Module, torch.Size]]:
     """Every weight the model's quantized layers hold, as a checkpoint stores it: (name, layer, shape) for
-    each Int8Linear and Int4Linear ([out, in]) and for each QuantizedExperts' fused gate_up_proj and
+    each Int8Linear, Int4Linear and Fp8Linear ([out, in]) and for each QuantizedExperts' fused gate_up_proj and
     down_proj (named `<experts>.<kind>`, [E, out, in]); the stacked layers inside are not listed apart.
     What the loader fills, and what the load-memory measurement counts."""
     experts: tuple[str, ...] = ()
@@ -394,7 +365,7 @@ def quantized_weights(model: nn.Module) -> Iterator[tuple[str, nn.Module, torch.
             for kind in ("gate_up_proj", "down_proj"):
                 layer = getattr(module, kind)
                 yield f"{name}.{kind}", module, torch.Size((layer.experts, layer.out_features, layer.in_features))
-        elif isinstance(module, (Int8Linear, Int4Linear)):
+        elif isinstance(module, (Int8Linear, Int4Linear, Fp8Linear)):
             yield name, module, torch.Size((module.out_features, module.in_features))
 
 
@@ -431,9 +402,8 @@ def quantize_modules(model: nn.Module, quantization: Quantization, kernels: str 
                 layer = quantized_linear(method, child.in_features, child.out_features, group, kernels=kernels)
             elif method != "none" and isinstance(child, RoutedExperts):
                 experts, double_intermediate, hidden = child.gate_up_proj.shape
-                intermediate = double_intermediate // 2
-                if method == "int8" or (Int4Linear.fits(hidden, 2 * intermediate, group, kernels)
-                                        and Int4Linear.fits(intermediate, hidden, group, kernels)):
-                    layer = QuantizedExperts(experts, hidden, intermediate, method, group, kernels)
+                layer = QuantizedExperts(experts, hidden, double_intermediate // 2, method, group, kernels)
+                if layer.gate_up_proj is None or layer.down_proj is None:  # a kernel cannot take the shape
+                    layer = None
             if layer is not None:
                 setattr(parent, child_name, layer)

@@ -17,10 +17,11 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from daemon.model.fp8 import Fp8Linear
 from daemon.model.linear import Linear
 from daemon.model.quantized import Int4Linear, Int8Linear
 
-WEIGHT_LAYERS = (Linear, Int8Linear, Int4Linear)
+WEIGHT_LAYERS = (Linear, Int8Linear, Int4Linear, Fp8Linear)
 
 
 def _nbytes(module: nn.Module) -> int:

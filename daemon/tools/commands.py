@@ -240,7 +240,7 @@ def add_commands(commands) -> None:
     bench.add_argument("--compile", action="store_true",
                        help="torch.compile the decoding steps first (as a model with compile = true in config.toml)")
     bench.add_argument("--quantize", metavar="METHODS",
-                       help=f"weight-only quantization, or a comma list measured one after the other: "
+                       help=f"quantized weights, or a comma list measured one after the other: "
                             f"{','.join(QUANTIZE_CHOICES)} (default: the configured model's setting, else none; "
                             f"none with --shape)")
     bench.add_argument("--quantize-group", type=int, default=DEFAULT_QUANTIZE_GROUP,

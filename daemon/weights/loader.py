@@ -11,9 +11,10 @@ read part by part and stacked by rows. With a `Quantization`, the quantized laye
 device (daemon.model.quantized), so their storage is allocated quantized, and each weight is
 quantized as it is read. Checkpoints shipped quantized (Qwen FP8, compressed-tensors pack-quantized:
 daemon.weights.prequantized) are read dequantized, one tensor at a time, except where their codes are
-already what our kernel multiplies by (4-bit at our int4 group, 8-bit per channel): those are taken as
-shipped, like GGUF's Q4_1 codes; a quantized model whose lm_head (or tied embedding) ships as GGUF Q8_0
-gets it as Q8Linear, the Q8_0 blocks exactly, instead of re-rounding them to per-channel int8.
+already what our kernel multiplies by (4-bit at our int4 group, 8-bit per channel, FP8 blocks with
+quantize = "fp8"): those are taken as shipped, like GGUF's Q4_1 codes; a quantized model whose
+lm_head (or tied embedding) ships as GGUF Q8_0 gets it as Q8Linear, the Q8_0 blocks exactly, instead
+of re-rounding them to per-channel int8.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from typing import Protocol
 import torch
 
 from daemon.model.config import TextConfig
+from daemon.model.fp8 import FP8_BLOCK, Fp8Linear, check_fp8_matmul
 from daemon.model.linear import Linear, stacked_layers
 from daemon.model.quantized import (Int4Linear, Int8Linear, Q8Linear, QuantizedExperts, q4_1_to_int4,
                                      quantize_modules, quantized_kernels, quantized_weights)
 from daemon.model.text_model import QwenModel
 from daemon.weights.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
 from daemon.weights.gguf_convert import Q4_1_GROUP, q4_1_names, q8_0_names, read_q4_1, read_q8_0
-from daemon.weights.prequantized import PackedCodes, QuantizedCheckpointFiles, open_checkpoint
+from daemon.weights.prequantized import Fp8Codes, PackedCodes, QuantizedCheckpointFiles, open_checkpoint
 from mtpchat.config import DTYPE_NAMES, Quantization
 
 TRUNK_PREFIXES = ("model.language_model.", "model.")
@@ -111,35 +113,51 @@ def _load_q8_0(layer: Q8Linear, files: CheckpointFiles, name: str) -> None:
     layer.load_q8_0(*read_q8_0(files, name, (layer.out_features, layer.in_features)))
 
 
-def _packed(files: CheckpointFiles, name: str, shape: tuple[int, int] | None = None) -> PackedCodes | None:
-    return files.packed(name, shape) if isinstance(files, QuantizedCheckpointFiles) else None
+def _shipped(files: CheckpointFiles, name: str, shape: tuple[int, int] | None = None) -> PackedCodes | Fp8Codes | None:
+    """The weight's codes as shipped (packed ints or FP8 blocks), or None where it ships as floats."""
+    if not isinstance(files, QuantizedCheckpointFiles):
+        return None
+    return files.packed(name, shape) or files.fp8(name, shape)
 
 
-def _load_shipped(layer: Int8Linear | Int4Linear, packed: PackedCodes | None) -> bool:
+def _load_shipped(layer: Int8Linear | Int4Linear | Fp8Linear, shipped: PackedCodes | Fp8Codes | None) -> bool:
     """Give `layer` the shipped codes where its kernel multiplies by exactly w = codes·scale: 4-bit
     symmetric at the layer's group is torch's int4 form with codes q + 8 and zero 0 (w = (q+8-8)·s + 0),
-    8-bit per channel is Int8Linear's own. Scales are rounded to the kernels' bfloat16 (exact for the
-    bfloat16 scales these checkpoints store). False: the caller dequantizes and quantizes again."""
-    if packed is None:
-        return False
-    if isinstance(layer, Int4Linear) and packed.bits == 4 and packed.group == layer.group:
-        scales = packed.scales.float()
-        layer.load_codes((packed.codes + 8).to(torch.uint8), scales, torch.zeros_like(scales))
+    8-bit per channel is Int8Linear's own, FP8 blocks are Fp8Linear's. Int scales are rounded to the
+    kernels' bfloat16 (exact for the bfloat16 scales these checkpoints store). False: the caller
+    dequantizes and quantizes again."""
+    if isinstance(shipped, Fp8Codes):
+        if not isinstance(layer, Fp8Linear):
+            return False
+        layer.load_codes(shipped.codes, shipped.scale_inv)
         return True
-    if isinstance(layer, Int8Linear) and packed.bits == 8 and packed.group == layer.in_features:
-        layer.load_codes(packed.codes, packed.scales[:, 0])
+    if shipped is None:
+        return False
+    if isinstance(layer, Int4Linear) and shipped.bits == 4 and shipped.group == layer.group:
+        scales = shipped.scales.float()
+        layer.load_codes((shipped.codes + 8).to(torch.uint8), scales, torch.zeros_like(scales))
+        return True
+    if isinstance(layer, Int8Linear) and shipped.bits == 8 and shipped.group == layer.in_features:
+        layer.load_codes(shipped.codes, shipped.scales[:, 0])
         return True
     return False
 
 
-def _load_linear(layer: Int8Linear | Int4Linear, files: CheckpointFiles, parts: Parts) -> None:
-    if not _load_shipped(layer, _joined([_packed(files, name, (rows, layer.in_features)) for name, rows in parts])):
+def _load_linear(layer: Int8Linear | Int4Linear | Fp8Linear, files: CheckpointFiles, parts: Parts) -> None:
+    if not _load_shipped(layer, _joined([_shipped(files, name, (rows, layer.in_features)) for name, rows in parts])):
         layer.load(_read_stacked(files, parts, layer.in_features))
 
 
-def _joined(parts: list[PackedCodes | None]) -> PackedCodes | None:
-    """Shipped codes stacked as one weight (gate and up, or q, k and v), when all are packed alike."""
-    if None in parts or len({(p.bits, p.group) for p in parts}) != 1:
+def _joined(parts: list[PackedCodes | Fp8Codes | None]) -> PackedCodes | Fp8Codes | None:
+    """Shipped codes stacked as one weight (gate and up, or q, k and v), when all are shipped alike (FP8:
+    and every part but the last fills whole 128-row scale blocks)."""
+    if None in parts:
+        return None
+    if all(isinstance(p, Fp8Codes) for p in parts):
+        if any(p.codes.shape[0] % FP8_BLOCK for p in parts[:-1]):
+            return None
+        return Fp8Codes(torch.cat([p.codes for p in parts]), torch.cat([p.scale_inv for p in parts]))
+    if not all(isinstance(p, PackedCodes) for p in parts) or len({(p.bits, p.group) for p in parts}) != 1:
         return None
     return PackedCodes(torch.cat([p.codes for p in parts]), torch.cat([p.scales for p in parts]), parts[0].bits)
 
@@ -155,7 +173,7 @@ def _load_experts(experts: QuantizedExperts, kind: str, files: CheckpointFiles, 
     for expert in range(stacked.experts):
         layer = stacked.expert(expert)
         names = [f"{base}.{expert}.{part}.weight" for part in parts]
-        if not _load_shipped(layer, _joined([_packed(files, n) for n in names])):
+        if not _load_shipped(layer, _joined([_shipped(files, n) for n in names])):
             part_shape = (layer.out_features // len(parts), layer.in_features)
             layer.load(torch.cat([files.read(n, part_shape) for n in names]))
 
@@ -215,6 +233,9 @@ def load_model(checkpoint: str | Path, *, device: torch.device | str | None = No
     devices = {str(d) for d in (placement.layer_devices + (placement.head_device,) if placement else ())} | {str(device)}
     quantized = (quantization.method, quantization.mtp_method) != ("none", "none")
     kernels = quantized_kernels(devices) if quantized else "cpu"
+    if kernels == "cuda" and "fp8" in (quantization.method, quantization.mtp_method):
+        for name in sorted(devices):  # refused here, with the reason, where the device lacks the kernel
+            check_fp8_matmul(name)
 
     with torch.device("meta"):
         model = QwenModel(config, with_mtp="mtp.fc.weight" in files).to(dtype)

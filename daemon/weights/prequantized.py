@@ -66,6 +66,13 @@ class PackedCodes:
         return self.codes.float() * self.scales.float().repeat_interleave(self.group, dim=1)
 
 
+@dataclass(frozen=True)
+class Fp8Codes:
+    """An FP8 weight as shipped: w = codes · scale_inv of its 128x128 block (daemon.model.fp8's form)."""
+    codes: torch.Tensor  # float8_e4m3fn [N, K]
+    scale_inv: torch.Tensor  # float32 [ceil(N/128), ceil(K/128)]
+
+
 def fp8_dequantize(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
     """float8 [N, K] and one scale per block [ceil(N/bn), ceil(K/bk)] -> float32 [N, K]."""
     rows, cols = weight.shape
@@ -132,6 +139,13 @@ class QuantizedCheckpointFiles(CheckpointFiles):
                 raise CheckpointError(f"tensor {name!r} in {self.directory} is FP8 without a {name}_scale_inv "
                                       "beside it; this layout is not supported")
         return weight
+
+    def fp8(self, name: str, shape: tuple[int, ...] | None = None) -> Fp8Codes | None:
+        """The shipped FP8 codes and block scales of the weight `name` (".weight"), or None if it is not
+        FP8 in the 128x128 blocks daemon.model.fp8 multiplies by."""
+        if not (name.endswith(".weight") and super().__contains__(name + "_scale_inv")) or self.fp8_block != FP8_BLOCK:
+            return None
+        return Fp8Codes(super().read(name, shape), super().read(name + "_scale_inv").float())
 
     def packed(self, name: str, shape: tuple[int, ...] | None = None) -> PackedCodes | None:
         """The shipped codes and scales of the weight `name` (".weight"), or None if it is not packed."""
