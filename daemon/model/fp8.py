@@ -26,7 +26,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from daemon.model.linear import linear
+from daemon.model.linear import FEW_ROWS, linear
 from daemon.model.quantized_layer import QuantizedLayer, row_blocks
 
 FP8 = torch.float8_e4m3fn
@@ -80,9 +80,12 @@ def fp8_weight(weight: torch.Tensor, scale_inv: torch.Tensor) -> torch.Tensor:
 def fp8_reference_mm(codes: torch.Tensor, scales: torch.Tensor, weight: torch.Tensor,
                      scale_inv: torch.Tensor) -> torch.Tensor:
     """What the blockwise kernel computes, in float32: (codes·scales) @ (weight·scale_inv)ᵀ -> [M, N], row
-    by row: float32 products of several rows round differently from one row's, and a last-bit difference
-    can move an FP8 code in the next layer, so a verify's rows would drift from decode steps' (MTP)."""
+    by row up to a verify's rows: float32 products of several rows round differently from one row's, and
+    a last-bit difference can move an FP8 code in the next layer, so a verify's rows would drift from
+    decode steps' (MTP)."""
     rows, weight = fp8_widened(codes, scales), fp8_weight(weight, scale_inv)
+    if rows.shape[0] > FEW_ROWS:  # a prefill: no decode step computes these rows again
+        return linear(rows, weight)
     return torch.cat([linear(rows[i:i + 1], weight) for i in range(rows.shape[0])])
 
 
