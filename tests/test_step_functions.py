@@ -46,8 +46,9 @@ INT4 = Quantization("int4", 32, "int8")
                                                 (MODELS[0], INT4), (MODELS[1], INT4), (MODELS[0], Quantization("fp8"))])
 def test_no_reply_compiles_after_warm_up(tiny, name, quantization):
     """Also with quantized weights: int4 trunk (where the kernel takes the shape), int8 lm_head; fp8 on the
-    dense model (its activations quantized inside the graph); and quantized MoE experts, whose traced form takes each (token, choice) on its own (QuantizedExperts.slots)
-    where eager decoding loops over the experts hit: the tokens are the same."""
+    dense model (its activations quantized inside the graph); and quantized MoE experts, whose traced
+    form takes each (token, choice) on its own (QuantizedExperts.slots) where eager decoding loops over
+    the experts hit: the tokens are the same."""
     model = load_model(tiny[name], device="cpu", dtype=torch.float32, quantization=quantization)  # its own
     prompts = [chat_prompt(tiny[name], "Hello! Who are you?"), random_ids(300, seed=4)[0].tolist()]
     # sampled runs draft a fixed k: the adaptive k follows step timings, and so would sampled tokens
