@@ -54,15 +54,20 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: AttentionCache, ctx: StepContext) -> torch.Tensor:
         batch, length, _ = x.shape
-        query, key, value = self.qkv_proj(x).split(self.rows, dim=-1)
-        query = query.view(batch, length, self.num_heads, -1)
-        if self.gated:
-            query, gate = query.chunk(2, dim=-1)
-        key = key.view(batch, length, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            query, key = self.q_norm(query), self.k_norm(key)
-        query = apply_rotary(query, ctx.cos, ctx.sin)
-        key = apply_rotary(key, ctx.cos, ctx.sin)
+        qkv = self.qkv_proj(x)
+        if self.gated or self.q_norm is not None:
+            query, key, value = qkv.split(self.rows, dim=-1)
+            query = query.view(batch, length, self.num_heads, -1)
+            if self.gated:
+                query, gate = query.chunk(2, dim=-1)
+            key = key.view(batch, length, self.num_kv_heads, self.head_dim)
+            if self.q_norm is not None:
+                query, key = self.q_norm(query), self.k_norm(key)
+            query, key = apply_rotary(query, ctx.cos, ctx.sin), apply_rotary(key, ctx.cos, ctx.sin)
+        else:  # Llama: q and k sit side by side in qkv_proj's output, heads of one width: one rotation
+            query_key, value = qkv.split((self.rows[0] + self.rows[1], self.rows[2]), dim=-1)
+            query_key = apply_rotary(query_key.view(batch, length, -1, self.head_dim), ctx.cos, ctx.sin)
+            query, key = query_key.split((self.num_heads, self.num_kv_heads), dim=2)
         value = value.view(batch, length, self.num_kv_heads, self.head_dim)
         cache.reserve(ctx.kv_len)
         cache.write(ctx.positions, key, value)

@@ -34,17 +34,22 @@ def model_inverse_frequencies(config, device: torch.device | None = None,
 
 
 def rotary_tables(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype):
-    """cos/sin tables [T, rotary_dim] for the given absolute positions, computed at inv_freq's dtype."""
+    """cos and signed sin tables [T, rotary_dim] for the given absolute positions, computed at inv_freq's
+    dtype: the sin table's first half negated, so `apply_rotary` rotates with one roll (-x2·s = x2·(-s)
+    exactly: the same bits as negating the input's half)."""
     freqs = positions.to(inv_freq.dtype)[:, None] * inv_freq[None, :]
-    angles = torch.cat((freqs, freqs), dim=-1)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    sin = freqs.sin()
+    return torch.cat((freqs, freqs), dim=-1).cos().to(dtype), torch.cat((-sin, sin), dim=-1).to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the leading rotary dims of x [B, T, heads, head_dim]; the rest passes through."""
+    """Rotate the leading rotary dims of x [B, T, heads, head_dim] by rotary_tables' cos and signed sin
+    (x·cos + [x2, x1]·[-s, s], as transformers' rotate_half spells it); the rest passes through. Four
+    ops where the spelled-out form takes nine: a decode step of the demo rotates 60 times (measured
+    29 µs -> 8 µs a layer for its q and k, 1 thread)."""
     rot = cos.shape[-1]
-    x_rot, x_pass = x[..., :rot], x[..., rot:]
     cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    half = rot // 2
-    rotated_half = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
-    return torch.cat((x_rot * cos + rotated_half * sin, x_pass), dim=-1)
+    if rot == x.shape[-1]:
+        return x * cos + x.roll(rot // 2, dims=-1) * sin
+    x_rot = x[..., :rot]
+    return torch.cat((x_rot * cos + x_rot.roll(rot // 2, dims=-1) * sin, x[..., rot:]), dim=-1)
