@@ -27,6 +27,7 @@ from daemon.model.quantized import (
     int4_quantize,
     q4_1_to_int4,
 )
+from daemon.model.w4a8 import W4A8Linear
 from daemon.serve.footprint import checkpoint_footprint
 from daemon.tools.bandwidth import layer_bandwidth
 from daemon.weights.gguf_convert import split_q4_1, split_q8_0, unpack_q4_1_codes
@@ -47,7 +48,7 @@ def _layer(cls, weight: torch.Tensor, *args) -> torch.nn.Module:
     return layer
 
 
-@pytest.mark.parametrize("cls, rows, args", [(Int8Linear, 100, ()), (Int4Linear, 112, (32,))])
+@pytest.mark.parametrize("cls, rows, args", [(Int8Linear, 100, ()), (Int4Linear, 112, (32,)), (W4A8Linear, 112, (32,))])
 def test_quantizing_in_row_blocks_gives_the_whole_matrixs_layer(monkeypatch, cls, rows, args):
     """Loading quantizes QUANTIZE_ROWS rows at a time (so its float32 copies stay small): the buffers are
     bit for bit those of quantizing the whole matrix at once, a last short block included."""
@@ -213,7 +214,8 @@ def test_loading_with_quantize_swaps_in_quantized_layers_and_footprint_counts_th
     float_model = load_model(path, device="cpu")
     # loaded values are the quantization of the checkpoint's weights
     assert torch.equal(layer.self_attn.qkv_proj.dequantized(),
-                       _layer(Int4Linear, float_model.layers[3].self_attn.qkv_proj.weight, 32).dequantized())
+                       _layer(type(layer.self_attn.qkv_proj), float_model.layers[3].self_attn.qkv_proj.weight,
+                              32).dequantized())
     # the plan counts exactly the bytes the quantized layers save (the cache part is the same in both)
     planned = {q: _total(checkpoint_footprint(path, torch.float32, 64, q)[0])
                for q in (Quantization(), Quantization("int4", 32, "int8"))}

@@ -36,13 +36,26 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 class Linear(nn.Linear):
-    """A bias-free nn.Linear (same parameter name and layout) computed by `linear`."""
+    """A bias-free nn.Linear (same parameter name and layout) computed by `linear`.
+
+    `rows_alone`: a few rows are multiplied one at a time, each exactly as a 1-row decode step multiplies
+    it. The product of a few rows at once is as right but may round a row differently than it rounds the
+    row alone (the matrix kernel blocks its sums by the column count), and a quantized model's kernels
+    round their inputs, which can turn such a last-bit difference into a flipped near-tie: so the small
+    layers a quantized model keeps in float (daemon.model.quantized.KEEP_FLOAT: the MoE router, gates,
+    DeltaNet's b and a projections) take this, while a float model's big layers keep the fast product."""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features, bias=False)
+        self.rows_alone = False
 
     def forward(self, x: torch.Tensor, outputs: int | None = None) -> torch.Tensor:
         """x [..., in] -> [..., out], or only the first `outputs` features (a reduced draft vocabulary)."""
+        rows = x.numel() // x.shape[-1]
+        if self.rows_alone and 1 < rows <= FEW_ROWS:
+            flat = x.reshape(rows, x.shape[-1])
+            out = torch.cat([linear(flat[row:row + 1], self.weight[:outputs]) for row in range(rows)])
+            return out.reshape(*x.shape[:-1], out.shape[-1])
         return linear(x, self.weight[:outputs])
 
 

@@ -284,6 +284,9 @@ def quantized_linear(method: str, in_features: int, out_features: int, group: in
     if method == "fp8" and Fp8Linear.fits(in_features, out_features, kernels):
         return Fp8Linear(in_features, out_features, experts, kernels)
     if method == "int4" and Int4Linear.fits(in_features, out_features, group, kernels):
+        from daemon.model import w4a8  # it builds on this module's Int4Linear
+        if w4a8.W4A8Linear.fits(in_features, out_features, group, kernels) and w4a8.enabled():
+            return w4a8.W4A8Linear(in_features, out_features, group, experts)
         return Int4Linear(in_features, out_features, group, experts, kernels)
     return None
 
@@ -398,6 +401,8 @@ def quantize_modules(model: nn.Module, quantization: Quantization, kernels: str 
             name = f"{parent_name}.{child_name}" if parent_name else child_name
             method = _method_for(name, quantization)
             layer = None
+            if method == "none" and quantization.method != "none" and isinstance(child, Linear):
+                child.rows_alone = True  # a float layer among quantized ones (Linear's docstring says why)
             if method != "none" and isinstance(child, Linear):
                 layer = quantized_linear(method, child.in_features, child.out_features, group, kernels=kernels)
             elif method != "none" and isinstance(child, RoutedExperts):

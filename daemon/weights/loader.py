@@ -32,6 +32,7 @@ from daemon.model.linear import Linear, stacked_layers
 from daemon.model.quantized import (Int4Linear, Int8Linear, Q8Linear, QuantizedExperts, q4_1_to_int4,
                                      quantize_modules, quantized_kernels, quantized_weights)
 from daemon.model.text_model import QwenModel
+from daemon.model.w4a8 import q8_0_layer
 from daemon.weights.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
 from daemon.weights.gguf_convert import Q4_1_GROUP, q4_1_names, q8_0_names, read_q4_1, read_q8_0
 from daemon.weights.prequantized import Fp8Codes, PackedCodes, QuantizedCheckpointFiles, open_checkpoint
@@ -242,7 +243,7 @@ def load_model(checkpoint: str | Path, *, device: torch.device | str | None = No
         quantize_modules(model, quantization, kernels)
         head = prefix + "embed_tokens.weight" if tie else "lm_head.weight"
         if isinstance(model.lm_head, Int8Linear) and q8_0_names(head)[0] in files:  # GGUF Q8_0, exactly
-            model.lm_head = Q8Linear(config.hidden_size, config.vocab_size, kernels)
+            model.lm_head = q8_0_layer(config.hidden_size, config.vocab_size, kernels)
     if placement is None:
         model.to_empty(device=device)
     else:

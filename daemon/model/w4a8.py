@@ -1,0 +1,232 @@
+"""int4 (group 32) and the demo's Q8_0 lm_head on the CPU with int8 activations: this project's own
+kernel (w4a8.cpp), built on first use, because torch's weight-only int4 kernel is compute-bound at
+batch 1 on the CPU and llama.cpp's way is faster.
+
+torch's `_weight_int4pack_mm_for_cpu` widens every 4-bit code to a float and multiplies it by the
+bfloat16 activation: at one row that is several vector instructions per weight, so a decode step's
+weight layers ran at 10-14 GB/s of int4 on one core, compute-bound. Rounding each block of 32
+activations to int8 as well (a scale amax/127 per block, as llama.cpp's Q8_1 does) turns a block's
+dot product into exact integer multiply-adds, 64 of them per instruction with AVX-512 VNNI (`vpdpbusd`,
+16 output rows a vector). The price is the activations' rounding: int8 per block of 32 against the
+bfloat16 the torch kernel takes (README "Quality" measures both). The block's exact float sum
+multiplies the Q4_1 offset m, so only the d·q term sees the activation rounding.
+
+Weights keep their blocks as the checkpoint has them: Q4_1 codes 0..15 with float16 d and m
+(w = d·q + m: the demo's shipped Q4_1 exactly, where torch's form rounds d and m to bfloat16), and the
+Q8_0 lm_head's int8 codes with float16 d exactly. A row's result is the same whatever rows are
+multiplied with it and whatever the thread count (each output is one lane's own sum, in block order),
+so MTP output stays identical to plain decoding; the kernel's AVX-512, AVX2 and scalar paths compute
+the same operations in the same order, and the tests hold the SIMD path to the scalar one bit for bit.
+
+The kernel compiles once per machine kind with torch's C++ extension builder (`-march=native`; the
+source, torch's version and the CPU's flags name the build, in torch's extensions dir, shared by every
+process whatever its MTPCHAT_HOME), which needs a C++ compiler and ninja: about half a minute on two
+cores, which scripts/setup.sh pays (`python -m daemon.model.w4a8`). Where it cannot be built (no
+compiler) or `MTPCHAT_W4A8=0`, the layers stay on torch's kernels (daemon.model.quantized), and
+`unavailable()` says why.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from daemon.model.quantized import Int4Linear, Q8Linear
+from daemon.model.quantized_layer import QuantizedLayer, row_blocks
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("w4a8.cpp")
+BLOCK = 32  # inputs per block: the group it takes
+TILE = 16  # output rows per tile: out_features must be a multiple
+LIBRARY = "mtpchat_w4a8"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def build_name() -> str:
+    """The build's name: one per source, torch version and CPU kind."""
+    parts = (SOURCE.read_text(), torch.__version__, platform.machine(), _cpu_flags())
+    return f"{LIBRARY}_{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}"
+
+
+def enabled() -> bool:
+    """Whether int4 layers on the CPU should take this kernel (`MTPCHAT_W4A8=0` turns it off)."""
+    return os.environ.get("MTPCHAT_W4A8", "1") != "0" and unavailable() is None
+
+
+@functools.cache
+def unavailable() -> str | None:
+    """None when the kernel is loaded (built first if need be), else why not."""
+    from torch.utils import cpp_extension
+
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), path))  # the venv's ninja
+    try:
+        cpp_extension.load(build_name(), [str(SOURCE)], is_python_module=False,
+                           extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
+    except Exception as error:  # no compiler, no ninja, a compile error: torch's kernels serve instead
+        log.warning("w4a8 kernel unavailable, int4 stays on torch's kernel: %s", error)
+        lines = str(error).strip().splitlines()
+        return f"{type(error).__name__}: {lines[-1] if lines else 'no message'}"
+    finally:
+        os.environ["PATH"] = path
+    for op in ("q4_mm", "q8_mm"):  # shapes for torch.compile, which traces the layers without running them
+        torch.library.register_fake(f"{LIBRARY}::{op}", _output_like)
+    return None
+
+
+def _output_like(x, codes, d, m, tiles, simd):
+    return x.new_empty((x.shape[0], tiles * TILE), dtype=torch.float32)
+
+
+def simd_path() -> str:
+    """Which of the kernel's paths this build runs: "avx512-vnni", "avx2" or "scalar"."""
+    return torch.ops.mtpchat_w4a8.simd_path()
+
+
+
+
+def tiled(per_block: torch.Tensor) -> torch.Tensor:
+    """[rows, K/32] per-block values -> [rows/16, K/32, 16] float16, a tile's 16 rows side by side."""
+    rows, blocks = per_block.shape
+    return per_block.to(torch.float16).reshape(rows // TILE, TILE, blocks).transpose(1, 2)
+
+
+def pack_q4(codes: torch.Tensor) -> torch.Tensor:
+    """codes 0..15 [rows, K] -> [rows/16, K/8, 16, 4] bytes: in each 8-input group p, byte j of a row holds
+    input 8p+j in its low nibble and 8p+4+j in its high one."""
+    rows, cols = codes.shape
+    groups = codes.to(torch.uint8).reshape(rows // TILE, TILE, cols // 8, 2, 4)
+    return (groups[:, :, :, 0] | groups[:, :, :, 1] << 4).transpose(1, 2)
+
+
+def pack_q8(codes: torch.Tensor) -> torch.Tensor:
+    """int8 codes [rows, K] -> [rows/16, K/4, 16, 4] bytes, each code + 128 (the kernel's unsigned operand)."""
+    rows, cols = codes.shape
+    shifted = (codes.to(torch.int16) + 128).to(torch.uint8)
+    return shifted.reshape(rows // TILE, TILE, cols // 4, 4).transpose(1, 2)
+
+
+def _tiles(layer: QuantizedLayer, outputs: int | None) -> int:
+    return layer.out_features // TILE if outputs is None else -(-outputs // TILE)
+
+
+def _reshaped(out: torch.Tensor, x: torch.Tensor, outputs: int | None) -> torch.Tensor:
+    out = out if outputs is None else out.narrow(1, 0, outputs)
+    return out.to(x.dtype).reshape(*x.shape[:-1], out.shape[-1])
+
+
+class W4A8Linear(Int4Linear):
+    """Int4Linear at group 32 as Q4_1 blocks for the w4a8 kernel (the loader fills it as an Int4Linear):
+    codes [*, N/16, K/8, 16, 4] bytes, d and m [*, N/16, K/32, 16] float16, w = d·q + m."""
+
+    def __init__(self, in_features: int, out_features: int, group: int = BLOCK, experts: int = 0,
+                 kernels: str = "cpu"):
+        if not self.fits(in_features, out_features, group, kernels):
+            raise ValueError(f"the w4a8 kernel takes group {BLOCK} on the CPU, inputs a multiple of {BLOCK} and "
+                             f"outputs of {TILE}, not group {group} on {kernels} for {in_features} -> {out_features}")
+        QuantizedLayer.__init__(self)
+        self.in_features, self.out_features, self.group, self.experts = in_features, out_features, BLOCK, experts
+        self.kernels = "cpu"
+        lead, tiles = (experts,) if experts else (), out_features // TILE
+        self.register_buffer("codes", torch.empty(*lead, tiles, in_features // 8, TILE, 4, dtype=torch.uint8))
+        for name in ("d", "m"):
+            self.register_buffer(name, torch.empty(*lead, tiles, in_features // BLOCK, TILE, dtype=torch.float16))
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    @staticmethod
+    def fits(in_features: int, out_features: int, group: int, kernels: str = "cpu") -> bool:
+        return kernels == "cpu" and group == BLOCK and in_features % BLOCK == 0 and out_features % TILE == 0
+
+    def load_codes(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, start: int = 0) -> None:
+        """Int4Linear's form (w = (codes - 8)·scale + zero) for the rows from `start` on (a multiple of 16),
+        held as d = scale, m = zero - 8·scale in float16."""
+        tiles, first = codes.shape[0] // TILE, start // TILE
+        d = scales.float()
+        self.codes.narrow(0, first, tiles).copy_(pack_q4(codes))
+        self.d.narrow(0, first, tiles).copy_(tiled(d))
+        self.m.narrow(0, first, tiles).copy_(tiled(zeros.float() - 8 * d))
+
+    def forward(self, x: torch.Tensor, outputs: int | None = None,
+                expert: int | torch.Tensor | None = None) -> torch.Tensor:
+        codes, d, m = self.picked(expert, self.codes, self.d, self.m)
+        out = torch.ops.mtpchat_w4a8.q4_mm(x.reshape(-1, self.in_features), codes, d, m, _tiles(self, outputs), True)
+        return _reshaped(out, x, outputs)
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight the kernel multiplies by, [out, in] in float32 (exact: d·q + m)."""
+        low, high = self.codes & 15, self.codes >> 4  # [N/16, K/8, 16, 4] each
+        codes = torch.stack((low, high), dim=2).permute(0, 3, 1, 2, 4).reshape(self.out_features, self.in_features)
+        per_input = [t.transpose(1, 2).reshape(self.out_features, -1).float().repeat_interleave(BLOCK, dim=1)
+                     for t in (self.d, self.m)]
+        return codes.float() * per_input[0] + per_input[1]
+
+
+class W4A8Q8Linear(Q8Linear):
+    """Q8Linear (GGUF Q8_0's blocks exactly) for the w4a8 kernel: codes + 128 [N/16, K/4, 16, 4] bytes, d
+    [N/16, K/32, 16] float16, w = d·(codes - 128)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        QuantizedLayer.__init__(self)
+        self.in_features, self.out_features, self.group, self.experts = in_features, out_features, BLOCK, 0
+        self.kernels = "cpu"
+        tiles = out_features // TILE
+        self.register_buffer("codes", torch.empty(tiles, in_features // 4, TILE, 4, dtype=torch.uint8))
+        self.register_buffer("d", torch.empty(tiles, in_features // BLOCK, TILE, dtype=torch.float16))
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    @staticmethod
+    def fits(in_features: int, out_features: int) -> bool:
+        return in_features % BLOCK == 0 and out_features % TILE == 0
+
+    def load_q8_0(self, codes: torch.Tensor, d: torch.Tensor) -> None:
+        """codes int8 [out, in], d [out, in/32]."""
+        for start, block in row_blocks(codes):
+            tiles, first = block.shape[0] // TILE, start // TILE
+            self.codes.narrow(0, first, tiles).copy_(pack_q8(block))
+            self.d.narrow(0, first, tiles).copy_(tiled(d.narrow(0, start, block.shape[0])))
+
+    def forward(self, x: torch.Tensor, outputs: int | None = None) -> torch.Tensor:
+        out = torch.ops.mtpchat_w4a8.q8_mm(x.reshape(-1, self.in_features), self.codes, self.d, self.d,
+                                           _tiles(self, outputs), True)
+        return _reshaped(out, x, outputs)
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight the kernel multiplies by, [out, in] in float32 (exact: d·q)."""
+        codes = self.codes.transpose(1, 2).reshape(self.out_features, self.in_features).float() - 128
+        return codes * self.d.transpose(1, 2).reshape(self.out_features, -1).float().repeat_interleave(BLOCK, dim=1)
+
+
+def q8_0_layer(in_features: int, out_features: int, kernels: str) -> Q8Linear:
+    """The layer that holds a GGUF Q8_0 matrix exactly on `kernels`: this kernel's on the CPU where it
+    serves, Q8Linear (torch's int4 kernel over the input taken twice) otherwise."""
+    if kernels == "cpu" and W4A8Q8Linear.fits(in_features, out_features) and enabled():
+        return W4A8Q8Linear(in_features, out_features)
+    return Q8Linear(in_features, out_features, kernels)
+
+
+if __name__ == "__main__":  # scripts/setup.sh: build it now rather than on the first model load
+    reason = unavailable()
+    print(f"w4a8 kernel: {reason or simd_path()}")

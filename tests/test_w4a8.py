@@ -1,0 +1,175 @@
+"""The int4 / Q8_0 CPU kernel with int8 activations (daemon.model.w4a8): its SIMD path against its
+scalar path, both against the formula in float64, rows and threads that never change a row's bits,
+the layers' layouts against the weights they stand for, and where the model takes them.
+
+Tolerances and why:
+- SIMD against scalar, a row alone against the same row among others, 1 thread against 2: exact — the
+  integer sums are exact and every path does the same float32 operations in the same order.
+- The kernel against the formula in float64 (the same bfloat16 and int8 activation codes, which the
+  test derives with the kernel's float32 operations): per block, the scale product, two fused multiply-adds and the
+  float32 block sum of the activations each round once, so the error stays below
+  8·blocks·2^-24 of Σ over blocks of |d·dx·Σq·xq| + |m|·Σ|x| (the classic float32 summation bound,
+  with room); a misread code, scale or block is off by whole terms.
+- Dequantized weights are exact: d·q is a float16 times at most 8 bits (exact in float32), plus m once,
+  the same float32 operation as the reference.
+"""
+
+import pytest
+import torch
+
+from daemon.model import w4a8
+from daemon.model.config import TextConfig
+from daemon.model.quantized import Int4Linear, int4_quantize, q4_1_to_int4, quantize_modules
+from daemon.model.text_model import QwenModel
+from daemon.model.w4a8 import BLOCK, TILE, W4A8Linear, W4A8Q8Linear, pack_q4, pack_q8, tiled
+from daemon.weights.loader import load_model
+from mtpchat.config import Quantization
+
+pytestmark = pytest.mark.skipif(w4a8.unavailable() is not None, reason=f"w4a8 kernel: {w4a8.unavailable()}")
+
+
+def _q4_1(rows: int, cols: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, (rows, cols), generator=g, dtype=torch.uint8)
+    d = (torch.rand(rows, cols // BLOCK, generator=g) * 0.02 + 1e-3).half()
+    m = (-8 * d.float() + torch.randn(rows, cols // BLOCK, generator=g) * 1e-2).half()
+    return codes, d, m
+
+
+def _activations(x: torch.Tensor):
+    """The kernel's rounding of x to bfloat16, then to int8 per block of 32 with its float32 operations:
+    (codes, dx)."""
+    blocks = x.bfloat16().float().reshape(x.shape[0], -1, BLOCK)
+    amax = blocks.abs().amax(dim=-1, keepdim=True)
+    inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, 0.0)  # `127.0 / t` is 127·(1/t) in torch
+    return (blocks * inv).round(), amax / 127.0
+
+
+def _formula(x: torch.Tensor, codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor):
+    """y and the bound's scale, in float64: Σ_b d·dx·Σ q·xq + m·Σx (Q4_1 with int8 activations)."""
+    xq, dx = _activations(x)
+    x = x.bfloat16()
+    q = codes.double().reshape(codes.shape[0], -1, BLOCK)
+    dots = torch.einsum("rbi,nbi->rnb", xq.double(), q)
+    scaled = dots * d.double()[None] * dx.double().squeeze(-1)[:, None]
+    offsets = m.double()[None] * x.double().reshape(x.shape[0], -1, BLOCK).sum(-1)[:, None]
+    magnitude = scaled.abs() + m.double().abs()[None] * x.double().abs().reshape(x.shape[0], -1, BLOCK).sum(-1)[:, None]
+    return (scaled + offsets).sum(-1), magnitude.sum(-1)
+
+
+def _q4(x, codes, d, m, tiles=None, simd=True):
+    tiles = codes.shape[0] // TILE if tiles is None else tiles
+    return torch.ops.mtpchat_w4a8.q4_mm(x, pack_q4(codes).contiguous(), tiled(d).contiguous(),
+                                        tiled(m).contiguous(), tiles, simd)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 9])
+def test_q4_kernel_is_the_formula_and_its_simd_path_the_scalar_path_bit_for_bit(rows):
+    codes, d, m = _q4_1(96, 320, seed=rows)
+    x = torch.randn(rows, 320, generator=torch.Generator().manual_seed(10 + rows))
+    y = _q4(x, codes, d, m)
+    assert torch.equal(y, _q4(x, codes, d, m, simd=False))
+    expected, magnitude = _formula(x, codes, d, m)
+    assert ((y.double() - expected).abs() <= 8 * (320 // BLOCK) * 2**-24 * magnitude).all()
+
+
+def test_a_rows_result_does_not_depend_on_its_neighbours_or_the_thread_count():
+    codes, d, m = _q4_1(128, 256, seed=1)
+    x = torch.randn(7, 256, generator=torch.Generator().manual_seed(2))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = torch.cat([_q4(x[i:i + 1], codes, d, m) for i in range(7)])
+        torch.set_num_threads(2)
+        together = _q4(x, codes, d, m)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, together)
+
+
+def test_leading_tiles_only_are_multiplied_when_fewer_outputs_are_asked():
+    codes, d, m = _q4_1(64, 128, seed=3)
+    x = torch.randn(2, 128, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(_q4(x, codes, d, m, tiles=2), _q4(x, codes, d, m)[:, :2 * TILE])
+
+
+def test_q8_kernel_is_q8_0_times_int8_activations_on_both_paths():
+    g = torch.Generator().manual_seed(5)
+    codes = torch.randint(-127, 128, (48, 192), generator=g, dtype=torch.int8)
+    d = (torch.rand(48, 192 // BLOCK, generator=g) * 0.01 + 1e-3).half()
+    x = torch.randn(3, 192, generator=g)
+    packed, scales = pack_q8(codes).contiguous(), tiled(d).contiguous()
+    y = torch.ops.mtpchat_w4a8.q8_mm(x, packed, scales, scales, 3, True)
+    assert torch.equal(y, torch.ops.mtpchat_w4a8.q8_mm(x, packed, scales, scales, 3, False))
+    # the kernel multiplies the stored codes q + 128 and takes 128·Σxq back out: bound by both terms
+    xq, dx = _activations(x)
+    scale = d.double()[None] * dx.double().squeeze(-1)[:, None]  # [rows, out, blocks]
+    blocks = xq.double()
+    signed = torch.einsum("rbi,nbi->rnb", blocks, codes.double().reshape(48, -1, BLOCK))
+    shifted = torch.einsum("rbi,nbi->rnb", blocks, codes.double().reshape(48, -1, BLOCK) + 128)
+    expected = (signed * scale).sum(-1)
+    magnitude = ((shifted.abs() + 128 * blocks.sum(-1).abs()[:, None]) * scale.abs()).sum(-1)
+    assert ((y.double() - expected).abs() <= 8 * (192 // BLOCK) * 2**-24 * magnitude).all()
+
+
+def _layer(cls, *args):
+    with torch.device("meta"):
+        layer = cls(*args)
+    return layer.to_empty(device="cpu")
+
+
+def test_layers_hold_q4_1_and_q8_0_blocks_exactly():
+    codes, d, m = _q4_1(64, 96, seed=6)
+    layer = _layer(W4A8Linear, 96, 64, BLOCK)
+    layer.load_codes(*q4_1_to_int4(codes, d, m))
+    per_input = lambda t: t.float().repeat_interleave(BLOCK, dim=1)  # noqa: E731
+    assert torch.equal(layer.dequantized(), codes.float() * per_input(d) + per_input(m))
+    q8 = torch.randint(-127, 128, (32, 96), dtype=torch.int8)
+    head = _layer(W4A8Q8Linear, 96, 32)
+    head.load_q8_0(q8, d[:32])
+    assert torch.equal(head.dequantized(), q8.float() * per_input(d[:32]))
+    x = torch.randn(2, 96)
+    assert torch.equal(head(x, outputs=20), head(x)[:, :20])
+
+
+def test_quantizing_a_float_weight_loads_torchs_int4_form():
+    weight = torch.randn(32, 64)
+    layer, reference = _layer(W4A8Linear, 64, 32, BLOCK), _layer(Int4Linear, 64, 32, BLOCK)
+    layer.load(weight)
+    reference.load(weight)
+    codes, scales, zeros = int4_quantize(weight, BLOCK)
+    per_input = lambda t: t.float().repeat_interleave(BLOCK, dim=1)  # noqa: E731
+    # the same codes; d and m are the bfloat16 scale and zero - 8·scale held in float16
+    expected = codes.float() * per_input(scales.half()) + per_input((zeros - 8 * scales).half())
+    assert torch.equal(layer.dequantized(), expected)
+    assert (layer.dequantized() - reference.dequantized()).abs().max() <= 2**-10 * weight.abs().max()
+
+
+def test_stacked_experts_by_device_index_equal_by_python_index_and_compile():
+    layer = _layer(W4A8Linear, 64, 32, BLOCK, 3)
+    for e in range(3):
+        layer.expert(e).load(torch.randn(32, 64, generator=torch.Generator().manual_seed(e)))
+    x = torch.randn(1, 64)
+    eager = layer(x, expert=2)
+    assert torch.equal(layer(x, expert=torch.tensor(2)), eager)
+    compiled = torch.compile(lambda x, e: layer(x, expert=e), fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(x, torch.tensor(2)), eager)
+
+
+def test_the_model_takes_the_kernel_for_int4_group_32_on_the_cpu_only(tiny, monkeypatch):
+    def kinds(group: int) -> set[type]:
+        with torch.device("meta"):
+            model = QwenModel(TextConfig.from_checkpoint(tiny["qwen3.6-dense-tiny"]), with_mtp=True)
+            quantize_modules(model, Quantization(method="int4", group=group))
+        return {type(module) for module in model.modules() if isinstance(module, Int4Linear)}
+
+    assert kinds(32) == {W4A8Linear} and kinds(64) == {Int4Linear}
+    monkeypatch.setenv("MTPCHAT_W4A8", "0")
+    assert kinds(32) == {Int4Linear}
+
+
+def test_the_demos_int4_model_runs_on_it_with_its_shipped_blocks(demo):
+    model = load_model(demo, device="cpu", quantization=Quantization(method="int4", group=32))
+    assert isinstance(model.lm_head, W4A8Q8Linear)
+    layers = [m for m in model.modules() if isinstance(m, Int4Linear) and m is not model.lm_head]
+    assert layers and all(isinstance(m, W4A8Linear) for m in layers)
