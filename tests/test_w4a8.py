@@ -5,11 +5,12 @@ the layers' layouts against the weights they stand for, and where the model take
 Tolerances and why:
 - SIMD against scalar, a row alone against the same row among others, 1 thread against 2: exact — the
   integer sums are exact and every path does the same float32 operations in the same order.
-- The kernel against the formula in float64 (the same bfloat16 and int8 activation codes, which the
-  test derives with the kernel's float32 operations): per block, the scale product, two fused multiply-adds and the
-  float32 block sum of the activations each round once, so the error stays below
-  8·blocks·2^-24 of Σ over blocks of |d·dx·Σq·xq| + |m|·Σ|x| (the classic float32 summation bound,
-  with room); a misread code, scale or block is off by whole terms.
+- The kernel against the formula in float64 (the same bfloat16 and two levels of int8 activation
+  codes, which the test derives with the kernel's float32 operations): per block, two scale products,
+  three fused multiply-adds and the float32 sums of the activations each round once, so the error stays
+  below 8·blocks·2^-24 of Σ over blocks of the terms' magnitudes (Σ_levels |d·dx·Σq·xq| + |m·s|, and
+  |m|·Σ|x| for Q4_1's float sum: the classic float32 summation bound, with room); a misread code, scale,
+  level or block is off by whole terms.
 - Dequantized weights are exact: d·q is a float16 times at most 8 bits (exact in float32), plus m once,
   the same float32 operation as the reference.
 """
@@ -36,25 +37,35 @@ def _q4_1(rows: int, cols: int, seed: int):
     return codes, d, m
 
 
-def _activations(x: torch.Tensor):
-    """The kernel's rounding of x to bfloat16, then to int8 per block of 32 with its float32 operations:
-    (codes, dx)."""
-    blocks = x.bfloat16().float().reshape(x.shape[0], -1, BLOCK)
-    amax = blocks.abs().amax(dim=-1, keepdim=True)
-    inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, 0.0)  # `127.0 / t` is 127·(1/t) in torch
-    return (blocks * inv).round(), amax / 127.0
+def _activations(x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The kernel's rounding of x to bfloat16, then to two int8 levels per block of 32 (the second for
+    what the first leaves), with its float32 operations: [(codes, dx)] per level."""
+    rest = x.bfloat16().float().reshape(x.shape[0], -1, BLOCK)
+    levels = []
+    for _ in range(2):
+        amax = rest.abs().amax(dim=-1, keepdim=True)
+        inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, 0.0)  # `127.0 / t` is 127·(1/t) in torch
+        codes, dx = (rest * inv).round(), amax / 127.0
+        rest = rest - dx * codes
+        levels.append((codes, dx))
+    return levels
 
 
-def _formula(x: torch.Tensor, codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor):
-    """y and the bound's scale, in float64: Σ_b d·dx·Σ q·xq + m·Σx (Q4_1 with int8 activations)."""
-    xq, dx = _activations(x)
-    x = x.bfloat16()
+def _formula(x: torch.Tensor, codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor, q8: bool = False):
+    """y and the bound's scale, in float64: Σ_b Σ_levels d·dx·Σ q·xq + m·s, where s = Σx (Q4_1) or
+    -128·Σ_levels dx·Σxq (Q8_0's stored codes q + 128, m = d)."""
     q = codes.double().reshape(codes.shape[0], -1, BLOCK)
-    dots = torch.einsum("rbi,nbi->rnb", xq.double(), q)
-    scaled = dots * d.double()[None] * dx.double().squeeze(-1)[:, None]
-    offsets = m.double()[None] * x.double().reshape(x.shape[0], -1, BLOCK).sum(-1)[:, None]
-    magnitude = scaled.abs() + m.double().abs()[None] * x.double().abs().reshape(x.shape[0], -1, BLOCK).sum(-1)[:, None]
-    return (scaled + offsets).sum(-1), magnitude.sum(-1)
+    total = magnitude = 0
+    sums = 0
+    for xq, dx in _activations(x):
+        scaled = torch.einsum("rbi,nbi->rnb", xq.double(), q) * d.double()[None] * dx.double().squeeze(-1)[:, None]
+        total, magnitude = total + scaled, magnitude + scaled.abs()
+        sums = sums + (-128 * dx.double().squeeze(-1) * xq.double().sum(-1) if q8 else 0)
+    if not q8:
+        sums = x.bfloat16().double().reshape(x.shape[0], -1, BLOCK).sum(-1)
+        magnitude = magnitude + m.double().abs()[None] * x.bfloat16().double().abs().reshape(x.shape[0], -1, BLOCK).sum(-1)[:, None]
+    offsets = m.double()[None] * sums[:, None]
+    return (total + offsets).sum(-1), (magnitude + offsets.abs()).sum(-1)
 
 
 def _q4(x, codes, d, m, tiles=None, simd=True):
@@ -71,6 +82,13 @@ def test_q4_kernel_is_the_formula_and_its_simd_path_the_scalar_path_bit_for_bit(
     assert torch.equal(y, _q4(x, codes, d, m, simd=False))
     expected, magnitude = _formula(x, codes, d, m)
     assert ((y.double() - expected).abs() <= 8 * (320 // BLOCK) * 2**-24 * magnitude).all()
+    # and the two levels carry each bfloat16 activation to within 2^-15 of its block's largest (half the
+    # second level's step, 2^-8·2^-7 of it), so against the exact product of the bfloat16 rows:
+    weight = codes.double() * d.double().repeat_interleave(BLOCK, 1) + m.double().repeat_interleave(BLOCK, 1)
+    blocks = x.bfloat16().double().reshape(rows, -1, BLOCK)
+    step = (blocks.abs().amax(-1, keepdim=True) * 2**-15).expand_as(blocks).reshape(rows, -1)
+    exact = x.bfloat16().double() @ weight.t()
+    assert ((y.double() - exact).abs() <= step @ weight.abs().t() + 8 * (320 // BLOCK) * 2**-24 * magnitude).all()
 
 
 def test_a_rows_result_does_not_depend_on_its_neighbours_or_the_thread_count():
@@ -101,14 +119,7 @@ def test_q8_kernel_is_q8_0_times_int8_activations_on_both_paths():
     packed, scales = pack_q8(codes).contiguous(), tiled(d).contiguous()
     y = torch.ops.mtpchat_w4a8.q8_mm(x, packed, scales, scales, 3, True)
     assert torch.equal(y, torch.ops.mtpchat_w4a8.q8_mm(x, packed, scales, scales, 3, False))
-    # the kernel multiplies the stored codes q + 128 and takes 128·Σxq back out: bound by both terms
-    xq, dx = _activations(x)
-    scale = d.double()[None] * dx.double().squeeze(-1)[:, None]  # [rows, out, blocks]
-    blocks = xq.double()
-    signed = torch.einsum("rbi,nbi->rnb", blocks, codes.double().reshape(48, -1, BLOCK))
-    shifted = torch.einsum("rbi,nbi->rnb", blocks, codes.double().reshape(48, -1, BLOCK) + 128)
-    expected = (signed * scale).sum(-1)
-    magnitude = ((shifted.abs() + 128 * blocks.sum(-1).abs()[:, None]) * scale.abs()).sum(-1)
+    expected, magnitude = _formula(x, (codes.to(torch.int16) + 128).to(torch.uint8), d, d, q8=True)
     assert ((y.double() - expected).abs() <= 8 * (192 // BLOCK) * 2**-24 * magnitude).all()
 
 

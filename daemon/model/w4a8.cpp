@@ -1,10 +1,11 @@
 // Block-quantized matmuls with int8 activations for the CPU (daemon/model/w4a8.py says why and how
 // they are built): y[r, n] = sum over blocks b of 32 inputs of
-//     d[n, b] * dx[r, b] * sum_i q[n, b, i] * xq[r, b, i]  +  m[n, b] * sx[r, b]
+//     sum over levels l of d[n, b] * dx_l[r, b] * sum_i q[n, b, i] * xq_l[r, b, i]  +  m[n, b] * sx[r, b]
 // where the weights are unsigned codes q with a float16 scale d and offset m per block (Q4_1: codes
-// 0..15, w = d*q + m; Q8_0: codes stored + 128, w = d*(q - 128), m = d, sx = -128*dx*sum(xq)) and the
-// activations, rounded to bfloat16, are rounded per block to int8 xq with dx = amax/127 (sx = the
-// block's float sum for Q4_1). The integer sums are exact; the float steps per block are the same operations in the
+// 0..15, w = d*q + m; Q8_0: codes stored + 128, w = d*(q - 128), m = d, sx = -128*sum_l dx_l*sum(xq_l))
+// and the activations, rounded to bfloat16, are split per block into two int8 levels: xq_1 with
+// dx_1 = amax/127, then xq_2 the same for what xq_1*dx_1 leaves (x = dx_1*xq_1 + dx_2*xq_2 to about
+// 2^-15 of the block's largest value; sx = the block's float sum for Q4_1). The integer sums are exact; the float steps per block are the same operations in the
 // same order on every path below (AVX-512 VNNI, AVX2, scalar), so every path gives the same bits, and
 // a row's result never depends on how many rows are multiplied with it or on the thread count.
 //
@@ -32,11 +33,12 @@ constexpr int64_t BLOCK = 32;   // inputs per block
 constexpr int64_t TILE = 16;    // output rows per tile
 constexpr int64_t CHUNK = 4;    // activation rows multiplied per pass over a tile's codes
 constexpr int64_t GROUPS = 8;   // 4-input groups per block
+constexpr int64_t LEVELS = 2;   // int8 levels an activation block is split into (block_mm names both)
 
 struct Activations {
-  const int8_t* xq;  // [R, K]
-  const float* dx;   // [R, K/32]
-  const float* sx;   // [R, K/32]
+  const int8_t* xq[LEVELS];  // [R, K] each
+  const float* dx[LEVELS];   // [R, K/32] each
+  const float* sx;           // [R, K/32]
 };
 
 float half_to_float(const at::Half* p) { return static_cast<float>(*p); }
@@ -45,24 +47,37 @@ float half_to_float(const at::Half* p) { return static_cast<float>(*p); }
 // difference between a verify's rows and the decode steps' (DeltaNet's multi-token path rounds
 // differently) then reaches the int8 codes, the scale and the block sum no more often than it reaches
 // torch's kernels, which is what keeps MTP decoding token-identical to plain decoding.
-void quantize_rows(const float* x_in, int64_t blocks, bool q8, int8_t* xq, float* dx, float* sx) {
+// One level: xq = round(v * 127 / amax(v)), dx = amax / 127; v becomes what is left; returns sum(xq).
+int32_t quantize_level(float* v, int8_t* xq, float* dx) {
+  float amax = 0.f;
+  for (int64_t i = 0; i < BLOCK; ++i) amax = std::max(amax, std::fabs(v[i]));
+  const float inv = amax > 0.f ? 127.f / amax : 0.f;
+  *dx = amax / 127.f;
+  int32_t qsum = 0;
+  for (int64_t i = 0; i < BLOCK; ++i) {
+    const int32_t q = static_cast<int32_t>(std::nearbyint(v[i] * inv));
+    xq[i] = static_cast<int8_t>(q);
+    qsum += q;
+    v[i] = v[i] - *dx * static_cast<float>(q);
+  }
+  return qsum;
+}
+
+void quantize_rows(const float* x_in, int64_t blocks, bool q8, int8_t* const xq[LEVELS], float* const dx[LEVELS],
+                   float* sx) {
   for (int64_t b = 0; b < blocks; ++b) {
-    float xb[BLOCK];
-    float amax = 0.f, sum = 0.f;
+    float v[BLOCK];
+    float sum = 0.f;
     for (int64_t i = 0; i < BLOCK; ++i) {
-      xb[i] = static_cast<float>(c10::BFloat16(x_in[b * BLOCK + i]));
-      amax = std::max(amax, std::fabs(xb[i]));
-      sum += xb[i];
+      v[i] = static_cast<float>(c10::BFloat16(x_in[b * BLOCK + i]));
+      sum += v[i];
     }
-    const float inv = amax > 0.f ? 127.f / amax : 0.f;
-    int32_t qsum = 0;
-    for (int64_t i = 0; i < BLOCK; ++i) {
-      const int32_t q = static_cast<int32_t>(std::nearbyint(xb[i] * inv));
-      xq[b * BLOCK + i] = static_cast<int8_t>(q);
-      qsum += q;
+    float offset = 0.f;
+    for (int64_t l = 0; l < LEVELS; ++l) {
+      const int32_t qsum = quantize_level(v, xq[l] + b * BLOCK, dx[l] + b);
+      offset += dx[l][b] * static_cast<float>(qsum);
     }
-    dx[b] = amax / 127.f;
-    sx[b] = q8 ? -128.f * dx[b] * static_cast<float>(qsum) : sum;
+    sx[b] = q8 ? -128.f * offset : sum;
   }
 }
 
@@ -82,13 +97,15 @@ void tile_scalar(const uint8_t* tile, const at::Half* d, const at::Half* m, cons
     for (int64_t lane = 0; lane < TILE; ++lane) {
       float acc = 0.f;
       for (int64_t b = 0; b < blocks; ++b) {
-        int32_t s = 0;
-        for (int64_t g = 0; g < GROUPS; ++g)
-          for (int64_t byte = 0; byte < 4; ++byte)
-            s += code<Q8>(tile, b, g, lane, byte) * a.xq[r * blocks * BLOCK + b * BLOCK + 4 * g + byte];
         const int64_t i = r * blocks + b;
         const float dv = half_to_float(d + b * TILE + lane), mv = half_to_float(m + b * TILE + lane);
-        acc = std::fma(static_cast<float>(s), dv * a.dx[i], acc);
+        for (int64_t l = 0; l < LEVELS; ++l) {
+          int32_t s = 0;
+          for (int64_t g = 0; g < GROUPS; ++g)
+            for (int64_t byte = 0; byte < 4; ++byte)
+              s += code<Q8>(tile, b, g, lane, byte) * a.xq[l][r * blocks * BLOCK + b * BLOCK + 4 * g + byte];
+          acc = std::fma(static_cast<float>(s), dv * a.dx[l][i], acc);
+        }
         acc = std::fma(mv, a.sx[i], acc);
       }
       y[r * ldy + lane] = acc;
@@ -124,11 +141,13 @@ void tile_simd(const uint8_t* tile, const at::Half* d, const at::Half* m, const 
     const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + b * TILE)));
     const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + b * TILE)));
     for (int64_t r = 0; r < rows; ++r) {
-      const int8_t* xb = a.xq + (r0 + r) * blocks * BLOCK + b * BLOCK;
-      __m512i s = _mm512_setzero_si512();
-      for (int64_t g = 0; g < GROUPS; ++g) s = _mm512_dpbusd_epi32(s, q[g], broadcast4(xb + 4 * g));
       const int64_t i = (r0 + r) * blocks + b;
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dv, _mm512_set1_ps(a.dx[i])), acc[r]);
+      for (int64_t l = 0; l < LEVELS; ++l) {
+        const int8_t* xb = a.xq[l] + (r0 + r) * blocks * BLOCK + b * BLOCK;
+        __m512i s = _mm512_setzero_si512();
+        for (int64_t g = 0; g < GROUPS; ++g) s = _mm512_dpbusd_epi32(s, q[g], broadcast4(xb + 4 * g));
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dv, _mm512_set1_ps(a.dx[l][i])), acc[r]);
+      }
       acc[r] = _mm512_fmadd_ps(mv, _mm512_set1_ps(a.sx[i]), acc[r]);
     }
   }
@@ -176,11 +195,13 @@ void tile_simd(const uint8_t* tile, const at::Half* d, const at::Half* m, const 
       const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(d + b * TILE + 8 * half)));
       const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m + b * TILE + 8 * half)));
       for (int64_t r = 0; r < rows; ++r) {
-        const int8_t* xb = a.xq + (r0 + r) * blocks * BLOCK + b * BLOCK;
-        __m256i s = _mm256_setzero_si256();
-        for (int64_t g = 0; g < GROUPS; ++g) s = _mm256_add_epi32(s, dot4<Q8>(q[g], broadcast4(xb + 4 * g)));
         const int64_t i = (r0 + r) * blocks + b;
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dv, _mm256_set1_ps(a.dx[i])), acc[r]);
+        for (int64_t l = 0; l < LEVELS; ++l) {
+          const int8_t* xb = a.xq[l] + (r0 + r) * blocks * BLOCK + b * BLOCK;
+          __m256i s = _mm256_setzero_si256();
+          for (int64_t g = 0; g < GROUPS; ++g) s = _mm256_add_epi32(s, dot4<Q8>(q[g], broadcast4(xb + 4 * g)));
+          acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dv, _mm256_set1_ps(a.dx[l][i])), acc[r]);
+        }
         acc[r] = _mm256_fmadd_ps(mv, _mm256_set1_ps(a.sx[i]), acc[r]);
       }
     }
@@ -200,11 +221,13 @@ torch::Tensor block_mm(const torch::Tensor& x_in, const torch::Tensor& codes, co
               "w4a8: inputs must be a multiple of 32 and the weights contiguous");
   TORCH_CHECK(codes.size(0) >= tiles && codes.numel() / codes.size(0) == TILE * K / (Q8 ? 1 : 2),
               "w4a8: codes do not match the input's width");
-  auto xq = torch::empty({R, K}, torch::kInt8);
-  auto dx = torch::empty({R, blocks}, torch::kFloat), sx = torch::empty({R, blocks}, torch::kFloat);
-  quantize_rows(x.data_ptr<float>(), R * blocks, Q8, xq.data_ptr<int8_t>(), dx.data_ptr<float>(), sx.data_ptr<float>());
+  auto xq = torch::empty({LEVELS, R, K}, torch::kInt8);
+  auto dx = torch::empty({LEVELS, R, blocks}, torch::kFloat), sx = torch::empty({R, blocks}, torch::kFloat);
+  int8_t* const xqs[LEVELS] = {xq.data_ptr<int8_t>(), xq.data_ptr<int8_t>() + R * K};
+  float* const dxs[LEVELS] = {dx.data_ptr<float>(), dx.data_ptr<float>() + R * blocks};
+  quantize_rows(x.data_ptr<float>(), R * blocks, Q8, xqs, dxs, sx.data_ptr<float>());
   auto y = torch::empty({R, N}, torch::kFloat);
-  const Activations a{xq.data_ptr<int8_t>(), dx.data_ptr<float>(), sx.data_ptr<float>()};
+  const Activations a{{xqs[0], xqs[1]}, {dxs[0], dxs[1]}, sx.data_ptr<float>()};
   const uint8_t* c = codes.data_ptr<uint8_t>();
   const at::Half* dp = d.data_ptr<at::Half>();
   const at::Half* mp = m.data_ptr<at::Half>();

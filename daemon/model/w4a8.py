@@ -79,7 +79,7 @@ def unavailable() -> str | None:
     os.environ["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), path))  # the venv's ninja
     try:
         cpp_extension.load(build_name(), [str(SOURCE)], is_python_module=False,
-                           extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
+                           extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"], extra_ldflags=["-fopenmp"])
     except Exception as error:  # no compiler, no ninja, a compile error: torch's kernels serve instead
         log.warning("w4a8 kernel unavailable, int4 stays on torch's kernel: %s", error)
         lines = str(error).strip().splitlines()
