@@ -15,6 +15,10 @@ Tolerances and why:
   the same float32 operation as the reference.
 """
 
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -63,7 +67,8 @@ def _formula(x: torch.Tensor, codes: torch.Tensor, d: torch.Tensor, m: torch.Ten
         sums = sums + (-128 * dx.double().squeeze(-1) * xq.double().sum(-1) if q8 else 0)
     if not q8:
         sums = x.bfloat16().double().reshape(x.shape[0], -1, BLOCK).sum(-1)
-        magnitude = magnitude + m.double().abs()[None] * x.bfloat16().double().abs().reshape(x.shape[0], -1, BLOCK).sum(-1)[:, None]
+        absolute = x.bfloat16().double().abs().reshape(x.shape[0], -1, BLOCK).sum(-1)
+        magnitude = magnitude + m.double().abs()[None] * absolute[:, None]
     offsets = m.double()[None] * sums[:, None]
     return (total + offsets).sum(-1), (magnitude + offsets.abs()).sum(-1)
 
@@ -121,6 +126,35 @@ def test_q8_kernel_is_q8_0_times_int8_activations_on_both_paths():
     assert torch.equal(y, torch.ops.mtpchat_w4a8.q8_mm(x, packed, scales, scales, 3, False))
     expected, magnitude = _formula(x, (codes.to(torch.int16) + 128).to(torch.uint8), d, d, q8=True)
     assert ((y.double() - expected).abs() <= 8 * (192 // BLOCK) * 2**-24 * magnitude).all()
+
+
+AVX2_CHECK = """
+import torch
+from daemon.model import w4a8
+w4a8.load_kernel("haswell")
+assert w4a8.simd_path() == "avx2", w4a8.simd_path()
+g = torch.Generator().manual_seed(0)
+for n, k, rows in [(96, 320, 1), (96, 320, 5), (48, 576, 3)]:
+    codes = torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8)
+    q8 = torch.randint(-128, 128, (n, k), generator=g).to(torch.int8)
+    d = (torch.rand(n, k // 32, generator=g) * 0.02 + 1e-3).half()
+    m = (torch.randn(n, k // 32, generator=g) * 1e-2).half()
+    x = torch.randn(rows, k, generator=g)
+    d, m = w4a8.tiled(d).contiguous(), w4a8.tiled(m).contiguous()
+    for op, packed, offsets in ((torch.ops.mtpchat_w4a8.q4_mm, w4a8.pack_q4(codes), m),
+                                (torch.ops.mtpchat_w4a8.q8_mm, w4a8.pack_q8(q8), d)):
+        args = (x, packed.contiguous(), d, offsets, n // 16)
+        assert torch.equal(op(*args, True), op(*args, False)), (op, n, k, rows)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the AVX2 path is x86's")
+def test_the_avx2_path_gives_the_scalar_paths_bits_too():
+    """This machine's build may take the AVX-512 path: an AVX2 build (-march=haswell) in a process of its
+    own (the op library's name is the same) holds the AVX2 path to the scalar one, Q8_0's -128 included."""
+    result = subprocess.run([sys.executable, "-c", AVX2_CHECK], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
 def _layer(cls, *args):

@@ -28,6 +28,11 @@ The lm_head is quantized to int8 whenever the trunk is quantized: the output lay
 rounding hurts most (llama.cpp keeps it at 6-8 bits for that reason). The MTP head follows its own
 setting, since its rounding costs only acceptance, never correctness.
 
+On the CPU, int4 at group 32 (the default) and the demo's Q8_0 head are served by this project's own
+kernel where it builds (daemon.model.w4a8: integer codes times two int8 levels of each activation
+block, about twice as fast as torch's at one row and closer to the fp32 model); these layers are what
+its layers subclass, and what serves when it cannot be built or is turned off.
+
 Why torch's ops and not torchao: torchao's CPU int4 weight-only tensor (Int4OpaqueTensor, read in
 pytorch/ao) packs with the same `_convert_weight_to_int4pack_for_cpu` and multiplies with the same
 `_weight_int4pack_mm_for_cpu`, so it would add a dependency and a tensor subclass (which our state cache,

@@ -1,13 +1,14 @@
-// Block-quantized matmuls with int8 activations for the CPU (daemon/model/w4a8.py says why and how
+// Block-quantized matmuls on integer activations for the CPU (daemon/model/w4a8.py says why and how
 // they are built): y[r, n] = sum over blocks b of 32 inputs of
 //     sum over levels l of d[n, b] * dx_l[r, b] * sum_i q[n, b, i] * xq_l[r, b, i]  +  m[n, b] * sx[r, b]
 // where the weights are unsigned codes q with a float16 scale d and offset m per block (Q4_1: codes
 // 0..15, w = d*q + m; Q8_0: codes stored + 128, w = d*(q - 128), m = d, sx = -128*sum_l dx_l*sum(xq_l))
 // and the activations, rounded to bfloat16, are split per block into two int8 levels: xq_1 with
 // dx_1 = amax/127, then xq_2 the same for what xq_1*dx_1 leaves (x = dx_1*xq_1 + dx_2*xq_2 to about
-// 2^-15 of the block's largest value; sx = the block's float sum for Q4_1). The integer sums are exact; the float steps per block are the same operations in the
-// same order on every path below (AVX-512 VNNI, AVX2, scalar), so every path gives the same bits, and
-// a row's result never depends on how many rows are multiplied with it or on the thread count.
+// 2^-15 of the block's largest value; sx = the block's float sum for Q4_1). The integer sums are
+// exact; the float steps per block are the same operations in the same order on every path below
+// (AVX-512 VNNI, AVX2, scalar), so every path gives the same bits, and a row's result never depends on
+// how many rows are multiplied with it or on the thread count.
 //
 // Layout: output rows in tiles of 16 (a SIMD lane per output row). Q4 codes [N/16, K/8, 16, 4]: byte
 // j of lane l in group p holds input 8p+j (low nibble) and 8p+4+j (high nibble) of row 16t+l. Q8
@@ -167,7 +168,8 @@ inline __m256i dot4(__m256i q, __m256i x) {
   const __m256i ones = _mm256_set1_epi16(1);
   if (!Q8) return _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), ones);
   const __m256i sq = _mm256_xor_si256(q, _mm256_set1_epi8(static_cast<char>(0x80)));  // q - 128, signed
-  const __m256i signed_dot = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(sq), _mm256_sign_epi8(x, sq)), ones);
+  const __m256i magnitudes = _mm256_abs_epi8(sq), signed_x = _mm256_sign_epi8(x, sq);
+  const __m256i signed_dot = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitudes, signed_x), ones);
   const __m256i xsum = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), x), ones);
   return _mm256_add_epi32(signed_dot, _mm256_slli_epi32(xsum, 7));  // + 128 * sum(x): the stored codes' sum
 }
@@ -241,7 +243,8 @@ torch::Tensor block_mm(const torch::Tensor& x_in, const torch::Tensor& codes, co
 #if W4A8_AVX512 || W4A8_AVX2
         if (simd) tile_fn = tile_simd<Q8>;
 #endif
-        tile_fn(c + t * tile_bytes, dp + t * blocks * TILE, mp + t * blocks * TILE, a, blocks, r0, rows, yp + t * TILE, N);
+        tile_fn(c + t * tile_bytes, dp + t * blocks * TILE, mp + t * blocks * TILE, a, blocks, r0, rows,
+                yp + t * TILE, N);
       }
     }
   });
