@@ -157,6 +157,11 @@ def test_the_avx2_path_gives_the_scalar_paths_bits_too():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
+def _per_input(per_block: torch.Tensor) -> torch.Tensor:
+    """[rows, K/32] -> [rows, K] float32, each block's value over its 32 inputs (the reference's own)."""
+    return per_block.float().repeat_interleave(BLOCK, dim=1)
+
+
 def _layer(cls, *args):
     with torch.device("meta"):
         layer = cls(*args)
@@ -167,12 +172,11 @@ def test_layers_hold_q4_1_and_q8_0_blocks_exactly():
     codes, d, m = _q4_1(64, 96, seed=6)
     layer = _layer(W4A8Linear, 96, 64, BLOCK)
     layer.load_codes(*q4_1_to_int4(codes, d, m))
-    per_input = lambda t: t.float().repeat_interleave(BLOCK, dim=1)  # noqa: E731
-    assert torch.equal(layer.dequantized(), codes.float() * per_input(d) + per_input(m))
+    assert torch.equal(layer.dequantized(), codes.float() * _per_input(d) + _per_input(m))
     q8 = torch.randint(-127, 128, (32, 96), dtype=torch.int8)
     head = _layer(W4A8Q8Linear, 96, 32)
     head.load_q8_0(q8, d[:32])
-    assert torch.equal(head.dequantized(), q8.float() * per_input(d[:32]))
+    assert torch.equal(head.dequantized(), q8.float() * _per_input(d[:32]))
     x = torch.randn(2, 96)
     assert torch.equal(head(x, outputs=20), head(x)[:, :20])
 
@@ -183,10 +187,11 @@ def test_quantizing_a_float_weight_loads_torchs_int4_form():
     layer.load(weight)
     reference.load(weight)
     codes, scales, zeros = int4_quantize(weight, BLOCK)
-    per_input = lambda t: t.float().repeat_interleave(BLOCK, dim=1)  # noqa: E731
     # the same codes; d and m are the bfloat16 scale and zero - 8·scale held in float16
-    expected = codes.float() * per_input(scales.half()) + per_input((zeros - 8 * scales).half())
+    expected = codes.float() * _per_input(scales.half()) + _per_input((zeros - 8 * scales).half())
     assert torch.equal(layer.dequantized(), expected)
+    # against torch's form only m's float16 rounding differs: half a float16 step of |m| (2^-11 of it,
+    # |m| = a group's minimum, at most max|w|), with room
     assert (layer.dequantized() - reference.dequantized()).abs().max() <= 2**-10 * weight.abs().max()
 
 

@@ -51,10 +51,9 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor, outputs: int | None = None) -> torch.Tensor:
         """x [..., in] -> [..., out], or only the first `outputs` features (a reduced draft vocabulary)."""
-        rows = x.numel() // x.shape[-1]
-        if self.rows_alone and 1 < rows <= FEW_ROWS:
-            flat = x.reshape(rows, x.shape[-1])
-            out = torch.cat([linear(flat[row:row + 1], self.weight[:outputs]) for row in range(rows)])
+        if self.rows_alone and 1 < x.numel() // x.shape[-1] <= FEW_ROWS:  # the flag first: the decode loop's hot path
+            flat = x.reshape(-1, x.shape[-1])
+            out = torch.cat([linear(flat[row:row + 1], self.weight[:outputs]) for row in range(flat.shape[0])])
             return out.reshape(*x.shape[:-1], out.shape[-1])
         return linear(x, self.weight[:outputs])
 

@@ -34,7 +34,7 @@ constexpr int64_t BLOCK = 32;   // inputs per block
 constexpr int64_t TILE = 16;    // output rows per tile
 constexpr int64_t CHUNK = 4;    // activation rows multiplied per pass over a tile's codes
 constexpr int64_t GROUPS = 8;   // 4-input groups per block
-constexpr int64_t LEVELS = 2;   // int8 levels an activation block is split into (block_mm names both)
+constexpr int64_t LEVELS = 2;   // int8 levels an activation block is split into
 
 struct Activations {
   const int8_t* xq[LEVELS];  // [R, K] each
@@ -225,24 +225,29 @@ torch::Tensor block_mm(const torch::Tensor& x_in, const torch::Tensor& codes, co
               "w4a8: codes do not match the input's width");
   auto xq = torch::empty({LEVELS, R, K}, torch::kInt8);
   auto dx = torch::empty({LEVELS, R, blocks}, torch::kFloat), sx = torch::empty({R, blocks}, torch::kFloat);
-  int8_t* const xqs[LEVELS] = {xq.data_ptr<int8_t>(), xq.data_ptr<int8_t>() + R * K};
-  float* const dxs[LEVELS] = {dx.data_ptr<float>(), dx.data_ptr<float>() + R * blocks};
+  int8_t* xqs[LEVELS];
+  float* dxs[LEVELS];
+  Activations a{};
+  for (int64_t l = 0; l < LEVELS; ++l) {
+    a.xq[l] = xqs[l] = xq.data_ptr<int8_t>() + l * R * K;
+    a.dx[l] = dxs[l] = dx.data_ptr<float>() + l * R * blocks;
+  }
+  a.sx = sx.data_ptr<float>();
   quantize_rows(x.data_ptr<float>(), R * blocks, Q8, xqs, dxs, sx.data_ptr<float>());
   auto y = torch::empty({R, N}, torch::kFloat);
-  const Activations a{{xqs[0], xqs[1]}, {dxs[0], dxs[1]}, sx.data_ptr<float>()};
   const uint8_t* c = codes.data_ptr<uint8_t>();
   const at::Half* dp = d.data_ptr<at::Half>();
   const at::Half* mp = m.data_ptr<at::Half>();
   float* yp = y.data_ptr<float>();
   const int64_t tile_bytes = TILE * K / (Q8 ? 1 : 2);
+  auto tile_fn = tile_scalar<Q8>;
+#if W4A8_AVX512 || W4A8_AVX2
+  if (simd) tile_fn = tile_simd<Q8>;
+#endif
   at::parallel_for(0, tiles, 4, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       for (int64_t r0 = 0; r0 < R; r0 += CHUNK) {
         const int64_t rows = std::min(CHUNK, R - r0);
-        auto tile_fn = tile_scalar<Q8>;
-#if W4A8_AVX512 || W4A8_AVX2
-        if (simd) tile_fn = tile_simd<Q8>;
-#endif
         tile_fn(c + t * tile_bytes, dp + t * blocks * TILE, mp + t * blocks * TILE, a, blocks, r0, rows,
                 yp + t * TILE, N);
       }

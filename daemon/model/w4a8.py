@@ -68,8 +68,9 @@ def _cpu_flags() -> str:
 
 
 def build_name(arch: str = "native") -> str:
-    """The build's name: one per source, torch version, CPU kind and target."""
-    parts = (SOURCE.read_text(), torch.__version__, platform.machine(), _cpu_flags(), arch)
+    """The build's name: one per torch version, CPU kind and target (torch's builder rebuilds on its own
+    when the source or the flags change, but `-march=native` reads the same on every CPU)."""
+    parts = (torch.__version__, platform.machine(), _cpu_flags(), arch)
     return f"{LIBRARY}_{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}"
 
 
@@ -116,12 +117,17 @@ def simd_path() -> str:
     return torch.ops.mtpchat_w4a8.simd_path()
 
 
-
-
 def tiled(per_block: torch.Tensor) -> torch.Tensor:
     """[rows, K/32] per-block values -> [rows/16, K/32, 16] float16, a tile's 16 rows side by side."""
     rows, blocks = per_block.shape
     return per_block.to(torch.float16).reshape(rows // TILE, TILE, blocks).transpose(1, 2)
+
+
+def per_input(tiles: torch.Tensor) -> torch.Tensor:
+    """`tiled`'s inverse, widened: [rows/16, K/32, 16] -> [rows, K] float32, each block's value repeated
+    over its 32 inputs."""
+    per_block = tiles.transpose(1, 2).reshape(tiles.shape[0] * TILE, tiles.shape[1])
+    return per_block.float().repeat_interleave(BLOCK, dim=1)
 
 
 def pack_q4(codes: torch.Tensor) -> torch.Tensor:
@@ -192,9 +198,7 @@ class W4A8Linear(Int4Linear):
         """The weight the kernel multiplies by, [out, in] in float32 (exact: d·q + m)."""
         low, high = self.codes & 15, self.codes >> 4  # [N/16, K/8, 16, 4] each
         codes = torch.stack((low, high), dim=2).permute(0, 3, 1, 2, 4).reshape(self.out_features, self.in_features)
-        per_input = [t.transpose(1, 2).reshape(self.out_features, -1).float().repeat_interleave(BLOCK, dim=1)
-                     for t in (self.d, self.m)]
-        return codes.float() * per_input[0] + per_input[1]
+        return codes.float() * per_input(self.d) + per_input(self.m)
 
 
 class W4A8Q8Linear(Q8Linear):
@@ -232,7 +236,7 @@ class W4A8Q8Linear(Q8Linear):
     def dequantized(self) -> torch.Tensor:
         """The weight the kernel multiplies by, [out, in] in float32 (exact: d·q)."""
         codes = self.codes.transpose(1, 2).reshape(self.out_features, self.in_features).float() - 128
-        return codes * self.d.transpose(1, 2).reshape(self.out_features, -1).float().repeat_interleave(BLOCK, dim=1)
+        return codes * per_input(self.d)
 
 
 def q8_0_layer(in_features: int, out_features: int, kernels: str) -> Q8Linear:
