@@ -91,6 +91,23 @@ inline uint8_t code(const uint8_t* tile, int64_t b, int64_t g, int64_t lane, int
   return g % 2 ? packed >> 4 : packed & 0x0F;
 }
 
+// Software prefetch PREFETCH bytes ahead in the weight stream (codes, then d and m at their rate: 8 or 16 times
+// fewer bytes a block): tiles lie back to back, so it runs on into the next tile. The hardware prefetcher alone
+// left one core at 6.8 GB/s over the demo's int4 layers where the machine reads 12.4 (Sapphire Rapids, cold
+// weights, /tmp driver over 30 copies of each layer); 2048 bytes ahead took them to 8.6-9.3 GB/s at one thread
+// and 10.8-12.9 -> 14.4-14.8 at two (1024 and 4096-8192 measured slower, 1536 and 3072 alike).
+constexpr int64_t PREFETCH = 2048;
+
+template <bool Q8>
+inline void prefetch_block(const uint8_t* tile, const at::Half* d, const at::Half* m, int64_t b) {
+  const int64_t block_bytes = GROUPS * 64 / (Q8 ? 1 : 2);
+  const char* codes = reinterpret_cast<const char*>(tile) + b * block_bytes + PREFETCH;
+  for (int64_t line = 0; line < block_bytes; line += 64) __builtin_prefetch(codes + line);
+  const int64_t scale_ahead = PREFETCH * TILE * 2 / block_bytes;  // d and m: 16 float16 a block
+  __builtin_prefetch(reinterpret_cast<const char*>(d + b * TILE) + scale_ahead);
+  __builtin_prefetch(reinterpret_cast<const char*>(m + b * TILE) + scale_ahead);
+}
+
 template <bool Q8>
 void tile_scalar(const uint8_t* tile, const at::Half* d, const at::Half* m, const Activations& a, int64_t blocks,
                  int64_t r0, int64_t rows, float* y, int64_t ldy) {
@@ -139,6 +156,7 @@ void tile_simd(const uint8_t* tile, const at::Half* d, const at::Half* m, const 
         q[2 * p + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
       }
     }
+    prefetch_block<Q8>(tile, d, m, b);
     const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + b * TILE)));
     const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + b * TILE)));
     for (int64_t r = 0; r < rows; ++r) {
@@ -194,6 +212,7 @@ void tile_simd(const uint8_t* tile, const at::Half* d, const at::Half* m, const 
           q[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
         }
       }
+      if (half == 0) prefetch_block<Q8>(tile, d, m, b);
       const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(d + b * TILE + 8 * half)));
       const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m + b * TILE + 8 * half)));
       for (int64_t r = 0; r < rows; ++r) {
