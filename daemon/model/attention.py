@@ -12,7 +12,9 @@ each exactly as the 1-token decode step at its position would (same shapes, same
 verified position gets the bits plain decoding gets there. One multi-row attention call is as right
 but rounds differently, and where the weights are quantized the layers' bfloat16 inputs turn that
 last-bit difference into a visible one (daemon/model/quantized.py): MTP decoding would then leave
-plain decoding's tokens at near-ties. The per-row calls cost a few small kernels per layer.
+plain decoding's tokens at near-ties. The per-row calls cost a few small kernels per layer. A row
+sees every key up to its own, so these calls take no mask (SDPA turns a boolean mask into a float one
+first: 18.8 -> 15.1 µs a call without it, the demo's decode row, 1 thread).
 """
 
 import torch
@@ -73,11 +75,11 @@ class Attention(nn.Module):
         cache.write(ctx.positions, key, value)
         keys, values = cache.window(ctx.kv_len)
         queries, keys, values = query.transpose(1, 2), keys.to(query.dtype), values.to(query.dtype)
-        if ctx.decode_rows and 1 < length <= ROW_BY_ROW and batch == 1 and ctx.mask.dim() == 2:
-            first = ctx.kv_len - length  # keys row i sees: [0, first + i]
-            out = torch.cat([self._attend(queries[:, :, i:i + 1].contiguous(), keys[:, :, :first + i + 1],
-                                          values[:, :, :first + i + 1], ctx.mask[i:i + 1, :first + i + 1])
-                             for i in range(length)], dim=2)
+        if ctx.decode_rows and length <= ROW_BY_ROW and batch == 1 and ctx.mask.dim() == 2:
+            first = ctx.kv_len - length  # keys row i sees: [0, first + i], all of them, so no mask
+            rows = [self._attend(queries[:, :, i:i + 1].contiguous(), keys[:, :, :first + i + 1],
+                                 values[:, :, :first + i + 1]) for i in range(length)]
+            out = rows[0] if length == 1 else torch.cat(rows, dim=2)
         else:
             out = self._attend(queries, keys, values, ctx.mask)
         out = out.transpose(1, 2).reshape(batch, length, -1)
@@ -86,6 +88,6 @@ class Attention(nn.Module):
         return self.o_proj(out)
 
     def _attend(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         return F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask,
                                               enable_gqa=self.num_heads != self.num_kv_heads)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from daemon.model import cpu_kernels
 from daemon.model.precision import accumulation_dtype
 
 
@@ -27,9 +28,16 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.full((dim,), 1.0 - offset))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One fused kernel (F.rms_norm) in the accumulation dtype: the same x̂ · scale as the ops spelled
-        out, a few µs less per norm, two norms a layer. A plain norm's scale is its weight as it is (adding
-        the offset 0 would be one more op a norm: 11.8 -> 6.6 µs on the demo's decode rows, 1 thread)."""
+        """F.rms_norm in the accumulation dtype: the same x̂ · scale as the ops spelled out, a few µs less
+        per norm, two norms a layer. A plain norm's scale is its weight as it is (adding the offset 0 would
+        be one more op a norm: 11.8 -> 6.6 µs on the demo's decode rows, 1 thread). On the CPU in float32,
+        outside autograd, once the loader has loaded them (daemon/model/cpu_kernels.py), this project's
+        kernel instead (rms_norm.cpp; in compiled steps too, so they round as eager ones do): F.rms_norm
+        runs there as six ops, 17.3 µs a norm with the module call on the demo's decode row where the
+        kernel takes 5.4 (1 thread, Sapphire Rapids); a decode step of the demo has 61 norms."""
+        if (cpu_kernels.LOADED and x.dtype == torch.float32 and x.is_cpu and self.weight.dtype == torch.float32
+                and not torch.is_grad_enabled()):
+            return torch.ops.mtpchat_cpu.rms_norm(x, self.weight, self.offset, self.eps)
         dtype = accumulation_dtype(x.dtype)
         scale = self.weight.to(dtype) if self.offset == 0 else self.offset + self.weight.to(dtype)
         return F.rms_norm(x.to(dtype), x.shape[-1:], scale, self.eps).type_as(x)

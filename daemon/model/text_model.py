@@ -180,7 +180,7 @@ class QwenModel(nn.Module):
         With `vocab`, logits cover token ids [0, vocab) only: a reduced draft vocabulary; with
         `last_only`, only the last pair's (a long prompt's pairs would need prompt × vocab floats)."""
         positions = torch.arange(start, start + next_ids.shape[1], device=self.output_device)
-        out = self._mtp(next_ids, hidden, cache, positions, start + next_ids.shape[1])
+        out = self._mtp(next_ids, hidden, cache, positions, start + next_ids.shape[1], decode_rows=True)
         return self.lm_head(out[:, -1:] if last_only else out, vocab), out
 
     def mtp_forward_at(self, next_ids: torch.Tensor, hidden: torch.Tensor, cache: AttentionCache,
@@ -191,9 +191,10 @@ class QwenModel(nn.Module):
         out = self._mtp(next_ids, hidden, cache, positions, cache.max_len)
         return self.lm_head(out, vocab), out
 
-    def _mtp(self, next_ids, hidden, cache: AttentionCache, positions: torch.Tensor, kv_len: int) -> torch.Tensor:
+    def _mtp(self, next_ids, hidden, cache: AttentionCache, positions: torch.Tensor, kv_len: int,
+             decode_rows: bool = False) -> torch.Tensor:
         if self.mtp is None:
             raise RuntimeError("this checkpoint has no MTP head (no mtp.* tensors)")
-        ctx = self._context(positions, kv_len, False, self.output_device)
+        ctx = self._context(positions, kv_len, False, self.output_device, decode_rows=decode_rows)
         embeds = self.embed_tokens(next_ids.to(self.device)).to(self.output_device)
         return self.mtp(embeds, hidden, cache, ctx)

@@ -26,95 +26,27 @@ multiplied with it and whatever the thread count (each output is one lane's own 
 so MTP output stays identical to plain decoding; the kernel's AVX-512, AVX2 and scalar paths compute
 the same operations in the same order, and the tests hold the SIMD path to the scalar one bit for bit.
 
-The kernel compiles once per machine kind with torch's C++ extension builder (`-march=native`; the
-source, torch's version and the CPU's flags name the build, in torch's extensions dir, shared by every
-process whatever its MTPCHAT_HOME), which needs a C++ compiler and ninja: about half a minute on two
-cores, which scripts/setup.sh pays (`python -m daemon.model.w4a8`). Where it cannot be built (no
-compiler) or `MTPCHAT_W4A8=0`, the layers stay on torch's kernels (daemon.model.quantized), and
-`unavailable()` says why.
+The kernel is built with the project's other CPU kernels (daemon/model/cpu_kernels.py). Where they
+cannot be built (no compiler) or `MTPCHAT_W4A8=0`, the layers stay on torch's kernels
+(daemon.model.quantized), and `cpu_kernels.unavailable()` says why.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import logging
 import os
-import platform
-import sys
-from pathlib import Path
 
 import torch
 
+from daemon.model.cpu_kernels import TILE, unavailable
 from daemon.model.quantized import Int4Linear, Q8Linear
 from daemon.model.quantized_layer import QuantizedLayer, row_blocks
 
-log = logging.getLogger(__name__)
-
-SOURCE = Path(__file__).with_name("w4a8.cpp")
-BLOCK = 32  # inputs per block: the group it takes
-TILE = 16  # output rows per tile: out_features must be a multiple
-LIBRARY = "mtpchat_w4a8"
-
-
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def build_name(arch: str = "native") -> str:
-    """The build's name: one per torch version, CPU kind and target (torch's builder rebuilds on its own
-    when the source or the flags change, but `-march=native` reads the same on every CPU)."""
-    parts = (torch.__version__, platform.machine(), _cpu_flags(), arch)
-    return f"{LIBRARY}_{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}"
-
-
-def load_kernel(arch: str = "native") -> None:
-    """Build (once) and load the kernel for `-march=arch` (tests load "haswell" in a process of its own
-    to check the AVX2 path on machines that would take AVX-512)."""
-    from torch.utils import cpp_extension
-
-    path = os.environ.get("PATH", "")
-    os.environ["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), path))  # the venv's ninja
-    try:
-        cpp_extension.load(build_name(arch), [str(SOURCE)], is_python_module=False,
-                           extra_cflags=["-O3", f"-march={arch}", "-fopenmp", "-ffp-contract=off"],
-                           extra_ldflags=["-fopenmp"])
-    finally:
-        os.environ["PATH"] = path
-    for op in ("q4_mm", "q8_mm"):  # shapes for torch.compile, which traces the layers without running them
-        torch.library.register_fake(f"{LIBRARY}::{op}", _output_like)
+BLOCK = 32  # inputs per block: the group it takes; out_features must be a multiple of TILE
 
 
 def enabled() -> bool:
     """Whether int4 layers on the CPU should take this kernel (`MTPCHAT_W4A8=0` turns it off)."""
     return os.environ.get("MTPCHAT_W4A8", "1") != "0" and unavailable() is None
-
-
-@functools.cache
-def unavailable() -> str | None:
-    """None when the kernel is loaded (built first if need be), else why not."""
-    try:
-        load_kernel()
-    except Exception as error:  # no compiler, no ninja, a compile error: torch's kernels serve instead
-        log.warning("w4a8 kernel unavailable, int4 stays on torch's kernel: %s", error)
-        lines = str(error).strip().splitlines()
-        return f"{type(error).__name__}: {lines[-1] if lines else 'no message'}"
-    return None
-
-
-def _output_like(x, codes, d, m, tiles, simd):
-    return x.new_empty((x.shape[0], tiles * TILE), dtype=torch.float32)
-
-
-def simd_path() -> str:
-    """Which of the kernel's paths this build runs: "avx512-vnni", "avx2" or "scalar"."""
-    return torch.ops.mtpchat_w4a8.simd_path()
 
 
 def tiled(per_block: torch.Tensor) -> torch.Tensor:
@@ -245,8 +177,3 @@ def q8_0_layer(in_features: int, out_features: int, kernels: str) -> Q8Linear:
     if kernels == "cpu" and W4A8Q8Linear.fits(in_features, out_features) and enabled():
         return W4A8Q8Linear(in_features, out_features)
     return Q8Linear(in_features, out_features, kernels)
-
-
-if __name__ == "__main__":  # scripts/setup.sh: build it now rather than on the first model load
-    reason = unavailable()
-    print(f"w4a8 kernel: {reason or simd_path()}")

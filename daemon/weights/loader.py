@@ -26,6 +26,7 @@ from typing import Protocol
 
 import torch
 
+from daemon.model import cpu_kernels
 from daemon.model.config import TextConfig
 from daemon.model.fp8 import FP8_BLOCK, Fp8Linear, check_fp8_matmul
 from daemon.model.linear import Linear, stacked_layers
@@ -244,6 +245,8 @@ def load_model(checkpoint: str | Path, *, device: torch.device | str | None = No
         head = prefix + "embed_tokens.weight" if tie else "lm_head.weight"
         if isinstance(model.lm_head, Int8Linear) and q8_0_names(head)[0] in files:  # GGUF Q8_0, exactly
             model.lm_head = q8_0_layer(config.hidden_size, config.vocab_size, kernels)
+    if "cpu" in devices:
+        cpu_kernels.unavailable()  # loads them (daemon/model/cpu_kernels.py): the CPU layers take them
     if placement is None:
         model.to_empty(device=device)
     else:

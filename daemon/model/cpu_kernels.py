@@ -1,0 +1,93 @@
+"""This project's C++ kernels for the CPU decode path, built once per machine kind and loaded on first use.
+
+Two sources, one build: w4a8.cpp (int4 group 32 and Q8_0 matmuls on integer activations, see
+daemon/model/w4a8.py) and rms_norm.cpp (a float32 RMSNorm in one call, see daemon/model/norms.py).
+They compile with torch's C++ extension builder (`-march=native`; the sources, torch's version and the
+CPU's flags name the build, in torch's extensions dir, shared by every process whatever its
+MTPCHAT_HOME), which needs a C++ compiler and ninja: about half a minute on two cores, which
+scripts/setup.sh pays (`python -m daemon.model.cpu_kernels`). Where they cannot be built, the model
+runs on torch's own ops and `unavailable()` says why.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("w4a8.cpp", "rms_norm.cpp"))
+TILE = 16  # w4a8's output rows per tile (its ops' outputs are whole tiles)
+LOADED = False  # whether the kernels are loaded in this process (`unavailable()` loads them)
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def build_name(arch: str = "native") -> str:
+    """The build's name: one per torch version, CPU kind and target (torch's builder rebuilds on its own
+    when the sources or the flags change, but `-march=native` reads the same on every CPU)."""
+    parts = (torch.__version__, platform.machine(), _cpu_flags(), arch)
+    return f"mtpchat_cpu_{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}"
+
+
+def _block_mm_like(x, codes, d, m, tiles, simd):
+    return x.new_empty((x.shape[0], tiles * TILE), dtype=torch.float32)
+
+
+def load_kernels(arch: str = "native") -> None:
+    """Build (once) and load the kernels for `-march=arch` (tests load "haswell" in a process of its own
+    to check the AVX2 paths on machines that would take AVX-512)."""
+    from torch.utils import cpp_extension
+
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), path))  # the venv's ninja
+    try:
+        cpp_extension.load(build_name(arch), [str(source) for source in SOURCES], is_python_module=False,
+                           extra_cflags=["-O3", f"-march={arch}", "-fopenmp", "-ffp-contract=off"],
+                           extra_ldflags=["-fopenmp"])
+    finally:
+        os.environ["PATH"] = path
+    # shapes for torch.compile, which traces the layers without running them
+    for op in ("q4_mm", "q8_mm"):
+        torch.library.register_fake(f"mtpchat_w4a8::{op}", _block_mm_like)
+    torch.library.register_fake("mtpchat_cpu::rms_norm", lambda x, weight, offset, eps: torch.empty_like(
+        x, memory_format=torch.contiguous_format))
+
+
+@functools.cache
+def unavailable() -> str | None:
+    """None when the kernels are loaded (built first if need be), else why not."""
+    global LOADED
+    try:
+        load_kernels()
+    except Exception as error:  # no compiler, no ninja, a compile error: torch's ops serve instead
+        log.warning("CPU kernels unavailable, the model stays on torch's ops: %s", error)
+        lines = str(error).strip().splitlines()
+        return f"{type(error).__name__}: {lines[-1] if lines else 'no message'}"
+    LOADED = True
+    return None
+
+
+def simd_path() -> str:
+    """Which of the w4a8 kernel's paths this build runs: "avx512-vnni", "avx2" or "scalar"."""
+    return torch.ops.mtpchat_w4a8.simd_path()
+
+
+if __name__ == "__main__":  # scripts/setup.sh: build them now rather than on the first model load
+    reason = unavailable()
+    print(f"CPU kernels: {reason or simd_path()}")
