@@ -22,7 +22,7 @@ import sys
 import pytest
 import torch
 
-from daemon.model import cpu_kernels, w4a8
+from daemon.model import cpu_kernels
 from daemon.model.config import TextConfig
 from daemon.model.quantized import Int4Linear, int4_quantize, q4_1_to_int4, quantize_modules
 from daemon.model.text_model import QwenModel
@@ -30,7 +30,8 @@ from daemon.model.w4a8 import BLOCK, TILE, W4A8Linear, W4A8Q8Linear, pack_q4, pa
 from daemon.weights.loader import load_model
 from mtpchat.config import Quantization
 
-pytestmark = pytest.mark.skipif(cpu_kernels.unavailable() is not None, reason=f"CPU kernels: {cpu_kernels.unavailable()}")
+pytestmark = pytest.mark.skipif(cpu_kernels.unavailable() is not None,
+                                reason=f"CPU kernels: {cpu_kernels.unavailable()}")
 
 
 def _q4_1(rows: int, cols: int, seed: int):
