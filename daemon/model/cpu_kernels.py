@@ -1,7 +1,8 @@
 """This project's C++ kernels for the CPU decode path, built once per machine kind and loaded on first use.
 
-Two sources, one build: w4a8.cpp (int4 group 32 and Q8_0 matmuls on integer activations, see
-daemon/model/w4a8.py) and rms_norm.cpp (a float32 RMSNorm in one call, see daemon/model/norms.py).
+Three sources, one build: w4a8.cpp (int4 group 32 and Q8_0 matmuls on integer activations, see
+daemon/model/w4a8.py), rms_norm.cpp (a float32 RMSNorm in one call, see daemon/model/norms.py) and
+f32_mm.cpp (float32 matmuls of a few rows at the memory's speed, see daemon/model/linear.py).
 They compile with torch's C++ extension builder (`-march=native`; the sources, torch's version and the
 CPU's flags name the build, in torch's extensions dir, shared by every process whatever its
 MTPCHAT_HOME), which needs a C++ compiler and ninja: about half a minute on two cores, which
@@ -23,7 +24,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("w4a8.cpp", "rms_norm.cpp"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("w4a8.cpp", "rms_norm.cpp", "f32_mm.cpp"))
 TILE = 16  # w4a8's output rows per tile (its ops' outputs are whole tiles)
 LOADED = False  # whether the kernels are loaded in this process (`unavailable()` loads them)
 
@@ -65,6 +66,7 @@ def load_kernels(arch: str = "native") -> None:
     # shapes for torch.compile, which traces the layers without running them
     for op in ("q4_mm", "q8_mm"):
         torch.library.register_fake(f"mtpchat_w4a8::{op}", _block_mm_like)
+    torch.library.register_fake("mtpchat_cpu::f32_mm", lambda x, w: x.new_empty((x.shape[0], w.shape[0])))
     torch.library.register_fake("mtpchat_cpu::rms_norm", lambda x, weight, offset, eps: torch.empty_like(
         x, memory_format=torch.contiguous_format))
 

@@ -42,6 +42,6 @@ torch::Tensor rms_norm(const torch::Tensor& x_in, const torch::Tensor& weight, d
 
 }  // namespace
 
-TORCH_LIBRARY(mtpchat_cpu, lib) { lib.def("rms_norm(Tensor x, Tensor weight, float offset, float eps) -> Tensor"); }
+TORCH_LIBRARY_FRAGMENT(mtpchat_cpu, lib) { lib.def("rms_norm(Tensor x, Tensor weight, float offset, float eps) -> Tensor"); }
 
 TORCH_LIBRARY_IMPL(mtpchat_cpu, CPU, lib) { lib.impl("rms_norm", &rms_norm); }
