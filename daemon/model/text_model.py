@@ -1,4 +1,5 @@
-"""The text model we run (Qwen3.5/3.6, and plain Llama / Qwen3 trunks): trunk, lm_head and (when the checkpoint has one) the MTP head.
+"""The text model we run (Qwen3.5/3.6, and plain Llama / Qwen3 trunks): trunk, lm_head and (when the
+checkpoint has one) the MTP head.
 
 One forward takes any number of new tokens at consecutive positions — a prefill, a 1-token decode,
 a (k+1)-token verify — writes them into a preallocated `ModelCache`, and returns logits plus the

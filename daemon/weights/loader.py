@@ -6,16 +6,15 @@ on CUDA unless told otherwise). Trunk tensors live under `model.language_model.`
 checkpoints and under `model.` in text-only ones; `lm_head.*` and `mtp.*` sit at the top. Routed
 experts are read fused (`experts.gate_up_proj`, the hub layout) or per expert
 (`experts.{i}.{gate,up,down}_proj.weight`, Qwen3.5's MTP layer and transformers' save_pretrained).
-Layers the model stacks (q/k/v as qkv_proj, gate/up as gate_up_proj: `stacks` in daemon.model) are
-read part by part and stacked by rows. With a `Quantization`, the quantized layers are swapped in while the model is still on the meta
-device (daemon.model.quantized), so their storage is allocated quantized, and each weight is
-quantized as it is read. Checkpoints shipped quantized (Qwen FP8, compressed-tensors pack-quantized:
-daemon.weights.prequantized) are read dequantized, one tensor at a time, except where their codes are
-already what our kernel multiplies by (4-bit at our int4 group, 8-bit per channel, FP8 blocks with
-quantize = "fp8"): those are taken as shipped, like GGUF's Q4_1 codes; a quantized model whose
-lm_head (or tied embedding) ships as GGUF Q8_0 gets it as Q8Linear, the Q8_0 blocks exactly, instead
-of re-rounding them to per-channel int8.
-"""
+Layers the model stacks (q/k/v as qkv_proj, gate/up as gate_up_proj: `stacks` in daemon.model) are read
+part by part and stacked by rows. With a `Quantization`, the quantized layers are swapped in while the
+model is still on the meta device (daemon.model.quantized), so their storage is allocated quantized, and
+each weight is quantized as it is read. Checkpoints shipped quantized (Qwen FP8, compressed-tensors
+pack-quantized: daemon.weights.prequantized) are read dequantized, one tensor at a time, except where
+their codes are already what our kernel multiplies by (4-bit at our int4 group, 8-bit per channel, FP8
+blocks with quantize = "fp8"): those are taken as shipped, like GGUF's Q4_1 codes; a quantized model
+whose lm_head (or tied embedding) ships as GGUF Q8_0 gets it as Q8Linear, the Q8_0 blocks exactly,
+instead of re-rounding them to per-channel int8. """
 
 from __future__ import annotations
 
@@ -80,7 +79,8 @@ def _read_experts(files: CheckpointFiles, name: str, shape: torch.Size) -> torch
     for expert in range(shape[0]):
         if kind == "gate_up_proj":
             half = (shape[1] // 2, shape[2])
-            per_expert.append(torch.cat([files.read(f"{base}.{expert}.{p}.weight", half) for p in ("gate_proj", "up_proj")]))
+            per_expert.append(torch.cat([files.read(f"{base}.{expert}.{p}.weight", half)
+                                         for p in ("gate_proj", "up_proj")]))
         else:
             per_expert.append(files.read(f"{base}.{expert}.down_proj.weight", tuple(shape[1:])))
     return torch.stack(per_expert)
@@ -232,7 +232,8 @@ def load_model(checkpoint: str | Path, *, device: torch.device | str | None = No
     dtype = dtype or default_dtype(device)
     prefix = _trunk_prefix(files)
     tie = config.tie_word_embeddings and "lm_head.weight" not in files
-    devices = {str(d) for d in (placement.layer_devices + (placement.head_device,) if placement else ())} | {str(device)}
+    placed = placement.layer_devices + (placement.head_device,) if placement else ()
+    devices = {str(d) for d in placed} | {str(device)}
     quantized = (quantization.method, quantization.mtp_method) != ("none", "none")
     kernels = quantized_kernels(devices) if quantized else "cpu"
     if kernels == "cuda" and "fp8" in (quantization.method, quantization.mtp_method):
