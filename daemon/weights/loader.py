@@ -14,7 +14,8 @@ pack-quantized: daemon.weights.prequantized) are read dequantized, one tensor at
 their codes are already what our kernel multiplies by (4-bit at our int4 group, 8-bit per channel, FP8
 blocks with quantize = "fp8"): those are taken as shipped, like GGUF's Q4_1 codes; a quantized model
 whose lm_head (or tied embedding) ships as GGUF Q8_0 gets it as Q8Linear, the Q8_0 blocks exactly,
-instead of re-rounding them to per-channel int8. """
+instead of re-rounding them to per-channel int8.
+"""
 
 from __future__ import annotations
 
