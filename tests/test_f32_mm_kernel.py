@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from daemon.model import cpu_kernels
-from daemon.model.linear import linear
+from daemon.model.linear import Linear, linear
 
 pytestmark = pytest.mark.skipif(cpu_kernels.unavailable() is not None,
                                 reason=f"CPU kernels: {cpu_kernels.unavailable()}")
@@ -67,3 +67,14 @@ def test_kernel_refuses_what_it_does_not_compute():
     for bad_x, bad_w in ((x[:, :300], w[:, :300]), (x, w[:95]), (x.double(), w)):
         with pytest.raises(RuntimeError, match="f32_mm: float32 rows"):
             torch.ops.mtpchat_cpu.f32_mm(bad_x, bad_w)
+
+
+@pytest.mark.parametrize("width", [320, 300])  # the kernel's shape, and one it refuses (torch's product)
+def test_rows_alone_layer_rounds_every_row_as_alone(width):
+    layer = Linear(width, 96)
+    x = torch.randn(1, 5, width, generator=torch.Generator().manual_seed(4))
+    layer.rows_alone = True
+    with torch.inference_mode():
+        together = layer(x)
+        for i in range(5):
+            assert torch.equal(together[:, i:i + 1], layer(x[:, i:i + 1]))

@@ -1,4 +1,5 @@
-"""This project's C++ kernels for the CPU decode path, built once per machine kind and loaded on first use.
+"""This project's C++ kernels for the CPU decode path, built once per machine kind and loaded when a model
+is loaded for the CPU (daemon.weights.loader); layers take them only once `LOADED`.
 
 Three sources, one build: w4a8.cpp (int4 group 32 and Q8_0 matmuls on integer activations, see
 daemon/model/w4a8.py), rms_norm.cpp (a float32 RMSNorm in one call, see daemon/model/norms.py) and

@@ -1,15 +1,17 @@
 // x @ w.T for the few float32 rows of a decode or verify step (daemon/model/linear.py says why): each
-// output is one row of w against one row of x, summed in 16 lanes (input k in lane k % 16, products and
-// sums rounded apart: no fused multiply-add) and the lanes pairwise at the end. One fixed order whatever
-// the row count or thread count, so a verify's rows get the bits a 1-row decode step gets. Two outputs and
+// output is one row of w against one row of x, summed in lanes.h's fixed order (products and sums rounded
+// apart: no fused multiply-add) whatever the row count or thread count, so a verify's rows get the bits a
+// 1-row decode step gets. Two outputs and
 // up to four rows a pass over w; the weight stream is prefetched 2 KB ahead (the hardware prefetcher alone
 // left one core at 4-7 GB/s where the machine reads 12: w4a8.cpp measured the same).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "lanes.h"
+
 namespace {
 
-constexpr int64_t LANES = 16;  // the lanes of a sum; the input width must be a multiple
+using mtpchat::LANES;          // the input width must be a multiple
 constexpr int64_t OUTS = 2;    // outputs a pass: the output width must be a multiple
 constexpr int64_t CHUNK = 4;   // rows a pass
 constexpr int64_t PREFETCH = 2048;
@@ -25,12 +27,7 @@ void pass(const float* w, int64_t K, const float* x, int64_t rows, float* y, int
     }
   }
   for (int64_t o = 0; o < OUTS; ++o)
-    for (int64_t r = 0; r < rows; ++r) {
-      float* lanes = acc[o][r];
-      for (int64_t width = LANES / 2; width > 0; width /= 2)
-        for (int64_t j = 0; j < width; ++j) lanes[j] += lanes[j + width];
-      y[r * ldy + o] = lanes[0];
-    }
+    for (int64_t r = 0; r < rows; ++r) y[r * ldy + o] = mtpchat::sum_lanes(acc[o][r]);
 }
 
 torch::Tensor f32_mm(const torch::Tensor& x_in, const torch::Tensor& w) {

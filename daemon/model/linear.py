@@ -31,15 +31,22 @@ from daemon.model import cpu_kernels
 FEW_ROWS = 8  # up to this many rows (batch x tokens: a verify of k+1 <= 5) take the weight-streaming product
 
 
+def _own_product(weight: torch.Tensor) -> bool:
+    """Whether a few rows times `weight` take this project's kernel (f32_mm.cpp: outside autograd, inputs
+    a multiple of 16, outputs of 2), whose rows never depend on one another."""
+    return (cpu_kernels.LOADED and weight.device.type == "cpu" and weight.dtype == torch.float32
+            and not torch.is_grad_enabled() and weight.shape[1] % 16 == 0 and weight.shape[0] % 2 == 0
+            and weight.is_contiguous())
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x [..., in] @ weight[out, in].T, as F.linear computes it, fast for a few rows on the CPU."""
     rows = x.numel() // x.shape[-1]
-    if weight.device.type != "cpu" or weight.dtype != torch.float32 or rows > FEW_ROWS:
-        return F.linear(x, weight)
-    if (cpu_kernels.LOADED and not torch.is_grad_enabled() and weight.shape[1] % 16 == 0
-            and weight.shape[0] % 2 == 0 and weight.is_contiguous()):
+    if rows <= FEW_ROWS and _own_product(weight):
         out = torch.ops.mtpchat_cpu.f32_mm(x.reshape(rows, x.shape[-1]), weight)
         return out.reshape(*x.shape[:-1], weight.shape[0])
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or rows > FEW_ROWS:
+        return F.linear(x, weight)
     flat = x.reshape(rows, x.shape[-1])
     if rows % 2:
         flat = torch.cat((flat, flat[-1:]))
@@ -55,7 +62,8 @@ class Linear(nn.Linear):
     row alone (the matrix kernel blocks its sums by the column count), and a quantized model's kernels
     round their inputs, which can turn such a last-bit difference into a flipped near-tie: so the small
     layers a quantized model keeps in float (daemon.model.quantized.KEEP_FLOAT: the MoE router, gates,
-    DeltaNet's b and a projections) take this, while a float model's big layers keep the fast product."""
+    DeltaNet's b and a projections) take this, while a float model's big layers keep the fast product.
+    Where `linear` takes this project's kernel the rows already round alone, and one call does it."""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features, bias=False)
@@ -63,11 +71,13 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor, outputs: int | None = None) -> torch.Tensor:
         """x [..., in] -> [..., out], or only the first `outputs` features (a reduced draft vocabulary)."""
-        if self.rows_alone and 1 < x.numel() // x.shape[-1] <= FEW_ROWS:  # the flag first: the decode loop's hot path
+        weight = self.weight[:outputs]
+        # the flag first: the decode loop's hot path
+        if self.rows_alone and 1 < x.numel() // x.shape[-1] <= FEW_ROWS and not _own_product(weight):
             flat = x.reshape(-1, x.shape[-1])
-            out = torch.cat([linear(flat[row:row + 1], self.weight[:outputs]) for row in range(flat.shape[0])])
+            out = torch.cat([linear(flat[row:row + 1], weight) for row in range(flat.shape[0])])
             return out.reshape(*x.shape[:-1], out.shape[-1])
-        return linear(x, self.weight[:outputs])
+        return linear(x, weight)
 
 
 def stacked_layers(model: nn.Module) -> dict[str, tuple[tuple[str, int], ...]]:

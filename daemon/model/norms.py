@@ -33,7 +33,7 @@ class RMSNorm(nn.Module):
         be one more op a norm: 11.8 -> 6.6 µs on the demo's decode rows, 1 thread). On the CPU in float32,
         outside autograd, once the loader has loaded them (daemon/model/cpu_kernels.py), this project's
         kernel instead (rms_norm.cpp; in compiled steps too, so they round as eager ones do): F.rms_norm
-        runs there as six ops, 17.3 µs a norm with the module call on the demo's decode row where the
+        makes 22 aten calls there, 17.3 µs a norm with the module call on the demo's decode row where the
         kernel takes 5.4 (1 thread, Sapphire Rapids); a decode step of the demo has 61 norms."""
         if (cpu_kernels.LOADED and x.dtype == torch.float32 and x.is_cpu and self.weight.dtype == torch.float32
                 and not torch.is_grad_enabled()):

@@ -1,14 +1,15 @@
 // RMSNorm of float32 rows in one call, for the CPU decode path (daemon/model/norms.py says why):
-// y = x * (1 / sqrt(mean(x^2) + eps)) * (offset + w). The sum of squares runs in 16 lanes (input i in
-// lane i % 16), summed pairwise at the end: one fixed order whatever the row count, so a row's result
-// does not depend on the rows normalised with it.
+// y = x * (1 / sqrt(mean(x^2) + eps)) * (offset + w), the sum of squares in lanes.h's fixed order, so a
+// row's result does not depend on the rows normalised with it.
 #include <torch/extension.h>
 
 #include <cmath>
 
+#include "lanes.h"
+
 namespace {
 
-constexpr int64_t LANES = 16;
+using mtpchat::LANES;
 
 float sum_of_squares(const float* x, int64_t n) {
   float lanes[LANES] = {};
@@ -16,9 +17,7 @@ float sum_of_squares(const float* x, int64_t n) {
   for (; i + LANES <= n; i += LANES)
     for (int64_t j = 0; j < LANES; ++j) lanes[j] += x[i + j] * x[i + j];
   for (; i < n; ++i) lanes[i % LANES] += x[i] * x[i];
-  for (int64_t width = LANES / 2; width > 0; width /= 2)
-    for (int64_t j = 0; j < width; ++j) lanes[j] += lanes[j + width];
-  return lanes[0];
+  return mtpchat::sum_lanes(lanes);
 }
 
 torch::Tensor rms_norm(const torch::Tensor& x_in, const torch::Tensor& weight, double offset, double eps) {
