@@ -1,9 +1,11 @@
 """This project's C++ kernels for the CPU decode path, built once per machine kind and loaded when a model
 is loaded for the CPU (daemon.weights.loader); layers take them only once `LOADED`.
 
-Three sources, one build: w4a8.cpp (int4 group 32 and Q8_0 matmuls on integer activations, see
-daemon/model/w4a8.py), rms_norm.cpp (a float32 RMSNorm in one call, see daemon/model/norms.py) and
-f32_mm.cpp (float32 matmuls of a few rows at the memory's speed, see daemon/model/linear.py).
+Four sources, one build: w4a8.cpp (int4 group 32 and Q8_0 matmuls on integer activations, see
+daemon/model/w4a8.py), rms_norm.cpp (a float32 RMSNorm in one call, see daemon/model/norms.py),
+f32_mm.cpp (float32 matmuls of a few rows at the memory's speed, see daemon/model/linear.py) and
+decode_attention.cpp (a decode or verify step's rotation, cache write and attention in one call, see
+daemon/model/attention.py).
 They compile with torch's C++ extension builder (`-march=native`; the sources, torch's version and the
 CPU's flags name the build, in torch's extensions dir, shared by every process whatever its
 MTPCHAT_HOME), which needs a C++ compiler and ninja: about half a minute on two cores, which
@@ -25,7 +27,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("w4a8.cpp", "rms_norm.cpp", "f32_mm.cpp"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("w4a8.cpp", "rms_norm.cpp", "f32_mm.cpp",
+                                                                    "decode_attention.cpp"))
 TILE = 16  # w4a8's output rows per tile (its ops' outputs are whole tiles)
 LOADED = False  # whether the kernels are loaded in this process (`unavailable()` loads them)
 
@@ -70,6 +73,8 @@ def load_kernels(arch: str = "native") -> None:
     torch.library.register_fake("mtpchat_cpu::f32_mm", lambda x, w: x.new_empty((x.shape[0], w.shape[0])))
     torch.library.register_fake("mtpchat_cpu::rms_norm", lambda x, weight, offset, eps: torch.empty_like(
         x, memory_format=torch.contiguous_format))
+    torch.library.register_fake("mtpchat_cpu::attend_rows", lambda query, *_: query.new_empty(
+        (query.shape[0], query.shape[1] * query.shape[2])))
 
 
 @functools.cache
