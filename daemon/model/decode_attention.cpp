@@ -3,12 +3,15 @@
 // products and sum rounded apart: the same bits as those three ops), store its key and value in the
 // cache at its position, and attend to every key up to its own. Row t of a call that starts at position
 // `first` computes exactly what a 1-row call at first + t computes (each row alone, dot products and the
-// softmax sum in lanes.h's fixed order), so a verify's rows get a decode step's bits whatever the thread
-// count.
+// softmax sum in lanes.h's fixed order, the weighted sum of values in key order), so a verify's rows get
+// a decode step's bits whatever the thread count. The query heads that share a key head go together, so
+// each key row is read once for the group.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "lanes.h"
@@ -28,31 +31,85 @@ void rotate(const float* x, const float* cos, const float* sin, int64_t rot, int
   for (int64_t i = rot; i < dim; ++i) out[i] = x[i];
 }
 
-float dot(const float* a, const float* b, int64_t n) {
-  float lanes[LANES] = {};
-  for (int64_t i = 0; i < n; i += LANES)
-    for (int64_t j = 0; j < LANES; ++j) lanes[j] += a[i + j] * b[i + j];
-  return mtpchat::sum_lanes(lanes);
+// GCC/Clang vector types: one register on AVX-512, two on AVX2, whatever the build targets
+typedef float Vec16 __attribute__((vector_size(64)));
+typedef float Vec8 __attribute__((vector_size(32)));
+typedef float Vec4 __attribute__((vector_size(16)));
+
+Vec16 load(const float* p) {
+  Vec16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
 }
 
-// One query row of one head against keys [0, keys): softmax(q·k / sqrt(dim)) · v into out.
-void attend(const float* q, const float* k, const float* v, int64_t keys, int64_t dim, float* scores, float* out) {
+// lanes.h's pairwise order (8 + 8, 4 + 4, 2 + 2, 1 + 1), in registers
+float sum_lanes(Vec16 v) {
+  const Vec8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const Vec4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  Vec16 lanes = {};
+  for (int64_t i = 0; i < n; i += LANES) lanes += load(a + i) * load(b + i);
+  return sum_lanes(lanes);
+}
+
+// e^x for x <= 0, within 3 ulp: x = n·ln 2 + r (ln 2 in two parts, Cody and Waite), a degree-7 Taylor
+// polynomial for e^r on |r| <= ln 2 / 2, times 2^n built in the exponent bits. Plain arithmetic, so the
+// compiler vectorizes the loop that calls it (std::exp is a call per element).
+float exp_nonpositive(float x) {
+  x = std::max(x, -87.0f);  // e^-87 is a normal float's order; below it the weight is 0 to float precision
+  const float magic = 12582912.0f;  // 1.5 · 2^23: adding and subtracting it rounds to an integer
+  const float n = (x * 1.44269504088896341f + magic) - magic;
+  const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
+  float p = 1.0f / 5040;
+  for (const float c : {1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = p * r + c;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// out[0, 16·C) = Σ_j weights[j] · rows[j][0, 16·C), j in order, C registers at once (one would wait on
+// each add in turn)
+template <int C>
+void weighted_sum(const float* weights, const float* rows, int64_t count, int64_t stride, float* out) {
+  Vec16 acc[C] = {};
+  for (int64_t j = 0; j < count; ++j)
+    for (int c = 0; c < C; ++c) acc[c] += weights[j] * load(rows + j * stride + c * LANES);
+  std::memcpy(out, acc, sizeof acc);
+}
+
+// One query row of the `group` heads that share a key head, against keys [0, keys): for each head,
+// softmax(q·k / sqrt(dim)) · v into out. Each key row is read once for the whole group.
+void attend(const float* q, int64_t group, const float* k, const float* v, int64_t keys, int64_t dim,
+            float* scores, float* out) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
-  float top = -INFINITY;
-  for (int64_t j = 0; j < keys; ++j) {
-    scores[j] = dot(q, k + j * dim, dim) * scale;
-    top = std::max(top, scores[j]);
-  }
-  float lanes[LANES] = {};
-  for (int64_t j = 0; j < keys; ++j) {
-    scores[j] = std::exp(scores[j] - top);
-    lanes[j % LANES] += scores[j];
-  }
-  const float total = mtpchat::sum_lanes(lanes);
-  for (int64_t i = 0; i < dim; ++i) out[i] = 0.0f;
   for (int64_t j = 0; j < keys; ++j)
-    for (int64_t i = 0; i < dim; ++i) out[i] += scores[j] * v[j * dim + i];
-  for (int64_t i = 0; i < dim; ++i) out[i] /= total;
+    for (int64_t h = 0; h < group; ++h) scores[h * keys + j] = dot(q + h * dim, k + j * dim, dim) * scale;
+  for (int64_t h = 0; h < group; ++h) {
+    float* s = scores + h * keys;
+    float top = -INFINITY;
+    for (int64_t j = 0; j < keys; ++j) top = std::max(top, s[j]);
+    for (int64_t j = 0; j < keys; ++j) s[j] = exp_nonpositive(s[j] - top);
+    Vec16 lanes = {};  // term j in lane j % 16, as lanes.h sums
+    int64_t j = 0;
+    for (; j + LANES <= keys; j += LANES) lanes += load(s + j);
+    for (; j < keys; ++j) lanes[j % LANES] += s[j];
+    const float total = sum_lanes(lanes);
+    for (j = 0; j < keys; ++j) s[j] /= total;
+    for (int64_t i = 0; i < dim;) {
+      if (dim - i >= 4 * LANES) {
+        weighted_sum<4>(s, v + i, keys, dim, out + h * dim + i);
+        i += 4 * LANES;
+      } else {
+        weighted_sum<1>(s, v + i, keys, dim, out + h * dim + i);
+        i += LANES;
+      }
+    }
+  }
 }
 
 torch::Tensor attend_rows(const torch::Tensor& query_in, const torch::Tensor& key_in, const torch::Tensor& value_in,
@@ -86,14 +143,17 @@ torch::Tensor attend_rows(const torch::Tensor& query_in, const torch::Tensor& ke
     }
   auto out = torch::empty({T, H * D}, query.options());
   float* op = out.data_ptr<float>();
-  // a task is one row of one head; run them on one thread unless each carries enough keys to share
-  const int64_t grain = std::max<int64_t>(1, (1 << 16) / ((first + 1) * D));
-  at::parallel_for(0, T * H, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> q(D), scores(first + T);
+  // a task is one row of one key head's group of query heads; one thread runs them unless each carries
+  // enough keys to share
+  const int64_t group = H / G, grain = std::max<int64_t>(1, (1 << 18) / ((first + 1) * D * group));
+  at::parallel_for(0, T * G, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> q(group * D), scores(group * (first + T));
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t t = task / H, h = task % H, g = h / (H / G);
-      rotate(qp + task * D, cp + t * rot, sp + t * rot, rot, D, q.data());
-      attend(q.data(), ck + g * L * D, cv + g * L * D, first + t + 1, D, scores.data(), op + task * D);
+      const int64_t t = task / G, g = task % G;
+      for (int64_t h = 0; h < group; ++h)
+        rotate(qp + (t * H + g * group + h) * D, cp + t * rot, sp + t * rot, rot, D, q.data() + h * D);
+      attend(q.data(), group, ck + g * L * D, cv + g * L * D, first + t + 1, D, scores.data(),
+             op + (t * H + g * group) * D);
     }
   });
   return out;
