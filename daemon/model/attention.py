@@ -19,10 +19,10 @@ first: 18.8 -> 15.1 µs a call without it, the demo's decode row, 1 thread).
 On the CPU in float32 outside autograd, once the loader has loaded this project's kernels, those rows
 take one call instead (decode_attention.cpp): it rotates each row's query and key, stores key and value
 in the cache and attends, each row as a 1-row call at its position would, so the property above holds.
-It replaces a layer's rotation, cache writes, transposes and SDPA calls: 13.8 µs against SDPA's 20 for
+It replaces a layer's rotation, cache writes, transposes and SDPA calls: 13.8 µs against SDPA's 21.2 for
 one demo decode row over 151 keys, 54 against 72 over 1001 (2 threads); the demo's int4 decode step
-went 15.0-16.5 -> 13.2-14.2 ms at 1 thread and 10.9-11.3 -> 8.7-9.0 ms at 2 (median of 64 steps, A/B
-over 2 rounds, Sapphire Rapids).
+went 15.0-16.5 -> 13.2-14.2 ms at 1 thread and 10.9-11.3 -> 8.7-9.0 ms at 2 against the code before
+this kernel (median of 64 steps, 2 rounds alternating, Sapphire Rapids).
 """
 
 import torch

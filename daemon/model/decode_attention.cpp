@@ -19,6 +19,9 @@
 namespace {
 
 using mtpchat::LANES;
+using mtpchat::load;
+using mtpchat::sum_lanes;
+using mtpchat::Vec16;
 
 void rotate(const float* x, const float* cos, const float* sin, int64_t rot, int64_t dim, float* out) {
   const int64_t half = rot / 2;
@@ -29,25 +32,6 @@ void rotate(const float* x, const float* cos, const float* sin, int64_t rot, int
     out[i] = a + b;
   }
   for (int64_t i = rot; i < dim; ++i) out[i] = x[i];
-}
-
-// GCC/Clang vector types: one register on AVX-512, two on AVX2, whatever the build targets
-typedef float Vec16 __attribute__((vector_size(64)));
-typedef float Vec8 __attribute__((vector_size(32)));
-typedef float Vec4 __attribute__((vector_size(16)));
-
-Vec16 load(const float* p) {
-  Vec16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-// lanes.h's pairwise order (8 + 8, 4 + 4, 2 + 2, 1 + 1), in registers
-float sum_lanes(Vec16 v) {
-  const Vec8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const Vec4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-  return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
 float dot(const float* a, const float* b, int64_t n) {
