@@ -13,10 +13,10 @@ odd count is padded with a copy of the last row. On the demo model a decode step
 keep F.linear.
 
 Where this project's CPU kernels are loaded (daemon/model/cpu_kernels.py), a few rows take its own
-product instead (f32_mm.cpp, outside autograd; inputs a multiple of 16, outputs of 2): torch's products
-streamed the demo's layers at 4.3-5.3 GB/s on an Intel Sapphire Rapids core whose memory reads 12, its
-own at 9.7 (1 row) and 7.6 (3 rows) — cold weights, 30 copies of each layer, /tmp driver — and each
-output is summed in one fixed order, so a verify's rows round exactly as decode steps do.
+product instead (f32_mm.cpp, outside autograd; inputs a multiple of 16): torch's products streamed the
+demo's layers at 4.3-5.3 GB/s on an Intel Sapphire Rapids core whose memory reads 13.7 (one stream) to
+15.9 (four), its own at 14.3 (1 row) and 13.8 (3 rows) — cold weights, 30 copies of each layer, /tmp
+driver — and each output is summed in one fixed order, so a verify's rows round exactly as decode steps do.
 """
 
 
@@ -33,10 +33,9 @@ FEW_ROWS = 8  # up to this many rows (batch x tokens: a verify of k+1 <= 5) take
 
 def _own_product(weight: torch.Tensor) -> bool:
     """Whether a few rows times `weight` take this project's kernel (f32_mm.cpp: outside autograd, inputs
-    a multiple of 16, outputs of 2), whose rows never depend on one another."""
+    a multiple of 16), whose rows never depend on one another."""
     return (cpu_kernels.LOADED and weight.device.type == "cpu" and weight.dtype == torch.float32
-            and not torch.is_grad_enabled() and weight.shape[1] % 16 == 0 and weight.shape[0] % 2 == 0
-            and weight.is_contiguous())
+            and not torch.is_grad_enabled() and weight.shape[1] % 16 == 0 and weight.is_contiguous())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
