@@ -12,6 +12,7 @@ import torch
 
 from daemon.model import cpu_kernels
 from daemon.model.linear import Linear, linear
+from daemon.model.mlp import DenseMLP
 
 pytestmark = pytest.mark.skipif(cpu_kernels.unavailable() is not None,
                                 reason=f"CPU kernels: {cpu_kernels.unavailable()}")
@@ -78,3 +79,29 @@ def test_rows_alone_layer_rounds_every_row_as_alone(width):
         together = layer(x)
         for i in range(5):
             assert torch.equal(together[:, i:i + 1], layer(x[:, i:i + 1]))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 5])
+def test_mlp_rows_is_the_modules_ops_in_one_call(rows, monkeypatch):
+    """The dense MLP's one call gives the bits of the module's own steps (two products, silu, mul), and the
+    module takes it for a few rows outside autograd only."""
+    mlp = DenseMLP(320, 48)
+    x = torch.randn(1, rows, 320, generator=torch.Generator().manual_seed(rows))
+    with torch.inference_mode():
+        gate, up = linear(x, mlp.gate_up_proj.weight).chunk(2, dim=-1)
+        steps = linear(torch.nn.functional.silu(gate) * up, mlp.down_proj.weight)
+        fused = torch.ops.mtpchat_cpu.mlp_rows(x, mlp.gate_up_proj.weight, mlp.down_proj.weight)
+        assert fused.shape == (1, rows, 320) and torch.equal(fused, steps)
+        with pytest.raises(RuntimeError, match="mlp_rows: gate_up"):
+            torch.ops.mtpchat_cpu.mlp_rows(x, mlp.gate_up_proj.weight[:80], mlp.down_proj.weight)
+    calls = []
+    kernel = torch.ops.mtpchat_cpu.mlp_rows
+    monkeypatch.setattr(torch.ops.mtpchat_cpu, "mlp_rows", lambda *args: calls.append(len(args)) or kernel(*args))
+    with torch.inference_mode():
+        assert torch.equal(mlp(x), steps) and calls == [3]
+        mlp(torch.randn(1, 9, 320))  # more rows than a verify: the module's own steps
+    assert calls == [3]
+    y = mlp(x)  # autograd: the module's own steps through torch's products, differentiable; they sum in
+    y.sum().backward()  # another order, so float32 roundings apart: outputs here are below 2, 1e-5 is ~80 ulp
+    assert calls == [3] and mlp.down_proj.weight.grad is not None
+    assert torch.allclose(y.detach(), steps, rtol=0, atol=1e-5)

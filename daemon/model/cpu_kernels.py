@@ -70,7 +70,9 @@ def load_kernels(arch: str = "native") -> None:
     # shapes for torch.compile, which traces the layers without running them
     for op in ("q4_mm", "q8_mm"):
         torch.library.register_fake(f"mtpchat_w4a8::{op}", _block_mm_like)
-    torch.library.register_fake("mtpchat_cpu::f32_mm", lambda x, w: x.new_empty((x.shape[0], w.shape[0])))
+    torch.library.register_fake("mtpchat_cpu::f32_mm", lambda x, w: x.new_empty((*x.shape[:-1], w.shape[0])))
+    torch.library.register_fake("mtpchat_cpu::mlp_rows", lambda x, gate_up, down: x.new_empty(
+        (*x.shape[:-1], down.shape[0])))
     torch.library.register_fake("mtpchat_cpu::rms_norm", lambda x, weight, offset, eps: torch.empty_like(
         x, memory_format=torch.contiguous_format))
     torch.library.register_fake("mtpchat_cpu::attend_rows", lambda query, *_: query.new_empty(

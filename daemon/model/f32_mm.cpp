@@ -60,13 +60,17 @@ void outputs(int64_t o, int64_t stride, const float* x, int64_t R, const float* 
   }
 }
 
+// x [..., K] -> [..., N]: the leading dimensions are rows
 torch::Tensor f32_mm(const torch::Tensor& x_in, const torch::Tensor& w) {
-  TORCH_CHECK(x_in.scalar_type() == torch::kFloat && w.scalar_type() == torch::kFloat && x_in.dim() == 2 &&
-                  w.dim() == 2 && w.is_contiguous() && x_in.size(1) == w.size(1) && w.size(1) % LANES == 0,
-              "f32_mm: float32 rows [R, K] and a contiguous float32 weight [N, K], K a multiple of 16");
-  const torch::Tensor x = x_in.contiguous();
-  const int64_t R = x.size(0), K = x.size(1), N = w.size(0);
-  auto y = torch::empty({R, N}, x.options());
+  TORCH_CHECK(x_in.scalar_type() == torch::kFloat && w.scalar_type() == torch::kFloat && x_in.dim() >= 1 &&
+                  w.dim() == 2 && w.is_contiguous() && x_in.size(-1) == w.size(1) && w.size(1) % LANES == 0,
+              "f32_mm: float32 rows [..., K] and a contiguous float32 weight [N, K], K a multiple of 16");
+  const int64_t K = w.size(1), N = w.size(0);
+  const torch::Tensor x = x_in.reshape({-1, K}).contiguous();
+  const int64_t R = x.size(0);
+  std::vector<int64_t> shape = x_in.sizes().vec();
+  shape.back() = N;
+  auto y = torch::empty(shape, x.options());
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -78,8 +82,24 @@ torch::Tensor f32_mm(const torch::Tensor& x_in, const torch::Tensor& w) {
   return y;
 }
 
+// The dense SwiGLU MLP of these rows, down(silu(gate) * up) with gate_up = [gate | up] stacked: the two
+// products above around torch's own silu and mul (the bits the module's ops give), in one call instead of
+// the module's seven Python-level ones.
+torch::Tensor mlp_rows(const torch::Tensor& x, const torch::Tensor& gate_up, const torch::Tensor& down) {
+  TORCH_CHECK(gate_up.size(0) == 2 * down.size(1), "mlp_rows: gate_up [2I, H] and down [H, I]");
+  const torch::Tensor h = f32_mm(x, gate_up);
+  const int64_t I = down.size(1);
+  return f32_mm(at::silu(h.narrow(-1, 0, I)).mul_(h.narrow(-1, I, I)), down);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(mtpchat_cpu, lib) { lib.def("f32_mm(Tensor x, Tensor w) -> Tensor"); }
+TORCH_LIBRARY_FRAGMENT(mtpchat_cpu, lib) {
+  lib.def("f32_mm(Tensor x, Tensor w) -> Tensor");
+  lib.def("mlp_rows(Tensor x, Tensor gate_up, Tensor down) -> Tensor");
+}
 
-TORCH_LIBRARY_IMPL(mtpchat_cpu, CPU, lib) { lib.impl("f32_mm", &f32_mm); }
+TORCH_LIBRARY_IMPL(mtpchat_cpu, CPU, lib) {
+  lib.impl("f32_mm", &f32_mm);
+  lib.impl("mlp_rows", &mlp_rows);
+}

@@ -31,19 +31,23 @@ from daemon.model import cpu_kernels
 FEW_ROWS = 8  # up to this many rows (batch x tokens: a verify of k+1 <= 5) take the weight-streaming product
 
 
-def _own_product(weight: torch.Tensor) -> bool:
-    """Whether a few rows times `weight` take this project's kernel (f32_mm.cpp: outside autograd, inputs
-    a multiple of 16), whose rows never depend on one another."""
-    return (cpu_kernels.LOADED and weight.device.type == "cpu" and weight.dtype == torch.float32
+def few_rows(x: torch.Tensor) -> bool:
+    """Whether x [..., in] is the few rows (batch x tokens) of a decode or verify step."""
+    return x.numel() <= FEW_ROWS * x.shape[-1]
+
+
+def own_product(weight: torch.Tensor) -> bool:
+    """Whether a few rows times `weight` take this project's kernel (f32_mm.cpp: outside autograd, inputs a
+    multiple of 16), whose rows never depend on one another."""
+    return (cpu_kernels.LOADED and weight.is_cpu and weight.dtype == torch.float32
             and not torch.is_grad_enabled() and weight.shape[1] % 16 == 0 and weight.is_contiguous())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x [..., in] @ weight[out, in].T, as F.linear computes it, fast for a few rows on the CPU."""
+    if few_rows(x) and own_product(weight):
+        return torch.ops.mtpchat_cpu.f32_mm(x, weight)
     rows = x.numel() // x.shape[-1]
-    if rows <= FEW_ROWS and _own_product(weight):
-        out = torch.ops.mtpchat_cpu.f32_mm(x.reshape(rows, x.shape[-1]), weight)
-        return out.reshape(*x.shape[:-1], weight.shape[0])
     if weight.device.type != "cpu" or weight.dtype != torch.float32 or rows > FEW_ROWS:
         return F.linear(x, weight)
     flat = x.reshape(rows, x.shape[-1])
@@ -70,9 +74,9 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor, outputs: int | None = None) -> torch.Tensor:
         """x [..., in] -> [..., out], or only the first `outputs` features (a reduced draft vocabulary)."""
-        weight = self.weight[:outputs]
+        weight = self.weight if outputs is None else self.weight[:outputs]
         # the flag first: the decode loop's hot path
-        if self.rows_alone and 1 < x.numel() // x.shape[-1] <= FEW_ROWS and not _own_product(weight):
+        if self.rows_alone and 1 < x.numel() // x.shape[-1] <= FEW_ROWS and not own_product(weight):
             flat = x.reshape(-1, x.shape[-1])
             out = torch.cat([linear(flat[row:row + 1], weight) for row in range(flat.shape[0])])
             return out.reshape(*x.shape[:-1], out.shape[-1])

@@ -242,17 +242,18 @@ torch::Tensor block_mm(const torch::Tensor& x_in, const torch::Tensor& codes, co
               "w4a8: inputs must be a multiple of 32 and the weights contiguous");
   TORCH_CHECK(codes.size(0) >= tiles && codes.numel() / codes.size(0) == TILE * K / (Q8 ? 1 : 2),
               "w4a8: codes do not match the input's width");
-  auto xq = torch::empty({LEVELS, R, K}, torch::kInt8);
-  auto dx = torch::empty({LEVELS, R, blocks}, torch::kFloat), sx = torch::empty({R, blocks}, torch::kFloat);
+  // scratch outside torch's allocator: a decode step makes 121 of these calls
+  std::vector<int8_t> xq(LEVELS * R * K);
+  std::vector<float> dx(LEVELS * R * blocks), sx(R * blocks);
   int8_t* xqs[LEVELS];
   float* dxs[LEVELS];
   Activations a{};
   for (int64_t l = 0; l < LEVELS; ++l) {
-    a.xq[l] = xqs[l] = xq.data_ptr<int8_t>() + l * R * K;
-    a.dx[l] = dxs[l] = dx.data_ptr<float>() + l * R * blocks;
+    a.xq[l] = xqs[l] = xq.data() + l * R * K;
+    a.dx[l] = dxs[l] = dx.data() + l * R * blocks;
   }
-  a.sx = sx.data_ptr<float>();
-  quantize_rows(x.data_ptr<float>(), R * blocks, Q8, xqs, dxs, sx.data_ptr<float>());
+  a.sx = sx.data();
+  quantize_rows(x.data_ptr<float>(), R * blocks, Q8, xqs, dxs, sx.data());
   auto y = torch::empty({R, N}, torch::kFloat);
   const uint8_t* c = codes.data_ptr<uint8_t>();
   const at::Half* dp = d.data_ptr<at::Half>();
