@@ -128,7 +128,8 @@ def test_attention_takes_the_kernel_for_decode_rows_only_outside_autograd(tiny, 
     monkeypatch.undo()
     calls = []
     width = config.num_attention_heads * config.head_dim
-    monkeypatch.setattr(torch.ops.mtpchat_cpu, "attend_rows", lambda *args: calls.append(args) or torch.zeros(3, width))
+    monkeypatch.setattr(torch.ops.mtpchat_cpu, "attend_rows",
+                        lambda *args: calls.append(args) or torch.zeros(1, 3, width))
     with torch.no_grad():  # grad enabled below: torch's path, which autograd differentiates
         layer(x, AttentionCache.allocate(1, 2, 64, config.head_dim, "cpu", torch.float32), ctx)
     layer(x, AttentionCache.allocate(1, 2, 64, config.head_dim, "cpu", torch.float32), ctx).sum().backward()
@@ -146,3 +147,17 @@ def test_kernel_refuses_what_it_does_not_compute():
         attend(query[:, :3], key, value, cos, sin, cache_keys, cache_values, 5)
     with pytest.raises(RuntimeError, match="holding positions"):
         attend(query, key, value, cos, sin, cache_keys, cache_values, cache_keys.shape[2] - 1)
+
+
+def test_kernel_takes_one_sequence_with_its_batch_dimension():
+    """The layer passes its [1, T, ...] views as they are: the same bits and cache writes as [T, ...]."""
+    query, key, value, cos, sin, cache_keys, cache_values = _case(3, 4, 2, 32, 8, 5)
+    keys_b, values_b = cache_keys.clone(), cache_values.clone()
+    attend = torch.ops.mtpchat_cpu.attend_rows
+    flat = attend(query, key, value, cos, sin, cache_keys, cache_values, 5)
+    batched = attend(query[None], key[None], value[None], cos, sin, keys_b, values_b, 5)
+    assert batched.shape == (1, 3, 4 * 32) and torch.equal(batched[0], flat)
+    assert torch.equal(keys_b, cache_keys) and torch.equal(values_b, cache_values)
+    two = [t[None].expand(2, *t.shape) for t in (query, key, value)]
+    with pytest.raises(RuntimeError, match=r"query \[\(1,\) T, H, D\]"):  # two sequences: not its rows
+        attend(*two, cos, sin, keys_b, values_b, 5)

@@ -78,8 +78,8 @@ class Attention(nn.Module):
         cache.reserve(ctx.kv_len)
         by_rows = ctx.decode_rows and length <= ROW_BY_ROW and batch == 1 and ctx.mask.dim() == 2
         if by_rows and self._kernel_takes(query, cache):
-            out = torch.ops.mtpchat_cpu.attend_rows(query[0], key[0], value[0], ctx.cos, ctx.sin, cache.keys,
-                                                    cache.values, ctx.kv_len - length)[None]
+            out = torch.ops.mtpchat_cpu.attend_rows(query, key, value, ctx.cos, ctx.sin, cache.keys, cache.values,
+                                                    ctx.kv_len - length)
         else:
             out = self._rotate_and_attend(qkv, query, key, value, cache, ctx, by_rows)
         if gate is not None:

@@ -76,7 +76,7 @@ def load_kernels(arch: str = "native") -> None:
     torch.library.register_fake("mtpchat_cpu::rms_norm", lambda x, weight, offset, eps: torch.empty_like(
         x, memory_format=torch.contiguous_format))
     torch.library.register_fake("mtpchat_cpu::attend_rows", lambda query, *_: query.new_empty(
-        (query.shape[0], query.shape[1] * query.shape[2])))
+        (*query.shape[:-2], query.shape[-2] * query.shape[-1])))
 
 
 @functools.cache

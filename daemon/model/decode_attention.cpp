@@ -102,11 +102,17 @@ torch::Tensor attend_rows(const torch::Tensor& query_in, const torch::Tensor& ke
   for (const torch::Tensor* t : std::initializer_list<const torch::Tensor*>{&query_in, &key_in, &value_in, &cos_in,
                                                                           &sin_in, &cache_keys, &cache_values})
     TORCH_CHECK(t->scalar_type() == torch::kFloat && t->device().is_cpu(), "attend_rows: float32 CPU tensors");
-  TORCH_CHECK(query_in.dim() == 3 && key_in.dim() == 3 && value_in.sizes() == key_in.sizes() &&
-                  query_in.size(0) == key_in.size(0) && query_in.size(2) == key_in.size(2) &&
-                  query_in.size(1) % key_in.size(1) == 0 && key_in.size(2) % LANES == 0,
-              "attend_rows: query [T, H, D], key and value [T, Hkv, D], H a multiple of Hkv, D of 16");
-  const torch::Tensor query = query_in.contiguous(), key = key_in.contiguous(), value = value_in.contiguous();
+  // the layer's [1, T, ...] (one sequence) as they come, so no Python-level op drops or restores the batch
+  const bool batch = query_in.dim() == 4 && query_in.size(0) == 1;
+  const int64_t lead = batch ? 1 : 0;
+  TORCH_CHECK(query_in.dim() == 3 + lead && key_in.dim() == 3 + lead && value_in.sizes() == key_in.sizes() &&
+                  (!batch || key_in.size(0) == 1) && query_in.size(lead) == key_in.size(lead) &&
+                  query_in.size(-1) == key_in.size(-1) && query_in.size(-2) % key_in.size(-2) == 0 &&
+                  key_in.size(-1) % LANES == 0,
+              "attend_rows: query [(1,) T, H, D], key and value [(1,) T, Hkv, D], H a multiple of Hkv, D of 16");
+  const torch::Tensor query = (batch ? query_in[0] : query_in).contiguous();
+  const torch::Tensor key = (batch ? key_in[0] : key_in).contiguous();
+  const torch::Tensor value = (batch ? value_in[0] : value_in).contiguous();
   const torch::Tensor cos = cos_in.contiguous(), sin = sin_in.contiguous();
   const int64_t T = query.size(0), H = query.size(1), G = key.size(1), D = query.size(2), rot = cos.size(1);
   TORCH_CHECK(cos.dim() == 2 && cos.size(0) == T && sin.sizes() == cos.sizes() && rot <= D && rot % 2 == 0,
@@ -140,7 +146,7 @@ torch::Tensor attend_rows(const torch::Tensor& query_in, const torch::Tensor& ke
              op + (t * H + g * group) * D);
     }
   });
-  return out;
+  return batch ? out.unsqueeze(0) : out;
 }
 
 }  // namespace
