@@ -9,9 +9,9 @@
 // One core of an Intel Sapphire Rapids reads 13.7 GB/s as one stream and 15.5-15.9 as four (a C loop
 // over 600 MB); the demo's layers went from 9.8 GB/s (two adjacent outputs a pass) to 14.3 at 1 thread
 // and from 19 to 25 GB/s at 2 (cold weights, 30 copies of each layer, /tmp driver). Rows come in passes of
-// up to four, their accumulators in registers. An AVX2 build (-march=haswell, same core) reads 13.5 GB/s
-// for 1 row and 7.4 for 3, where the two-output kernel read 9.6 and 8.2: 16 vector registers hold fewer
-// rows' sums.
+// up to four, their accumulators in registers. An AVX2 build (-march=haswell, same core) reads 12.7-13.5
+// GB/s for 1 row and 7.4 for 3, where the two-output kernel read 9.6 and 8.2: 16 vector registers hold
+// fewer rows' sums.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -47,8 +47,8 @@ void pass(const float* w, int64_t stride, int64_t K, const float* x, float* y, i
 template <int O>
 void outputs(int64_t o, int64_t stride, const float* x, int64_t R, const float* w, int64_t K, float* y,
              int64_t N) {
+  const float* wo = w + o * K;
   for (int64_t r0 = 0; r0 < R; r0 += CHUNK) {
-    const float* wo = w + o * K;
     const float* xr = x + r0 * K;
     float* yr = y + r0 * N + o;
     switch (std::min(CHUNK, R - r0)) {

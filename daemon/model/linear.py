@@ -47,9 +47,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x [..., in] @ weight[out, in].T, as F.linear computes it, fast for a few rows on the CPU."""
     if few_rows(x) and own_product(weight):
         return torch.ops.mtpchat_cpu.f32_mm(x, weight)
-    rows = x.numel() // x.shape[-1]
-    if weight.device.type != "cpu" or weight.dtype != torch.float32 or rows > FEW_ROWS:
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not few_rows(x):
         return F.linear(x, weight)
+    rows = x.numel() // x.shape[-1]
     flat = x.reshape(rows, x.shape[-1])
     if rows % 2:
         flat = torch.cat((flat, flat[-1:]))
@@ -76,7 +76,7 @@ class Linear(nn.Linear):
         """x [..., in] -> [..., out], or only the first `outputs` features (a reduced draft vocabulary)."""
         weight = self.weight if outputs is None else self.weight[:outputs]
         # the flag first: the decode loop's hot path
-        if self.rows_alone and 1 < x.numel() // x.shape[-1] <= FEW_ROWS and not own_product(weight):
+        if self.rows_alone and x.numel() > x.shape[-1] and few_rows(x) and not own_product(weight):
             flat = x.reshape(-1, x.shape[-1])
             out = torch.cat([linear(flat[row:row + 1], weight) for row in range(flat.shape[0])])
             return out.reshape(*x.shape[:-1], out.shape[-1])

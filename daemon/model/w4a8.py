@@ -77,13 +77,18 @@ def pack_q8(codes: torch.Tensor) -> torch.Tensor:
     return shifted.reshape(rows // TILE, TILE, cols // 4, 4).transpose(1, 2)
 
 
-def _tiles(layer: QuantizedLayer, outputs: int | None) -> int:
-    return layer.out_features // TILE if outputs is None else -(-outputs // TILE)
-
-
-def _reshaped(out: torch.Tensor, x: torch.Tensor, outputs: int | None) -> torch.Tensor:
-    out = out if outputs is None else out.narrow(1, 0, outputs)
-    return out.to(x.dtype).reshape(*x.shape[:-1], out.shape[-1])
+def _product(op, layer: QuantizedLayer, x: torch.Tensor, codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor,
+             outputs: int | None) -> torch.Tensor:
+    """x [..., in] times the layer's blocks by `op` (q4_mm, q8_mm) -> [..., out] (only the first `outputs`
+    when given) in x's dtype. Lean where a decode step passes (90 calls a demo step): no outputs, float32."""
+    flat = x.reshape(-1, layer.in_features)
+    if outputs is None:
+        out = op(flat, codes, d, m, layer.out_features // TILE, True)
+    else:
+        out = op(flat, codes, d, m, -(-outputs // TILE), True).narrow(1, 0, outputs)
+    if x.dtype != torch.float32:
+        out = out.to(x.dtype)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 class W4A8Linear(Int4Linear):
@@ -122,13 +127,8 @@ class W4A8Linear(Int4Linear):
 
     def forward(self, x: torch.Tensor, outputs: int | None = None,
                 expert: int | torch.Tensor | None = None) -> torch.Tensor:
-        if expert is None and outputs is None and x.dtype == torch.float32:  # the decode step's hot path
-            out = torch.ops.mtpchat_w4a8.q4_mm(x.reshape(-1, self.in_features), self.codes, self.d, self.m,
-                                               self.out_features // TILE, True)
-            return out.view(*x.shape[:-1], self.out_features)
         codes, d, m = self.picked(expert, self.codes, self.d, self.m)
-        out = torch.ops.mtpchat_w4a8.q4_mm(x.reshape(-1, self.in_features), codes, d, m, _tiles(self, outputs), True)
-        return _reshaped(out, x, outputs)
+        return _product(torch.ops.mtpchat_w4a8.q4_mm, self, x, codes, d, m, outputs)
 
     def dequantized(self) -> torch.Tensor:
         """The weight the kernel multiplies by, [out, in] in float32 (exact: d·q + m)."""
@@ -165,9 +165,7 @@ class W4A8Q8Linear(Q8Linear):
             self.d.narrow(0, first, tiles).copy_(tiled(d.narrow(0, start, block.shape[0])))
 
     def forward(self, x: torch.Tensor, outputs: int | None = None) -> torch.Tensor:
-        out = torch.ops.mtpchat_w4a8.q8_mm(x.reshape(-1, self.in_features), self.codes, self.d, self.d,
-                                           _tiles(self, outputs), True)
-        return _reshaped(out, x, outputs)
+        return _product(torch.ops.mtpchat_w4a8.q8_mm, self, x, self.codes, self.d, self.d, outputs)
 
     def dequantized(self) -> torch.Tensor:
         """The weight the kernel multiplies by, [out, in] in float32 (exact: d·q)."""
