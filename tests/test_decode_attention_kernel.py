@@ -115,7 +115,7 @@ def test_attention_takes_the_kernel_for_decode_rows_only_outside_autograd(tiny, 
     ctx = StepContext.build(torch.arange(20, 23), 23, inv_freq, torch.float32, decode_rows=True)
 
     def run(kernel: bool):
-        monkeypatch.setattr(Attention, "_kernel_takes", lambda *_: kernel)
+        monkeypatch.setattr(Attention, "kernel_rows", lambda *_: kernel)
         torch.manual_seed(1)
         cache = AttentionCache.allocate(1, config.num_key_value_heads, 64, config.head_dim, "cpu", torch.float32)
         cache.keys.normal_(), cache.values.normal_()

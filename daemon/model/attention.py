@@ -40,6 +40,12 @@ from daemon.model.step_context import StepContext
 ROW_BY_ROW = 8  # query rows up to which attention runs row by row, as decode steps do (see above)
 
 
+def by_rows(x: torch.Tensor, ctx: StepContext) -> bool:
+    """Whether the query rows of x [B, T, hidden] attend one at a time (see above): a few rows of one
+    sequence whose keys end at the last of them."""
+    return ctx.decode_rows and x.shape[1] <= ROW_BY_ROW and x.shape[0] == 1 and ctx.mask.dim() == 2
+
+
 class Attention(nn.Module):
     def __init__(self, config: TextConfig):
         super().__init__()
@@ -76,21 +82,21 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             query, key = self.q_norm(query), self.k_norm(key)
         cache.reserve(ctx.kv_len)
-        by_rows = ctx.decode_rows and length <= ROW_BY_ROW and batch == 1 and ctx.mask.dim() == 2
-        if by_rows and self._kernel_takes(query, cache):
+        if self.kernel_rows(query, cache, ctx):
             out = torch.ops.mtpchat_cpu.attend_rows(query, key, value, ctx.cos, ctx.sin, cache.keys, cache.values,
                                                     ctx.kv_len - length)
         else:
-            out = self._rotate_and_attend(qkv, query, key, value, cache, ctx, by_rows)
+            out = self._rotate_and_attend(qkv, query, key, value, cache, ctx, by_rows(x, ctx))
         if gate is not None:
             out = out * torch.sigmoid(gate.reshape(batch, length, -1))
         return self.o_proj(out)
 
-    def _kernel_takes(self, query: torch.Tensor, cache: AttentionCache) -> bool:
-        """Whether decode_attention.cpp serves these rows: float32 on the CPU, outside autograd, once the
-        loader has loaded the kernels (daemon/model/cpu_kernels.py)."""
-        return (cpu_kernels.LOADED and query.dtype == cache.keys.dtype == torch.float32 and query.is_cpu
-                and self.head_dim % 16 == 0 and not torch.is_grad_enabled())
+    def kernel_rows(self, x: torch.Tensor, cache: AttentionCache, ctx: StepContext) -> bool:
+        """Whether decode_attention.cpp serves this step's rows (x [B, T, ...]: the layer's input or its
+        queries): rows attended one at a time, float32 on the CPU, outside autograd, once the loader has
+        loaded the kernels (daemon/model/cpu_kernels.py)."""
+        return (by_rows(x, ctx) and cpu_kernels.LOADED and x.dtype == cache.keys.dtype == torch.float32
+                and x.is_cpu and self.head_dim % 16 == 0 and not torch.is_grad_enabled())
 
     def _rotate_and_attend(self, qkv, query, key, value, cache, ctx, by_rows: bool) -> torch.Tensor:
         batch, length = qkv.shape[:2]

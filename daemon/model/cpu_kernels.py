@@ -1,11 +1,12 @@
 """This project's C++ kernels for the CPU decode path, built once per machine kind and loaded when a model
 is loaded for the CPU (daemon.weights.loader); layers take them only once `LOADED`.
 
-Four sources, one build: w4a8.cpp (int4 group 32 and Q8_0 matmuls on integer activations, see
+Five sources, one build: w4a8.cpp (int4 group 32 and Q8_0 matmuls on integer activations, see
 daemon/model/w4a8.py), rms_norm.cpp (a float32 RMSNorm in one call, see daemon/model/norms.py),
-f32_mm.cpp (float32 matmuls of a few rows at the memory's speed, see daemon/model/linear.py) and
+f32_mm.cpp (float32 matmuls of a few rows at the memory's speed, see daemon/model/linear.py),
 decode_attention.cpp (a decode or verify step's rotation, cache write and attention in one call, see
-daemon/model/attention.py).
+daemon/model/attention.py) and decode_layer.cpp (a float32 attention layer's decode step in one call of
+the others, see daemon/model/text_model.py).
 They compile with torch's C++ extension builder (`-march=native`; the sources, torch's version and the
 CPU's flags name the build, in torch's extensions dir, shared by every process whatever its
 MTPCHAT_HOME), which needs a C++ compiler and ninja: about half a minute on two cores, which
@@ -28,7 +29,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("w4a8.cpp", "rms_norm.cpp", "f32_mm.cpp",
-                                                                    "decode_attention.cpp"))
+                                                                    "decode_attention.cpp", "decode_layer.cpp"))
 TILE = 16  # w4a8's output rows per tile (its ops' outputs are whole tiles)
 LOADED = False  # whether the kernels are loaded in this process (`unavailable()` loads them)
 
@@ -75,6 +76,7 @@ def load_kernels(arch: str = "native") -> None:
         (*x.shape[:-1], down.shape[0])))
     torch.library.register_fake("mtpchat_cpu::rms_norm", lambda x, weight, offset, eps: torch.empty_like(
         x, memory_format=torch.contiguous_format))
+    torch.library.register_fake("mtpchat_cpu::decode_layer", lambda x, *_: torch.empty_like(x))
     torch.library.register_fake("mtpchat_cpu::attend_rows", lambda query, *_: query.new_empty(
         (*query.shape[:-2], query.shape[-2] * query.shape[-1])))
 

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_ops.h"
 #include "lanes.h"
 
 namespace {
@@ -96,6 +97,10 @@ void attend(const float* q, int64_t group, const float* k, const float* v, int64
   }
 }
 
+}  // namespace
+
+namespace mtpchat {
+
 torch::Tensor attend_rows(const torch::Tensor& query_in, const torch::Tensor& key_in, const torch::Tensor& value_in,
                           const torch::Tensor& cos_in, const torch::Tensor& sin_in, torch::Tensor cache_keys,
                           torch::Tensor cache_values, int64_t first) {
@@ -149,11 +154,11 @@ torch::Tensor attend_rows(const torch::Tensor& query_in, const torch::Tensor& ke
   return batch ? out.unsqueeze(0) : out;
 }
 
-}  // namespace
+}  // namespace mtpchat
 
 TORCH_LIBRARY_FRAGMENT(mtpchat_cpu, lib) {
   lib.def("attend_rows(Tensor query, Tensor key, Tensor value, Tensor cos, Tensor sin, Tensor(a!) cache_keys, "
           "Tensor(b!) cache_values, SymInt first) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(mtpchat_cpu, CPU, lib) { lib.impl("attend_rows", &attend_rows); }
+TORCH_LIBRARY_IMPL(mtpchat_cpu, CPU, lib) { lib.impl("attend_rows", &mtpchat::attend_rows); }

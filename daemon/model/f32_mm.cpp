@@ -15,6 +15,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "cpu_ops.h"
 #include "lanes.h"
 
 namespace {
@@ -60,6 +61,10 @@ void outputs(int64_t o, int64_t stride, const float* x, int64_t R, const float* 
   }
 }
 
+}  // namespace
+
+namespace mtpchat {
+
 // x [..., K] -> [..., N]: the leading dimensions are rows
 torch::Tensor f32_mm(const torch::Tensor& x_in, const torch::Tensor& w) {
   TORCH_CHECK(x_in.scalar_type() == torch::kFloat && w.scalar_type() == torch::kFloat && x_in.dim() >= 1 &&
@@ -92,7 +97,7 @@ torch::Tensor mlp_rows(const torch::Tensor& x, const torch::Tensor& gate_up, con
   return f32_mm(at::silu(h.narrow(-1, 0, I)).mul_(h.narrow(-1, I, I)), down);
 }
 
-}  // namespace
+}  // namespace mtpchat
 
 TORCH_LIBRARY_FRAGMENT(mtpchat_cpu, lib) {
   lib.def("f32_mm(Tensor x, Tensor w) -> Tensor");
@@ -100,6 +105,6 @@ TORCH_LIBRARY_FRAGMENT(mtpchat_cpu, lib) {
 }
 
 TORCH_LIBRARY_IMPL(mtpchat_cpu, CPU, lib) {
-  lib.impl("f32_mm", &f32_mm);
-  lib.impl("mlp_rows", &mlp_rows);
+  lib.impl("f32_mm", &mtpchat::f32_mm);
+  lib.impl("mlp_rows", &mtpchat::mlp_rows);
 }

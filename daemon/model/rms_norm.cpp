@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "cpu_ops.h"
 #include "lanes.h"
 
 namespace {
@@ -19,6 +20,10 @@ float sum_of_squares(const float* x, int64_t n) {
   for (; i < n; ++i) lanes[i % LANES] += x[i] * x[i];
   return mtpchat::sum_lanes(lanes);
 }
+
+}  // namespace
+
+namespace mtpchat {
 
 torch::Tensor rms_norm(const torch::Tensor& x_in, const torch::Tensor& weight, double offset, double eps) {
   TORCH_CHECK(x_in.scalar_type() == torch::kFloat && weight.scalar_type() == torch::kFloat &&
@@ -39,8 +44,8 @@ torch::Tensor rms_norm(const torch::Tensor& x_in, const torch::Tensor& weight, d
   return y;
 }
 
-}  // namespace
+}  // namespace mtpchat
 
 TORCH_LIBRARY_FRAGMENT(mtpchat_cpu, lib) { lib.def("rms_norm(Tensor x, Tensor weight, float offset, float eps) -> Tensor"); }
 
-TORCH_LIBRARY_IMPL(mtpchat_cpu, CPU, lib) { lib.impl("rms_norm", &rms_norm); }
+TORCH_LIBRARY_IMPL(mtpchat_cpu, CPU, lib) { lib.impl("rms_norm", &mtpchat::rms_norm); }
