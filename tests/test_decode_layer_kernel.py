@@ -1,7 +1,7 @@
-"""A float32 attention layer's decode step in one call (daemon/model/decode_layer.cpp), which `DecoderLayer`
-takes on the CPU for the few rows of a decode or verify step: it runs the modules' own ops through the same
-kernels, so it is held to them bit for bit, output and cache writes, for each kind of attention layer
-(Llama's, Qwen3's plain q/k norms, Qwen3.6's gated one with zero-centred norms)."""
+"""An attention layer's decode step in one call (daemon/model/decode_layer.cpp), which `DecoderLayer` takes on
+the CPU for the few rows of a decode or verify step where its products are float32 or int4: it runs the
+modules' own ops through the same kernels, so it is held to them bit for bit, output and cache writes, for
+each kind of attention layer (Llama's, Qwen3's plain q/k norms, Qwen3.6's gated one with zero-centred norms)."""
 
 import pytest
 import torch
@@ -9,9 +9,11 @@ import torch
 from daemon.model import cpu_kernels
 from daemon.model.cache import AttentionCache
 from daemon.model.config import TextConfig
+from daemon.model.linear import Linear
 from daemon.model.rope import model_inverse_frequencies
 from daemon.model.step_context import StepContext
 from daemon.model.text_model import DecoderLayer
+from daemon.model.w4a8 import W4A8Linear
 from daemon.weights.loader import load_model
 from mtpchat.config import Quantization
 
@@ -54,9 +56,38 @@ def test_one_call_is_the_modules_ops(name, rows, tiny, tiny_text, monkeypatch):
     assert torch.equal(one_call_cache.values, modules_cache.values)
 
 
+@pytest.mark.parametrize("name", ["llama-tiny", "qwen3.6-dense-tiny"])
+@pytest.mark.parametrize("method", ["none", "int4"])
+def test_a_models_steps_are_its_modules_steps(name, method, tiny, tiny_text, monkeypatch):
+    """Prefill, a decode step and a 3-token verify of a loaded model, float32 or int4 (w4a8's layers: the
+    call takes their blocks as they multiply them): logits, hidden states and caches, bit for bit."""
+    model = load_model(_checkpoint(name, tiny, tiny_text), device="cpu", quantization=Quantization(method, 32))
+    index = next(i for i, layer in enumerate(model.layers) if layer.is_attention)
+    attention = model.layers[index]
+    assert type(attention.self_attn.qkv_proj) is (W4A8Linear if method == "int4" else Linear)
+
+    def run():
+        cache = model.new_cache(64)
+        with torch.inference_mode():
+            outputs = [*model(torch.arange(3, 13)[None], cache, 0), *model(torch.tensor([[7]]), cache, 10),
+                       *model(torch.tensor([[9, 4, 2]]), cache, 11)]
+        return outputs, cache
+
+    calls = []
+    kernel = torch.ops.mtpchat_cpu.decode_layer
+    monkeypatch.setattr(torch.ops.mtpchat_cpu, "decode_layer", lambda *args: calls.append(args) or kernel(*args))
+    one_call, one_call_cache = run()
+    monkeypatch.setattr(DecoderLayer, "takes_one_call", lambda *_: False)
+    modules, modules_cache = run()
+    assert len(calls) == 2 * sum(layer.is_attention for layer in model.layers)  # the decode and the verify
+    assert all(torch.equal(a, b) for a, b in zip(one_call, modules, strict=True))
+    assert torch.equal(one_call_cache.layers[index].keys, modules_cache.layers[index].keys)
+    assert torch.equal(one_call_cache.layers[index].values, modules_cache.layers[index].values)
+
+
 def test_models_take_it_where_their_layers_fit(tiny, tiny_text, monkeypatch):
-    """Every full-attention layer with a dense MLP of a float32 model, its MTP layer too; not a MoE layer,
-    not a quantized one, not a DeltaNet one, not under autograd, not for a prefill's many rows."""
+    """Every full-attention layer with a dense MLP of a float32 or int4 model, its MTP layer too; not a MoE
+    layer, not one on torch's int8 kernel, not a DeltaNet one, not under autograd, not for a prefill's rows."""
     calls = []
     kernel = torch.ops.mtpchat_cpu.decode_layer
     monkeypatch.setattr(torch.ops.mtpchat_cpu, "decode_layer", lambda *args: calls.append(args) or kernel(*args))
@@ -75,7 +106,8 @@ def test_models_take_it_where_their_layers_fit(tiny, tiny_text, monkeypatch):
     attention_layers = TextConfig.from_checkpoint(dense).layer_types.count("full_attention")
     assert count(dense) == attention_layers and count(dense, mtp=True) == attention_layers + 1
     assert count(dense, tokens=12) == 0 and count(dense, grad=True) == 0
-    assert count(dense, Quantization("int4", 32)) == 0 and count(tiny["qwen3.6-moe-tiny"]) == 0
+    assert count(dense, Quantization("int4", 32)) == attention_layers
+    assert count(dense, Quantization("int8", 32)) == 0 and count(tiny["qwen3.6-moe-tiny"]) == 0
     assert count(tiny_text["llama-tiny"], tokens=5) == 4  # a verify's rows: each of its 4 layers
 
 
@@ -88,13 +120,16 @@ def test_kernel_refuses_what_it_does_not_compute():
     cos, sin = torch.ones(1, dim), torch.zeros(1, dim)
     keys, values = torch.zeros(1, kv_heads, 8, dim), torch.zeros(1, kv_heads, 8, dim)
 
-    def call(qkv=w["qkv"], x=torch.randn(1, 1, hidden), q_norm=None, k_norm=None, gated=False):
-        return torch.ops.mtpchat_cpu.decode_layer(x, norm, qkv, q_norm, k_norm, w["o"], norm, w["gate_up"],
-                                                  w["down"], cos, sin, keys, values, 0, heads, gated, 1.0, 1e-6)
+    def call(qkv=(w["qkv"], None, None), x=torch.randn(1, 1, hidden), q_norm=None, k_norm=None, gated=False):
+        return torch.ops.mtpchat_cpu.decode_layer(x, norm, *qkv, q_norm, k_norm, w["o"], None, None, norm,
+                                                  w["gate_up"], None, None, w["down"], None, None, cos, sin, keys,
+                                                  values, 0, heads, gated, 1.0, 1e-6)
 
     assert call().shape == (1, 1, hidden)
     with pytest.raises(RuntimeError, match="qkv_proj's rows"):
         call(gated=True)  # a gated layer's query rows are twice as many
+    with pytest.raises(RuntimeError, match="a float32 w, or int4 codes with d and m"):
+        call(qkv=(w["qkv"], w["qkv"], None))
     with pytest.raises(RuntimeError, match="both q/k norms or neither"):
         call(q_norm=torch.zeros(dim))
     with pytest.raises(RuntimeError, match="one sequence's rows"):

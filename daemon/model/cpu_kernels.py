@@ -5,8 +5,8 @@ Five sources, one build: w4a8.cpp (int4 group 32 and Q8_0 matmuls on integer act
 daemon/model/w4a8.py), rms_norm.cpp (a float32 RMSNorm in one call, see daemon/model/norms.py),
 f32_mm.cpp (float32 matmuls of a few rows at the memory's speed, see daemon/model/linear.py),
 decode_attention.cpp (a decode or verify step's rotation, cache write and attention in one call, see
-daemon/model/attention.py) and decode_layer.cpp (a float32 attention layer's decode step in one call of
-the others, see daemon/model/text_model.py).
+daemon/model/attention.py) and decode_layer.cpp (the dense MLP, and an attention layer's whole decode
+step, float32 or int4, in one call of the others, see daemon/model/text_model.py).
 They compile with torch's C++ extension builder (`-march=native`; the sources, torch's version and the
 CPU's flags name the build, in torch's extensions dir, shared by every process whatever its
 MTPCHAT_HOME), which needs a C++ compiler and ninja: about half a minute on two cores, which

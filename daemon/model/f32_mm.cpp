@@ -87,24 +87,8 @@ torch::Tensor f32_mm(const torch::Tensor& x_in, const torch::Tensor& w) {
   return y;
 }
 
-// The dense SwiGLU MLP of these rows, down(silu(gate) * up) with gate_up = [gate | up] stacked: the two
-// products above around torch's own silu and mul (the bits the module's ops give), in one call instead of
-// the module's seven Python-level ones.
-torch::Tensor mlp_rows(const torch::Tensor& x, const torch::Tensor& gate_up, const torch::Tensor& down) {
-  TORCH_CHECK(gate_up.size(0) == 2 * down.size(1), "mlp_rows: gate_up [2I, H] and down [H, I]");
-  const torch::Tensor h = f32_mm(x, gate_up);
-  const int64_t I = down.size(1);
-  return f32_mm(at::silu(h.narrow(-1, 0, I)).mul_(h.narrow(-1, I, I)), down);
-}
-
 }  // namespace mtpchat
 
-TORCH_LIBRARY_FRAGMENT(mtpchat_cpu, lib) {
-  lib.def("f32_mm(Tensor x, Tensor w) -> Tensor");
-  lib.def("mlp_rows(Tensor x, Tensor gate_up, Tensor down) -> Tensor");
-}
+TORCH_LIBRARY_FRAGMENT(mtpchat_cpu, lib) { lib.def("f32_mm(Tensor x, Tensor w) -> Tensor"); }
 
-TORCH_LIBRARY_IMPL(mtpchat_cpu, CPU, lib) {
-  lib.impl("f32_mm", &mtpchat::f32_mm);
-  lib.impl("mlp_rows", &mtpchat::mlp_rows);
-}
+TORCH_LIBRARY_IMPL(mtpchat_cpu, CPU, lib) { lib.impl("f32_mm", &mtpchat::f32_mm); }

@@ -2,7 +2,7 @@
 
 The dense MLP's gate_proj and up_proj are stacked into one gate_up_proj (one weight read and kernel
 call per step; `stacks` tells the loader the rows of each). Where both products take this project's
-float32 kernel (daemon/model/linear.py), the MLP is one call (f32_mm.cpp's mlp_rows: the same ops, so
+float32 kernel (daemon/model/linear.py), the MLP is one call (decode_layer.cpp's mlp_rows: the same ops, so
 the same bits) instead of seven Python-level ones; with it and a leaner Linear call, the demo's fp32
 decode step went 44.2-45.3 -> 42.5-42.9 ms at 1 thread and 25.3 -> 23.6-24.0 at 2 (A/B against the
 commit before, median of 64 steps, Sapphire Rapids). Routed experts are stored fused, as the hub ships

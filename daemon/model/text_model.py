@@ -23,6 +23,17 @@ from daemon.model.norms import rms_norm
 from daemon.model.precision import accumulation_dtype
 from daemon.model.rope import model_inverse_frequencies
 from daemon.model.step_context import StepContext
+from daemon.model.w4a8 import W4A8Linear
+
+
+def _kernel_weight(layer: nn.Module) -> tuple[torch.Tensor, ...] | None:
+    """A product's weight as decode_layer.cpp takes it: (w, None, None) where the float32 kernel multiplies
+    by it, (codes, d, m) for an int4 layer on the w4a8 kernel; None for any other layer."""
+    if type(layer) is Linear and own_product(layer.weight):
+        return layer.weight, None, None
+    if type(layer) is W4A8Linear and not layer.experts:
+        return layer.codes, layer.d, layer.m
+    return None
 
 
 class DecoderLayer(nn.Module):
@@ -51,23 +62,24 @@ class DecoderLayer(nn.Module):
     def takes_one_call(self) -> bool:
         """Whether this attention layer's step runs as one call of this project's kernels where the attention
         kernel serves its rows (decode_layer.cpp: the modules' ops without the Python between them): with a
-        dense MLP, and all four products on the float32 kernel. Those Python-level calls cost more than the ops
-        themselves on a decode row, and more again because the weight stream has evicted the interpreter's
-        data from the caches by the time they run: the demo's fp32 decode step went 23.6-24.0 -> 21.2-21.8 ms
-        at 2 threads and 42.5-42.7 -> 40.6-41.0 at 1 (A/B against the modules' calls, median of 64 steps,
-        Sapphire Rapids). About 1.4 ms of that at 2 threads came from finding the weights for the call once,
+        dense MLP, and each of the four products on the float32 kernel or the int4 one. Those Python-level
+        calls cost more than the ops themselves on a decode row, and more again because the weight stream has
+        evicted the interpreter's data from the caches by the time they run: the demo's fp32 decode step went
+        23.6-24.0 -> 21.2-21.8 ms at 2 threads and 42.5-42.7 -> 40.6-41.0 at 1, its int4 step 8.2-8.4 -> 5.2-5.4
+        ms at 2 threads and 10.2-12.0 -> 8.1-10.4 at 1 (A/B against the modules' calls, median of 64 steps,
+        Sapphire Rapids). About 1.4 ms of fp32's at 2 threads came from finding the weights for the call once,
         on the layer's first decode step, rather than through the modules every step: moving the layer (`to`,
         `to_empty`: new tensors) makes it find them again; swapping a submodule after a step does not."""
         if self._one_call is None:
             attention, mlp = self.self_attn, self.mlp
-            products = (attention.qkv_proj, attention.o_proj, getattr(mlp, "gate_up_proj", None),
-                        getattr(mlp, "down_proj", None))
-            fits = type(mlp) is DenseMLP and all(type(p) is Linear and own_product(p.weight) for p in products)
             norm, q_norm, k_norm = self.input_layernorm, attention.q_norm, attention.k_norm
-            self._one_call = (norm.weight, attention.qkv_proj.weight, q_norm and q_norm.weight,
-                              k_norm and k_norm.weight, attention.o_proj.weight, self.post_attention_layernorm.weight,
-                              mlp.gate_up_proj.weight, mlp.down_proj.weight, attention.num_heads, attention.gated,
-                              norm.offset, norm.eps) if fits else ()
+            products = [_kernel_weight(attention.qkv_proj), _kernel_weight(attention.o_proj)]
+            if type(mlp) is DenseMLP:
+                products += [_kernel_weight(mlp.gate_up_proj), _kernel_weight(mlp.down_proj)]
+            fits = len(products) == 4 and None not in products
+            self._one_call = (norm.weight, *products[0], q_norm and q_norm.weight, k_norm and k_norm.weight,
+                              *products[1], self.post_attention_layernorm.weight, *products[2], *products[3],
+                              attention.num_heads, attention.gated, norm.offset, norm.eps) if fits else ()
         return bool(self._one_call)
 
     def _apply(self, fn, recurse=True):

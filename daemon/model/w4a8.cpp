@@ -20,6 +20,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu_ops.h"
+
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define W4A8_AVX512 1
 #include <immintrin.h>
@@ -288,6 +290,11 @@ std::string simd_path() {
 
 }  // namespace
 
+torch::Tensor mtpchat::q4_mm(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& d,
+                             const torch::Tensor& m, int64_t tiles, bool simd) {
+  return block_mm<false>(x, codes, d, m, tiles, simd);
+}
+
 TORCH_LIBRARY(mtpchat_w4a8, lib) {
   lib.def("q4_mm(Tensor x, Tensor codes, Tensor d, Tensor m, int tiles, bool simd) -> Tensor");
   lib.def("q8_mm(Tensor x, Tensor codes, Tensor d, Tensor m, int tiles, bool simd) -> Tensor");
@@ -295,6 +302,6 @@ TORCH_LIBRARY(mtpchat_w4a8, lib) {
 }
 
 TORCH_LIBRARY_IMPL(mtpchat_w4a8, CPU, lib) {
-  lib.impl("q4_mm", &block_mm<false>);
+  lib.impl("q4_mm", &mtpchat::q4_mm);
   lib.impl("q8_mm", &block_mm<true>);
 }

@@ -80,7 +80,8 @@ def pack_q8(codes: torch.Tensor) -> torch.Tensor:
 def _product(op, layer: QuantizedLayer, x: torch.Tensor, codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor,
              outputs: int | None) -> torch.Tensor:
     """x [..., in] times the layer's blocks by `op` (q4_mm, q8_mm) -> [..., out] (only the first `outputs`
-    when given) in x's dtype. Lean where a decode step passes (90 calls a demo step): no outputs, float32."""
+    when given) in x's dtype. Lean where a decode step passes: no outputs, float32. (A dense model's attention
+    layers call q4_mm from decode_layer.cpp instead, the same call on the same arguments.)"""
     flat = x.reshape(-1, layer.in_features)
     if outputs is None:
         out = op(flat, codes, d, m, layer.out_features // TILE, True)
