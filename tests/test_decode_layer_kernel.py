@@ -25,9 +25,25 @@ def _checkpoint(name: str, tiny, tiny_text):
     return tiny[name] if name in tiny else tiny_text[name]
 
 
+@pytest.fixture
+def calls(monkeypatch):
+    """The arguments of each decode_layer call made, the op still running."""
+    made = []
+    kernel = torch.ops.mtpchat_cpu.decode_layer
+    monkeypatch.setattr(torch.ops.mtpchat_cpu, "decode_layer", lambda *args: made.append(args) or kernel(*args))
+    return made
+
+
+def _one_call_then_modules(run, monkeypatch):
+    """run() as it is, then again with every layer on its modules' own steps."""
+    one_call = run()
+    monkeypatch.setattr(DecoderLayer, "takes_one_call", lambda *_: False)
+    return one_call, run()
+
+
 @pytest.mark.parametrize("name", ["llama-tiny", "qwen3-tiny", "qwen3.6-dense-tiny"])
 @pytest.mark.parametrize("rows", [1, 3])
-def test_one_call_is_the_modules_ops(name, rows, tiny, tiny_text, monkeypatch):
+def test_one_call_is_the_modules_ops(name, rows, tiny, tiny_text, calls, monkeypatch):
     config = TextConfig.from_checkpoint(_checkpoint(name, tiny, tiny_text))
     torch.manual_seed(0)
     layer = DecoderLayer(config, "full_attention")
@@ -45,12 +61,7 @@ def test_one_call_is_the_modules_ops(name, rows, tiny, tiny_text, monkeypatch):
         with torch.inference_mode():
             return layer(x, cache, ctx), cache
 
-    calls = []
-    kernel = torch.ops.mtpchat_cpu.decode_layer
-    monkeypatch.setattr(torch.ops.mtpchat_cpu, "decode_layer", lambda *args: calls.append(args) or kernel(*args))
-    one_call, one_call_cache = run()
-    monkeypatch.setattr(DecoderLayer, "takes_one_call", lambda *_: False)
-    modules, modules_cache = run()
+    (one_call, one_call_cache), (modules, modules_cache) = _one_call_then_modules(run, monkeypatch)
     assert len(calls) == 1 and torch.equal(one_call, modules)
     assert torch.equal(one_call_cache.keys, modules_cache.keys)
     assert torch.equal(one_call_cache.values, modules_cache.values)
@@ -58,7 +69,7 @@ def test_one_call_is_the_modules_ops(name, rows, tiny, tiny_text, monkeypatch):
 
 @pytest.mark.parametrize("name", ["llama-tiny", "qwen3.6-dense-tiny"])
 @pytest.mark.parametrize("method", ["none", "int4"])
-def test_a_models_steps_are_its_modules_steps(name, method, tiny, tiny_text, monkeypatch):
+def test_a_models_steps_are_its_modules_steps(name, method, tiny, tiny_text, calls, monkeypatch):
     """Prefill, a decode step and a 3-token verify of a loaded model, float32 or int4 (w4a8's layers: the
     call takes their blocks as they multiply them): logits, hidden states and caches, bit for bit."""
     model = load_model(_checkpoint(name, tiny, tiny_text), device="cpu", quantization=Quantization(method, 32))
@@ -73,24 +84,16 @@ def test_a_models_steps_are_its_modules_steps(name, method, tiny, tiny_text, mon
                        *model(torch.tensor([[9, 4, 2]]), cache, 11)]
         return outputs, cache
 
-    calls = []
-    kernel = torch.ops.mtpchat_cpu.decode_layer
-    monkeypatch.setattr(torch.ops.mtpchat_cpu, "decode_layer", lambda *args: calls.append(args) or kernel(*args))
-    one_call, one_call_cache = run()
-    monkeypatch.setattr(DecoderLayer, "takes_one_call", lambda *_: False)
-    modules, modules_cache = run()
+    (one_call, one_call_cache), (modules, modules_cache) = _one_call_then_modules(run, monkeypatch)
     assert len(calls) == 2 * sum(layer.is_attention for layer in model.layers)  # the decode and the verify
     assert all(torch.equal(a, b) for a, b in zip(one_call, modules, strict=True))
     assert torch.equal(one_call_cache.layers[index].keys, modules_cache.layers[index].keys)
     assert torch.equal(one_call_cache.layers[index].values, modules_cache.layers[index].values)
 
 
-def test_models_take_it_where_their_layers_fit(tiny, tiny_text, monkeypatch):
+def test_models_take_it_where_their_layers_fit(tiny, tiny_text, calls):
     """Every full-attention layer with a dense MLP of a float32 or int4 model, its MTP layer too; not a MoE
     layer, not one on torch's int8 kernel, not a DeltaNet one, not under autograd, not for a prefill's rows."""
-    calls = []
-    kernel = torch.ops.mtpchat_cpu.decode_layer
-    monkeypatch.setattr(torch.ops.mtpchat_cpu, "decode_layer", lambda *args: calls.append(args) or kernel(*args))
 
     def count(path, quantization=Quantization(), tokens=1, grad=False, mtp=False) -> int:
         model = load_model(path, device="cpu", quantization=quantization)
@@ -155,6 +158,5 @@ def test_a_moved_layer_finds_its_new_weights(tiny_text, monkeypatch):
     state = {name: 2 * tensor for name, tensor in layer.state_dict().items()}
     layer.to("meta").to_empty(device="cpu")  # new tensors, as a meta-built model's placement gives it
     layer.load_state_dict(state)
-    moved = run()
-    monkeypatch.setattr(DecoderLayer, "takes_one_call", lambda *_: False)
-    assert not torch.equal(moved, before) and torch.equal(moved, run())
+    moved, modules = _one_call_then_modules(run, monkeypatch)
+    assert not torch.equal(moved, before) and torch.equal(moved, modules)
