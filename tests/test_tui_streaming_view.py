@@ -57,8 +57,7 @@ async def test_streamed_markdown_renders_like_a_full_render_and_is_saved_while_s
         def saved():
             return app.chat.store.messages(app.chat.conversation_id)[-1]
 
-        # the periodic save reaches the store while the source is held mid-reply (how soon depends on the load:
-        # the view renders what arrived before it is saved, so the test waits rather than sleeps)
+        # the periodic save reaches the store while the source is held mid-reply; how soon depends on the load
         await wait_until(pilot, lambda: len(saved().text) >= len(REPLY) // 2 - 7)
         assert saved().status == "streaming" and app.chat.reply is not None
         app.release(len(REPLY), step=7)
@@ -70,7 +69,7 @@ async def test_streamed_markdown_renders_like_a_full_render_and_is_saved_while_s
         await markdown.update(markdown.source)
         assert [(type(b).__name__, b.source_range) for b in markdown.children] == streamed
         assert "MarkdownFence" in {name for name, _ in streamed} and "MarkdownTable" in {name for name, _ in streamed}
-        assert app.chat.store.messages(app.chat.conversation_id)[-1].text == REPLY
+        assert saved().text == REPLY
 
 
 async def test_view_follows_the_stream_until_the_user_scrolls_up(tmp_path):
