@@ -102,9 +102,8 @@ async def test_a_message_typed_while_the_daemon_is_away_stays_in_the_box(tmp_pat
         await wait_until(pilot, lambda: app.connection[0] == "offline")
         app.query_one(PromptInput).text = "hello?"
         await pilot.press("enter")
-        await pilot.pause(0.1)
+        await wait_until(pilot, lambda: notices(app, "Not sent"))
         assert app.query_one(PromptInput).text == "hello?" and app.chat.store.conversations() == []
-        assert any("Not sent" == n.title for n in app._notifications)
 
 
 class StartingApp(ScriptedApp):
@@ -163,10 +162,9 @@ async def test_the_palette_says_what_each_command_does(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+p")
         await pilot.press(*"Copy the reply")
-        await pilot.pause(0.5)
-        shown = screen_text(app)
-        assert "Copies the focused (or last) reply to the terminal's clipboard · f4" in shown
-        assert "action: " not in shown
+        help_line = "Copies the focused (or last) reply to the terminal's clipboard · f4"
+        await wait_until(pilot, lambda: help_line in screen_text(app))
+        assert "action: " not in screen_text(app)
 
 
 def inside(inner, outer) -> bool:
@@ -238,8 +236,8 @@ async def test_a_failing_disk_mid_reply_is_told_once_and_the_reply_streams_on(tm
         for _ in range(3):  # three save intervals, each with a failing save of a longer reply
             shown = len(view.text)
             app.release(20, step=5)
-            await pilot.pause(0.6)
-            assert len(view.text) > shown
+            await wait_until(pilot, lambda: len(view.text) > shown)
+            await pilot.pause(0.6)  # a save interval passes: its save fails
         app.release(400, step=5)
         await wait_until(pilot, lambda: app.chat.reply is None)
         assert app.is_running and view.text == app.script
@@ -293,15 +291,19 @@ async def test_search_reaches_its_results_with_down_highlights_the_match_and_ope
                    for span in label.spans)
         search = app.query_one("#search")
         search.value = "paris"
-        await pilot.pause(0.1)
-        labels = [results.get_option_at_index(i).prompt.plain for i in range(results.option_count)]
-        assert any("Plan a trip to [Paris] in spring" in label for label in labels)  # the user's own brackets
+
+        def labels() -> list[str]:
+            return [results.get_option_at_index(i).prompt.plain for i in range(results.option_count)]
+        await wait_until(pilot, lambda: any("Plan a trip to [Paris] in spring" in label  # the user's own brackets
+                                            for label in labels()))
         search.value = "chestnut"
         search.focus()
         await pilot.press("enter", "enter")
         await wait_until(pilot, lambda: app.chat.conversation_id == trip)
-        await pilot.pause(0.2)
         chat = app.query_one(ChatView)
-        view = next(v for v in chat.views() if v.message_id == hit)
-        assert app.focused is view and chat.max_scroll_y > 0
-        assert chat.scroll_offset.y <= view.virtual_region.y < chat.scroll_offset.y + chat.size.height
+
+        def hit_focused_and_in_view() -> bool:
+            view = next((v for v in chat.views() if v.message_id == hit), None)
+            return (view is not None and app.focused is view and chat.max_scroll_y > 0
+                    and chat.scroll_offset.y <= view.virtual_region.y < chat.scroll_offset.y + chat.size.height)
+        await wait_until(pilot, hit_focused_and_in_view)

@@ -62,9 +62,9 @@ async def test_dialogs_sidebar_and_bars_fit_the_screen(size, tmp_path):
     async with app.run_test(size=size) as pilot:
         app.post_message(DaemonState("connected", STATUS))
         await wait_until(pilot, lambda: app.connection[0] == "connected")
-        await pilot.pause(0.2)
-        assert app.query_one(Sidebar).size.width <= (24 if size[0] == 80 else 32)
         bar = app.query_one("#stats")
+        await wait_until(pilot, lambda: "accepted 67%" in str(bar.render()))
+        assert app.query_one(Sidebar).size.width <= (24 if size[0] == 80 else 32)
         shown = str(bar.render())
         assert len(shown) <= bar.content_size.width and "accepted 67%" in shown
         assert whole_items(shown, stats_text(STATS, "qwen3.6-27b", streaming=False, settings=summary(SETTINGS)).plain)

@@ -79,8 +79,7 @@ async def test_view_follows_the_stream_until_the_user_scrolls_up(tmp_path):
         await send(pilot, "Talk")
         app.release(40, step=50)
         await wait_until(pilot, lambda: app.sent >= 2000 and chat.max_scroll_y > 5)
-        await pilot.pause(0.2)
-        assert chat.scroll_y == chat.max_scroll_y  # following the bottom
+        await wait_until(pilot, lambda: chat.scroll_y == chat.max_scroll_y)  # following the bottom
         chat.scroll_home(animate=False)
         chat.release_anchor()  # what a user's scroll up does
         await pilot.pause(0.1)
