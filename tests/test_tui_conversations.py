@@ -73,7 +73,8 @@ async def test_system_prompt_thinking_and_history_go_into_the_request(tmp_path):
                               "messages": [{"role": "user", "content": "first"},
                                            {"role": "user", "content": "second"}]}
         assert app.chat.store.conversation(conversation).title == "Renamed"
-        assert "Renamed" in str(app.query_one("#topbar").render()) and "thinking off" in str(app.query_one("#topbar").render())
+        topbar = str(app.query_one("#topbar").render())
+        assert "Renamed" in topbar and "thinking off" in topbar
 
 
 async def test_delete_asks_first(tmp_path):
