@@ -293,11 +293,7 @@ async def test_stats_panel_shows_the_daemons_models_devices_and_unknown_fields(s
         await wait_until(pilot, lambda: isinstance(app.screen, StatsScreen))
         expected = ("dense", "moe", "resident", "cpu", "layers 0-7 + embedding + head",
                     "conversation state cache", " states, ", "cache used bytes", "12345", "0 replies")
-
-        def missing() -> list[str]:
-            shown = screen_text(app)
-            return [text for text in expected if text not in shown]
-        await wait_until(pilot, lambda: not missing(), timeout_s=30)
+        await wait_until(pilot, lambda: all(text in screen_text(app) for text in expected))
         await pilot.press("escape")
         app.query_one(ChatView).focus()
         await pilot.press("question_mark")

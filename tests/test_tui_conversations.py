@@ -16,6 +16,7 @@ from mtpchat.tui.app import MtpChatApp
 from mtpchat.tui.chat_view import ChatView
 from mtpchat.tui.connection import DaemonState
 from mtpchat.tui.prompt_input import PromptInput
+from mtpchat.tui.replying import SAVE_S
 from mtpchat.tui.screens import ConfirmScreen, TextEditor, TextPrompt
 from tests.test_tui_app import screen_text, send, wait_until
 from tests.test_tui_snapshots import SIZE
@@ -238,7 +239,7 @@ async def test_a_failing_disk_mid_reply_is_told_once_and_the_reply_streams_on(tm
             shown = len(view.text)
             app.release(20, step=5)
             await wait_until(pilot, lambda: len(view.text) > shown)
-            await pilot.pause(0.6)  # a save interval passes: its save fails
+            await pilot.pause(SAVE_S + 0.1)  # a save interval passes: its save fails
         app.release(400, step=5)
         await wait_until(pilot, lambda: app.chat.reply is None)
         assert app.is_running and view.text == app.script

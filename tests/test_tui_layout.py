@@ -66,7 +66,7 @@ async def test_dialogs_sidebar_and_bars_fit_the_screen(size, tmp_path):
         await wait_until(pilot, lambda: "accepted 67%" in str(bar.render()))
         assert app.query_one(Sidebar).size.width <= (24 if size[0] == 80 else 32)
         shown = str(bar.render())
-        assert len(shown) <= bar.content_size.width and "accepted 67%" in shown
+        assert len(shown) <= bar.content_size.width
         assert whole_items(shown, stats_text(STATS, "qwen3.6-27b", streaming=False, settings=summary(SETTINGS)).plain)
         if size[0] == 80:  # beside the list, tok/s and acceptance come first; the whole width has room for both
             assert summary(SETTINGS) not in shown
