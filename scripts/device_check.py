@@ -16,19 +16,24 @@ flash-linear-attention needed). Sections of the report:
   (FP8_BOUND), eager vs captured greedy tokens of the tiny MoE model quantized (captured MoE steps take
   QuantizedExperts.slots), and at the 27B shape plain decode tok/s eager and captured, bandwidth
   utilisation and the k=3 verify cost.
+Each check's peak GPU memory is kept; one that raises leaves its traceback in its place and the others
+run on; none starts after --deadline-s, and the file is rewritten after each, so a call that runs out of
+time still brings back what was measured.
 `--dry-run` runs the same code on the CPU at tiny shapes in float32 in seconds (tests/test_device_check.py).
 
-Usage: python scripts/device_check.py --out $OUT/device_check.json [--dry-run] [--layers-27b N]
+Usage: python scripts/device_check.py --out $OUT/device_check.json [--dry-run] [--layers-27b N] [--deadline-s S]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import random
 import statistics
 import time
+import traceback
 
 import torch
 
@@ -55,6 +60,9 @@ MATMUL_BOUND = 2.0**-7
 # accumulate with ~14 bits before cuBLAS promotes each 128-input block (daemon.model.fp8.check_fp8_matmul)
 FP8_BOUND = 2.0**-6
 QUANTIZE_GROUP = 128
+# the device tool's calls run at most 10 minutes, and a session has 15 of device time in all: checks start
+# only in the first 6, so the report is written well inside one call and leaves time for a rerun
+DEADLINE_S = 360.0
 TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
             linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
             vocab_size=1024, moe_intermediate_size=32, shared_expert_intermediate_size=32)
@@ -221,36 +229,32 @@ def matmul_error(method: str, in_features: int, out_features: int, group: int, d
 
 
 @torch.inference_mode()
-def check_quantized(tiny: bool, layers: int | None, device, dtype, tokens: int, reps: int) -> dict:
-    """Per method: matmul error, eager-vs-captured tokens of the quantized tiny MoE, 27B-shape decode."""
-    group = 32 if tiny else QUANTIZE_GROUP  # the tiny shapes' widths are multiples of 32 only
-    report = {"matmul_bound": MATMUL_BOUND, "group": group}
+def check_quantized(method: str, tiny: bool, layers: int | None, device, dtype, tokens: int, reps: int) -> dict:
+    """One method: matmul error, eager-vs-captured tokens of the quantized tiny MoE, 27B-shape decode."""
+    group = quantize_group(tiny)
     prompt = list(range(1, 17))
-    for method in ("int8", "int4", "fp8"):
-        quantization = Quantization(method, group)
-        config = config_for("qwen3.6-27b", tiny, layers)
-        if method == "fp8" and device.type == "cuda":
-            try:
-                check_fp8_matmul(device)
-            except ValueError as exc:
-                report[method] = {"unsupported": str(exc)}
-                continue
-        entry = {"matmul": matmul_error(method, config.hidden_size, 2 * config.intermediate_size, group, device)}
-        moe = random_model(config_for("qwen3.6-35b-a3b", True, None, TINY_FP8 if method == "fp8" else None), device,
-                           dtype, quantization=Quantization(method, 32))
-        entry["parity_moe"] = check_parity(moe, prompt, tokens)
-        entry["quantized_layers_moe"] = sum(1 for _ in quantized_weights(moe))
-        del moe
-        model = random_model(config, device, dtype, quantization=quantization)
-        capacity = len(prompt) + tokens + 16
-        captured = plain_decode(model, prompt, capacity, reps, entry)
-        verify = make_runner(model, capacity, 3, True)
-        entry["verify_cost_k3"] = statistics.median(time_step(verify, "verify", prompt, reps)) / captured
-        report[method] = entry
-        del model, verify
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return report
+    config = config_for("qwen3.6-27b", tiny, layers)
+    if method == "fp8" and device.type == "cuda":
+        try:
+            check_fp8_matmul(device)
+        except ValueError as exc:
+            return {"unsupported": str(exc)}
+    entry = {"matmul": matmul_error(method, config.hidden_size, 2 * config.intermediate_size, group, device)}
+    moe = random_model(config_for("qwen3.6-35b-a3b", True, None, TINY_FP8 if method == "fp8" else None), device,
+                       dtype, quantization=Quantization(method, 32))
+    entry["parity_moe"] = check_parity(moe, prompt, tokens)
+    entry["quantized_layers_moe"] = sum(1 for _ in quantized_weights(moe))
+    del moe
+    model = random_model(config, device, dtype, quantization=Quantization(method, group))
+    capacity = len(prompt) + tokens + 16
+    captured = plain_decode(model, prompt, capacity, reps, entry)
+    verify = make_runner(model, capacity, 3, True)
+    entry["verify_cost_k3"] = statistics.median(time_step(verify, "verify", prompt, reps)) / captured
+    return entry
+
+
+def quantize_group(tiny: bool) -> int:
+    return 32 if tiny else QUANTIZE_GROUP  # the tiny shapes' widths are multiples of 32 only
 
 
 def mtp_extra_bytes(model, capacity: int, k: int = 3) -> dict:
@@ -270,6 +274,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, seconds")
     parser.add_argument("--layers-27b", type=int, help="cut Qwen3.6-27B to this many layers (multiple of 4)")
     parser.add_argument("--layers-35b", type=int, help="cut Qwen3.6-35B-A3B to this many layers")
+    parser.add_argument("--deadline-s", type=float, default=DEADLINE_S,
+                        help="start no check after this many seconds (the report keeps what was measured)")
     args = parser.parse_args(argv)
     threads = torch.get_num_threads()
     if args.dry_run:
@@ -280,31 +286,61 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(threads)
 
 
+class Sections:
+    """Runs each check into its place in the report and rewrites the JSON file after it: a check that
+    raises leaves its traceback there and the others run on; one that would start past the deadline is
+    skipped, so the file holds every figure measured before the device call's time runs out."""
+
+    def __init__(self, report: dict, out: str, deadline_s: float, device: torch.device):
+        self.report, self.out, self.deadline_s, self.device = report, out, deadline_s, device
+        self.started = time.perf_counter()
+
+    def run(self, where: tuple[str, ...], check, *args) -> None:
+        place = self.report
+        for key in where[:-1]:
+            place = place.setdefault(key, {})
+        elapsed = time.perf_counter() - self.started
+        if elapsed > self.deadline_s:
+            place[where[-1]], outcome = {"skipped": f"past the {self.deadline_s:.0f} s deadline"}, "skipped"
+        else:
+            try:
+                place[where[-1]], outcome = check(*args), "ok"
+            except Exception:  # noqa: BLE001 -- recorded in the report; the remaining checks still run
+                place[where[-1]], outcome = {"error": traceback.format_exc()}, "error"
+                print(place[where[-1]]["error"], flush=True)
+        if self.device.type == "cuda":
+            self.report.setdefault("peak_memory_bytes", {})[".".join(where)] = torch.cuda.max_memory_allocated()
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        self.report["seconds"] = time.perf_counter() - self.started
+        with open(self.out, "w") as out:
+            json.dump(self.report, out, indent=1)
+        print(f"[{self.report['seconds']:6.1f} s] {'.'.join(where)}: {outcome}", flush=True)
+
+
 def run_checks(args) -> dict:
     dry = args.dry_run
     device = torch.device("cpu" if dry else "cuda")
     dtype = torch.float32 if dry else torch.bfloat16  # the CPU's bf16 kernels would make the dry run slow
     tokens, reps = (12, 2) if dry else (128, 20)
-    started = time.perf_counter()
     report = {"device": "cpu (dry run)" if dry else torch.cuda.get_device_name(), "torch": torch.__version__,
               "kernels": {"fla": kernels.chunk_gated_delta_rule is not None,
                           "causal_conv1d": kernels.causal_conv1d_update is not None}}
+    sections = Sections(report, args.out, args.deadline_s, device)
     tiny = peaked_model(config_for("qwen3.6-35b-a3b", True, None), device, dtype)
     prompt = list(range(1, 17))
-    report["parity"] = check_parity(tiny, prompt, tokens)
-    report["fidelity"] = check_fidelity(tiny, prompt, tokens)
+    sections.run(("parity",), check_parity, tiny, prompt, tokens)
+    sections.run(("fidelity",), check_fidelity, tiny, prompt, tokens)
     del tiny
-    report["shapes"] = {}
-    for shape, layers in (("qwen3.6-27b", args.layers_27b), ("qwen3.6-35b-a3b", args.layers_35b)):
-        report["shapes"][shape] = check_shape(shape, dry, layers, device, dtype, tokens, reps)
-        if device.type == "cuda":
-            report["shapes"][shape]["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-    report["quantized"] = check_quantized(dry, args.layers_27b, device, dtype, tokens, reps)
-    report["seconds"] = time.perf_counter() - started
-    with open(args.out, "w") as out:
-        json.dump(report, out, indent=1)
+    sections.run(("shapes", "qwen3.6-27b"), check_shape, "qwen3.6-27b", dry, args.layers_27b, device, dtype,
+                 tokens, reps)
+    report["quantized"] = {"matmul_bound": MATMUL_BOUND, "group": quantize_group(dry)}
+    for method in ("int4", "int8", "fp8"):
+        sections.run(("quantized", method), check_quantized, method, dry, args.layers_27b, device, dtype, tokens,
+                     reps)
+    sections.run(("shapes", "qwen3.6-35b-a3b"), check_shape, "qwen3.6-35b-a3b", dry, args.layers_35b, device,
+                 dtype, tokens, reps)
     return report
 
 

@@ -5,16 +5,52 @@ import importlib.util
 import json
 from pathlib import Path
 
+import torch
+
 SCRIPT = Path(__file__).parents[1] / "scripts" / "device_check.py"
 
 
-def test_device_check_dry_run(tmp_path):
+def device_check():
     spec = importlib.util.spec_from_file_location("device_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def outcomes(report: dict) -> list[str]:
+    """The "error" and "skipped" entries anywhere in a report."""
+    found = []
+    for key, value in report.items():
+        if isinstance(value, dict):
+            found += outcomes(value)
+        elif key in ("error", "skipped"):
+            found.append(value)
+    return found
+
+
+def test_a_failing_check_leaves_its_traceback_and_the_rest_run(tmp_path):
+    out = tmp_path / "report.json"
+    report = {}
+    sections = device_check().Sections(report, str(out), 60.0, torch.device("cpu"))
+
+    def broken():
+        raise RuntimeError("no kernel for this shape")
+
+    sections.run(("shapes", "broken"), broken)
+    sections.run(("shapes", "fine"), lambda value: {"tok_s": value}, 5.0)
+    written = json.loads(out.read_text())
+    assert "RuntimeError: no kernel for this shape" in written["shapes"]["broken"]["error"]
+    assert written["shapes"]["fine"] == {"tok_s": 5.0}
+    sections.deadline_s = 0.0  # every later check would start past it
+    sections.run(("late",), lambda: {"ran": True})
+    assert json.loads(out.read_text())["late"] == {"skipped": "past the 0 s deadline"}
+
+
+def test_device_check_dry_run(tmp_path):
     out = tmp_path / "device_check.json"
-    module.main(["--dry-run", "--out", str(out)])
+    device_check().main(["--dry-run", "--out", str(out)])
     report = json.loads(out.read_text())
+    assert outcomes(report) == []
     # the parity path runs for every k; on the CPU both runners replay eager steps (the GPU run compares
     # eager with captured), so only agreement between two fresh runners is checked here
     assert set(report["parity"]) == {f"k{k}" for k in range(4)}
