@@ -1,7 +1,10 @@
-"""Eager vs torch.compile'd fixed-shape steps on the CPU: compile time, and step medians of alternating runs.
+"""Eager vs torch.compile'd fixed-shape steps: compile time, and step medians of alternating runs.
+
+On the CPU in float32; with --device cuda (--shape only) in bfloat16, both runners' steps captured in
+CUDA graphs, so what compiling adds there is Inductor's fusion (fewer, larger kernels), not fewer launches.
 
 Usage: PYTHONPATH=. python scripts/bench_steps.py [--shape qwen3.6-27b --layers 4 --vocab 32768 | --demo]
-       [--quantize none,int4] [--k 3]
+       [--quantize none,int4] [--k 3] [--device cuda]
 Without --shape or --demo, the tiny checkpoints (built in a temporary directory). Prints one JSON object.
 """
 
@@ -31,7 +34,8 @@ def _models(args) -> dict[str, torch.nn.Module]:
                 for method in args.quantize.split(",")}
     if args.shape:
         config = shape_config(args.shape, args.layers, args.vocab)
-        return {args.shape: random_model(config, "cpu", torch.float32)}
+        dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+        return {args.shape: random_model(config, args.device, dtype)}
     from daemon.tiny.qwen_checkpoints import build_all
     from daemon.weights.loader import load_model
 
@@ -50,10 +54,16 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
+    if args.device == "cuda" and not args.shape:
+        parser.error("--device cuda takes --shape (random weights made on the GPU)")
     torch.set_num_threads(args.threads)
     # the machine, and the capability inductor's CPU code is generated for (step_runner.compile_options)
-    report = {"machine": machine() | {"cpu_capability": torch.backends.cpu.get_cpu_capability()}}
+    report = {"machine": machine() | {"cpu_capability": torch.backends.cpu.get_cpu_capability()},
+              "torch": torch.__version__}
+    if args.device == "cuda":
+        report["machine"]["gpu"] = torch.cuda.get_device_name()
     for name, model in _models(args).items():
         prompt = list(range(1, 33))
         eager = StepRunner(model, 128, args.k)

@@ -162,7 +162,8 @@ def oracle(runner: StepRunner, prompt: list[int], truth: list[int] | None, rate:
         drafted, accepted, out = drafted + k, accepted + len(emitted) - 1, out + emitted
     synchronize(runner.model.device)
     seconds = time.perf_counter() - started
-    return {"tokens": prompt + out, "tok_s": (len(out) - 1) / seconds,
+    # the last step may emit past `tokens`: compared over the same length as the all-wrong run
+    return {"tokens": prompt + out[:tokens + 1], "tok_s": (len(out) - 1) / seconds,
             "acceptance_rate": accepted / drafted}
 
 

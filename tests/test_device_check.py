@@ -59,6 +59,8 @@ def test_device_check_dry_run(tmp_path):
     for shape in report["shapes"].values():
         assert set(shape["verify_cost"]) == {"k1", "k2", "k3", "k4"}
         assert set(shape["oracle"]) == {"60%", "70%", "80%", "90%"}
+        # float32 on the CPU: what the drafts are changes how fast, never which tokens come out
+        assert all(run["same_tokens"] for run in shape["oracle"].values()), shape["oracle"]
         assert shape["mtp_extra_bytes"]["32k"]["mtp_kv_cache"] == 8 * shape["mtp_extra_bytes"]["4k"]["mtp_kv_cache"]
     for method in ("int8", "int4", "fp8"):
         quantized = report["quantized"][method]

@@ -342,6 +342,24 @@ def test_cuda_int4_layers_take_the_shapes_cudas_kernels_give(in_features, k_tile
             torch._weight_int4pack_mm(x.to(KERNEL_DTYPE), cpu_packed, 32, layer.scales_and_zeros)
 
 
+def test_cuda_int8_product_by_blocks_is_the_dequantized_product():
+    """The CUDA int8 path (F.linear on codes converted a block of rows at a time, then scaled) run here in
+    float64, for blocks of 1 row, of 10 rows (the last one 7) and one block of all 37: each equals
+    x @ (codes·scale)ᵀ up to float64 rounding of 48-term sums (bar: 1e-12 of sum |x|·|w|, ~100x that
+    rounding; a block put in the wrong place or scaled by another row's scale is off by O(1))."""
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randint(-127, 128, (37, 48), generator=generator, dtype=torch.int8)
+    scales = torch.rand(37, generator=generator, dtype=torch.float64)
+    x = torch.randn(3, 48, generator=generator, dtype=torch.float64)
+    weight = codes.double() * scales[:, None]
+    for block_bytes in (48 * 8, 10 * 48 * 8, 1 << 20):
+        out = quantized.int8_matmul_by_blocks(x, codes, scales, block_bytes)
+        assert ((out - x @ weight.t()).abs() <= 1e-12 * (x.abs() @ weight.abs().t())).all()
+    with FakeTensorMode():  # a layer on CUDA takes that path (shapes only: no GPU here)
+        layer = Int8Linear(48, 40, experts=2).to_empty(device="cuda")
+        assert layer(torch.empty(3, 48, device="cuda"), expert=torch.tensor(1, device="cuda")).shape == (3, 40)
+
+
 def test_quantized_layers_take_one_kind_of_device():
     assert quantized.quantized_kernels({"cuda:0", "cuda:1"}) == "cuda"
     assert quantized.quantized_kernels({"cpu"}) == "cpu"

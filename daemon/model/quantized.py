@@ -39,12 +39,15 @@ pytorch/ao) packs with the same `_convert_weight_to_int4pack_for_cpu` and multip
 compile and loader would have to see through) for the same kernel; its other CPU path (da8w4) quantizes
 the activations to int8 as well, which weight-only quantization excludes.
 
-On CUDA the same layers call torch's CUDA kernels: `_weight_int8pack_mm` takes the same int8 codes and
-scales; int4 keeps the same codes, scales and zeros (w = (q - 8)·scale + zero, scales_and_zeros
+On CUDA int4 keeps the same codes, scales and zeros (w = (q - 8)·scale + zero, scales_and_zeros
 [K/group, N, 2]) but packs them into tensor-core tiles (`_convert_weight_to_int4pack` on bytes of two
-codes) for `_weight_int4pack_mm`. Which packing a layer holds is fixed when it is built (`kernels`), as
-the model is built on the meta device before its storage is placed. No machine of this project's CI has
-a GPU: the CUDA layout's shapes are tested on the meta device here, its values by
+codes) for torch's `_weight_int4pack_mm`. Which packing a layer holds is fixed when it is built
+(`kernels`), as the model is built on the meta device before its storage is placed. int8 keeps its
+codes and scales but does not take torch's CUDA `_weight_int8pack_mm`: that kernel gives each output one
+thread, which strides over the inputs (its loads are not coalesced), and decoded the 27B shape at 4.7
+tok/s on an H200 (2.5% of its bandwidth; scripts/device_check.py, README); `int8_matmul_by_blocks` puts
+cuBLAS on the codes converted to bfloat16 a block of rows at a time instead. No machine of this
+project's CI has a GPU: the CUDA layout's shapes are tested on fake CUDA tensors here, its values by
 scripts/device_check.py (a quantized matmul against its dequantized reference) when a GPU is lent.
 """
 
@@ -141,13 +144,31 @@ class Int8Linear(QuantizedLayer):
         """x [..., in] -> [..., out] (only the first `outputs` features when given), in x's dtype; a
         stacked layer multiplies by `expert`'s matrix."""
         weight, scales = self.picked(expert, self.weight_int8, self.scales)
+        if outputs is not None:
+            weight, scales = weight.narrow(0, 0, outputs), scales.narrow(0, 0, outputs)
         flat = x.reshape(-1, self.in_features).to(scales.dtype)
-        out = torch._weight_int8pack_mm(flat, weight[:outputs], scales[:outputs])
+        matmul = int8_matmul_by_blocks if flat.is_cuda else torch._weight_int8pack_mm
+        out = matmul(flat, weight, scales)
         return out.to(x.dtype).reshape(*x.shape[:-1], out.shape[-1])
 
     def dequantized(self) -> torch.Tensor:
         """The weight the kernel multiplies by, [out, in] in float32 (exact: codes·scale)."""
         return self.weight_int8.float() * self.scales.float()[:, None]
+
+
+INT8_BLOCK_BYTES = 256 << 20  # the largest converted copy a CUDA int8 product holds at once (see below)
+
+
+def int8_matmul_by_blocks(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
+                          block_bytes: int = INT8_BLOCK_BYTES) -> torch.Tensor:
+    """x [M, K] times (codes [N, K] int8 · scales [N])ᵀ, as F.linear on the codes converted to x's dtype
+    (exact in bfloat16: |code| <= 127 needs 7 bits), then scaled. It moves 5 bytes a weight (read the
+    code, write and read the copy) where the ideal is 1, against torch's CUDA kernel that ran at 2.5% of
+    the bandwidth. Rows go a block at a time so the copy stays under `block_bytes` (the lm_head alone
+    would be 2.5 GB of bfloat16, held in a CUDA graph's pool); most layers are one block."""
+    rows = max(1, block_bytes // (codes.shape[1] * x.element_size()))
+    parts = [F.linear(x, block.to(x.dtype)) for block in codes.split(rows)]
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, -1)) * scales
 
 
 @torch.library.custom_op("mtpchat::leading_rows", mutates_args=())
