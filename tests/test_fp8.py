@@ -17,8 +17,8 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from daemon.model.fp8 import (FP8, FP8_BLOCK, Fp8Linear, check_fp8_matmul, fp8_activations, fp8_block_quantize,
-                              fp8_reference_mm, fp8_weight, fp8_widened)
+from daemon.model.fp8 import (FP8, FP8_BLOCK, Fp8Linear, check_fp8_matmul, cublas_block_operands, fp8_activations,
+                              fp8_block_quantize, fp8_reference_mm, fp8_weight, fp8_widened)
 from daemon.model.quantized import QuantizedExperts, quantize_modules
 from daemon.tiny.quantized_checkpoints import TWIN, fp8_blocks
 from daemon.weights.loader import load_model
@@ -141,6 +141,25 @@ def test_cuda_fp8_layers_take_the_shapes_cublas_takes():
             assert layer(x).shape == (rows, 384) and layer(x).dtype == torch.bfloat16
             assert layer(x, outputs=256).shape == (rows, 256)
             assert stacked(x.narrow(1, 0, 256), expert=torch.tensor(2, device="cuda")).shape == (rows, 128)
+
+
+def test_cublas_operands_pad_the_inputs_to_whole_groups_of_four_blocks():
+    """cuBLAS reads a 128x128-scaled weight's scales as [L4, N/128], L4 = K/128 rounded up to 4: a
+    2-block product is padded to 4 blocks with zero codes under scales of 1 (exactly the same values
+    where there were inputs, so the same product), and a 4-block one is passed as it is."""
+    generator = torch.Generator().manual_seed(0)
+    weight, scale_inv = fp8_block_quantize(torch.randn(256, 256, generator=generator))
+    codes, scales = fp8_activations(torch.randn(3, 256, generator=generator))
+    padded = cublas_block_operands(codes, scales, weight, scale_inv)
+    assert [tuple(t.shape) for t in padded] == [(3, 512), (3, 4), (256, 512), (2, 4)]
+    for original, wider in zip((codes, scales, weight, scale_inv), padded, strict=True):
+        width = original.shape[-1]
+        assert torch.equal(wider[:, :width].view(torch.uint8), original.view(torch.uint8))
+    assert not padded[0][:, 256:].view(torch.uint8).any() and not padded[2][:, 256:].view(torch.uint8).any()
+    assert (padded[1][:, 2:] == 1).all() and (padded[3][:, 2:] == 1).all()
+    assert torch.equal(fp8_widened(*padded[:2])[:, 256:], torch.zeros(3, 256))
+    four = [t.view(torch.uint8).repeat(1, 2).view(t.dtype) for t in (codes, scales, weight, scale_inv)]
+    assert all(got is given for got, given in zip(cublas_block_operands(*four), four, strict=True))
 
 
 def test_a_device_without_blockwise_fp8_is_refused_with_what_to_use():

@@ -89,11 +89,31 @@ def fp8_reference_mm(codes: torch.Tensor, scales: torch.Tensor, weight: torch.Te
     return torch.cat([linear(rows[i:i + 1], weight) for i in range(rows.shape[0])])
 
 
+CUBLAS_SCALE_BLOCKS = 4  # cuBLAS takes a 128x128-scaled operand's scales with K/128 rounded up to this
+
+
+def cublas_block_operands(codes: torch.Tensor, scales: torch.Tensor, weight: torch.Tensor,
+                          scale_inv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The operands with K padded to whole groups of 4 blocks (512 inputs): cuBLAS reads the weight's
+    scales as [L4, N/128] with L4 = K/128 rounded up to a multiple of 4 (its blockwise-scaling docs; newer
+    torch checks that layout), while torch 2.11's `_scaled_mm` passes [K/128, N/128] as it is — so 2 blocks
+    (the 256-input product of the first device check) drew CUBLAS_STATUS_NOT_SUPPORTED on an H200. Padded
+    inputs have zero codes (the byte 0 is +0.0 in float8_e4m3fn) under scales of 1, so they add nothing.
+    Every Qwen3.6 matrix has a multiple of 4 blocks and is returned as it is."""
+    missing = -scales.shape[-1] % CUBLAS_SCALE_BLOCKS
+    if not missing:
+        return codes, scales, weight, scale_inv
+    codes, weight = (F.pad(t.view(torch.uint8), (0, missing * FP8_BLOCK)).view(FP8) for t in (codes, weight))
+    scales, scale_inv = (F.pad(t, (0, missing), value=1.0) for t in (scales, scale_inv))
+    return codes, scales, weight, scale_inv
+
+
 def fp8_cuda_mm(codes: torch.Tensor, scales: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
                 out_dtype: torch.dtype) -> torch.Tensor:
     """The same product with cuBLAS's blockwise FP8 kernel: the weight [N, K] row-major is the column-major
     [K, N] operand it takes; the activation scales outer-dim-major ([M, K/128] with stride (1, M)), the
-    weight's transposed to [K/128, N/128]."""
+    weight's transposed to [K/128, N/128], K in whole groups of 4 blocks (`cublas_block_operands`)."""
+    codes, scales, weight, scale_inv = cublas_block_operands(codes, scales, weight, scale_inv)
     outer_major = scales.t().clone(memory_format=torch.contiguous_format).t()
     return torch._scaled_mm(codes, weight.t(), scale_a=outer_major, scale_b=scale_inv.t(), out_dtype=out_dtype)
 
@@ -149,13 +169,20 @@ class Fp8Linear(QuantizedLayer):
 
 
 def check_fp8_matmul(device: torch.device | str) -> None:
-    """Raise ValueError, with the reason, where `device` cannot run Fp8Linear's CUDA kernel: a small
-    blockwise product (1 and 3 rows) on the device against the reference of the same codes."""
+    """Raise ValueError, with the reason, where `device` cannot run Fp8Linear's CUDA kernel: small
+    blockwise products (1 and 3 rows; 2 and 4 blocks of inputs) on the device against the reference of
+    the same codes."""
+    for blocks in (2, 4):  # padded (see cublas_block_operands) and as every Qwen3.6 matrix is
+        _check_fp8_product(device, blocks)
+
+
+def _check_fp8_product(device: torch.device | str, blocks: int) -> None:
     generator = torch.Generator().manual_seed(0)
-    spread = torch.tensor([[1.0, 8.0], [64.0, 512.0]])  # blocks far apart in scale: a misread layout shows
-    weight, scale_inv = fp8_block_quantize(torch.randn(256, 256, generator=generator)
+    steps = torch.arange(blocks, dtype=torch.float32)  # blocks far apart in scale: a misread layout shows
+    spread = 8.0 ** torch.stack((steps % 4, (steps + 2) % 4))
+    weight, scale_inv = fp8_block_quantize(torch.randn(256, blocks * FP8_BLOCK, generator=generator)
                                            * spread.repeat_interleave(FP8_BLOCK, 0).repeat_interleave(FP8_BLOCK, 1))
-    x = torch.randn(3, 256, generator=generator) * spread[0].repeat_interleave(FP8_BLOCK)
+    x = torch.randn(3, blocks * FP8_BLOCK, generator=generator) * spread[0].repeat_interleave(FP8_BLOCK)
     codes, scales = fp8_activations(x)
     expected = fp8_reference_mm(codes, scales, weight, scale_inv)
     on = [t.to(device) for t in (codes, scales, weight, scale_inv)]
