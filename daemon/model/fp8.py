@@ -96,8 +96,8 @@ def cublas_block_operands(codes: torch.Tensor, scales: torch.Tensor, weight: tor
                           scale_inv: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The operands with K padded to whole groups of 4 blocks (512 inputs): cuBLAS reads the weight's
     scales as [L4, N/128] with L4 = K/128 rounded up to a multiple of 4 (its blockwise-scaling docs; newer
-    torch checks that layout), while torch 2.11's `_scaled_mm` passes [K/128, N/128] as it is — so 2 blocks
-    (the 256-input product of the first device check) drew CUBLAS_STATUS_NOT_SUPPORTED on an H200. Padded
+    torch checks that layout), while torch 2.11's `_scaled_mm` passes [K/128, N/128] as it is: the likely
+    reason 2 blocks (the first device check's 256 inputs) drew CUBLAS_STATUS_NOT_SUPPORTED on an H200. Padded
     inputs have zero codes (the byte 0 is +0.0 in float8_e4m3fn) under scales of 1, so they add nothing.
     Every Qwen3.6 matrix has a multiple of 4 blocks and is returned as it is."""
     missing = -scales.shape[-1] % CUBLAS_SCALE_BLOCKS
