@@ -20,13 +20,13 @@ import torch
 from daemon.engine.step_runner import StepRunner
 from daemon.tools.real_shapes import random_model, shape_config
 from daemon.tools.step_timing import alternating_medians
+from daemon.weights.loader import default_dtype, load_model
 from mtpchat.machine import machine
 
 
 def _models(args) -> dict[str, torch.nn.Module]:
     if args.demo:
         from daemon.weights.demo_model import demo_checkpoint
-        from daemon.weights.loader import load_model
         from mtpchat.config import Quantization
 
         return {f"demo-{method}": load_model(demo_checkpoint(), device="cpu", dtype=torch.float32,
@@ -34,10 +34,8 @@ def _models(args) -> dict[str, torch.nn.Module]:
                 for method in args.quantize.split(",")}
     if args.shape:
         config = shape_config(args.shape, args.layers, args.vocab)
-        dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-        return {args.shape: random_model(config, args.device, dtype)}
+        return {args.shape: random_model(config, args.device, default_dtype(torch.device(args.device)))}
     from daemon.tiny.qwen_checkpoints import build_all
-    from daemon.weights.loader import load_model
 
     paths = build_all(tempfile.mkdtemp())
     return {name: load_model(paths[name], device="cpu", dtype=torch.float32)

@@ -41,6 +41,7 @@ from daemon.engine.step_runner import CapturedDecoder, StepRunner
 from daemon.model import kernels
 from daemon.model.config import TextConfig
 from daemon.tools.real_shapes import SHAPES, random_model, shape_config
+from daemon.weights.loader import default_dtype
 from daemon.model.fp8 import check_fp8_matmul, fp8_activations, fp8_widened
 from daemon.model.quantized import KERNEL_DTYPE, quantized_kernels, quantized_linear, quantized_weights
 from daemon.tools.step_timing import synchronize, time_step
@@ -323,7 +324,7 @@ class Sections:
 def run_checks(args) -> dict:
     dry = args.dry_run
     device = torch.device("cpu" if dry else "cuda")
-    dtype = torch.float32 if dry else torch.bfloat16  # the CPU's bf16 kernels would make the dry run slow
+    dtype = default_dtype(device)
     tokens, reps = (12, 2) if dry else (128, 20)
     report = {"device": "cpu (dry run)" if dry else torch.cuda.get_device_name(), "torch": torch.__version__,
               "kernels": {"fla": kernels.chunk_gated_delta_rule is not None,

@@ -20,6 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from daemon.engine.step_runner import StepRunner
 from daemon.tools.real_shapes import SHAPES, random_model, shape_config
+from daemon.weights.loader import default_dtype
 from daemon.tools.step_timing import synchronize
 
 
@@ -45,8 +46,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, help="default: the shape's (248,320)")
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
-    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    model = random_model(shape_config(args.shape, args.layers, args.vocab), args.device, dtype)
+    model = random_model(shape_config(args.shape, args.layers, args.vocab), args.device, default_dtype(torch.device(args.device)))
     time_of = "self_device_time_total" if args.device == "cuda" else "self_cpu_time_total"
     for k, name in ((0, "decode"), (3, "verify")):
         events = profile_step(StepRunner(model, 128, k, capture=False), name, list(range(1, 33)))

@@ -43,9 +43,9 @@ On CUDA int4 keeps the same codes, scales and zeros (w = (q - 8)·scale + zero, 
 [K/group, N, 2]) but packs them into tensor-core tiles (`_convert_weight_to_int4pack` on bytes of two
 codes) for torch's `_weight_int4pack_mm`. Which packing a layer holds is fixed when it is built
 (`kernels`), as the model is built on the meta device before its storage is placed. int8 keeps its
-codes and scales but does not take torch's CUDA `_weight_int8pack_mm`: that kernel gives each output one
-thread, which strides over the inputs (its loads are not coalesced), and decoded the 27B shape at 4.7
-tok/s on an H200 (2.5% of its bandwidth; scripts/device_check.py, README); `int8_matmul_by_blocks` puts
+codes and scales but does not take torch's CUDA `_weight_int8pack_mm`: it decoded the 27B shape at 4.7
+tok/s on an H200 (2.5% of its bandwidth; scripts/device_check.py, README), and its source, as read, gives
+each output one thread striding over the inputs (loads not coalesced); `int8_matmul_by_blocks` puts
 cuBLAS on the codes converted to bfloat16 a block of rows at a time instead. No machine of this
 project's CI has a GPU: the CUDA layout's shapes are tested on fake CUDA tensors here, its values by
 scripts/device_check.py (a quantized matmul against its dequantized reference) when a GPU is lent.
