@@ -246,12 +246,16 @@ def _model_line(model: dict) -> str:
     compiled = COMPILE_NOTES.get(model.get("compile", "off"), "")
     if model.get("compile_error"):
         compiled += f" ({model['compile_error']})"
+    graphs = GRAPH_NOTES.get(model.get("graphs", "off"), "")
+    if model.get("graphs_error"):
+        graphs += f" ({model['graphs_error']})"
     return (f"{'*' if model['default'] else ' '} {model['name']:<16} {model_state(model):<12} {model['path']}"
-            f"{quantized}{compiled}{extra}")
+            f"{quantized}{compiled}{graphs}{extra}")
 
 
 COMPILE_NOTES = {"compiling": " [compiling steps; eager meanwhile]", "on": " [compiled steps]",
                  "failed": " [compile failed; eager]"}  # a model's `compile` state, as `models list` shows it
+GRAPH_NOTES = {"on": " [CUDA graphs]", "failed": " [CUDA graphs failed; eager]"}  # its `graphs` state
 
 
 ENGINE_COMMANDS = {"bench": "plain vs MTP decoding side by side, JSON out (runs mtpchatd bench)",

@@ -15,6 +15,7 @@ offline (loaded on request only). Pointing mtpchat at real models is a few lines
     quantize_group = 128               # int4: inputs per scale, 32 (default), 64 or 128
     quantize_mtp = "int8"              # the MTP head's own; default: as quantize
     compile = true                     # torch.compile its decoding steps after loading (default false)
+    cuda_graphs = false                # on a GPU, decode eagerly instead of replaying CUDA graphs (default true)
     [models.dense.sampling]            # optional: replaces the checkpoint's own sampling defaults
     temperature = 0.7                  # also top_p, top_k, min_p, repetition_penalty, presence_penalty,
     presence_penalty = 1.0             # frequency_penalty: the generate request's fields (docs/protocol.md)
@@ -181,6 +182,7 @@ class ModelSettings:
     quantize_group: int = DEFAULT_QUANTIZE_GROUP
     quantize_mtp: str | None = None  # the MTP head's own method; None: as quantize
     compile: bool = False  # torch.compile the decoding steps when the model loads (daemon/engine/step_functions.py)
+    cuda_graphs: bool = True  # on a GPU: capture the decoding forwards as CUDA graphs (daemon/engine/graph_lane.py)
 
     @property
     def quantization(self) -> Quantization:
@@ -221,8 +223,9 @@ class ModelSettings:
         if self.draft_vocab is not None and not (isinstance(self.draft_vocab, int) and self.draft_vocab > 0):
             raise ValueError(f"model {self.name!r}: draft_vocab must be a positive number of token ids, "
                              f"got {self.draft_vocab!r}")
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"model {self.name!r}: compile must be true or false, got {self.compile!r}")
+        for switch in ("compile", "cuda_graphs"):
+            if not isinstance(getattr(self, switch), bool):
+                raise ValueError(f"model {self.name!r}: {switch} must be true or false, got {getattr(self, switch)!r}")
         if self.dtype is not None and self.dtype not in DTYPE_NAMES:
             raise ValueError(f"model {self.name!r}: dtype must be one of {DTYPE_NAMES}, got {self.dtype!r}")
         self._check_sampling()

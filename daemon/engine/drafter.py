@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from daemon.engine.graph_lane import GraphLane
 from daemon.engine.penalties import Penalties
 from daemon.engine.sampling import SamplingParams, choose
 from daemon.engine.step_functions import step_functions
@@ -20,12 +21,14 @@ from daemon.model.text_model import QwenModel
 
 
 class MTPDrafter:
-    def __init__(self, model: QwenModel, max_len: int, vocab: int | None = None, initial_len: int | None = None):
+    def __init__(self, model: QwenModel, max_len: int, vocab: int | None = None, initial_len: int | None = None,
+                 lane: GraphLane | None = None):
         """vocab: draft only among token ids [0, vocab) — BPE ids are roughly in frequency order — which
-        makes the MTP lm_head proportionally cheaper; verification still uses the full vocabulary."""
+        makes the MTP lm_head proportionally cheaper; verification still uses the full vocabulary.
+        lane: the sequence's GPU lane, whose MTP cache and captured draft step it then uses."""
         self.model, self.vocab = model, vocab
-        self.forwards = step_functions(model)
-        self.cache = model.new_mtp_cache(max_len, initial_len=initial_len)
+        self.forwards = lane or step_functions(model)
+        self.cache = lane.mtp_cache if lane else model.new_mtp_cache(max_len, initial_len=initial_len)
         self._pending: tuple[torch.Tensor, torch.Tensor, int] | None = None
 
     def extend(self, hidden: torch.Tensor, next_tokens: torch.Tensor, start: int) -> None:

@@ -80,11 +80,19 @@ class Generation:
             stats.finish_reason = "length"
             return
         budget = min(options.max_tokens, limit - len(prompt_ids))  # prompt + reply never exceed the context
-        at_budget = "length" if budget == options.max_tokens else "context"
         if model.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(model.device)
         started = time.perf_counter()
         decoder = SpeculativeDecoder(model, prompt_ids, len(prompt_ids) + budget, options, drafter=drafter)
+        try:
+            yield from self._decode(model, decoder, options, stop, budget, reuse, started)
+        finally:
+            decoder.close()  # the GPU lane it may hold goes to the next sequence, also after a cancel or a fault
+
+    def _decode(self, model: QwenModel, decoder: SpeculativeDecoder, options: GenerationOptions, stop: set[int],
+                budget: int, reuse: PromptReuse | None, started: float) -> Iterator[Step]:
+        stats, prompt_ids = self.stats, decoder.prompt_ids
+        at_budget = "length" if budget == options.max_tokens else "context"
         stats.state_bytes = decoder.state_bytes()  # live stats: what is allocated now, measured again at the end
         resume = reuse.lookup(prompt_ids, with_mtp=decoder.drafter is not None) if reuse else None
         stats.cached_tokens = len(resume.tokens) if resume else 0

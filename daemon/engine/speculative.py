@@ -17,6 +17,7 @@ import torch
 
 from daemon.engine.draft_policy import AdaptiveDraft, FixedDraft
 from daemon.engine.drafter import MTPDrafter
+from daemon.engine.graph_lane import graph_lane
 from daemon.engine.options import GenerationOptions
 from daemon.engine.penalties import Penalties
 from daemon.engine.sampling import choose, target_probs, verify_drafts, verify_greedy
@@ -39,13 +40,18 @@ class SpeculativeDecoder:
         if draft_k and model.mtp is None and drafter is None:
             raise ValueError("this checkpoint has no MTP head: use plain decoding (draft k = 0)")
         self.model, self.prompt_ids, self.capacity = model, prompt_ids, capacity
-        self.forwards = step_functions(model)  # the model's decode and verify forwards, compiled or eager
+        lane = graph_lane(model)  # on a GPU: the captured forwards and their caches, when free
+        self.lane = lane if lane is not None and lane.acquire(capacity, draft_k) else None
+        # the model's decode and verify forwards: replayed, compiled or eager
+        self.forwards = self.lane or step_functions(model)
         self.sampling = sampling = options.sampling
         self.policy = AdaptiveDraft(draft_k) if options.adaptive and draft_k else FixedDraft(draft_k)
         initial = min(capacity, len(prompt_ids) + FIRST_REPLY_TOKENS)  # the caches grow from there as needed
         with torch.inference_mode():  # inference tensors, as the steps that grow them make: one kind for compiled steps
-            self.cache = model.new_cache(capacity, max_steps=draft_k + 1 if draft_k else 0, initial_len=initial)
-            self.drafter = (drafter or MTPDrafter(model, capacity, options.draft_vocab, initial)) if draft_k else None
+            self.cache = self.lane.cache if self.lane else model.new_cache(
+                capacity, max_steps=draft_k + 1 if draft_k else 0, initial_len=initial)
+            self.drafter = (drafter or MTPDrafter(model, capacity, options.draft_vocab, initial, lane=self.lane)
+                            ) if draft_k else None
         self.after_plain = False  # the last step was plain: the drafter holds pairs queued without drafting
         self.generator = None
         if sampling.seed is not None:
@@ -54,6 +60,12 @@ class SpeculativeDecoder:
         self.penalties = Penalties(sampling, prompt_ids, model.config.vocab_size, model.output_device)
         self.length = 0
         self.token = -1
+
+    def close(self) -> None:
+        """Done decoding: a lane goes back to the model (its caches are the next sequence's)."""
+        if self.lane is not None:
+            self.lane.release()
+            self.lane = None
 
     def state_bytes(self) -> int:
         """Memory of the decoding state: trunk caches (+ DeltaNet step slots) and the MTP layer's cache."""

@@ -16,10 +16,9 @@ from collections.abc import Callable
 
 import torch
 
+from daemon.engine.cuda_graph import cuda_graph
 from daemon.engine.static_steps import StepBuffers, draft_step, prefill, verify_step
 from daemon.model.text_model import QwenModel
-
-WARMUP_RUNS = 3  # CUDA graphs: eager runs on a side stream first, as torch.cuda.graphs' docs require
 
 
 def compile_options(device: torch.device) -> dict:
@@ -66,17 +65,8 @@ class StepRunner:
         if not self.capture:
             fn()  # a compiled step compiles here, not in the first timed step
             return fn
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_RUNS):
-                self.buffers.length.zero_()  # each run advances it: stay far from the capacity
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        return graph.replay
+        # each run advances the length: stay far from the capacity
+        return cuda_graph(fn, self.model.output_device, before_each_warmup=self.buffers.length.zero_)
 
     @torch.inference_mode()
     def reset(self) -> None:

@@ -14,7 +14,10 @@ is refused before it is added. A model served by a remote engine (`engine = "ope
 daemon/serve/remote_engine.py) has nothing to load: it is resident at once. A model with `compile =
 true` is resident as soon as its weights are, serving with eager steps while a background thread
 compiles its decoding steps (minutes the first time on a small CPU); replies that start after that run
-the compiled ones (daemon/engine/step_functions.py).
+the compiled ones (daemon/engine/step_functions.py). A model on one GPU has its decoding forwards
+captured as CUDA graphs right after loading (`cuda_graphs = false` turns it off): one stream at a time
+replays them, in caches made for the model's context (daemon/engine/graph_lane.py); a capture that
+fails leaves the model serving eagerly, and says why.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ class ModelEntry:
     compile: str = "off"  # off | compiling (serving eagerly meanwhile) | on | failed (serving eagerly)
     compile_error: str = ""
     compile_seconds: float = 0.0
+    graphs: str = "off"  # off | on (one stream at a time replays captured forwards) | failed (serving eagerly)
+    graphs_error: str = ""
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def describe(self) -> dict:
@@ -57,6 +62,7 @@ class ModelEntry:
                 "error": self.error, "draft": s.draft, "draft_vocab": s.draft_vocab,
                 "dtype": s.dtype, "device": s.device, "quantize": s.quantization.describe(), "compile": self.compile,
                 "compile_error": self.compile_error, "compile_seconds": round(self.compile_seconds, 1),
+                "graphs": self.graphs, "graphs_error": self.graphs_error,
                 "load_seconds": round(self.load_seconds, 3)}
         if s.engine != "local":
             info.update(engine=s.engine, url=s.url, remote_model=s.model)
@@ -84,6 +90,7 @@ class ModelEntry:
 OUT_OF_MEMORY_ADVICE = (" (out of memory while loading, though the plan fit: another process may hold memory; "
                         "unload another model, choose a smaller dtype or quantize it, lower `context`, or lower "
                         "`max_memory` to keep more free)")
+GRAPH_DEVICES = ("cuda",)  # device types whose models capture a graph lane at load (tests add "cpu": no capture)
 COMPILE_BACKEND = "inductor"  # torch.compile's, for `compile = true` (tests trace with "eager": seconds, not minutes)
 
 
@@ -211,6 +218,8 @@ class ModelRegistry:
             _release_memory()  # what the partial load held, its traceback gone now, before a retry can start
             entry.state, entry.error = "failed", error
             return
+        if settings.cuda_graphs and model.device.type in GRAPH_DEVICES:
+            self._capture(entry, model)
         entry.model, entry.tokenizer = model, tokenizer
         entry.load_seconds = time.perf_counter() - started
         entry.state = "resident"
@@ -218,6 +227,19 @@ class ModelRegistry:
             entry.compile = "compiling"
             threading.Thread(target=self._compile, args=(entry, model), name=f"compile-{settings.name}",
                              daemon=True).start()
+
+    def _capture(self, entry: ModelEntry, model) -> None:
+        """Capture the model's decoding forwards for one stream at its context (before it serves)."""
+        from daemon.engine.graph_lane import install_graph_lane
+
+        try:
+            install_graph_lane(model, entry.context, MAX_DRAFT if model.mtp is not None else 0,
+                               entry.settings.draft_vocab)
+            entry.graphs, entry.graphs_error = "on", ""
+        except Exception as exc:  # a split model, an unsupported op, out of memory: the model serves eagerly
+            model.graph_lane = None
+            entry.graphs, entry.graphs_error = "failed", f"{type(exc).__name__}: {exc}"
+            _release_memory()
 
     def _compile(self, entry: ModelEntry, model) -> None:
         """Compile the model's decoding steps while it serves with eager ones; replies that start after
@@ -243,6 +265,7 @@ class ModelRegistry:
         self.states.drop_model(name)
         entry.state, entry.error, entry.progress = "unloaded", "", 0.0
         entry.compile, entry.compile_error = "off", ""
+        entry.graphs, entry.graphs_error = "off", ""
         _release_memory()
         return entry
 
