@@ -8,6 +8,10 @@ flash-linear-attention needed). Sections of the report:
 - shapes: at the Qwen3.6-27B and 35B-A3B text shapes (full width; layers cut only by --layers):
   plain decode tok/s eager and captured, bandwidth utilisation, verify (k=1..4) and draft step cost
   relative to a 1-token step, oracle-drafter speed-ups at 60-90% acceptance, MTP's extra memory.
+- serving: the daemon's own decoding (Generation: sampling, penalties and verification eager) through a
+  graph lane (daemon/engine/graph_lane.py): its captured forwards against the same lane run uncaptured
+  (token ids, greedy and sampled, plain and k=3) on the tiny model; at both shapes (inside `shapes`),
+  served tok/s without a lane and with one at a 4k and a 32k context (its attention reads the whole context).
 - kernels: whether fla / causal-conv1d imported (tests/test_kernels.py checks them where they do).
 - quantized: per method (int8; int4 at group 128, as the released W4A16 checkpoints; fp8 in 128x128
   blocks, as Qwen's FP8 releases, multiplied by cuBLAS's blockwise FP8 — first whether the device has it,
@@ -37,6 +41,10 @@ import traceback
 
 import torch
 
+from daemon.engine.generate import Generation
+from daemon.engine.graph_lane import GraphLane
+from daemon.engine.options import GenerationOptions
+from daemon.engine.sampling import SamplingParams
 from daemon.engine.step_runner import CapturedDecoder, StepRunner
 from daemon.model import kernels
 from daemon.model.config import TextConfig
@@ -53,6 +61,7 @@ HBM_BYTES_PER_S = 4.8e12  # H200 peak HBM bandwidth
 # error (wrong position, state or mask) emits tokens several nats below the argmax.
 FIDELITY_GAP = 0.25
 RATES = (0.6, 0.7, 0.8, 0.9)
+SAMPLED = SamplingParams(temperature=0.7, top_p=0.95, top_k=20, seed=3)  # Qwen3.6's card's chat defaults
 # A quantized matmul's error against x @ dequantized weight, relative to sum |x|·|w| of its row: the
 # kernels round their output to bfloat16 (2^-9) and may accumulate in bfloat16-rounded partial sums;
 # 2^-7 leaves room for that and fails on a wrong packing, scale or zero (errors of order 1).
@@ -104,6 +113,39 @@ def check_parity(model, prompt: list[int], tokens: int) -> dict:
         captured = greedy(make_runner(model, len(prompt) + tokens + 8, k, True), prompt, tokens)
         report[f"k{k}"] = {"identical": eager == captured,
                            "first_difference": next((i for i, (a, b) in enumerate(zip(eager, captured)) if a != b), None)}
+    return report
+
+
+def served(model, prompt: list[int], tokens: int, k: int = 0, sampling: SamplingParams = SamplingParams(),
+           lane: GraphLane | None = None) -> dict:
+    """A reply as the daemon decodes it, with `lane` as the model's graph lane (None: eager)."""
+    model.graph_lane = lane
+    generation = Generation(model, prompt, GenerationOptions(max_tokens=tokens, draft_k=k, sampling=sampling))
+    out = generation.tokens()
+    model.graph_lane = None
+    return {"tokens": out, "tok_s": generation.stats.decode_tok_s}
+
+
+def check_serving_parity(model, prompt: list[int], tokens: int) -> dict:
+    capacity = len(prompt) + tokens + 8
+    lanes = {"captured": GraphLane(model, capacity, 3), "uncaptured": GraphLane(model, capacity, 3, capture=False)}
+    report = {}
+    for label, k, sampling in (("k0", 0, SamplingParams()), ("k3", 3, SamplingParams()), ("k3_sampled", 3, SAMPLED)):
+        runs = {name: served(model, prompt, tokens, k, sampling, lane)["tokens"] for name, lane in lanes.items()}
+        eager = served(model, prompt, tokens, k, sampling)["tokens"]  # windowed attention: bf16 rounds apart
+        report[label] = {"identical": runs["captured"] == runs["uncaptured"],
+                         "eager_identical_prefix": next(
+                             (i for i, (a, b) in enumerate(zip(eager, runs["captured"])) if a != b), tokens)}
+    return report
+
+
+def serving_speed(model, prompt: list[int], tokens: int, contexts: tuple[int, ...]) -> dict:
+    """Plain greedy replies served eagerly and through a captured lane made for each context."""
+    report = {"eager_tok_s": served(model, prompt, tokens)["tok_s"]}
+    for context in contexts:
+        lane = GraphLane(model, context, 0)
+        report[f"lane_{context // 1024}k_tok_s"] = served(model, prompt, tokens, lane=lane)["tok_s"]
+        del lane
     return report
 
 
@@ -206,6 +248,7 @@ def check_shape(shape: str, tiny: bool, layers: int | None, device, dtype, token
                                                    "same_tokens": run["tokens"] == truth}
         del runner
     report["mtp_extra_bytes"] = {f"{n // 1024}k": mtp_extra_bytes(model, n) for n in (4096, 32768)}
+    report["serving"] = serving_speed(model, prompt, min(tokens, 64), (capacity,) if tiny else (4096, 32768))
     return report
 
 
@@ -334,6 +377,7 @@ def run_checks(args) -> dict:
     prompt = list(range(1, 17))
     sections.run(("parity",), check_parity, tiny, prompt, tokens)
     sections.run(("fidelity",), check_fidelity, tiny, prompt, tokens)
+    sections.run(("serving_parity",), check_serving_parity, tiny, prompt, tokens)
     del tiny
     sections.run(("shapes", "qwen3.6-27b"), check_shape, "qwen3.6-27b", dry, args.layers_27b, device, dtype,
                  tokens, reps)

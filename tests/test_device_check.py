@@ -56,8 +56,11 @@ def test_device_check_dry_run(tmp_path):
     assert set(report["parity"]) == {f"k{k}" for k in range(4)}
     assert all(entry["identical"] for entry in report["parity"].values())
     assert report["fidelity"]["k3"]["all_within_gap"]
+    assert all(entry["identical"] for entry in report["serving_parity"].values())
+    assert set(report["serving_parity"]) == {"k0", "k3", "k3_sampled"}
     for shape in report["shapes"].values():
         assert set(shape["verify_cost"]) == {"k1", "k2", "k3", "k4"}
+        assert shape["serving"]["eager_tok_s"] > 0 and len(shape["serving"]) == 2
         assert set(shape["oracle"]) == {"60%", "70%", "80%", "90%"}
         # float32 on the CPU: what the drafts are changes how fast, never which tokens come out
         assert all(run["same_tokens"] for run in shape["oracle"].values()), shape["oracle"]
