@@ -5,7 +5,9 @@ forward of k+1 tokens that records the DeltaNet state after each of them, accept
 the target agrees with, and emits the accepted drafts plus one token from the target (the correction
 or the bonus). Rollback: attention caches just do not advance past the accepted position; DeltaNet
 state and conv window are restored from the verify pass's per-token slot — no replay, no host copy.
-Plain decoding is the same object with k = 0, so comparisons between the two are fair.
+Plain decoding is the same object with k = 0, so comparisons between the two are fair. On a GPU the
+decoder runs in the model's graph lane when it is free (replayed forwards in the lane's caches,
+daemon/engine/graph_lane.py) and `close` gives it back.
 """
 
 from __future__ import annotations
