@@ -11,6 +11,7 @@ masked) differ from the eager ones only in summation order (~1e-15 relative), so
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from daemon.engine.generate import PREFILLING, Generation
 from daemon.engine.graph_lane import GraphLane, graph_lane, install_graph_lane
@@ -199,6 +200,25 @@ def test_a_lane_resumes_from_a_saved_prompt_state(tiny):
     assert resumed.stats.cached_tokens == len(turn)
 
 
+def test_a_compiled_lane_decodes_the_eager_tokens_and_no_reply_compiles(tiny):
+    """`compile` traces each forward whole (fullgraph: no graph break) before capturing it again. Traced
+    with torch.compile's "eager" backend: which graphs exist and what their guards accept is decided by
+    tracing (tests/test_step_functions.py says why that is enough here)."""
+    name = MODELS[1]
+    eager, model = _load(tiny, name), _load(tiny, name)
+    prompts = [chat_prompt(tiny[name], "Hello! Who are you?"), random_ids(90, seed=4)[0].tolist()]
+    expected = [_tokens(eager, p, _options(k, a, s)) for p in prompts for k, a, s in VARIANTS]
+    lane = install_graph_lane(model, CAPACITY, MAX_DRAFT)
+    before = counters["stats"]["unique_graphs"]
+    lane.compile(backend="eager")
+    graphs = counters["stats"]["unique_graphs"]
+    assert lane.compiled and graphs - before == MAX_DRAFT + 2  # a decode, each verify, the draft step
+    counts = _count_replays(lane)
+    assert [_tokens(model, p, _options(k, a, s)) for p in prompts for k, a, s in VARIANTS] == expected
+    assert counters["stats"]["unique_graphs"] == graphs, "a reply compiled a graph"
+    assert counts["trunk 1"] > 0 and counts["draft"] > 0 and counts[f"trunk {MAX_DRAFT + 1}"] > 0, counts
+
+
 def test_the_registry_captures_a_lane_at_load_or_serves_eagerly(tiny, monkeypatch):
     monkeypatch.setattr(registry_module, "GRAPH_DEVICES", ("cuda", "cpu"))
     path = str(tiny[MODELS[0]])
@@ -214,6 +234,14 @@ def test_the_registry_captures_a_lane_at_load_or_serves_eagerly(tiny, monkeypatc
     assert (eager.describe()["graphs"], graph_lane(eager.model)) == ("off", None)
     registry.unload("dense")
     assert dense.describe()["graphs"] == "off"
+    # with `compile = true` the lane's forwards are compiled, in the background, and captured again
+    monkeypatch.setattr(registry_module, "COMPILE_BACKEND", "eager")
+    registry.entries["dense"].settings = ModelSettings("dense", path, context=256, compile=True)
+    registry.load("dense")
+    wait_until(lambda: dense.state == "resident" and dense.compile != "compiling", 120)
+    assert (dense.compile, dense.compile_error, graph_lane(dense.model).compiled) == ("on", "", True)
+    registry.unload("dense")
+    dense.settings = ModelSettings("dense", path, context=256)
 
     def no_capture(*args, **kwargs):
         raise RuntimeError("operation not permitted when stream is capturing")

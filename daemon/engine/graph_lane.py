@@ -24,6 +24,8 @@ from collections.abc import Callable
 import torch
 
 from daemon.engine.cuda_graph import cuda_graph
+from daemon.engine.step_functions import allow_graphs
+from daemon.engine.step_runner import compile_options
 from daemon.model.cache import AttentionCache, ModelCache
 from daemon.model.text_model import QwenModel
 
@@ -71,10 +73,22 @@ class GraphLane:
             self._positions = torch.zeros(rows, dtype=torch.long, device=device)
             self._offsets = torch.arange(rows, device=device)
             self._draft_hidden = torch.zeros(1, 1, model.config.hidden_size, dtype=model.dtype, device=device)
+        self.compiled = False
+        self._trunk, self._draft = self._replays()
+
+    def _replays(self, backend: str | None = None) -> tuple[dict[tuple[int, bool], _Replay], _Replay | None]:
+        """Every forward's replay over the lane's buffers; with `backend`, each torch.compile'd first."""
         pool = torch.cuda.graph_pool_handle() if self.capture else None  # the replays never overlap
-        self._trunk = {(1, False): self._replay(self._trunk_forward(1, False), pool)}
-        self._trunk.update({(n, True): self._replay(self._trunk_forward(n, True), pool) for n in range(2, rows + 1)})
-        self._draft = self._replay(self._draft_forward, pool) if max_k else None
+        forwards = {(1, False): self._trunk_forward(1, False)}
+        forwards.update({(rows, True): self._trunk_forward(rows, True) for rows in range(2, self.max_k + 2)})
+        if self.max_k:
+            forwards["draft"] = self._draft_forward
+        if backend is not None:
+            options = compile_options(self.model.device) if backend == "inductor" else None
+            forwards = {key: torch.compile(forward, fullgraph=True, dynamic=False, backend=backend, options=options)
+                        for key, forward in forwards.items()}
+        replays = {key: self._replay(forward, pool) for key, forward in forwards.items()}
+        return replays, replays.pop("draft", None)
 
     def _trunk_forward(self, rows: int, keep_steps: bool) -> Callable[[], tuple[torch.Tensor, ...]]:
         ids, positions = self._ids[:, :rows], self._positions[:rows]
@@ -87,10 +101,19 @@ class GraphLane:
     @torch.inference_mode()
     def _replay(self, forward: Callable[[], tuple[torch.Tensor, ...]], pool) -> _Replay:
         replay = _Replay(forward)
-        replay.run()  # the static outputs, and every lazily made buffer, exist before any capture
+        replay.run()  # compiles a compiled forward; makes the static outputs and lazy buffers before any capture
         if self.capture:
             replay.run = cuda_graph(replay.run, self.model.device, pool=pool)
         return replay  # what the runs wrote in the caches is zeroed when a sequence takes the lane
+
+    def compile(self, backend: str = "inductor") -> None:
+        """Replace the replays by ones of torch.compile'd forwards (fused kernels, fewer of them), over the
+        same buffers. Waits for the sequence holding the lane, and holds it meanwhile (minutes the first
+        time): sequences that start then decode eagerly. backend: torch.compile's ("eager": tests)."""
+        allow_graphs()
+        with self._busy:
+            self._trunk, self._draft = self._replays(backend)
+            self.compiled = True
 
     # --- the decoder's side: one sequence at a time -------------------------------------------------
 

@@ -29,8 +29,14 @@ from daemon.model.text_model import QwenModel
 
 _WARM_PROMPT, _WARM_CAPACITY = 8, 64  # warm_up's throwaway sequence
 # graphs per function, over every compiled model of the process (they share the function's cache): 7 per
-# model and draft vocabulary; reaching the limit would run new graphs eagerly instead of compiling them
+# model and draft vocabulary here, one per row count for a graph lane's; past the limit new graphs would
+# run eagerly instead of compiling
 _GRAPHS_PER_FUNCTION = 64
+
+
+def allow_graphs() -> None:
+    """Let each compiled function keep _GRAPHS_PER_FUNCTION graphs (torch's default limit is 8)."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _GRAPHS_PER_FUNCTION)
 
 
 class StepFunctions:
@@ -41,7 +47,7 @@ class StepFunctions:
         self.model = model
         self._trunk = self._mtp = None
         if compiled:
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _GRAPHS_PER_FUNCTION)
+            allow_graphs()
             options = compile_options(model.device) if backend == "inductor" else None
             self._trunk = torch.compile(_trunk_step, dynamic=True, fullgraph=True, backend=backend, options=options)
             self._mtp = torch.compile(_mtp_step, dynamic=True, fullgraph=True, backend=backend, options=options)

@@ -14,7 +14,7 @@ is refused before it is added. A model served by a remote engine (`engine = "ope
 daemon/serve/remote_engine.py) has nothing to load: it is resident at once. A model with `compile =
 true` is resident as soon as its weights are, serving with eager steps while a background thread
 compiles its decoding steps (minutes the first time on a small CPU); replies that start after that run
-the compiled ones (daemon/engine/step_functions.py). A model on one GPU has its decoding forwards
+the compiled ones (daemon/engine/step_functions.py; with a graph lane, below, the lane's forwards). A model on one GPU has its decoding forwards
 captured as CUDA graphs right after loading (`cuda_graphs = false` turns it off): one stream at a time
 replays them, in caches made for the model's context (daemon/engine/graph_lane.py); a capture that
 fails leaves the model serving eagerly, and says why.
@@ -243,13 +243,18 @@ class ModelRegistry:
 
     def _compile(self, entry: ModelEntry, model) -> None:
         """Compile the model's decoding steps while it serves with eager ones; replies that start after
-        run compiled. A failure (no C++ compiler, an inductor error) leaves it serving eagerly, and says why."""
+        run compiled. A model with a graph lane compiles the lane's forwards instead, and captures them
+        again. A failure (no C++ compiler, an inductor error) leaves it serving eagerly, and says why."""
+        from daemon.engine.graph_lane import graph_lane
         from daemon.engine.step_functions import compile_steps
 
         started = time.perf_counter()
         try:
-            compile_steps(model, MAX_DRAFT if model.mtp is not None else 0, (entry.settings.draft_vocab,),
-                          backend=COMPILE_BACKEND)
+            if graph_lane(model) is not None:
+                graph_lane(model).compile(COMPILE_BACKEND)
+            else:
+                compile_steps(model, MAX_DRAFT if model.mtp is not None else 0, (entry.settings.draft_vocab,),
+                              backend=COMPILE_BACKEND)
             outcome, error = "on", ""
         except Exception as exc:  # the model still serves, eagerly
             outcome, error = "failed", f"{type(exc).__name__}: {exc}"
