@@ -106,13 +106,18 @@ def greedy(runner: StepRunner, prompt: list[int], tokens: int) -> list[int]:
     return CapturedDecoder(runner, prompt).decode(tokens)
 
 
+def first_difference(a: list[int], b: list[int], none):
+    """The first position where two token lists differ; `none` where they agree over the shorter one."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), none)
+
+
 def check_parity(model, prompt: list[int], tokens: int) -> dict:
     report = {}
     for k in range(4):
         eager = greedy(make_runner(model, len(prompt) + tokens + 8, k, False), prompt, tokens)
         captured = greedy(make_runner(model, len(prompt) + tokens + 8, k, True), prompt, tokens)
         report[f"k{k}"] = {"identical": eager == captured,
-                           "first_difference": next((i for i, (a, b) in enumerate(zip(eager, captured)) if a != b), None)}
+                           "first_difference": first_difference(eager, captured, None)}
     return report
 
 
@@ -128,14 +133,14 @@ def served(model, prompt: list[int], tokens: int, k: int = 0, sampling: Sampling
 
 def check_serving_parity(model, prompt: list[int], tokens: int) -> dict:
     capacity = len(prompt) + tokens + 8
-    lanes = {"captured": GraphLane(model, capacity, 3), "uncaptured": GraphLane(model, capacity, 3, capture=False)}
+    lanes = {"captured": GraphLane(model, capacity, 3),
+             "uncaptured": GraphLane(model, capacity, 3, capture=False)}
     report = {}
     for label, k, sampling in (("k0", 0, SamplingParams()), ("k3", 3, SamplingParams()), ("k3_sampled", 3, SAMPLED)):
         runs = {name: served(model, prompt, tokens, k, sampling, lane)["tokens"] for name, lane in lanes.items()}
         eager = served(model, prompt, tokens, k, sampling)["tokens"]  # windowed attention: bf16 rounds apart
         report[label] = {"identical": runs["captured"] == runs["uncaptured"],
-                         "eager_identical_prefix": next(
-                             (i for i, (a, b) in enumerate(zip(eager, runs["captured"])) if a != b), tokens)}
+                         "eager_identical_prefix": first_difference(eager, runs["captured"], tokens)}
     return report
 
 
@@ -161,7 +166,7 @@ def check_fidelity(model, prompt: list[int], tokens: int) -> dict:
         logprobs = logits[0, len(prompt) - 1:-1].float().log_softmax(-1)
         emitted = torch.tensor(mtp, device=model.device)
         gaps = logprobs.max(-1).values - logprobs.gather(-1, emitted[:, None])[:, 0]
-        same = next((i for i, (a, b) in enumerate(zip(plain, mtp)) if a != b), tokens)
+        same = first_difference(plain, mtp, tokens)
         report[f"k{k}"] = {"all_within_gap": bool((gaps <= FIDELITY_GAP).all()),
                            "argmax_rate": float((gaps == 0).float().mean()), "max_gap": float(gaps.max()),
                            "exact_match_rate": sum(a == b for a, b in zip(plain, mtp)) / tokens,

@@ -42,18 +42,8 @@ class SpeculativeDecoder:
         if draft_k and model.mtp is None and drafter is None:
             raise ValueError("this checkpoint has no MTP head: use plain decoding (draft k = 0)")
         self.model, self.prompt_ids, self.capacity = model, prompt_ids, capacity
-        lane = graph_lane(model)  # on a GPU: the captured forwards and their caches, when free
-        self.lane = lane if lane is not None and lane.acquire(capacity, draft_k) else None
-        # the model's decode and verify forwards: replayed, compiled or eager
-        self.forwards = self.lane or step_functions(model)
         self.sampling = sampling = options.sampling
         self.policy = AdaptiveDraft(draft_k) if options.adaptive and draft_k else FixedDraft(draft_k)
-        initial = min(capacity, len(prompt_ids) + FIRST_REPLY_TOKENS)  # the caches grow from there as needed
-        with torch.inference_mode():  # inference tensors, as the steps that grow them make: one kind for compiled steps
-            self.cache = self.lane.cache if self.lane else model.new_cache(
-                capacity, max_steps=draft_k + 1 if draft_k else 0, initial_len=initial)
-            self.drafter = (drafter or MTPDrafter(model, capacity, options.draft_vocab, initial, lane=self.lane)
-                            ) if draft_k else None
         self.after_plain = False  # the last step was plain: the drafter holds pairs queued without drafting
         self.generator = None
         if sampling.seed is not None:
@@ -62,6 +52,17 @@ class SpeculativeDecoder:
         self.penalties = Penalties(sampling, prompt_ids, model.config.vocab_size, model.output_device)
         self.length = 0
         self.token = -1
+        # On a GPU, the model's captured forwards and their caches, when free: taken last, as nothing after
+        # this allocates with a lane (nothing can fail and leave it taken before `close` can give it back).
+        lane = graph_lane(model)
+        self.lane = lane if lane is not None and lane.acquire(capacity, draft_k) else None
+        self.forwards = self.lane or step_functions(model)  # decode and verify forwards: replayed, compiled or eager
+        initial = min(capacity, len(prompt_ids) + FIRST_REPLY_TOKENS)  # the caches grow from there as needed
+        with torch.inference_mode():  # inference tensors, as the steps that grow them make: one kind for compiled steps
+            self.cache = self.lane.cache if self.lane else model.new_cache(
+                capacity, max_steps=draft_k + 1 if draft_k else 0, initial_len=initial)
+            self.drafter = (drafter or MTPDrafter(model, capacity, options.draft_vocab, initial, lane=self.lane)
+                            ) if draft_k else None
 
     def close(self) -> None:
         """Done decoding: a lane goes back to the model (its caches are the next sequence's)."""

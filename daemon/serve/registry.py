@@ -14,7 +14,8 @@ is refused before it is added. A model served by a remote engine (`engine = "ope
 daemon/serve/remote_engine.py) has nothing to load: it is resident at once. A model with `compile =
 true` is resident as soon as its weights are, serving with eager steps while a background thread
 compiles its decoding steps (minutes the first time on a small CPU); replies that start after that run
-the compiled ones (daemon/engine/step_functions.py; with a graph lane, below, the lane's forwards). A model on one GPU has its decoding forwards
+the compiled ones (daemon/engine/step_functions.py; with a graph lane, below, the lane's
+forwards). A model on one GPU has its decoding forwards
 captured as CUDA graphs right after loading (`cuda_graphs = false` turns it off): one stream at a time
 replays them, in caches made for the model's context (daemon/engine/graph_lane.py); a capture that
 fails leaves the model serving eagerly, and says why.
