@@ -174,7 +174,8 @@ class DeathWatch:
         return time.monotonic() - self.quiet_since
 
     def died(self) -> bool:
-        disconnected = self.disconnects.poll(0) and recv_monitor_message(self.disconnects)["event"] == zmq.EVENT_DISCONNECTED
+        disconnected = (self.disconnects.poll(0)
+                        and recv_monitor_message(self.disconnects)["event"] == zmq.EVENT_DISCONNECTED)
         if not disconnected and time.monotonic() - self.checked_at < self.check_s:
             return False
         self.checked_at = time.monotonic()

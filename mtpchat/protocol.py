@@ -328,7 +328,8 @@ class Bounds:
         value = _number(field, value)
         low, high = self.low, self.high
         if not (low < value if self.low_open else low <= value) or not value <= high:  # NaN fails both
-            raise _invalid(field, f"must be {'greater than' if self.low_open else 'at least'} {low:g} and at most {high:g}")
+            raise _invalid(field, f"must be {'greater than' if self.low_open else 'at least'} {low:g} "
+                                  f"and at most {high:g}")
         return value
 
 

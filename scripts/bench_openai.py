@@ -250,8 +250,8 @@ def main() -> int:
     commands = {"mtpchatd": shlex.join([f"{k}={v}" for k, v in daemon_env.items()] + daemon),
                 "mtpchatd config.toml": DAEMON_CONFIG, LLAMA: shlex.join(llama_server)}
     print(json.dumps({"machine": before | {"load_average_after": os.getloadavg()}, "threads": args.threads,
-                      "rounds": args.rounds, "prompts": prompts, "max_tokens": args.max_tokens, "sampling": SAMPLING, "mtpchatd_demo": demo,
-                      **report(results), "commands": commands}, indent=2))
+                      "rounds": args.rounds, "prompts": prompts, "max_tokens": args.max_tokens, "sampling": SAMPLING,
+                      "mtpchatd_demo": demo, **report(results), "commands": commands}, indent=2))
     return 0
 
 

@@ -59,7 +59,8 @@ def fixed_rate_source(rate: float, count: int):
             due = min(count, int((time.perf_counter() - started) * rate))
             if due > sent:
                 chunk = pieces[sent:due]
-                feed.add_chunk({"text": "".join(chunk), "pieces": chunk, "drafted": [i % 4 != 3 for i in range(len(chunk))],
+                feed.add_chunk({"text": "".join(chunk), "pieces": chunk,
+                                "drafted": [i % 4 != 3 for i in range(len(chunk))],
                                 "stats": {GENERATED_TOKENS: due, DECODE_TOK_S: rate, DRAFT_K: 3,
                                           ACCEPTANCE_RATE: 0.75, MEAN_ACCEPTANCE_LENGTH: 3.25,
                                           ACCEPTANCE_PER_POSITION: [0.9, 0.75, 0.6]}})
@@ -97,7 +98,8 @@ async def run(rate: float, count: int) -> dict:
     return {"rate_tok_s": rate, "tokens": count, "chars": len(text), "stream_s": round(source.finished_at - started, 3),
             "frames": len(lags), "lag_mean_s": round(statistics.fmean(lags), 4),
             "lag_p50_s": round(lags[len(lags) // 2], 4), "lag_p95_s": round(lags[int(len(lags) * 0.95)], 4),
-            "lag_max_s": round(lags[-1], 4), "final_render_after_last_token_s": round(rendered_at - source.finished_at, 3),
+            "lag_max_s": round(lags[-1], 4),
+            "final_render_after_last_token_s": round(rendered_at - source.finished_at, 3),
             "complete": text == "".join(tokens(count))}
 
 

@@ -77,7 +77,8 @@ def main() -> int:
             time.sleep(max(0.0, args.interval - (answered - sent)))
     thread.join()
     stats = outcome.get("stats", {})
-    print(json.dumps({"machine": machine(), "reply": outcome.get("error") or outcome.get("type"), "seconds": round(time.perf_counter() - started, 1),
+    print(json.dumps({"machine": machine(), "reply": outcome.get("error") or outcome.get("type"),
+                      "seconds": round(time.perf_counter() - started, 1),
                       "prompt_tokens": stats.get("prompt_tokens"), "generated_tokens": stats.get("generated_tokens"),
                       "time_to_first_token_s": stats.get("time_to_first_token_s"),
                       **{phase: percentiles(samples) for phase, samples in phases.items()}}, indent=2))

@@ -46,7 +46,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, help="default: the shape's (248,320)")
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
-    model = random_model(shape_config(args.shape, args.layers, args.vocab), args.device, default_dtype(torch.device(args.device)))
+    model = random_model(shape_config(args.shape, args.layers, args.vocab), args.device,
+                         default_dtype(torch.device(args.device)))
     time_of = "self_device_time_total" if args.device == "cuda" else "self_cpu_time_total"
     for k, name in ((0, "decode"), (3, "verify")):
         events = profile_step(StepRunner(model, 128, k, capture=False), name, list(range(1, 33)))

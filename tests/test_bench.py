@@ -66,7 +66,8 @@ def test_a_random_model_can_be_quantized_as_the_loader_would(tiny):
     assert isinstance(model.layers[3].self_attn.qkv_proj, Int4Linear)
     assert isinstance(model.layers[3].mlp.experts, QuantizedExperts) and isinstance(model.mtp.fc, Int8Linear)
     float_twin = random_model(config, "cpu", torch.float32)
-    assert layer_bandwidth(model, repeats=1)["qkv_proj"]["mb"] < layer_bandwidth(float_twin, repeats=1)["qkv_proj"]["mb"] / 4
+    assert (layer_bandwidth(model, repeats=1)["qkv_proj"]["mb"]
+            < layer_bandwidth(float_twin, repeats=1)["qkv_proj"]["mb"] / 4)
     prompt = random_ids(12, seed=3)[0].tolist()
     assert bench_checkpoint(model, [prompt], 8, ks=[2])["mtp_identical_to_plain"] is True
 

@@ -75,7 +75,8 @@ def test_ask_streams_text_with_the_default_demo_model(home):
     assert "demo" in listed and "resident" in listed
     unloaded = _run("mtpchat.cli", "models", "unload", "demo", home=home)
     assert unloaded.returncode == 0 and unloaded.stdout == "demo unloaded\n"
-    demo_line = [line for line in _run("mtpchat.cli", "models", "list", home=home).stdout.splitlines() if "demo" in line]
+    demo_line = [line for line in _run("mtpchat.cli", "models", "list", home=home).stdout.splitlines()
+                 if "demo" in line]
     assert "unloaded" in demo_line[0]
     loaded = _run("mtpchat.cli", "models", "load", "demo", home=home)
     assert loaded.returncode == 0 and loaded.stdout == "demo resident\n" and "loading demo…" in loaded.stderr

@@ -59,7 +59,8 @@ def test_converted_checkpoint_matches_the_gguf_in_transformers(demo, dtype, repo
     prompt = torch.tensor([chat_prompt(demo, "Explain how a hash map works, with a short Python example.")])
     cache = ours.new_cache(prompt.shape[1])
     ours_logits = torch.cat([ours(prompt[:, :-3], cache, 0)[0]] +
-                            [ours(prompt[:, i:i + 1], cache, i)[0] for i in range(prompt.shape[1] - 3, prompt.shape[1])],
+                            [ours(prompt[:, i:i + 1], cache, i)[0]
+                             for i in range(prompt.shape[1] - 3, prompt.shape[1])],
                             dim=1)
     for label, ref in (("transformers' GGUF loader", from_gguf), ("transformers on the converted dir", from_dir)):
         expected = ref(prompt).logits

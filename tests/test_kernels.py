@@ -31,7 +31,8 @@ def _close(actual, expected):
     assert (actual - expected).abs().max() <= RTOL * expected.abs().max()
 
 
-@pytest.mark.skipif(not (cuda and kernels.chunk_gated_delta_rule), reason="flash-linear-attention is CUDA-only and not installed")
+@pytest.mark.skipif(not (cuda and kernels.chunk_gated_delta_rule),
+                    reason="flash-linear-attention is CUDA-only and not installed")
 @pytest.mark.parametrize("length", [1, 4, 200])
 def test_fla_delta_rule_equals_torch(length):
     q, k, v, g, beta, state = _inputs(length)

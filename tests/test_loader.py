@@ -67,7 +67,8 @@ def test_text_only_checkpoint_with_per_expert_trunk_loads(tiny, tmp_path):
 def test_vision_tensors_are_never_read(tiny, monkeypatch):
     read = []
     original = CheckpointFiles.read
-    monkeypatch.setattr(CheckpointFiles, "read", lambda self, name, shape=None: read.append(name) or original(self, name, shape))
+    monkeypatch.setattr(CheckpointFiles, "read",
+                        lambda self, name, shape=None: read.append(name) or original(self, name, shape))
     load_model(tiny["qwen3.6-dense-tiny"], device="cpu")
     assert any(n.startswith("mtp.") for n in read) and "lm_head.weight" in read
     assert not [n for n in read if n.startswith("model.visual.")]

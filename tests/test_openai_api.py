@@ -2,9 +2,9 @@
 `--openai` on a free port, the official `openai` package as the client.
 
 Replies equal the daemon's own for the same greedy request (streamed or not, chat or legacy
-completions) and for the same seed, top_p and repetition penalty, stop strings end them, usage and the `mtp` stats match the daemon's, a client leaving
-mid-stream cancels its generation, and bad requests, unknown models and missing keys get OpenAI-shaped
-errors with the right statuses."""
+completions) and for the same seed, top_p and repetition penalty, stop strings end them, usage and the
+`mtp` stats match the daemon's, a client leaving mid-stream cancels its generation, and bad requests,
+unknown models and missing keys get OpenAI-shaped errors with the right statuses."""
 
 from __future__ import annotations
 

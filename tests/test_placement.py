@@ -74,7 +74,8 @@ def test_without_a_gpu_the_cpu_and_what_is_missing_when_nothing_fits():
     assert plan_placement("small", SMALL, [DeviceBudget("cpu", 16 * GIB)]).devices == ["cpu"]
     with pytest.raises(PlacementError, match=r"needs 12\.00 GiB but only cpu 8\.00 GiB can be used: 4\.00 GiB missing"):
         plan_placement("small", SMALL, [DeviceBudget("cpu", 8 * GIB)])
-    with pytest.raises(PlacementError, match=r"53\.90 GiB but only cuda:0 20\.00 GiB, cuda:1 20\.00 GiB .*13\.90 GiB missing"):
+    with pytest.raises(PlacementError,
+                       match=r"53\.90 GiB but only cuda:0 20\.00 GiB, cuda:1 20\.00 GiB .*13\.90 GiB missing"):
         plan_placement("dense", BIG, gpus(20, 20))
 
 

@@ -69,7 +69,8 @@ def test_an_attention_cache_doubles_keeps_its_contents_and_stops_at_max_len():
     cache.write(torch.arange(3), keys, -keys)
     cache.reserve(4)
     assert cache.keys.shape[2] == 6  # twice the size, not one more
-    assert torch.equal(cache.window(3)[0], keys.transpose(1, 2)) and torch.equal(cache.window(3)[1], -keys.transpose(1, 2))
+    assert (torch.equal(cache.window(3)[0], keys.transpose(1, 2))
+            and torch.equal(cache.window(3)[1], -keys.transpose(1, 2)))
     cache.reserve(9)
     assert cache.keys.shape[2] == 10  # capped at max_len
     with pytest.raises(ValueError, match="past this cache's 10 positions"):

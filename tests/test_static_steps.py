@@ -90,7 +90,8 @@ def test_moe_gathers_experts_without_a_loop_equal_to_the_loop(models, tokens, mo
     from daemon.model import mlp
 
     moe = models["qwen3.6-moe-tiny"].layers[0].mlp
-    x = torch.randn(1, tokens, moe.gate.in_features, dtype=torch.float64, generator=torch.Generator().manual_seed(tokens))
+    x = torch.randn(1, tokens, moe.gate.in_features, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(tokens))
     with torch.inference_mode():
         gathered = moe(x)
         monkeypatch.setattr(mlp, "GATHER_MAX_PAIRS", 0)

@@ -81,7 +81,8 @@ def test_the_wheel_runs_the_client_in_a_venv_without_torch(tmp_path):
                     "-w", tmp_path / "dist", source], check=True)
     wheel = next((tmp_path / "dist").glob("mtpchat-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"mtpchat/tui/app.tcss", "mtpchat/themes/mtpchat-dark.toml", "mtpchat/themes/mtpchat-light.toml"} <= set(names)
+    assert {"mtpchat/tui/app.tcss", "mtpchat/themes/mtpchat-dark.toml",
+            "mtpchat/themes/mtpchat-light.toml"} <= set(names)
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)

@@ -5,12 +5,13 @@ tokens per second: expected tokens E(k) = 1 + Σ_{j≤k} Π_{i≤j} c_i from the
 acceptance c_i of draft position i, over the measured seconds a step of k costs (draft steps plus the
 (k+1)-token verify, timed on the steps actually run). k = 0 — a plain step — is a candidate too: where
 drafts are rarely accepted (sampling with penalties on a small model's head) drafting costs more than
-it gives, and "auto" should then cost no more than its periodic exploration over no MTP. Counts decay so the policy follows the content
-(code drafts better than prose); every k is timed once at the start, and every `explore_every` steps a
-neighbour of the best k (one shorter or one longer, whichever ran less recently) is run again, so the
-estimates around the choice stay fresh and the policy can climb to longer drafts when acceptance rises,
-without paying for the longest drafts while the best is a plain step (on the demo model under its
-sampling defaults, re-running every k in turn spent about a tenth of the steps on drafts of 2-4).
+it gives, and "auto" should then cost no more than its periodic exploration over no MTP. Counts decay so
+the policy follows the content (code drafts better than prose); every k is timed once at the start, and
+every `explore_every` steps a neighbour of the best k (one shorter or one longer, whichever ran less
+recently) is run again, so the estimates around the choice stay fresh and the policy can climb to longer
+drafts when acceptance rises, without paying for the longest drafts while the best is a plain step (on
+the demo model under its sampling defaults, re-running every k in turn spent about a tenth of the steps
+on drafts of 2-4).
 """
 
 from __future__ import annotations

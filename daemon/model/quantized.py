@@ -106,7 +106,8 @@ def int4_quantize(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch
     return codes.reshape(rows, cols).to(torch.uint8), scales, zeros
 
 
-def q4_1_to_int4(codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def q4_1_to_int4(codes: torch.Tensor, d: torch.Tensor,
+                 m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GGUF Q4_1 blocks (w = d·q + m, codes 0..15 [N, K], d and m [N, K/32]) in torch's int4 convention
     at group 32: the same codes, scale d, zero m + 8d (computed in float32, where it is exact for every
     block of the demo model: d and m are float16, 11 significant bits each)."""

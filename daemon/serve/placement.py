@@ -79,7 +79,8 @@ def _fill(footprint: Footprint, budgets: list[DeviceBudget]) -> Placement | None
     used: dict[str, int] = {}
     device_index = 0
     for size in parts:
-        while device_index < len(budgets) and used.get(budgets[device_index].name, 0) + size > budgets[device_index].free:
+        while (device_index < len(budgets)
+               and used.get(budgets[device_index].name, 0) + size > budgets[device_index].free):
             device_index += 1
         if device_index == len(budgets):
             return None

@@ -4,8 +4,9 @@ A config entry with `engine = "openai"` names a URL and the remote model instead
 (mtpchat.config.ModelSettings); the registry marks it resident at once and the scheduler steps a
 `RemoteStream` where it would step a local `ReplyStream`. The HTTP stream is read on a thread of its
 own, so a slow remote never holds the engine thread: each step takes what arrived without waiting,
-and only while every active stream is remote and quiet does the engine wait (STEP_WAIT_S at most). Cancelling shuts the connection, which ends the remote generation (servers cancel on
-disconnect). Remote HTTP errors become the wire's error codes (RemoteError).
+and only while every active stream is remote and quiet does the engine wait (STEP_WAIT_S at most).
+Cancelling shuts the connection, which ends the remote generation (servers cancel on disconnect). Remote
+HTTP errors become the wire's error codes (RemoteError).
 
 Only what the remote reports is passed on: text (no token ids — the OpenAI API gives none), usage, and
 speculative-decoding figures where the server gives them — another mtpchatd's `mtp` field, llama-server's

@@ -134,7 +134,8 @@ class Scheduler:
                     if generation is not None and not self._stopping:
                         try:
                             self._advance(key, generation)
-                        except ProtocolError as exc:  # a refused request or a remote engine's refusal, in the wire's terms
+                        except ProtocolError as exc:
+                            # a refused request or a remote engine's refusal, in the wire's terms
                             self._end(key, error_reply(key[1], exc.code, exc.message))
                         except Exception as exc:
                             self._fail(key, exc)

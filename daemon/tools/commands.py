@@ -217,10 +217,13 @@ def _train_head(args: argparse.Namespace) -> int:
 
 
 
+MODEL_HELP = "configured model name, checkpoint directory or repo id (default: the default model)"
+
+
 def add_commands(commands) -> None:
     """Register `bench`, `quality`, `loops` and `train-head` on mtpchatd's subcommand parser."""
     bench = commands.add_parser("bench", help="plain vs MTP decoding side by side, JSON out")
-    bench.add_argument("--model", help="configured model name, checkpoint directory or repo id (default: the default model)")
+    bench.add_argument("--model", help=MODEL_HELP)
     bench.add_argument("--shape", choices=["qwen3.6-27b", "qwen3.6-35b-a3b"],
                        help="random weights at this real shape, with an oracle drafter, instead of a checkpoint")
     bench.add_argument("--layers", type=int, help="with --shape: fewer layers (a multiple of 4)")
@@ -267,7 +270,7 @@ def add_commands(commands) -> None:
     quality.set_defaults(run=_quality)
     loops = commands.add_parser("loops", help="share of replies stuck in a repeated n-gram loop, greedy vs the "
                                               "model's sampling defaults, and MTP's speed-up under those, JSON out")
-    loops.add_argument("--model", help="configured model name, checkpoint directory or repo id (default: the default model)")
+    loops.add_argument("--model", help=MODEL_HELP)
     loops.add_argument("--prompts", type=int, default=16,
                        help="how many of the held-out prompts of the model's MTP head (60 for the demo)")
     loops.add_argument("--max-tokens", type=int, default=200, help="reply tokens per prompt at most")
@@ -275,7 +278,7 @@ def add_commands(commands) -> None:
     loops.add_argument("--threads", type=int, help="torch CPU threads")
     loops.set_defaults(run=_loops)
     train = commands.add_parser("train-head", help="train an MTP head for a checkpoint without one (self-distillation)")
-    train.add_argument("--model", help="configured model name, checkpoint directory or repo id (default: the default model)")
+    train.add_argument("--model", help=MODEL_HELP)
     train.add_argument("--out", help="where mtp_head.safetensors goes (default: beside the checkpoint)")
     train.add_argument("--work", help="work directory for replies, features and resumable state "
                                       "(default: in the cache, per trunk)")
@@ -300,6 +303,7 @@ def add_commands(commands) -> None:
     train.add_argument("--lm-head-dtype", choices=["float32", "bfloat16"],
                        help="the training loss's lm_head product: bfloat16 is about twice as fast on CPUs with "
                             "AVX512-BF16 and on GPUs, slower on other CPUs (default float32)")
-    train.add_argument("--seed", type=int, help="fixes the prompt sample, the initial head, the batch order (default 0)")
+    train.add_argument("--seed", type=int,
+                       help="fixes the prompt sample, the initial head, the batch order (default 0)")
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.set_defaults(run=_train_head)

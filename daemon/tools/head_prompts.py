@@ -85,7 +85,8 @@ SQL_TASKS = [
     "returns the total amount per customer", "finds the customers with more than five orders",
     "returns the ten most recent orders", "computes the revenue per month in 2023",
     "finds the orders above the average amount", "returns the customers who never ordered anything",
-    "deletes duplicate orders, keeping the one with the lowest id", "ranks customers by total spend with a window function",
+    "deletes duplicate orders, keeping the one with the lowest id",
+    "ranks customers by total spend with a window function",
     "returns the second highest order amount", "counts the orders per day over the last seven days",
     "sets the amount of order 42 to 99.50", "creates an index that speeds up lookups by customer_id",
 ]
@@ -93,7 +94,8 @@ SQL_TABLES = "Tables: customers(id, name, email) and orders(id, customer_id, amo
 SNIPPETS_TO_EXPLAIN = [
     "```python\nsquares = [x * x for x in range(10) if x % 2 == 0]\n```",
     "```python\nwith open('data.txt') as f:\n    lines = [line.strip() for line in f if line.strip()]\n```",
-    "```python\ndef memo(f):\n    cache = {}\n    def wrapper(n):\n        if n not in cache:\n            cache[n] = f(n)\n"
+    "```python\ndef memo(f):\n    cache = {}\n    def wrapper(n):\n"
+    "        if n not in cache:\n            cache[n] = f(n)\n"
     "        return cache[n]\n    return wrapper\n```",
     "```python\ncounts = {}\nfor word in text.split():\n    counts[word] = counts.get(word, 0) + 1\n```",
     "```python\nclass Point:\n    def __init__(self, x, y):\n        self.x, self.y = x, y\n\n"
@@ -103,7 +105,8 @@ SNIPPETS_TO_EXPLAIN = [
     "```python\npairs = sorted(scores.items(), key=lambda item: item[1], reverse=True)[:3]\n```",
     "```python\ndef gen(n):\n    for i in range(n):\n        yield i * 2\n```",
     "```javascript\nconst total = items.filter(i => i.active).map(i => i.price).reduce((a, b) => a + b, 0);\n```",
-    "```javascript\nfetch('/api/users')\n  .then(response => response.json())\n  .then(users => console.log(users.length))\n"
+    "```javascript\nfetch('/api/users')\n  .then(response => response.json())\n"
+    "  .then(users => console.log(users.length))\n"
     "  .catch(error => console.error(error));\n```",
     "```bash\nfind . -name '*.log' -mtime +7 -exec rm {} \\;\n```",
     "```bash\nfor f in *.csv; do wc -l \"$f\"; done | sort -n\n```",

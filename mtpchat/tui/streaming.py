@@ -60,7 +60,8 @@ class ReplyFeed:
 
     def add_chunk(self, message: dict) -> None:
         text = message.get("text", "")
-        pieces = [[piece, bool(drafted)] for piece, drafted in zip(message.get("pieces", []), message.get("drafted", []))]
+        pieces = [[piece, bool(drafted)]
+                  for piece, drafted in zip(message.get("pieces", []), message.get("drafted", []))]
         with self._lock:
             batch = self._batch
             if batch.oldest is None:
