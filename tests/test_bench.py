@@ -100,6 +100,7 @@ def test_bench_command_prints_json(tiny, tmp_path):
     report = json.loads(done.stdout)
     assert report["checkpoint"]["mtp"]["2"]["speedup"] > 0 and report["dtype"] == "float32"
     assert report["prompts"] == 2  # the two given, not the built-in ones
+    assert report["cuda_graphs"] is False  # graph lanes are the GPU's
     assert report["checkpoint_draft_vocab"]["mtp_identical_to_plain"] is True
     assert report["layer_bandwidth"]["lm_head"]["gb_s"] > 0 and report["machine_bandwidth"]["read_gb_s"] > 0
 

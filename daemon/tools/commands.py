@@ -13,7 +13,15 @@ import sys
 import time
 
 from mtpchat.client import DaemonClient, start_daemon
-from mtpchat.config import BUILTIN, DEFAULT_QUANTIZE_GROUP, DTYPE_NAMES, ModelSettings, Quantization, load_config
+from mtpchat.config import (
+    BUILTIN,
+    DEFAULT_CONTEXT,
+    DEFAULT_QUANTIZE_GROUP,
+    DTYPE_NAMES,
+    ModelSettings,
+    Quantization,
+    load_config,
+)
 from mtpchat.machine import machine
 from mtpchat.protocol import MAX_DRAFT, QUANTIZE_CHOICES
 
@@ -49,6 +57,17 @@ def _quantizations(args: argparse.Namespace) -> list[Quantization]:
         raise SystemExit(f"mtpchatd: {exc}") from None
 
 
+def _graph_lane(model, args: argparse.Namespace, capacity: int) -> bool:
+    """On a GPU, the graph lane the daemon would capture (daemon/engine/graph_lane.py), so the bench
+    measures how the daemon decodes; whether there is one."""
+    if model.device.type != "cuda" or args.no_cuda_graphs:
+        return False
+    from daemon.engine.graph_lane import install_graph_lane
+
+    install_graph_lane(model, capacity, MAX_DRAFT if model.mtp is not None else 0, args.draft_vocab)
+    return True
+
+
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
@@ -77,6 +96,7 @@ def _bench(args: argparse.Namespace) -> int:
         report.update(model=args.shape, layers=config.num_hidden_layers, vocab=config.vocab_size)
         for quantization in _quantizations(args) if args.quantize else [Quantization()]:
             model = random_model(config, device, dtype, quantization=quantization)
+            report["cuda_graphs"] = _graph_lane(model, args, args.prompt_tokens + args.max_tokens + 2 * MAX_DRAFT)
             runs.append((quantization, {
                 "step_cost": bench.step_costs(model, ks, draft_vocab=args.draft_vocab),
                 "layer_bandwidth": layer_bandwidth(model),
@@ -89,6 +109,7 @@ def _bench(args: argparse.Namespace) -> int:
                                                dtype=DTYPES[args.dtype] if args.dtype else None,
                                                quantization=quantization)
             prompts = user_prompts(tokenizer, args.prompt or bench.BENCH_PROMPTS[:args.prompts])
+            report["cuda_graphs"] = _graph_lane(model, args, min(DEFAULT_CONTEXT, model.config.max_position_embeddings))
             report.update(model=str(checkpoint), prompts=len(prompts), compile=args.compile)
             compiled = {}
             if args.compile:
@@ -240,6 +261,9 @@ def add_commands(commands) -> None:
     bench.add_argument("--device")
     bench.add_argument("--dtype", choices=DTYPE_NAMES)
     bench.add_argument("--threads", type=int, help="torch CPU threads")
+    bench.add_argument("--no-cuda-graphs", action="store_true",
+                       help="on a GPU, decode eagerly instead of through the daemon's graph lane "
+                            "(as cuda_graphs = false)")
     bench.add_argument("--compile", action="store_true",
                        help="torch.compile the decoding steps first (as a model with compile = true in config.toml)")
     bench.add_argument("--quantize", metavar="METHODS",
