@@ -48,11 +48,16 @@ from daemon.engine.sampling import SamplingParams
 from daemon.engine.step_runner import CapturedDecoder, StepRunner
 from daemon.model import kernels
 from daemon.model.config import TextConfig
-from daemon.tools.real_shapes import SHAPES, random_model, shape_config
-from daemon.weights.loader import default_dtype
 from daemon.model.fp8 import check_fp8_matmul, fp8_activations, fp8_widened
-from daemon.model.quantized import KERNEL_DTYPE, quantized_kernels, quantized_linear, quantized_weights
+from daemon.model.quantized import (
+    KERNEL_DTYPE,
+    quantized_kernels,
+    quantized_linear,
+    quantized_weights,
+)
+from daemon.tools.real_shapes import SHAPES, random_model, shape_config
 from daemon.tools.step_timing import synchronize, time_step
+from daemon.weights.loader import default_dtype
 from mtpchat.config import Quantization
 
 HBM_BYTES_PER_S = 4.8e12  # H200 peak HBM bandwidth

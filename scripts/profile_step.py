@@ -20,8 +20,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from daemon.engine.step_runner import StepRunner
 from daemon.tools.real_shapes import SHAPES, random_model, shape_config
-from daemon.weights.loader import default_dtype
 from daemon.tools.step_timing import synchronize
+from daemon.weights.loader import default_dtype
 
 
 def profile_step(runner: StepRunner, name: str, prompt: list[int]) -> list:

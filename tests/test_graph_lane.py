@@ -73,7 +73,7 @@ def test_a_lane_decodes_the_eager_tokens(tiny, name):
     eager, model = _load(tiny, name), _load(tiny, name)
     prompts = [chat_prompt(tiny[name], "Hello! Who are you?"), random_ids(90, seed=4)[0].tolist()]
     expected = [_tokens(eager, p, _options(k, a, s)) for p in prompts for k, a, s in VARIANTS]
-    lane = install_graph_lane(model, CAPACITY, MAX_DRAFT)
+    lane = install_graph_lane(model, CAPACITY)
     counts = _count_replays(lane)
     assert [_tokens(model, p, _options(k, a, s)) for p in prompts for k, a, s in VARIANTS] == expected
     assert counts["trunk 1"] > 0 and counts["draft"] > 0, counts
@@ -113,7 +113,7 @@ def test_plain_steps_between_drafting_ones(tiny):
     prompt = chat_prompt(tiny[name], "Hello! Who are you?")
     ks = [0, 0, 0, 3, 0, 0, 1, 0, 4, 0, 0, 0, 2]
     expected = _scripted_tokens(eager, prompt, ks, len(ks))
-    lane = install_graph_lane(model, CAPACITY, MAX_DRAFT)
+    lane = install_graph_lane(model, CAPACITY)
     assert _scripted_tokens(model, prompt, ks, len(ks)) == expected
     assert _free(lane)
 
@@ -122,7 +122,7 @@ def test_what_a_forward_returned_outlives_the_next_replay(tiny):
     """A graph writes its outputs at fixed addresses: the lane hands out copies, so a caller that keeps
     a result (a queued hidden state, logits) does not see it change under the next replay."""
     model = _load(tiny, MODELS[0])
-    lane = install_graph_lane(model, CAPACITY, MAX_DRAFT)
+    lane = install_graph_lane(model, CAPACITY)
     with torch.inference_mode():
         first = lane.trunk(torch.tensor([[5]]), lane.cache, 0)
         kept = [t.clone() for t in first]
@@ -139,7 +139,7 @@ def test_one_sequence_holds_the_lane_the_next_decodes_eagerly(tiny):
     eager, model = _load(tiny, name), _load(tiny, name)
     prompts = [chat_prompt(tiny[name], "Hello! Who are you?"), random_ids(30, seed=6)[0].tolist()]
     expected = [_tokens(eager, p, _options(2)) for p in prompts]
-    lane = install_graph_lane(model, CAPACITY, MAX_DRAFT)
+    lane = install_graph_lane(model, CAPACITY)
     first, second = (Generation(model, p, _options(2)) for p in prompts)
     outputs: list[list[int]] = [[], []]
     for a, b in zip(first, second, strict=True):  # stepped in turn, as the engine thread does
@@ -154,7 +154,7 @@ def test_one_sequence_holds_the_lane_the_next_decodes_eagerly(tiny):
 def test_the_lane_comes_back_after_a_cancel_or_a_fault(tiny):
     name = MODELS[0]
     model = _load(tiny, name)
-    lane = install_graph_lane(model, CAPACITY, MAX_DRAFT)
+    lane = install_graph_lane(model, CAPACITY)
     prompt = random_ids(100, seed=7)[0].tolist()
     generation = Generation(model, prompt, _options(2, prefill_chunk=32))
     assert next(generation) is PREFILLING and not _free(lane)
@@ -175,7 +175,7 @@ def test_what_a_lane_was_not_made_for_decodes_eagerly(tiny):
     name = MODELS[0]
     eager, model = _load(tiny, name), _load(tiny, name)
     prompt = chat_prompt(tiny[name], "Hello! Who are you?")
-    lane = install_graph_lane(model, len(prompt) + 20, 2, vocab=512)
+    lane = install_graph_lane(model, len(prompt) + 20, 512, max_k=2)
     counts = _count_replays(lane)
     for options in (_options(2, max_tokens=21), _options(3, max_tokens=20)):  # past its capacity; more drafts
         assert _tokens(model, prompt, options) == _tokens(eager, prompt, options)
@@ -189,7 +189,7 @@ def test_what_a_lane_was_not_made_for_decodes_eagerly(tiny):
 def test_a_lane_resumes_from_a_saved_prompt_state(tiny):
     name = MODELS[1]
     eager, model = _load(tiny, name), _load(tiny, name)
-    install_graph_lane(model, CAPACITY, MAX_DRAFT)
+    install_graph_lane(model, CAPACITY)
     turn = chat_prompt(tiny[name], "Hello! Who are you?")
     first, second = (turn + random_ids(12, seed=seed)[0].tolist() for seed in (8, 9))
     expected = _tokens(eager, second, _options(3))
@@ -208,7 +208,7 @@ def test_a_compiled_lane_decodes_the_eager_tokens_and_no_reply_compiles(tiny):
     eager, model = _load(tiny, name), _load(tiny, name)
     prompts = [chat_prompt(tiny[name], "Hello! Who are you?"), random_ids(90, seed=4)[0].tolist()]
     expected = [_tokens(eager, p, _options(k, a, s)) for p in prompts for k, a, s in VARIANTS]
-    lane = install_graph_lane(model, CAPACITY, MAX_DRAFT)
+    lane = install_graph_lane(model, CAPACITY)
     before = counters["stats"]["unique_graphs"]
     lane.compile(backend="eager")
     graphs = counters["stats"]["unique_graphs"]

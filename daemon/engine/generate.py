@@ -85,13 +85,13 @@ class Generation:
         started = time.perf_counter()
         decoder = SpeculativeDecoder(model, prompt_ids, len(prompt_ids) + budget, options, drafter=drafter)
         try:
-            yield from self._decode(model, decoder, options, stop, budget, reuse, started)
+            yield from self._decode(decoder, options, stop, budget, reuse, started)
         finally:
             decoder.close()  # the GPU lane it may hold goes to the next sequence, also after a cancel or a fault
 
-    def _decode(self, model: QwenModel, decoder: SpeculativeDecoder, options: GenerationOptions, stop: set[int],
-                budget: int, reuse: PromptReuse | None, started: float) -> Iterator[Step]:
-        stats, prompt_ids = self.stats, decoder.prompt_ids
+    def _decode(self, decoder: SpeculativeDecoder, options: GenerationOptions, stop: set[int], budget: int,
+                reuse: PromptReuse | None, started: float) -> Iterator[Step]:
+        stats, model, prompt_ids = self.stats, decoder.model, decoder.prompt_ids
         at_budget = "length" if budget == options.max_tokens else "context"
         stats.state_bytes = decoder.state_bytes()  # live stats: what is allocated now, measured again at the end
         resume = reuse.lookup(prompt_ids, with_mtp=decoder.drafter is not None) if reuse else None

@@ -24,10 +24,11 @@ from collections.abc import Callable
 import torch
 
 from daemon.engine.cuda_graph import cuda_graph
-from daemon.engine.step_functions import allow_graphs
+from daemon.engine.step_functions import allow_graphs, step_functions
 from daemon.engine.step_runner import compile_options
 from daemon.model.cache import AttentionCache, ModelCache
 from daemon.model.text_model import QwenModel
+from mtpchat.protocol import MAX_DRAFT
 
 
 class _Replay:
@@ -131,9 +132,6 @@ class GraphLane:
     def release(self) -> None:
         self._busy.release()
 
-    def nbytes(self) -> int:
-        return self.cache.nbytes() + (self.mtp_cache.nbytes() if self.mtp_cache is not None else 0)
-
     # --- StepFunctions' interface -------------------------------------------------------------------
 
     def trunk(self, ids: torch.Tensor, cache: ModelCache, start: int, *,
@@ -141,7 +139,7 @@ class GraphLane:
         assert cache is self.cache, "a lane's forwards run on its own caches"
         replay = self._trunk.get((ids.shape[1], keep_steps))
         if replay is None:
-            return self.model(ids, cache, start, keep_steps=keep_steps)
+            return step_functions(self.model).trunk(ids, cache, start, keep_steps=keep_steps)
         rows = ids.shape[1]
         self._ids[:, :rows].copy_(ids)
         torch.add(self._offsets[:rows], start, out=self._positions[:rows])
@@ -152,15 +150,19 @@ class GraphLane:
         """The MTP head's logits for the last pair only, and its output for all pairs (as StepFunctions')."""
         assert cache is self.mtp_cache, "a lane's forwards run on its own caches"
         if self._draft is None or next_ids.shape[1] != 1 or vocab != self.vocab:
-            return self.model.mtp_forward(next_ids, hidden, cache, start, vocab=vocab, last_only=True)
+            return step_functions(self.model).mtp(next_ids, hidden, cache, start, vocab=vocab)
         self._ids[:, :1].copy_(next_ids)
         self._draft_hidden.copy_(hidden)
         self._positions[:1].fill_(start)
         return self._draft()
 
 
-def install_graph_lane(model: QwenModel, capacity: int, max_k: int, vocab: int | None = None) -> GraphLane:
-    """Capture a lane for `model` (on its GPU) and make it the one its new sequences try first."""
+def install_graph_lane(model: QwenModel, capacity: int, vocab: int | None = None, *,
+                       max_k: int | None = None) -> GraphLane:
+    """Capture a lane for `model` (on its GPU) and make it the one its new sequences try first; by
+    default for every draft length a request may ask (none without an MTP head)."""
+    if max_k is None:
+        max_k = MAX_DRAFT if model.mtp is not None else 0
     lane = GraphLane(model, capacity, max_k, vocab)
     model.graph_lane = lane
     return lane

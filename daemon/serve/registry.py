@@ -234,11 +234,9 @@ class ModelRegistry:
         from daemon.engine.graph_lane import install_graph_lane
 
         try:
-            install_graph_lane(model, entry.context, MAX_DRAFT if model.mtp is not None else 0,
-                               entry.settings.draft_vocab)
+            install_graph_lane(model, entry.context, entry.settings.draft_vocab)
             entry.graphs, entry.graphs_error = "on", ""
         except Exception as exc:  # a split model, an unsupported op, out of memory: the model serves eagerly
-            model.graph_lane = None
             entry.graphs, entry.graphs_error = "failed", f"{type(exc).__name__}: {exc}"
             _release_memory()
 
@@ -251,8 +249,9 @@ class ModelRegistry:
 
         started = time.perf_counter()
         try:
-            if graph_lane(model) is not None:
-                graph_lane(model).compile(COMPILE_BACKEND)
+            lane = graph_lane(model)
+            if lane is not None:
+                lane.compile(COMPILE_BACKEND)
             else:
                 compile_steps(model, MAX_DRAFT if model.mtp is not None else 0, (entry.settings.draft_vocab,),
                               backend=COMPILE_BACKEND)

@@ -64,7 +64,7 @@ def _graph_lane(model, args: argparse.Namespace, capacity: int) -> bool:
         return False
     from daemon.engine.graph_lane import install_graph_lane
 
-    install_graph_lane(model, capacity, MAX_DRAFT if model.mtp is not None else 0, args.draft_vocab)
+    install_graph_lane(model, capacity, args.draft_vocab)
     return True
 
 
