@@ -23,8 +23,14 @@ from pathlib import Path
 from mtpchat.client import BUSY, DOWN, DaemonClient, DaemonUnavailable, daemon_liveness, local_daemon_pid, start_daemon
 from mtpchat.config import format_size
 from mtpchat.paths import daemon_log, pid_file
-from mtpchat.protocol import (DRAFT_AUTO, MAX_DRAFT, MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY, QUANTIZE_CHOICES,
-                              SAMPLING_FIELDS)
+from mtpchat.protocol import (
+    DRAFT_AUTO,
+    MAX_DRAFT,
+    MAX_REPETITION_PENALTY,
+    MIN_REPETITION_PENALTY,
+    QUANTIZE_CHOICES,
+    SAMPLING_FIELDS,
+)
 from mtpchat.status_text import model_state, placement_line, state_cache_line
 
 

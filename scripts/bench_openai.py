@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from daemon.serve.remote_engine import remote_stats, sse_events  # noqa: E402
 from daemon.tools.bench import BENCH_PROMPTS  # noqa: E402
 from mtpchat.client import DaemonClient  # noqa: E402
+from mtpchat.machine import machine  # noqa: E402
 from mtpchat.paths import cache_dir  # noqa: E402
 from mtpchat.protocol import (  # noqa: E402
     ACCEPTED_TOKENS,
@@ -59,7 +60,6 @@ from mtpchat.protocol import (  # noqa: E402
     PROMPT_TOKENS,
 )
 from scripts.bench_peer import build_llama, summary  # noqa: E402
-from mtpchat.machine import machine  # noqa: E402
 
 GGUF = "smollm2-135m-q4_1.gguf"  # the demo's shipped file, linked into the llama.cpp build's models/
 LLAMA = "llama-server"

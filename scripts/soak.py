@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mtpchat.client import DaemonClient, start_daemon  # noqa: E402
-from mtpchat.protocol import TERMINAL  # noqa: E402
 from mtpchat.machine import machine  # noqa: E402
+from mtpchat.protocol import TERMINAL  # noqa: E402
 from scripts.ping_latency import nearest_rank_ms  # noqa: E402
 
 

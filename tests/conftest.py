@@ -11,8 +11,8 @@ import inspect
 
 import pytest
 
-from daemon.tiny.qwen_checkpoints import build_all
 from daemon.tiny.quantized_checkpoints import build_quantized
+from daemon.tiny.qwen_checkpoints import build_all
 from daemon.tiny.text_checkpoints import build_all_text
 from tests.helpers import write_tiny_config
 

@@ -17,8 +17,18 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from daemon.model.fp8 import (FP8, FP8_BLOCK, Fp8Linear, check_fp8_matmul, cublas_block_operands, fp8_activations,
-                              fp8_block_quantize, fp8_reference_mm, fp8_weight, fp8_widened)
+from daemon.model.fp8 import (
+    FP8,
+    FP8_BLOCK,
+    Fp8Linear,
+    check_fp8_matmul,
+    cublas_block_operands,
+    fp8_activations,
+    fp8_block_quantize,
+    fp8_reference_mm,
+    fp8_weight,
+    fp8_widened,
+)
 from daemon.model.quantized import QuantizedExperts, quantize_modules
 from daemon.tiny.quantized_checkpoints import TWIN, fp8_blocks
 from daemon.weights.loader import load_model

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from daemon.model.config import TextConfig
-from daemon.weights.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
 from daemon.model.linear import checkpoint_tensors, stacked_layers
+from daemon.weights.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
 from daemon.weights.loader import TRUNK_PREFIXES, load_model
 from tests.helpers import reference_model
 

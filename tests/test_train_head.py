@@ -14,8 +14,18 @@ from daemon.engine.reply import user_prompts
 from daemon.engine.sampling import SamplingParams
 from daemon.tiny.text_checkpoints import build_text_checkpoint
 from daemon.tools.head_prompts import chat_prompts, head_prompts
-from daemon.tools.train_head import (HEAD_RECORD, PROMPT_SET_SIZES, TrainSettings, greedy_batch, held_out_prompts,
-                                     kinds_and_prompts, prompt_sample, recorded_settings, reply_batch, train_head)
+from daemon.tools.train_head import (
+    HEAD_RECORD,
+    PROMPT_SET_SIZES,
+    TrainSettings,
+    greedy_batch,
+    held_out_prompts,
+    kinds_and_prompts,
+    prompt_sample,
+    recorded_settings,
+    reply_batch,
+    train_head,
+)
 from daemon.weights.loader import load_model
 from tests.helpers import chat_prompt, decode
 

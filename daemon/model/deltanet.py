@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from daemon.model import kernels
 from daemon.model.cache import DeltaNetCache
 from daemon.model.config import TextConfig
-from daemon.model import kernels
 from daemon.model.delta_rule import recurrent_delta_rule
 from daemon.model.linear import Linear
 from daemon.model.norms import GatedRMSNorm

@@ -62,8 +62,8 @@ from torch.nn import functional as F
 
 from daemon.model.fp8 import Fp8Linear
 from daemon.model.linear import Linear
-from daemon.model.quantized_layer import QuantizedLayer, row_blocks
 from daemon.model.mlp import RoutedExperts
+from daemon.model.quantized_layer import QuantizedLayer, row_blocks
 
 
 class Quantization(Protocol):

@@ -10,8 +10,13 @@ from __future__ import annotations
 import torch
 
 from daemon.model.config import TextConfig
-from daemon.model.quantized import (Quantization, QuantizedExperts, quantize_modules, quantized_kernels,
-                                     quantized_weights)
+from daemon.model.quantized import (
+    Quantization,
+    QuantizedExperts,
+    quantize_modules,
+    quantized_kernels,
+    quantized_weights,
+)
 from daemon.model.text_model import QwenModel
 
 _COMMON = dict(

@@ -30,8 +30,16 @@ from daemon.model import cpu_kernels
 from daemon.model.config import TextConfig
 from daemon.model.fp8 import FP8_BLOCK, Fp8Linear, check_fp8_matmul
 from daemon.model.linear import Linear, stacked_layers
-from daemon.model.quantized import (Int4Linear, Int8Linear, Q8Linear, QuantizedExperts, q4_1_to_int4,
-                                     quantize_modules, quantized_kernels, quantized_weights)
+from daemon.model.quantized import (
+    Int4Linear,
+    Int8Linear,
+    Q8Linear,
+    QuantizedExperts,
+    q4_1_to_int4,
+    quantize_modules,
+    quantized_kernels,
+    quantized_weights,
+)
 from daemon.model.text_model import QwenModel
 from daemon.model.w4a8 import q8_0_layer
 from daemon.weights.checkpoint import CheckpointError, CheckpointFiles, resolve_checkpoint
