@@ -14,7 +14,8 @@ offline (loaded on request only). Pointing mtpchat at real models is a few lines
     quantize = "int4"                  # weight-only "int8" or "int4"; "fp8" (Hopper GPUs); default "none"
     quantize_group = 128               # int4: inputs per scale, 32 (default), 64 or 128
     quantize_mtp = "int8"              # the MTP head's own; default: as quantize
-    compile = true                     # torch.compile its decoding steps after loading (default false)
+    compile = true                     # torch.compile its decoding steps after loading: on a GPU (default
+                                       # false; on the CPU it is slower since the CPU kernels, README)
     cuda_graphs = false                # on a GPU, decode eagerly instead of replaying CUDA graphs (default true)
     [models.dense.sampling]            # optional: replaces the checkpoint's own sampling defaults
     temperature = 0.7                  # also top_p, top_k, min_p, repetition_penalty, presence_penalty,

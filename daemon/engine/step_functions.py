@@ -1,17 +1,19 @@
 """The forwards a decoding step runs — a 1-token decode, a (k+1)-token verify, a 1-pair MTP draft —
 eager, or `torch.compile`d once per model and shared by every sequence it decodes.
 
-A decode step of a small model on the CPU is thousands of small PyTorch ops; inductor fuses them
-(the README measures it: the demo decodes ×1.25–1.37 faster at int4, where those ops weigh most, and
-about as fast at fp32, where streaming the weights dominates). Unlike `StepRunner`'s fixed-shape steps
-(CUDA graphs need one capacity), these take the eager forward's form — a Python start position and
-caches that grow — compiled with dynamic shapes, so attention reads only the positions written so far
-and one graph serves every position and every sequence: one graph per row count (1..k+1, the per-row
-attention loop unrolls) and one for the 1-pair MTP pass (a chained draft, or the first draft after a
-step that accepted none). Caches grow outside the graph (`reserve` first), so a growing cache never
-recompiles mid-reply. Prefill and the MTP pass over a prompt run once per prompt and stay eager, as
-does the MTP pass over the 2..k+1 pairs of a step that accepted drafts (compiling it would add a graph
-per count for one short pass).
+Where a decode step is thousands of small PyTorch ops, inductor fuses them: the demo decoded ×1.25–1.37
+faster at int4 on the CPU that way. Since this project's CPU kernels run an attention layer's step in one
+call, compiling costs the demo speed on the CPU instead (×0.74 at int4, ×0.99 at fp32: README, "Compiled
+steps on the CPU"), so it stays off by default; on a GPU the graph lane compiles before capture.
+
+Unlike `StepRunner`'s fixed-shape steps (CUDA graphs need one capacity), these take the eager forward's
+form — a Python start position and caches that grow — compiled with dynamic shapes, so attention reads
+only the positions written so far and one graph serves every position and every sequence: one graph per
+row count (1..k+1, the per-row attention loop unrolls) and one for the 1-pair MTP pass (a chained draft,
+or the first draft after a step that accepted none). Caches grow outside the graph (`reserve` first), so
+a growing cache never recompiles mid-reply. Prefill and the MTP pass over a prompt run once per prompt
+and stay eager, as does the MTP pass over the 2..k+1 pairs of a step that accepted drafts (compiling it
+would add a graph per count for one short pass).
 
 Compiling costs minutes on a 2-core machine the first time (inductor's on-disk cache, which `mtpchatd`
 keeps under the user's cache dir, makes a restart take less), so `warm_up` compiles every graph a
