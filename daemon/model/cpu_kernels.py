@@ -44,10 +44,11 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def build_name(arch: str = "native") -> str:
-    """The build's name: one per torch version, CPU kind and target (torch's builder rebuilds on its own
-    when the sources or the flags change, but `-march=native` reads the same on every CPU)."""
-    parts = (torch.__version__, platform.machine(), _cpu_flags(), arch)
+def build_name(arch: str = "native", sources: tuple[Path, ...] = SOURCES) -> str:
+    """The build's name: one per torch version, CPU kind, target and set of sources (torch's builder
+    rebuilds on its own when the sources or the flags change, but `-march=native` reads the same on every
+    CPU)."""
+    parts = (torch.__version__, platform.machine(), _cpu_flags(), arch, *(source.name for source in sources))
     return f"mtpchat_cpu_{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}"
 
 
@@ -55,15 +56,16 @@ def _block_mm_like(x, codes, d, m, tiles, simd):
     return x.new_empty((x.shape[0], tiles * TILE), dtype=torch.float32)
 
 
-def load_kernels(arch: str = "native") -> None:
-    """Build (once) and load the kernels for `-march=arch` (tests load "haswell" in a process of its own
-    to check the AVX2 paths on machines that would take AVX-512)."""
+def load_kernels(arch: str = "native", sources: tuple[Path, ...] = SOURCES) -> None:
+    """Build (once) and load the kernels for `-march=arch`: all of them, or only w4a8.cpp, which stands
+    alone (tests build it for "haswell" in a process of their own to check the AVX2 paths on machines that
+    would take AVX-512: one source compiles in a third of the time all five take)."""
     from torch.utils import cpp_extension
 
     path = os.environ.get("PATH", "")
     os.environ["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), path))  # the venv's ninja
     try:
-        cpp_extension.load(build_name(arch), [str(source) for source in SOURCES], is_python_module=False,
+        cpp_extension.load(build_name(arch, sources), [str(source) for source in sources], is_python_module=False,
                            extra_cflags=["-O3", f"-march={arch}", "-fopenmp", "-ffp-contract=off"],
                            extra_ldflags=["-fopenmp"])
     finally:
@@ -71,6 +73,8 @@ def load_kernels(arch: str = "native") -> None:
     # shapes for torch.compile, which traces the layers without running them
     for op in ("q4_mm", "q8_mm"):
         torch.library.register_fake(f"mtpchat_w4a8::{op}", _block_mm_like)
+    if sources != SOURCES:
+        return
     torch.library.register_fake("mtpchat_cpu::f32_mm", lambda x, w: x.new_empty((*x.shape[:-1], w.shape[0])))
     torch.library.register_fake("mtpchat_cpu::mlp_rows", lambda x, gate_up, down: x.new_empty(
         (*x.shape[:-1], down.shape[0])))
