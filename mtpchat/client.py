@@ -148,6 +148,8 @@ def daemon_liveness(endpoint: str | None = None, timeout_s: float = 0.5) -> str:
     """ANSWERING: hello answered within `timeout_s` (or, on another machine's endpoint, within
     REMOTE_HELLO_S); BUSY: no answer, but this machine's daemon process runs and holds its lock;
     DOWN: neither."""
+    if _socket_missing(endpoint) and local_daemon_pid(endpoint) is None:
+        return DOWN  # the daemon makes its ipc socket when it starts listening: none there, none starting
     if daemon_answers(endpoint, timeout_s):
         return ANSWERING
     if local_daemon_pid(endpoint) is not None:
@@ -180,6 +182,16 @@ class DeathWatch:
             return False
         self.checked_at = time.monotonic()
         return daemon_liveness(self.client.endpoint) == DOWN
+
+
+def _socket_missing(endpoint: str | None) -> bool:
+    """Whether `endpoint` is an ipc socket that does not exist (Linux's abstract `ipc://@name` sockets
+    have no file, so they are never missing)."""
+    endpoint = endpoint or default_endpoint()
+    if not endpoint.startswith("ipc://"):
+        return False
+    path = endpoint[len("ipc://"):]
+    return not path.startswith("@") and not os.path.exists(path)
 
 
 def daemon_answers(endpoint: str | None = None, timeout_s: float = 0.5) -> bool:

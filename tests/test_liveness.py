@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mtpchat import client
-from mtpchat.client import BUSY, DaemonUnavailable, daemon_liveness, local_daemon_pid, start_daemon
+from mtpchat.client import BUSY, DOWN, DaemonUnavailable, daemon_liveness, local_daemon_pid, start_daemon
 from mtpchat.paths import pid_file
 from mtpchat.tui.connection import ConnectionMonitor
 from mtpchat.tui.streaming import ReplyFeed, read_daemon_reply
@@ -111,3 +111,16 @@ def test_the_tui_reader_reports_a_daemon_that_dies_mid_reply(fake):
 def test_a_stale_pid_file_is_no_daemon():
     pid_file().write_text(f"{os.getpid()}\n")  # a live process, but nobody holds the lock
     assert local_daemon_pid() is None
+
+
+def test_an_ipc_endpoint_without_its_socket_is_down_without_waiting_for_an_answer(tmp_path, monkeypatch):
+    """The daemon makes its ipc socket when it binds: no file and no daemon process is DOWN at once, where a
+    non-default endpoint would otherwise get REMOTE_HELLO_S to answer; a stale file is probed as before."""
+    probes = []
+    monkeypatch.setattr(client, "daemon_answers", lambda endpoint, timeout_s: probes.append(timeout_s) or False)
+    endpoint = f"ipc://{tmp_path}/mtpchatd.sock"
+    assert daemon_liveness(endpoint) == DOWN and probes == []
+    (tmp_path / "mtpchatd.sock").touch()
+    assert daemon_liveness(endpoint) == DOWN and probes == [0.5, client.REMOTE_HELLO_S]
+    probes.clear()
+    assert daemon_liveness("ipc://@mtpchat-abstract") == DOWN and probes == [0.5, client.REMOTE_HELLO_S]
