@@ -11,7 +11,7 @@ import torch
 from daemon.model.config import TextConfig
 from daemon.model.quantized import Int4Linear, Int8Linear, QuantizedExperts
 from daemon.tools.bandwidth import layer_bandwidth, machine_bandwidth
-from daemon.tools.bench import bench_checkpoint, bench_oracle, step_costs
+from daemon.tools.bench import alternating_medians, bench_checkpoint, bench_oracle, step_costs
 from daemon.tools.real_shapes import random_model, shape_config
 from daemon.weights.loader import load_model
 from mtpchat.config import Quantization
@@ -58,6 +58,14 @@ def test_random_model_and_step_costs(tiny):
     costs = step_costs(model, ks=[1, 2], context=16, repeats=1)
     assert costs["decode_step_s"] > 0 and set(costs["verify_vs_decode"]) == {"1", "2"}
     assert costs["draft_step_vs_decode"] > 0 and 0 < costs["lm_head_vs_decode"] < 1
+
+
+def test_step_costs_time_the_forwards_in_alternating_rounds():
+    calls = []
+    forwards = {name: (lambda name=name: calls.append(name)) for name in ("decode", "verify", "draft")}
+    medians = alternating_medians(forwards, torch.device("cpu"), repeats=3)
+    assert calls == ["decode", "verify", "draft"] * 4  # an untimed round, then 3 timed ones
+    assert set(medians) == set(forwards) and all(seconds >= 0 for seconds in medians.values())
 
 
 def test_a_random_model_can_be_quantized_as_the_loader_would(tiny):
