@@ -18,7 +18,6 @@ from daemon.tools.train_head import (
     HEAD_RECORD,
     PROMPT_SET_SIZES,
     TrainSettings,
-    greedy_batch,
     held_out_prompts,
     kinds_and_prompts,
     prompt_sample,
@@ -39,7 +38,7 @@ def test_batched_greedy_replies_equal_one_at_a_time(tiny_text):
     prompts = [chat_prompt(tiny_text["llama-tiny"], text) for text in ("Hi", "Tell me a long story about the sea")]
     stop = model.config.eos_token_ids[0]
     single = [decode(model, p, 16, [stop]) for p in prompts]
-    assert greedy_batch(model, prompts, 16, stop) == single
+    assert reply_batch(model, prompts, 16, stop) == single
 
 
 def test_batched_replies_choose_tokens_as_the_engine_does(tiny_text):
@@ -61,7 +60,7 @@ def test_batched_replies_choose_tokens_as_the_engine_does(tiny_text):
     batch = reply_batch(model, prompts, 24, stop, sampled, torch.Generator().manual_seed(7))
     assert batch == reply_batch(model, prompts, 24, stop, sampled, torch.Generator().manual_seed(7))
     assert batch != reply_batch(model, prompts, 24, stop, sampled, torch.Generator().manual_seed(8))
-    assert batch != greedy_batch(model, prompts, 24, stop)
+    assert batch != reply_batch(model, prompts, 24, stop)
 
 
 def test_the_prompt_set_covers_code_technical_lists_and_conversations():
@@ -143,7 +142,7 @@ def test_training_lowers_loss_raises_acceptance_and_resumes(tmp_path):
     assert replies[:SETTINGS.generate_batch] == reply_batch(
         trunk, prompts, SETTINGS.max_new_tokens, tokenizer.eos_token_id, SamplingParams(**SAMPLING),
         torch.Generator().manual_seed(0))
-    assert replies[:SETTINGS.generate_batch] != greedy_batch(trunk, prompts, SETTINGS.max_new_tokens,
+    assert replies[:SETTINGS.generate_batch] != reply_batch(trunk, prompts, SETTINGS.max_new_tokens,
                                                              tokenizer.eos_token_id)
 
     model = load_model(checkpoint, device="cpu")
@@ -159,7 +158,7 @@ def test_the_bfloat16_lm_head_loss_is_close_to_float32(tiny_text, tmp_path):
 
     model = load_model(tiny_text["llama-tiny"], device="cpu")
     prompts = [chat_prompt(tiny_text["llama-tiny"], text) for text in ("Hi", "Tell me a long story about the sea")]
-    replies = greedy_batch(model, prompts, 24, model.config.eos_token_ids[0])
+    replies = reply_batch(model, prompts, 24, model.config.eos_token_ids[0])
     features = trunk_features(model, [(p + r, len(p)) for p, r in zip(prompts, replies)], tmp_path, lambda line: None)
     model.mtp = new_head(model, 0)
     exact, _ = head_loss(model, features, 2)

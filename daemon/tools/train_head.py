@@ -237,11 +237,6 @@ def reply_batch(model: QwenModel, prompts: list[list[int]], max_new_tokens: int,
     return [row[:row.index(stop) + 1] if stop in row else row for row in replies]
 
 
-def greedy_batch(model: QwenModel, prompts: list[list[int]], max_new_tokens: int, stop: int) -> list[list[int]]:
-    """Greedy replies (argmax of the raw logits) to several prompts at once: `reply_batch`'s default."""
-    return reply_batch(model, prompts, max_new_tokens, stop)
-
-
 def generate_replies(model: QwenModel, stop: int, prompts: list[list[int]], settings: TrainSettings,
                      sampling: dict, work: Path, show: Callable[[str], None]) -> list[list[int]]:
     """The trunk's replies under `sampling` (sampling fields; {}: greedy), one batch at a time, saved after
