@@ -16,6 +16,8 @@ runs on torch's own ops and `unavailable()` says why.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import logging
@@ -45,15 +47,30 @@ def _cpu_flags() -> str:
 
 
 def build_name(arch: str = "native", sources: tuple[Path, ...] = SOURCES) -> str:
-    """The build's name: one per torch version, CPU kind, target and set of sources (torch's builder
+    """The build's name: one per torch version, CPU kind, target and set of sources, by path (torch's builder
     rebuilds on its own when the sources or the flags change, but `-march=native` reads the same on every
-    CPU)."""
-    parts = (torch.__version__, platform.machine(), _cpu_flags(), arch, *(source.name for source in sources))
+    CPU; and two checkouts sharing one build would rebuild it in turn, each time the other had built it)."""
+    parts = (torch.__version__, platform.machine(), _cpu_flags(), arch, *(str(source) for source in sources))
     return f"mtpchat_cpu_{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}"
 
 
 def _block_mm_like(x, codes, d, m, tiles, simd):
     return x.new_empty((x.shape[0], tiles * TILE), dtype=torch.float32)
+
+
+@contextlib.contextmanager
+def _only_builder(directory: Path):
+    """Be the only process building or loading in `directory` (a lock the OS releases when its holder dies).
+    torch's builder marks a build with a `lock` file and waits, without end, for that file to go: a process
+    killed while building (a daemon stopped during its first model load) left it behind, and every later
+    load of the kernels hung. Under this lock no other builder runs, so such a file is stale: removed."""
+    with open(directory / "mtpchat-build.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        stale = directory / "lock"
+        if stale.exists():
+            log.warning("removing %s, left by a build that did not finish", stale)
+            stale.unlink()
+        yield
 
 
 def load_kernels(arch: str = "native", sources: tuple[Path, ...] = SOURCES) -> None:
@@ -62,12 +79,15 @@ def load_kernels(arch: str = "native", sources: tuple[Path, ...] = SOURCES) -> N
     would take AVX-512: one source compiles in a third of the time all five take)."""
     from torch.utils import cpp_extension
 
+    name = build_name(arch, sources)
+    directory = Path(cpp_extension._get_build_directory(name, verbose=False))  # torch's, made if need be
     path = os.environ.get("PATH", "")
     os.environ["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), path))  # the venv's ninja
     try:
-        cpp_extension.load(build_name(arch, sources), [str(source) for source in sources], is_python_module=False,
-                           extra_cflags=["-O3", f"-march={arch}", "-fopenmp", "-ffp-contract=off"],
-                           extra_ldflags=["-fopenmp"])
+        with _only_builder(directory):
+            cpp_extension.load(name, [str(source) for source in sources], is_python_module=False,
+                               extra_cflags=["-O3", f"-march={arch}", "-fopenmp", "-ffp-contract=off"],
+                               extra_ldflags=["-fopenmp"], build_directory=str(directory))
     finally:
         os.environ["PATH"] = path
     # shapes for torch.compile, which traces the layers without running them
