@@ -7,11 +7,11 @@ f32_mm.cpp (float32 matmuls of a few rows at the memory's speed, see daemon/mode
 decode_attention.cpp (a decode or verify step's rotation, cache write and attention in one call, see
 daemon/model/attention.py) and decode_layer.cpp (the dense MLP, and an attention layer's whole decode
 step, float32 or int4, in one call of the others, see daemon/model/text_model.py).
-They compile with torch's C++ extension builder (`-march=native`; the sources, torch's version and the
-CPU's flags name the build, in torch's extensions dir, shared by every process whatever its
-MTPCHAT_HOME), which needs a C++ compiler and ninja: about half a minute on two cores, which
-scripts/setup.sh pays (`python -m daemon.model.cpu_kernels`). Where they cannot be built, the model
-runs on torch's own ops and `unavailable()` says why.
+They compile with torch's C++ extension builder (`-march=native`; the sources' paths, torch's version and
+the CPU's flags name the build, in torch's extensions dir, shared by every process of one checkout
+whatever its MTPCHAT_HOME, one process building at a time), which needs a C++ compiler and ninja: about
+half a minute on two cores, which scripts/setup.sh pays (`python -m daemon.model.cpu_kernels`). Where they
+cannot be built, the model runs on torch's own ops and `unavailable()` says why.
 """
 
 from __future__ import annotations
