@@ -19,7 +19,7 @@ import torch
 
 from daemon.engine.step_runner import StepRunner
 from daemon.tools.real_shapes import random_model, shape_config
-from daemon.tools.step_timing import alternating_medians
+from daemon.tools.step_timing import alternating_medians, time_step
 from daemon.weights.loader import default_dtype, load_model
 from mtpchat.machine import machine
 
@@ -69,7 +69,9 @@ def main() -> None:
         compiled = StepRunner(model, 128, args.k, compile=True)
         entry = {"compile_s": time.perf_counter() - started}
         for step in ("decode", "verify", "draft"):
-            medians = alternating_medians({"eager": eager, "compiled": compiled}, step, prompt, args.rounds)
+            medians = alternating_medians({label: lambda runner=runner: time_step(runner, step, prompt, 3)
+                                           for label, runner in (("eager", eager), ("compiled", compiled))},
+                                          args.rounds)
             entry[step] = {label: round(seconds * 1e3, 3) for label, seconds in medians.items()} | {
                 "speedup": round(medians["eager"] / medians["compiled"], 2)}
         report[name] = entry

@@ -11,8 +11,9 @@ import torch
 from daemon.model.config import TextConfig
 from daemon.model.quantized import Int4Linear, Int8Linear, QuantizedExperts
 from daemon.tools.bandwidth import layer_bandwidth, machine_bandwidth
-from daemon.tools.bench import alternating_medians, bench_checkpoint, bench_oracle, step_costs
+from daemon.tools.bench import bench_checkpoint, bench_oracle, step_costs
 from daemon.tools.real_shapes import random_model, shape_config
+from daemon.tools.step_timing import alternating_medians
 from daemon.weights.loader import load_model
 from mtpchat.config import Quantization
 from tests.helpers import random_ids
@@ -60,12 +61,12 @@ def test_random_model_and_step_costs(tiny):
     assert costs["draft_step_vs_decode"] > 0 and 0 < costs["lm_head_vs_decode"] < 1
 
 
-def test_step_costs_time_the_forwards_in_alternating_rounds():
+def test_timings_are_taken_in_alternating_rounds():
     calls = []
-    forwards = {name: (lambda name=name: calls.append(name)) for name in ("decode", "verify", "draft")}
-    medians = alternating_medians(forwards, torch.device("cpu"), repeats=3)
-    assert calls == ["decode", "verify", "draft"] * 4  # an untimed round, then 3 timed ones
-    assert set(medians) == set(forwards) and all(seconds >= 0 for seconds in medians.values())
+    samplers = {name: (lambda name=name: calls.append(name) or [len(calls)]) for name in ("decode", "verify", "draft")}
+    medians = alternating_medians(samplers, rounds=3)
+    assert calls == ["decode", "verify", "draft"] * 3
+    assert medians == {"decode": 4, "verify": 5, "draft": 6}  # each one's middle round
 
 
 def test_a_random_model_can_be_quantized_as_the_loader_would(tiny):

@@ -24,6 +24,7 @@ from daemon.engine.sampling import SamplingParams
 from daemon.engine.step_functions import step_functions
 from daemon.model.text_model import QwenModel
 from daemon.tools.oracle_drafter import OracleDrafter
+from daemon.tools.step_timing import alternating_medians, synchronize
 from mtpchat.protocol import (
     ACCEPTANCE_PER_POSITION,
     ACCEPTANCE_RATE,
@@ -147,28 +148,11 @@ def bench_oracle(model: QwenModel, prompt: list[int], max_tokens: int, ks: list[
 
 def timed(fn, device: torch.device):
     """(fn(), seconds it took), with the device synchronised on both sides."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     started = time.perf_counter()
     out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return out, time.perf_counter() - started
-
-
-def alternating_medians(forwards: dict, device: torch.device, repeats: int) -> dict:
-    """Median seconds of each of `forwards` (name -> fn), timed in turn `repeats` rounds after one untimed
-    round, so that drift — clock speed, what the caches hold — falls on all of them alike. Timed one after
-    the other, 5 each, the demo's int4 decode step (2 threads, Sapphire Rapids) measured 9.2-9.3 ms and a
-    4-token verify 1.09-1.19x it; in 20 alternating rounds 6.3-6.6 ms and 1.50-1.51x (in a decode loop,
-    where each step finds the last one's weights in the caches: 5.6-6.0 ms, and a 3-token verify 1.6x)."""
-    for fn in forwards.values():
-        fn()
-    seconds = {name: [] for name in forwards}
-    for _ in range(repeats):
-        for name, fn in forwards.items():
-            seconds[name].append(timed(fn, device)[1])
-    return {name: statistics.median(values) for name, values in seconds.items()}
 
 
 @torch.inference_mode()
@@ -195,7 +179,10 @@ def step_costs(model: QwenModel, ks: list[int], context: int = 256, repeats: int
                 **{str(k): verify(k) for k in ks}}
     if draft_vocab:
         forwards["draft_reduced"] = draft(draft_vocab)
-    medians = alternating_medians(forwards, device, repeats)
+    for forward in forwards.values():  # an untimed round first
+        forward()
+    medians = alternating_medians({name: lambda forward=forward: [timed(forward, device)[1]]
+                                   for name, forward in forwards.items()}, repeats)
     one = medians["decode"]
     costs = {"context": context, "decode_step_s": one, "lm_head_vs_decode": medians["lm_head"] / one,
              "draft_step_vs_decode": medians["draft"] / one,
