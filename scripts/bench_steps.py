@@ -68,7 +68,7 @@ def main() -> None:
         started = time.perf_counter()
         compiled = StepRunner(model, 128, args.k, compile=True)
         entry = {"compile_s": time.perf_counter() - started}
-        for step in ("decode", "verify", "draft"):
+        for step in eager.steps:  # decode, verify, and the chained draft step where k > 1
             medians = alternating_medians({label: lambda runner=runner: time_step(runner, step, prompt, 3)
                                            for label, runner in (("eager", eager), ("compiled", compiled))},
                                           args.rounds)
