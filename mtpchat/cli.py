@@ -63,6 +63,9 @@ def _reply_room(client: DaemonClient, model: str | None) -> int:
 
 def _ask(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt.strip():  # a model answers an empty turn with whatever it likes: say so instead
+        print("mtpchat: the prompt is empty; nothing to ask", file=sys.stderr)
+        return 2
     fields = {"model": args.model, "messages": [{"role": "user", "content": prompt}], "system": args.system,
               "max_tokens": args.max_tokens, "seed": args.seed, "thinking": not args.no_think, "stop": args.stop}
     # a sampling flag left out is left out of the request: the daemon then uses the model's default

@@ -1,6 +1,7 @@
 """The command line as a user runs it: real processes, the default demo model, JSON out; and `ask`'s
 reply length against a stand-in daemon client."""
 
+import io
 import json
 import os
 import subprocess
@@ -142,6 +143,15 @@ def test_ask_replies_as_long_as_the_context_allows_and_says_when_it_stopped_shor
     assert client.generated[0]["max_tokens"] == max_tokens and out == "The sea is\n"
     assert (told in err) if told else err == ""
     assert "default: as many as the model's context leaves, or 4096" in " ".join(cli_help(capsys).split())
+
+
+@pytest.mark.parametrize("argv, stdin", [(["ask", ""], ""), (["ask", " \n\t"], ""), (["ask", "-"], "\n  \n")])
+def test_ask_refuses_an_empty_prompt_before_reaching_the_daemon(argv, stdin, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_ensure_daemon", lambda args: pytest.fail("an empty prompt reached the daemon"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "mtpchat: the prompt is empty; nothing to ask\n"
 
 
 def cli_help(capsys) -> str:
