@@ -4,7 +4,7 @@
 Replies equal the daemon's own for the same greedy request (streamed or not, chat or legacy
 completions) and for the same seed, top_p and repetition penalty, stop strings end them, usage and the
 `mtp` stats match the daemon's, a client leaving mid-stream cancels its generation, and bad requests,
-unknown models and missing keys get OpenAI-shaped errors with the right statuses."""
+unknown models, unknown paths and missing keys get OpenAI-shaped errors with the right statuses."""
 
 from __future__ import annotations
 
@@ -219,6 +219,10 @@ def test_unknown_model_is_404_and_malformed_bodies_are_400(api, shared):
     assert http(url, json.dumps({"messages": MESSAGES}).encode(), {"content-type": "text/plain"})[0] == 400
     host = {"host": "attacker.example:80"}  # DNS rebinding: the page's own name in Host
     assert http(f"{str(api.base_url).rstrip('/')}/models", headers=host)[0] == 403
+    status, body = http(f"{str(api.base_url).rstrip('/')}/embeddings", b"{}", {"content-type": "application/json"})
+    assert status == 404 and body["error"]["message"] == "no such endpoint: /v1/embeddings"
+    status, body = http(url)  # a GET where only POST is served
+    assert status == 405 and body["error"]["message"] == "GET is not allowed on /v1/chat/completions"
 
 
 def test_an_api_key_is_required_when_configured(home, tmp_path):

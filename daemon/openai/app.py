@@ -22,6 +22,7 @@ import traceback
 
 import zmq.asyncio
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -118,7 +119,15 @@ def create_app(context: zmq.asyncio.Context, endpoint: str, api_key: str | None 
     routes = [Route("/v1/models", guard(models)), Route("/v1/models/{name:path}", guard(model)),
               Route("/v1/chat/completions", guard(chat), methods=["POST"]),
               Route("/v1/completions", guard(completions), methods=["POST"])]
-    return Starlette(routes=routes, middleware=middleware)
+    return Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: _routing_error})
+
+
+async def _routing_error(request: Request, exc: HTTPException) -> Response:
+    """Starlette's own refusals (no such path, a method the path does not take) as OpenAI-shaped errors,
+    which OpenAI clients read, instead of its plain-text bodies."""
+    what = {404: f"no such endpoint: {request.url.path}",
+            405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, exc.detail)
+    return JSONResponse(APIError(exc.status_code, what).body(), exc.status_code, exc.headers)
 
 
 def _check_access(request: Request, api_key: str | None, local_only: bool) -> None:
