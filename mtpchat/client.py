@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -202,6 +203,16 @@ def daemon_answers(endpoint: str | None = None, timeout_s: float = 0.5) -> bool:
             return False
 
 
+def _last_line(log: Path, start: int) -> str:
+    """The last non-blank line written to `log` after byte `start`: a daemon that stops at its start says
+    why there (a bad config.toml, another daemon holding the lock, a traceback's last line)."""
+    with open(log, "rb") as written:
+        written.seek(start)
+        lines = written.read()[-4096:].decode(errors="replace").splitlines()
+    line = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    return line.removeprefix("mtpchatd: ")
+
+
 def start_daemon(endpoint: str | None = None, wait_s: float = 60.0, busy_wait_s: float = 300.0,
                  progress: Callable[[str], None] = lambda line: None) -> None:
     """Start `mtpchatd` detached (own session, survives this shell) unless one answers; wait for it.
@@ -218,6 +229,7 @@ def start_daemon(endpoint: str | None = None, wait_s: float = 60.0, busy_wait_s:
         return
     command = [sys.executable, "-m", "daemon", "serve"] + (["--listen", endpoint] if endpoint else [])
     with open(log, "ab") as out:
+        logged_before = out.tell()
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
     # the daemon outlives this client's interest in it: reap it whenever it exits, so a long-lived
     # client (the TUI) never holds it as a zombie that `mtpchat daemon stop` would wait for
@@ -226,7 +238,9 @@ def start_daemon(endpoint: str | None = None, wait_s: float = 60.0, busy_wait_s:
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise DaemonUnavailable(f"mtpchatd exited with code {process.returncode}; see {log}")
+            reason = _last_line(log, logged_before)
+            raise DaemonUnavailable(f"mtpchatd exited with code {process.returncode}"
+                                    f"{': ' + reason if reason else ''}; see {log}")
         if daemon_answers(endpoint, timeout_s=0.5):
             return
         progress(".")

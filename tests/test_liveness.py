@@ -12,7 +12,7 @@ import pytest
 
 from mtpchat import client
 from mtpchat.client import BUSY, DOWN, DaemonUnavailable, daemon_liveness, local_daemon_pid, start_daemon
-from mtpchat.paths import pid_file
+from mtpchat.paths import config_dir, daemon_log, pid_file
 from mtpchat.tui.connection import ConnectionMonitor
 from mtpchat.tui.streaming import ReplyFeed, read_daemon_reply
 from mtpchat.tui.top_bar import top_bar
@@ -124,3 +124,17 @@ def test_an_ipc_endpoint_without_its_socket_is_down_without_waiting_for_an_answe
     assert daemon_liveness(endpoint) == DOWN and probes == [0.5, client.REMOTE_HELLO_S]
     probes.clear()
     assert daemon_liveness("ipc://@mtpchat-abstract") == DOWN and probes == [0.5, client.REMOTE_HELLO_S]
+
+
+def test_a_daemon_that_stops_at_its_start_is_reported_with_its_reason():
+    """A real mtpchatd started on a config.toml it refuses: the error quotes what it wrote to its log in this
+    start (not an earlier run's lines), so `ask` and the TUI say why without the user opening the log."""
+    config_dir().mkdir(parents=True, exist_ok=True)
+    (config_dir() / "config.toml").write_text('[models.big]\npath = "/nowhere"\nquantize = "int3"\n')
+    daemon_log().parent.mkdir(parents=True, exist_ok=True)
+    daemon_log().write_text("mtpchatd: an earlier run's last words\n")
+    with pytest.raises(DaemonUnavailable) as caught:
+        start_daemon(wait_s=60)
+    assert str(caught.value) == (f"mtpchatd exited with code 1: {config_dir() / 'config.toml'}: model 'big': "
+                                 f"quantize must be one of 'none', 'int8', 'int4', 'fp8', got 'int3'; "
+                                 f"see {daemon_log()}")

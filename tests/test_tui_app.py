@@ -310,4 +310,4 @@ async def test_a_daemon_that_cannot_start_is_reported_with_its_log(tmp_path, mon
             await wait_until(pilot, lambda: "exited with code 1" in app.connection[1])
             await pilot.pause(1.5)  # later polls keep the reason on screen
             assert "exited with code 1" in str(app.query_one("#topbar").render())
-            assert "mtpchatd.log" in app.connection[1]
+            assert "mtpchatd.log" in app.connection[1] and "another daemon is running" in app.connection[1]
