@@ -6,8 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
+from daemon.__main__ import main as daemon_main
 from daemon.model.config import TextConfig
 from daemon.model.quantized import Int4Linear, Int8Linear, QuantizedExperts
 from daemon.tools.bandwidth import layer_bandwidth, machine_bandwidth
@@ -123,3 +125,15 @@ def test_bench_command_measures_each_quantization(tiny, tmp_path):
     report = json.loads(done.stdout)["by_quantize"]
     assert set(report) == {"none", "int4 (group 32)"}
     assert all(part["checkpoint"]["mtp_identical_to_plain"] for part in report.values())
+
+
+@pytest.mark.parametrize("flag, value, told", [
+    ("--draft", "auto", "--draft: 'auto': want a comma list of draft lengths from 1 to 4"),
+    ("--draft", "0,2", "--draft: '0,2': want a comma list of draft lengths from 1 to 4"),
+    ("--oracle", "0.8,1.5", "--oracle: '0.8,1.5': want a comma list of accuracies from 0 to 1"),
+    ("--conversation", "1,,5", "--conversation: '1,,5': want a comma list of turns from 1 to 1000"),
+])
+def test_bench_lists_out_of_range_are_usage_errors_before_any_model_loads(flag, value, told, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        daemon_main(["bench", flag, value])
+    assert stopped.value.code == 2 and told in capsys.readouterr().err

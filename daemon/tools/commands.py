@@ -26,6 +26,19 @@ from mtpchat.machine import machine
 from mtpchat.protocol import MAX_DRAFT, QUANTIZE_CHOICES
 
 
+def _comma_list(parse, low: float, high: float, what: str):
+    """An argparse type: a comma list of `parse`d values within [low, high], or a usage error saying so."""
+    def values(text: str) -> list:
+        try:
+            parsed = [parse(part) for part in text.split(",")]
+        except ValueError:
+            parsed = []
+        if not parsed or not all(low <= value <= high for value in parsed):
+            raise argparse.ArgumentTypeError(f"{text!r}: want a comma list of {what} from {low:g} to {high:g}")
+        return parsed
+    return values
+
+
 def _progress(text: str) -> None:
     print(text, end="", file=sys.stderr, flush=True)
 
@@ -81,7 +94,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else default_device()
-    ks = [int(k) for k in args.draft.split(",")]
+    ks = args.draft
     report = {"device": str(device), "machine": machine(),
               "threads": torch.get_num_threads(), "torch": torch.__version__, "max_tokens": args.max_tokens,
               "draft_k": ks, "draft_vocab": args.draft_vocab}
@@ -92,7 +105,7 @@ def _bench(args: argparse.Namespace) -> int:
         config = shape_config(args.shape, args.layers, args.vocab)
         prompt = torch.randint(0, config.vocab_size, (args.prompt_tokens,),
                                generator=torch.Generator().manual_seed(0)).tolist()
-        rates = [float(r) for r in (args.oracle or "0.6,0.7,0.8,0.9").split(",")]
+        rates = args.oracle
         report.update(model=args.shape, layers=config.num_hidden_layers, vocab=config.vocab_size)
         for quantization in _quantizations(args) if args.quantize else [Quantization()]:
             model = random_model(config, device, dtype, quantization=quantization)
@@ -121,7 +134,7 @@ def _bench(args: argparse.Namespace) -> int:
             if args.conversation:
                 from daemon.tools.bench_conversation import bench_conversation
 
-                turns = [int(t) for t in args.conversation.split(",")]
+                turns = args.conversation
                 runs.append((quantization, {"conversation": bench_conversation(model, tokenizer, turns,
                                                                               args.max_tokens, max(ks))}))
                 continue
@@ -249,10 +262,13 @@ def add_commands(commands) -> None:
                        help="random weights at this real shape, with an oracle drafter, instead of a checkpoint")
     bench.add_argument("--layers", type=int, help="with --shape: fewer layers (a multiple of 4)")
     bench.add_argument("--vocab", type=int, help="with --shape: a smaller vocabulary")
-    bench.add_argument("--oracle", help="with --shape: per-token draft accuracies (default 0.6,0.7,0.8,0.9)")
+    bench.add_argument("--oracle", type=_comma_list(float, 0, 1, "accuracies"), default=[0.6, 0.7, 0.8, 0.9],
+                       help="with --shape: per-token draft accuracies (default 0.6,0.7,0.8,0.9)")
     bench.add_argument("--prompt-tokens", type=int, default=128, help="with --shape: prompt length")
-    bench.add_argument("--draft", default=",".join(map(str, range(1, MAX_DRAFT + 1))),
-                       help="draft lengths to measure, e.g. 1,3 (default: every one)")
+    bench.add_argument("--draft", type=_comma_list(int, 1, MAX_DRAFT, "draft lengths"),
+                       default=list(range(1, MAX_DRAFT + 1)),
+                       help="draft lengths to measure, e.g. 1,3 (default: every one); `auto` up to the largest "
+                            "is measured beside them")
     bench.add_argument("--draft-vocab", type=int, help="draft among the first N token ids only (with a checkpoint: "
                                                        "measured beside the full vocabulary)")
     bench.add_argument("--prompts", type=int, default=4, help="how many built-in prompts (1..4)")
@@ -274,7 +290,7 @@ def add_commands(commands) -> None:
                        help="with --quantize: inputs per int4 scale (32, 64 or 128)")
     bench.add_argument("--quantize-mtp", choices=QUANTIZE_CHOICES,
                        help="with --quantize: the MTP head's own method (default: as the trunk)")
-    bench.add_argument("--conversation", metavar="TURNS",
+    bench.add_argument("--conversation", metavar="TURNS", type=_comma_list(int, 1, 1000, "turns"),
                        help="instead: time to first token at these turns (e.g. 1,5,10,20) of a growing "
                             "conversation, conversation state cache off vs on")
     bench.add_argument("--daemon", action="store_true",
