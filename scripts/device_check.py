@@ -12,7 +12,11 @@ flash-linear-attention needed). Sections of the report:
   graph lane (daemon/engine/graph_lane.py): its captured forwards against the same lane run uncaptured
   (token ids, greedy and sampled, plain and k=3) on the tiny model; at both shapes (inside `shapes`),
   served tok/s without a lane and with one at a 4k and a 32k context (its attention reads the whole context).
-- kernels: whether fla / causal-conv1d imported (tests/test_kernels.py checks them where they do).
+- kernels: whether fla / causal-conv1d imported (tests/test_kernels.py checks them where they do) and
+  whether the Triton delta rule (daemon/model/fused_delta_rule.py) can run.
+- fused_delta_rule: that kernel against the torch rule at Qwen3.6's head dims (decode; a 4-token verify
+  with per-token states) within FUSED_BOUND, and captured decode and k=3 verify steps at the 27B shape
+  (8 layers unless --layers-27b) with it and without (MTPCHAT_FUSED_DELTA_RULE=0), alternating.
 - quantized: per method (int8; int4 at group 128, as the released W4A16 checkpoints; fp8 in 128x128
   blocks, as Qwen's FP8 releases, multiplied by cuBLAS's blockwise FP8 — first whether the device has it,
   daemon.model.fp8.check_fp8_matmul, else the reason): a quantized matmul against its reference (the
@@ -34,12 +38,14 @@ import argparse
 import gc
 import json
 import math
+import os
 import random
 import statistics
 import time
 import traceback
 
 import torch
+from torch.nn import functional as F
 
 from daemon.engine.generate import Generation
 from daemon.engine.graph_lane import GraphLane
@@ -48,6 +54,7 @@ from daemon.engine.sampling import SamplingParams
 from daemon.engine.step_runner import CapturedDecoder, StepRunner
 from daemon.model import kernels
 from daemon.model.config import TextConfig
+from daemon.model.delta_rule import recurrent_delta_rule
 from daemon.model.fp8 import check_fp8_matmul, fp8_activations, fp8_widened
 from daemon.model.quantized import (
     KERNEL_DTYPE,
@@ -56,7 +63,7 @@ from daemon.model.quantized import (
     quantized_weights,
 )
 from daemon.tools.real_shapes import SHAPES, random_model, shape_config
-from daemon.tools.step_timing import synchronize, time_step
+from daemon.tools.step_timing import alternating_medians, synchronize, time_step
 from daemon.weights.loader import default_dtype
 from mtpchat.config import Quantization
 
@@ -75,6 +82,9 @@ MATMUL_BOUND = 2.0**-7
 # accumulate with ~14 bits before cuBLAS promotes each 128-input block (daemon.model.fp8.check_fp8_matmul)
 FP8_BOUND = 2.0**-6
 QUANTIZE_GROUP = 128
+# the Triton delta rule against the torch one, float32 state: sums over k_dim = 128 terms in another order
+# differ by ~100 ulps (1e-5 relative); a wrong decay, gate, stride or mask errs by O(1)
+FUSED_BOUND = 1e-5
 # the device tool's calls run at most 10 minutes, and a session has 15 of device time in all: checks start
 # only in the first 6, so the report is written well inside one call and leaves time for a rerun
 DEADLINE_S = 360.0
@@ -262,6 +272,52 @@ def check_shape(shape: str, tiny: bool, layers: int | None, device, dtype, token
     return report
 
 
+def _relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual - expected).abs().max() / expected.abs().max())
+
+
+def fused_rule_error(length: int, heads: int, k_dim: int, device) -> float:
+    """kernels.recurrent (the Triton kernel where it runs) against the torch rule on the same random inputs:
+    the largest relative error of outputs, final state and (for more than one token) per-token states."""
+    gen = torch.Generator(device).manual_seed(length)
+    rand = lambda *shape: torch.randn(*shape, device=device, generator=gen)  # noqa: E731
+    q, k = (F.normalize(rand(1, heads, length, k_dim), dim=-1) for _ in range(2))
+    v, g, beta = rand(1, heads, length, k_dim), -F.softplus(rand(1, heads, length)), rand(1, heads, length).sigmoid()
+    state = rand(1, heads, k_dim, k_dim)
+    steps = torch.zeros(length, *state.shape, device=device) if length > 1 else None
+    torch_state, torch_steps = state.clone(), None if steps is None else steps.clone()
+    expected = recurrent_delta_rule(q * k_dim**-0.5, k, v, g, beta, torch_state, torch_steps)
+    out = kernels.recurrent(q * k_dim**-0.5, k, v, g, beta, state, steps)
+    errors = [_relative(out, expected), _relative(state, torch_state)]
+    return max(errors + ([_relative(steps, torch_steps)] if steps is not None else []))
+
+
+@torch.inference_mode()
+def check_fused_delta_rule(dry: bool, layers: int | None, device, dtype, tokens: int, reps: int) -> dict:
+    report = {"runs": kernels.has_fused_recurrent(torch.empty(0, device=device)), "bound": FUSED_BOUND}
+    heads, k_dim = (4, 16) if dry else (48, 128)
+    for length in (1, 4):
+        report[f"error_{length}_tokens"] = error = fused_rule_error(length, heads, k_dim, device)
+        report[f"within_bound_{length}_tokens"] = error <= FUSED_BOUND
+    config = config_for("qwen3.6-27b", dry, layers or 8)
+    model = random_model(config, device, dtype)
+    prompt = list(range(1, 65))
+    runners = {}
+    try:  # captured with the kernel and without: the graphs keep the choice made while capturing
+        for label, setting in (("fused", "1"), ("torch", "0")):
+            os.environ["MTPCHAT_FUSED_DELTA_RULE"] = setting
+            for k, step in ((0, "decode"), (3, "verify")):
+                runners[f"{step}_{label}"] = (make_runner(model, len(prompt) + tokens + 16, k, True), step)
+    finally:
+        os.environ.pop("MTPCHAT_FUSED_DELTA_RULE")
+    medians = alternating_medians({name: lambda runner=runner, step=step: time_step(runner, step, prompt, 1)
+                                   for name, (runner, step) in runners.items()}, reps)
+    report.update(layers=config.num_hidden_layers, step_ms={name: 1e3 * s for name, s in medians.items()},
+                  verify_k3_cost={label: medians[f"verify_{label}"] / medians[f"decode_{label}"]
+                                  for label in ("fused", "torch")})
+    return report
+
+
 def matmul_error(method: str, in_features: int, out_features: int, group: int, device) -> dict:
     """A quantized layer's output against x @ its dequantized weight (float32), for 1 and 4 rows; fp8's
     against its float32 reference form over the same FP8 codes (its activations are quantized too)."""
@@ -381,7 +437,8 @@ def run_checks(args) -> dict:
     tokens, reps = (12, 2) if dry else (128, 20)
     report = {"device": "cpu (dry run)" if dry else torch.cuda.get_device_name(), "torch": torch.__version__,
               "kernels": {"fla": kernels.chunk_gated_delta_rule is not None,
-                          "causal_conv1d": kernels.causal_conv1d_update is not None}}
+                          "causal_conv1d": kernels.causal_conv1d_update is not None,
+                          "fused_delta_rule": kernels.has_fused_recurrent(torch.empty(0, device=device))}}
     sections = Sections(report, args.out, args.deadline_s, device)
     tiny = peaked_model(config_for("qwen3.6-35b-a3b", True, None), device, dtype)
     prompt = list(range(1, 17))
@@ -389,6 +446,7 @@ def run_checks(args) -> dict:
     sections.run(("fidelity",), check_fidelity, tiny, prompt, tokens)
     sections.run(("serving_parity",), check_serving_parity, tiny, prompt, tokens)
     del tiny
+    sections.run(("fused_delta_rule",), check_fused_delta_rule, dry, args.layers_27b, device, dtype, tokens, reps)
     sections.run(("shapes", "qwen3.6-27b"), check_shape, "qwen3.6-27b", dry, args.layers_27b, device, dtype,
                  tokens, reps)
     report["quantized"] = {"matmul_bound": MATMUL_BOUND, "group": quantize_group(dry)}

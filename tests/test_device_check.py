@@ -65,6 +65,9 @@ def test_device_check_dry_run(tmp_path):
         # float32 on the CPU: what the drafts are changes how fast, never which tokens come out
         assert all(run["same_tokens"] for run in shape["oracle"].values()), shape["oracle"]
         assert shape["mtp_extra_bytes"]["32k"]["mtp_kv_cache"] == 8 * shape["mtp_extra_bytes"]["4k"]["mtp_kv_cache"]
+    fused = report["fused_delta_rule"]  # on the CPU kernels.recurrent is the torch rule: agreement is exact
+    assert fused["runs"] is False and fused["error_1_tokens"] == fused["error_4_tokens"] == 0.0
+    assert set(fused["step_ms"]) == {"decode_fused", "verify_fused", "decode_torch", "verify_torch"}
     for method in ("int8", "int4", "fp8"):
         quantized = report["quantized"][method]
         assert quantized["quantized_layers_moe"] >= 20  # the tiny MoE's trunk and experts, each quantized

@@ -4,8 +4,8 @@ in_proj_qkv feeds a depthwise causal conv1d (kernel 4) + SiLU whose window conti
 q and k are L2-normalised and their heads repeated to the value heads; beta = sigmoid(b) and
 g = −exp(A_log)·softplus(a + dt_bias) drive the gated delta rule; a gated RMSNorm with silu(z) and
 out_proj finish. Long inputs use the chunked rule, short ones the recurrent rule, which can record
-the state (and conv window) after every token for rollback after speculative verification. Where
-CUDA kernels are installed, prefill and plain decode use them (see kernels.py).
+the state (and conv window) after every token for rollback after speculative verification. On CUDA
+kernels.py runs the rule on fla's kernels or this project's Triton one where they import.
 """
 
 import torch
@@ -15,7 +15,6 @@ from torch.nn import functional as F
 from daemon.model import kernels
 from daemon.model.cache import DeltaNetCache
 from daemon.model.config import TextConfig
-from daemon.model.delta_rule import recurrent_delta_rule
 from daemon.model.linear import Linear
 from daemon.model.norms import GatedRMSNorm
 from daemon.model.precision import accumulation_dtype
@@ -82,10 +81,7 @@ class GatedDeltaNet(nn.Module):
         v = v.reshape(batch, length, self.num_v_heads, self.v_dim).to(acc).transpose(1, 2)
         beta = torch.sigmoid(self.in_proj_b(x)).to(acc).transpose(1, 2)
         g = (-self.A_log.to(acc).exp() * F.softplus(self.in_proj_a(x).to(acc) + self.dt_bias.to(acc))).transpose(1, 2)
-        if ctx.keep_steps:  # only the torch rule records the state after every token
-            out = recurrent_delta_rule(q, k, v, g, beta, cache.state, cache.state_steps)
-        else:
-            out = kernels.delta_rule(q, k, v, g, beta, cache.state)
+        out = kernels.delta_rule(q, k, v, g, beta, cache.state, cache.state_steps if ctx.keep_steps else None)
         out = out.transpose(1, 2).to(x.dtype)  # [B, T, v_heads, v_dim]
         z = self.in_proj_z(x).view(batch, length, self.num_v_heads, self.v_dim)
         return self.out_proj(self.norm(out, z).reshape(batch, length, -1))
