@@ -13,7 +13,6 @@ import torch
 from torch.nn import functional as F
 
 from daemon.model.delta_rule import recurrent_delta_rule
-from daemon.model.fused_delta_rule import fused_recurrent_delta_rule
 
 
 def inputs(length: int, heads: int, k_dim: int, v_dim: int, dtype: torch.dtype, batch: int = 2, slots: int = 5):
@@ -35,6 +34,8 @@ def relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def main(length: int, heads: int, k_dim: int, v_dim: int, dtype: str) -> dict:
+    from daemon.model.fused_delta_rule import fused_recurrent_delta_rule  # imports triton: in this process only
+
     q, k, v, g, beta, state, steps = inputs(length, heads, k_dim, v_dim, getattr(torch, dtype))
     torch_state, torch_steps = state.clone(), steps.clone()
     expected = recurrent_delta_rule(q, k, v, g, beta, torch_state, torch_steps)
@@ -56,6 +57,7 @@ def decoded_with_and_without(checkpoint: str) -> dict:
     record and roll back the DeltaNet state), its layers' recurrent rule on the kernel (forced onto the
     CPU, which the interpreter runs) and on torch: the tokens of each."""
     from daemon.model import kernels
+    from daemon.model.fused_delta_rule import fused_recurrent_delta_rule
     from daemon.weights.loader import load_model
     from tests.helpers import decode, random_ids
 

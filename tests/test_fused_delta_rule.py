@@ -50,3 +50,32 @@ def test_a_model_decodes_the_same_tokens_on_the_kernel_plain_and_with_mtp(tiny):
     assert tokens["fused kernel calls"] > 24 and tokens["torch kernel calls"] == 0
     assert tokens["fused k=0"] == tokens["torch k=0"] and len(tokens["torch k=0"]) == 24
     assert tokens["fused k=3"] == tokens["torch k=3"] == tokens["torch k=0"]
+
+
+def test_a_kernel_that_fails_is_reported_once_and_the_torch_rule_serves(monkeypatch, capsys):
+    """A triton the kernel was not written for fails at its first launch: that step and every later one get
+    the torch rule's result, the daemon's log says why once, and the kernel is not tried again."""
+    import torch
+
+    from daemon.model import kernels
+    from daemon.model.delta_rule import recurrent_delta_rule
+    from tests.fused_delta_rule_case import inputs
+
+    tries = []
+
+    def failing(*args):
+        tries.append(1)
+        raise RuntimeError("PTX .version 9.9 does not support .target sm_90")
+
+    monkeypatch.setitem(kernels._fused, "rule", failing)
+    monkeypatch.setattr(kernels, "has_fused_recurrent", lambda x: kernels._fused["rule"] is not None)
+    q, k, v, g, beta, state, steps = inputs(3, 2, 16, 16, torch.float64)
+    expected_state, expected_steps = state.clone(), steps.clone()
+    expected = recurrent_delta_rule(q, k, v, g, beta, expected_state, expected_steps)
+    for _ in range(2):
+        state_now, steps_now = state.clone(), steps.clone()
+        assert torch.equal(kernels.recurrent(q, k, v, g, beta, state_now, steps_now), expected)
+        assert torch.equal(state_now, expected_state) and torch.equal(steps_now, expected_steps)
+    assert tries == [1] and kernels._fused["rule"] is None
+    assert capsys.readouterr().err == ("mtpchatd: the fused delta-rule kernel failed (RuntimeError: PTX .version 9.9 "
+                                       "does not support .target sm_90); DeltaNet layers use the torch rule\n")
