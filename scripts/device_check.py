@@ -45,7 +45,6 @@ import time
 import traceback
 
 import torch
-from torch.nn import functional as F
 
 from daemon.engine.generate import Generation
 from daemon.engine.graph_lane import GraphLane
@@ -54,7 +53,6 @@ from daemon.engine.sampling import SamplingParams
 from daemon.engine.step_runner import CapturedDecoder, StepRunner
 from daemon.model import kernels
 from daemon.model.config import TextConfig
-from daemon.model.delta_rule import recurrent_delta_rule
 from daemon.model.fp8 import check_fp8_matmul, fp8_activations, fp8_widened
 from daemon.model.quantized import (
     KERNEL_DTYPE,
@@ -62,6 +60,7 @@ from daemon.model.quantized import (
     quantized_linear,
     quantized_weights,
 )
+from daemon.tools.delta_rule_check import delta_rule_inputs, errors_against_torch
 from daemon.tools.real_shapes import SHAPES, random_model, shape_config
 from daemon.tools.step_timing import alternating_medians, synchronize, time_step
 from daemon.weights.loader import default_dtype
@@ -272,24 +271,12 @@ def check_shape(shape: str, tiny: bool, layers: int | None, device, dtype, token
     return report
 
 
-def _relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual - expected).abs().max() / expected.abs().max())
-
-
 def fused_rule_error(length: int, heads: int, k_dim: int, device) -> float:
     """kernels.recurrent (the Triton kernel where it runs) against the torch rule on the same random inputs:
     the largest relative error of outputs, final state and (for more than one token) per-token states."""
-    gen = torch.Generator(device).manual_seed(length)
-    rand = lambda *shape: torch.randn(*shape, device=device, generator=gen)  # noqa: E731
-    q, k = (F.normalize(rand(1, heads, length, k_dim), dim=-1) for _ in range(2))
-    v, g, beta = rand(1, heads, length, k_dim), -F.softplus(rand(1, heads, length)), rand(1, heads, length).sigmoid()
-    state = rand(1, heads, k_dim, k_dim)
-    steps = torch.zeros(length, *state.shape, device=device) if length > 1 else None
-    torch_state, torch_steps = state.clone(), None if steps is None else steps.clone()
-    expected = recurrent_delta_rule(q * k_dim**-0.5, k, v, g, beta, torch_state, torch_steps)
-    out = kernels.recurrent(q * k_dim**-0.5, k, v, g, beta, state, steps)
-    errors = [_relative(out, expected), _relative(state, torch_state)]
-    return max(errors + ([_relative(steps, torch_steps)] if steps is not None else []))
+    errors = errors_against_torch(kernels.recurrent, delta_rule_inputs(length, heads, k_dim, k_dim, device=device,
+                                                                        seed=length), keep_steps=length > 1)
+    return max(errors[what] for what in ("out", "state", "steps") if errors[what] is not None)
 
 
 @torch.inference_mode()

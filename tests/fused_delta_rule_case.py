@@ -10,46 +10,15 @@ import json
 import sys
 
 import torch
-from torch.nn import functional as F
 
-from daemon.model.delta_rule import recurrent_delta_rule
-
-
-def inputs(length: int, heads: int, k_dim: int, v_dim: int, dtype: torch.dtype, batch: int = 2, slots: int = 5):
-    """Laid out as GatedDeltaNet hands them over: q, k, v transposed views of [B, T, H, D] tensors, g and
-    beta of [B, T, H]; the state a slice of a larger cache tensor."""
-    gen = torch.Generator().manual_seed(length * 1000 + k_dim + v_dim)
-    rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=dtype)  # noqa: E731
-    q, k = (F.normalize(rand(batch, length, heads, k_dim), dim=-1).transpose(1, 2) for _ in range(2))
-    v = rand(batch, length, heads, v_dim).transpose(1, 2)
-    g = -F.softplus(rand(batch, length, heads)).transpose(1, 2)
-    beta = torch.sigmoid(rand(batch, length, heads)).transpose(1, 2)
-    cache = rand(batch + 1, heads, k_dim, v_dim)
-    steps = torch.zeros(slots, batch, heads, k_dim, v_dim, dtype=dtype)
-    return q * k_dim**-0.5, k, v, g, beta, cache[1:], steps
-
-
-def relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual - expected).abs().max() / expected.abs().max())
+from daemon.tools.delta_rule_check import delta_rule_inputs, errors_against_torch
 
 
 def main(length: int, heads: int, k_dim: int, v_dim: int, dtype: str) -> dict:
     from daemon.model.fused_delta_rule import fused_recurrent_delta_rule  # imports triton: in this process only
 
-    q, k, v, g, beta, state, steps = inputs(length, heads, k_dim, v_dim, getattr(torch, dtype))
-    torch_state, torch_steps = state.clone(), steps.clone()
-    expected = recurrent_delta_rule(q, k, v, g, beta, torch_state, torch_steps)
-    report = {}
-    for keep in (True, False):
-        kernel_state, kernel_steps = state.clone(), steps.clone()
-        out = fused_recurrent_delta_rule(q, k, v, g, beta, kernel_state, kernel_steps if keep else None)
-        report[f"keep={keep}"] = {
-            "shape_and_dtype_match": out.shape == expected.shape and out.dtype == expected.dtype,
-            "out": relative(out, expected), "state": relative(kernel_state, torch_state),
-            "steps": relative(kernel_steps[:length], torch_steps[:length]) if keep else None,
-            "other_slots_untouched": torch.equal(kernel_steps[length:] if keep else kernel_steps,
-                                                 steps[length:] if keep else steps)}
-    return report
+    inputs = delta_rule_inputs(length, heads, k_dim, v_dim, getattr(torch, dtype), batch=2, seed=length)
+    return {f"keep={keep}": errors_against_torch(fused_recurrent_delta_rule, inputs, keep) for keep in (True, False)}
 
 
 def decoded_with_and_without(checkpoint: str) -> dict:

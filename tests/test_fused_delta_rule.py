@@ -58,8 +58,7 @@ def test_a_kernel_that_fails_is_reported_once_and_the_torch_rule_serves(monkeypa
     import torch
 
     from daemon.model import kernels
-    from daemon.model.delta_rule import recurrent_delta_rule
-    from tests.fused_delta_rule_case import inputs
+    from daemon.tools.delta_rule_check import delta_rule_inputs, errors_against_torch
 
     tries = []
 
@@ -69,13 +68,10 @@ def test_a_kernel_that_fails_is_reported_once_and_the_torch_rule_serves(monkeypa
 
     monkeypatch.setitem(kernels._fused, "rule", failing)
     monkeypatch.setattr(kernels, "has_fused_recurrent", lambda x: kernels._fused["rule"] is not None)
-    q, k, v, g, beta, state, steps = inputs(3, 2, 16, 16, torch.float64)
-    expected_state, expected_steps = state.clone(), steps.clone()
-    expected = recurrent_delta_rule(q, k, v, g, beta, expected_state, expected_steps)
-    for _ in range(2):
-        state_now, steps_now = state.clone(), steps.clone()
-        assert torch.equal(kernels.recurrent(q, k, v, g, beta, state_now, steps_now), expected)
-        assert torch.equal(state_now, expected_state) and torch.equal(steps_now, expected_steps)
+    inputs = delta_rule_inputs(3, 2, 16, 16, torch.float64, batch=2)
+    for _ in range(2):  # the torch rule's own result: equal to the last bit
+        errors = errors_against_torch(kernels.recurrent, inputs, keep_steps=True)
+        assert errors["out"] == errors["state"] == errors["steps"] == 0.0 and errors["other_slots_untouched"]
     assert tries == [1] and kernels._fused["rule"] is None
     assert capsys.readouterr().err == ("mtpchatd: the fused delta-rule kernel failed (RuntimeError: PTX .version 9.9 "
                                        "does not support .target sm_90); DeltaNet layers use the torch rule\n")

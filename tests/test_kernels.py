@@ -12,23 +12,18 @@ from torch.nn import functional as F
 
 from daemon.model import kernels
 from daemon.model.delta_rule import chunked_delta_rule, recurrent_delta_rule
+from daemon.tools.delta_rule_check import delta_rule_inputs, relative_error
 
 RTOL = 2e-3
 cuda = torch.cuda.is_available()
 
 
 def _inputs(length: int, heads=4, k_dim=16, v_dim=32):
-    gen = torch.Generator("cuda").manual_seed(0)
-    rand = lambda *s: torch.randn(*s, device="cuda", generator=gen)  # noqa: E731
-    q, k = (F.normalize(rand(1, heads, length, k_dim), dim=-1) for _ in range(2))
-    v = rand(1, heads, length, v_dim)
-    g = -F.softplus(rand(1, heads, length))
-    beta = torch.sigmoid(rand(1, heads, length))
-    return q * k_dim**-0.5, k, v, g, beta, rand(1, heads, k_dim, v_dim)
+    return delta_rule_inputs(length, heads, k_dim, v_dim, device="cuda")
 
 
 def _close(actual, expected):
-    assert (actual - expected).abs().max() <= RTOL * expected.abs().max()
+    assert relative_error(actual, expected) <= RTOL
 
 
 @pytest.mark.skipif(not (cuda and kernels.chunk_gated_delta_rule),

@@ -63,12 +63,14 @@ def fused_recurrent_delta_rule(q, k, v, g, beta, state, state_steps=None):
     assert state.stride(-1) == 1 and (state_steps is None or state_steps.stride(-1) == 1)
     out = torch.empty(batch, length, heads, v_dim, dtype=state.dtype, device=state.device)
     block_v = min(MAX_BLOCK_V, triton.next_power_of_2(v_dim))
-    steps = state_steps if state_steps is not None else state  # not written without KEEP_STEPS
+    keep_steps = state_steps is not None
+    # without slots the kernel writes none: any pointer will do
+    steps, step_strides = (state_steps, state_steps.stride()[:4]) if keep_steps else (state, (0, 0, 0, 0))
     grid = (triton.cdiv(v_dim, block_v), batch * heads)
     _recurrent_kernel[grid](
         q, k, v, g, beta, state, steps, out, length, heads, k_dim, v_dim,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *g.stride(), *beta.stride(),
-        *state.stride()[:3], *(steps.stride()[:4] if state_steps is not None else (0, 0, 0, 0)),
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *g.stride(), *beta.stride(), *state.stride()[:3],
+        *step_strides,
         out.stride(0), out.stride(1), out.stride(2),
-        BK=triton.next_power_of_2(k_dim), BV=block_v, KEEP_STEPS=state_steps is not None)
+        BK=triton.next_power_of_2(k_dim), BV=block_v, KEEP_STEPS=keep_steps)
     return out.transpose(1, 2)

@@ -79,9 +79,9 @@ def delta_rule(q, k, v, g, beta, state, state_steps=None):
     plain step or prefill where they import and the inputs are on CUDA, else `recurrent` for up to
     RECURRENT_MAX_TOKENS tokens (always with state_steps) and the chunked torch rule beyond."""
     short = q.shape[2] <= RECURRENT_MAX_TOKENS
-    if state_steps is not None or not has_delta_rule_kernel(q):
-        if state_steps is not None or short:
-            return recurrent(q, k, v, g, beta, state, state_steps)
+    if state_steps is not None or short and not has_delta_rule_kernel(q):
+        return recurrent(q, k, v, g, beta, state, state_steps)
+    if not has_delta_rule_kernel(q):
         return chunked_delta_rule(q, k, v, g, beta, state)
     kernel = fused_recurrent_gated_delta_rule if short else chunk_gated_delta_rule
     q, k, v, g, beta = (t.transpose(1, 2).contiguous() for t in (q, k, v, g, beta))  # fla: time before heads

@@ -40,9 +40,7 @@ def alternating_medians(samplers: dict[str, Callable[[], list[float]]], rounds: 
     """Median seconds per sampler (each call returns one or more timings), the samplers taking turns
     `rounds` times, so that drift — clock speed, what the caches hold — falls on all of them alike. Timed
     one after the other, 5 each, the demo's int4 decode step (2 threads, Sapphire Rapids) measured 9.2-9.3
-    ms and a 4-token verify 1.09-1.19x it; in 20 alternating rounds 6.3-6.6 ms and 1.50-1.51x (in a decode
-    loop, where each step finds the last one's weights in the caches: 5.6-6.0 ms, and a 3-token verify
-    1.6x)."""
+    ms and a 4-token verify 1.09-1.19x it; in 20 alternating rounds 6.3-6.6 ms and 1.50-1.51x."""
     samples: dict[str, list[float]] = {label: [] for label in samplers}
     for _ in range(rounds):
         for label, sample in samplers.items():
